@@ -1,0 +1,3 @@
+"""Lightning callbacks: sparsity dashboards, λ schedules, hard quantization, stage restarts."""
+
+__all__: list[str] = []
