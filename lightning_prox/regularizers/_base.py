@@ -83,6 +83,13 @@ class Regularizer:
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def check_param(self, shape: tuple[int, ...], name: str = "parameter") -> None:
+        """Raise ``ValueError`` when this regularizer cannot apply to a tensor of ``shape``.
+
+        Called when parameters are selected (before training) so that a grouping that does not fit
+        a tensor fails early with the parameter's name. Elementwise regularizers accept any shape.
+        """
+
     def __call__(self, x: Tensor) -> Tensor:
         return self.value(x)
 
