@@ -1,0 +1,158 @@
+"""Grouping, parameter selection and sparsity statistics (lightning_prox.structure)."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_prox.structure import (
+    check_groupable,
+    group_reduce_dims,
+    group_size,
+    model_sparsity,
+    num_groups,
+    param_groups_regularized,
+    select_parameters,
+    sparsity_ratios,
+    sum_stats,
+    tensor_stats,
+)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True)
+        self.ln = nn.LayerNorm(5)
+        self.head = nn.Linear(10, 2)
+        self.tied = nn.Linear(6, 10, bias=False)
+        self.tied.weight = self.emb.weight  # tied to the embedding (shape [10, 6])
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "slicer"),
+    [
+        ((4, 3, 2, 2), "in", lambda x, j: x[:, j]),
+        ((4, 3, 2, 2), "out", lambda x, j: x[j]),
+        ((5, 7), "in", lambda x, j: x[:, j]),
+        ((5, 7), "out", lambda x, j: x[j]),
+        ((6, 2, 5), "in", lambda x, j: x[:, j]),
+    ],
+)
+def test_groups_are_the_documented_slices(shape, dim, slicer):
+    x = torch.randn(shape)
+    sq = x.pow(2).sum(dim=group_reduce_dims(x.ndim, dim), keepdim=True).flatten()
+    n = num_groups(x, dim)
+    ref = torch.stack([slicer(x, j).pow(2).sum() for j in range(n)])
+    torch.testing.assert_close(sq, ref)
+    assert group_size(x, dim) * n == x.numel()
+    assert group_size(x, dim) == slicer(x, 0).numel()
+
+
+def test_grouping_that_does_not_fit_names_shape_and_dim():
+    with pytest.raises(ValueError, match=r"dim='in'.*\(5,\)"):
+        check_groupable(torch.zeros(5), "in")
+    with pytest.raises(ValueError, match="'rows'"):
+        check_groupable(torch.zeros(5, 5), "rows")
+
+
+def test_default_selection_conv_linear_lstm_weights_only():
+    reg, rest = select_parameters(Net())
+    names = [n for n, _ in reg]
+    assert names == [
+        "conv.weight",
+        "lstm.weight_ih_l0",
+        "lstm.weight_hh_l0",
+        "lstm.weight_ih_l0_reverse",
+        "lstm.weight_hh_l0_reverse",
+        "lstm.weight_ih_l1",
+        "lstm.weight_hh_l1",
+        "lstm.weight_ih_l1_reverse",
+        "lstm.weight_hh_l1_reverse",
+        "head.weight",
+    ]
+    rest_names = [n for n, _ in rest]
+    # the embedding weight is shared with `tied` (a Linear): it appears once, under its first name,
+    # and the tie does not drag the embedding into the regularized set.
+    assert "emb.weight" in rest_names and "tied.weight" not in rest_names
+    assert all(n.endswith("bias") or n.startswith(("bn.", "ln.", "emb.")) for n in rest_names)
+
+
+def test_include_exclude_and_type_names():
+    reg, _ = select_parameters(Net(), include_types=["Conv2d"], include=r"^emb\.", exclude=[r"conv"])
+    assert [n for n, _ in reg] == ["emb.weight"]
+    reg, _ = select_parameters(Net(), include_types=[nn.Linear])
+    assert [n for n, _ in reg] == ["head.weight"]
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        select_parameters(Net(), include="(")
+    with pytest.raises(ValueError, match="include_types"):
+        select_parameters(Net(), include_types=[3])
+
+
+def test_frozen_parameters_are_skipped():
+    net = nn.Linear(3, 3)
+    net.weight.requires_grad_(False)
+    reg, rest = select_parameters(net)
+    assert reg == [] and [n for n, _ in rest] == ["bias"]
+
+
+def test_param_groups_regularized_checks_each_tensor():
+    class NeedsMatrix:
+        def check_param(self, shape, name):
+            if len(shape) < 2:
+                raise ValueError(f"{name}: shape {shape}")
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    groups = param_groups_regularized(net, NeedsMatrix(), lr=0.5)
+    assert groups[0]["param_names"] == ["0.weight", "2.weight"] and groups[0]["lr"] == 0.5
+    assert groups[1]["regularizer"] is None and "lr" not in groups[1]
+    with pytest.raises(ValueError, match=r"0\.bias"):
+        param_groups_regularized(net, NeedsMatrix(), include=r"bias")
+
+
+@pytest.mark.parametrize("dim", ["in", "out"])
+def test_tensor_stats_match_brute_force(dim):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 3, 3, generator=g)
+    x[x.abs() < 0.5] = 0
+    kill = [0, 3] if dim == "in" else [1, 2, 5]
+    for j in kill:
+        (x[:, j] if dim == "in" else x[j]).zero_()
+    s = tensor_stats(x, dim)
+    slices = [x[:, j] for j in range(5)] if dim == "in" else [x[j] for j in range(6)]
+    zero_groups = sum(int((t == 0).all()) for t in slices)
+    assert int(s["zeros"]) == int((x == 0).sum())
+    assert int(s["numel"]) == x.numel()
+    assert int(s["groups"]) == len(slices)
+    assert int(s["zero_groups"]) == zero_groups == len(kill)
+    assert int(s["zero_group_numel"]) == sum(t.numel() for t in slices if (t == 0).all())
+
+
+def test_weighted_group_sparsity_pools_layers_by_size():
+    a = torch.ones(8, 4)  # groups of size 8
+    a[:, :2] = 0
+    b = torch.ones(2, 10)  # groups of size 2
+    b[:, :5] = 0
+    ratios = sparsity_ratios(sum_stats([tensor_stats(a, "in"), tensor_stats(b, "in")]))
+    assert float(ratios["group"]) == pytest.approx((2 + 5) / (4 + 10))
+    assert float(ratios["group_weighted"]) == pytest.approx((16 + 10) / (32 + 20))
+    assert float(ratios["unstructured"]) == pytest.approx(26 / 52)
+
+
+def test_low_rank_level():
+    u, v = torch.randn(6, 2, dtype=torch.float64), torch.randn(2, 12, dtype=torch.float64)
+    x = (u @ v).float().reshape(6, 3, 2, 2)
+    s = tensor_stats(x, rank=True)
+    assert int(s["rank"]) == 2 and int(s["full_rank"]) == 6
+    assert float(sparsity_ratios(s)["low_rank"]) == pytest.approx(4 / 6)
+
+
+def test_model_sparsity_mixes_grouped_and_1d_tensors():
+    w = torch.zeros(3, 4)
+    w[:, 0] = 1
+    out = model_sparsity([("w", w), ("b", torch.zeros(5))])
+    assert out["unstructured"] == pytest.approx((9 + 5) / 17)
+    assert out["group"] == pytest.approx(3 / 4)
+    assert out["group_weighted"] == pytest.approx(9 / 12)
