@@ -83,6 +83,89 @@ class Regularizer:
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def prox_multi(
+        self,
+        zs: list[Tensor],
+        step: Step,
+        metrics: list[Tensor] | None = None,
+        x0s: list[Tensor] | None = None,
+        *,
+        max_iters: int | None = None,
+        rtol: float | None = None,
+        info: dict | None = None,
+    ) -> list[Tensor]:
+        """The prox of every tensor of ``zs`` at once (same semantics as :meth:`prox`, one tensor each).
+
+        This is the entry point optimizers call on a whole param group: closed forms run as
+        multi-tensor (``torch._foreach_*``) passes, and the iterative solvers (group lasso and nuclear
+        norm under a non-uniform metric) run one proximal-gradient loop over all groups of all tensors.
+
+        Args:
+            zs: the points to map (not modified).
+            step: step size > 0 shared by all tensors, a float or a 0-dim tensor.
+            metrics: ``None`` (all ones) or one positive tensor per ``z``, shaped like it.
+            x0s: warm starts for iterative solvers, one per ``z`` (ignored by closed forms).
+            max_iters: overrides the regularizer's iteration cap for this call (iterative solvers).
+            rtol: overrides the regularizer's relative-decrease tolerance for this call.
+            info: when a dict, receives ``info["inner_iters"]`` (solver iterations actually run, the
+                max over tensors; 0 for closed forms) and ``info["screened"]`` (number of groups found
+                zero by the exact screening test; 0 for elementwise regularizers).
+
+        Returns:
+            one new tensor per ``z``, with ``z``'s dtype, shape and device.
+
+        Example:
+            >>> import torch
+            >>> from lightning_prox.regularizers import L1
+            >>> info = {}
+            >>> L1(0.5).prox_multi([torch.tensor([1.0, -0.2]), torch.tensor([-3.0])], step=1.0, info=info)
+            [tensor([0.5000, 0.0000]), tensor([-2.5000])]
+            >>> info
+            {'inner_iters': 0, 'screened': 0}
+        """
+        zs = list(zs)
+        check_step(step)
+        if metrics is not None:
+            metrics = list(metrics)
+            if len(metrics) != len(zs):
+                raise ValueError(
+                    f"metrics must hold one tensor per z: got {len(metrics)} for {len(zs)} tensors"
+                )
+            for z, m in zip(zs, metrics):
+                check_metric(m, z)
+        if x0s is not None:
+            x0s = list(x0s)
+            if len(x0s) != len(zs) or any(x0.shape != z.shape for x0, z in zip(x0s, zs)):
+                raise ValueError("x0s must hold one warm start per z, each shaped like its z")
+        if max_iters is not None and (
+            isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1
+        ):
+            raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+        if rtol is not None and (
+            isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0
+        ):
+            raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
+        if info is not None:
+            info["inner_iters"] = 0
+            info["screened"] = 0
+        if self.lam == 0.0 or not zs:
+            return [z.clone() for z in zs]
+        return self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+
+    def _prox_multi(
+        self,
+        zs: list[Tensor],
+        step: Step,
+        metrics: list[Tensor] | None,
+        x0s: list[Tensor] | None,
+        max_iters: int | None,
+        rtol: float | None,
+        info: dict | None,
+    ) -> list[Tensor]:
+        """Default: one :meth:`_prox` per tensor. Closed forms override this with foreach passes."""
+        ms: list[Tensor | None] = list(metrics) if metrics is not None else [None] * len(zs)
+        return [self._prox(z, step, m) for z, m in zip(zs, ms)]
+
     def check_param(self, shape: tuple[int, ...], name: str = "parameter") -> None:
         """Raise ``ValueError`` when this regularizer cannot apply to a tensor of ``shape``.
 

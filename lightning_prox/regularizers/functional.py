@@ -17,7 +17,10 @@ __all__ = ["prox_l1"]
 
 
 def prox_l1(z: Tensor, thr: Tensor | float) -> Tensor:
-    """Soft thresholding: sign(z)·max(|z| − thr, 0) = argmin_x ½(x − z)² + thr·|x|.
+    """Soft thresholding: z − clamp(z, −thr, thr) = sign(z)·max(|z| − thr, 0) = argmin_x ½(x − z)² + thr·|x|.
+
+    ``thr`` ≥ 0 (a float or a tensor broadcastable to ``z``, may be +inf). Entries with ``|z| ≤ thr``
+    (ties included) become exactly ``+0``.
 
     Example:
         >>> import torch
@@ -26,5 +29,9 @@ def prox_l1(z: Tensor, thr: Tensor | float) -> Tensor:
     """
     dt = threshold_dtype(z)
     zf = z.to(dt)
-    out = torch.sign(zf) * torch.clamp_min(zf.abs() - thr, 0.0)
+    if isinstance(thr, Tensor):
+        thr = thr.to(dt)
+        out = zf - torch.clamp(zf, -thr, thr)
+    else:
+        out = zf - torch.clamp(zf, -thr, thr)
     return out.to(z.dtype)

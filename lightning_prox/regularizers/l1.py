@@ -26,7 +26,7 @@ class L1(Regularizer):
     Example:
         >>> import torch
         >>> L1(lam=0.5).prox(torch.tensor([1.0, -0.2]), step=1.0)
-        tensor([0.5000, -0.0000])
+        tensor([0.5000, 0.0000])
     """
 
     def value(self, x: Tensor) -> Tensor:
