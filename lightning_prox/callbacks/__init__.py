@@ -1,3 +1,5 @@
 """Lightning callbacks: sparsity dashboards, λ schedules, hard quantization, stage restarts."""
 
-__all__: list[str] = []
+from .stage_restart import StageRestart
+
+__all__: list[str] = ["StageRestart"]
