@@ -201,7 +201,7 @@ class RMDA(torch.optim.Optimizer):
         >>> w.grad = torch.tensor([1.0, 0.0])
         >>> opt.step()
         >>> w.data  # prox_{0.1·0.5}([1 - 0.1, -0.05]) = [0.85, 0]
-        tensor([0.8500, -0.0000])
+        tensor([0.8500, 0.0000])
     """
 
     def __init__(
