@@ -1,5 +1,8 @@
 """Lightning callbacks: sparsity dashboards, λ schedules, hard quantization, stage restarts."""
 
+from .hard_quantization import HardQuantization
+from .regularization_scheduler import RegularizationScheduler
+from .sparsity_monitor import SparsityMonitor
 from .stage_restart import StageRestart
 
-__all__: list[str] = ["StageRestart"]
+__all__: list[str] = ["HardQuantization", "RegularizationScheduler", "SparsityMonitor", "StageRestart"]
