@@ -1,0 +1,198 @@
+"""HardQuantization: projection against brute force, freeze semantics with real Trainers, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prox.callbacks import HardQuantization, RegularizationScheduler
+from lightning_prox.callbacks._quantize import nearest_level
+
+QUANT = {"name": "Quantization", "levels": [-1.0, 1.0], "q": 1.0}
+
+
+# -- the projection ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("levels", [(-1.0, 1.0), (-1.0, 0.0, 1.0), (-0.5, 0.25, 2.0, 3.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_level_is_the_brute_force_argmin(levels, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(257, generator=g) * 2).to(dtype)
+    mids = torch.tensor([(a + b) / 2 for a, b in itertools.pairwise(levels)], dtype=dtype)
+    x = torch.cat([x, mids])  # exact ties
+    out = nearest_level(x, levels)
+    for xi, oi in zip(x.tolist(), out.tolist()):
+        best = min(abs(xi - lv) for lv in levels)
+        cands = [lv for lv in levels if abs(xi - lv) == best]
+        assert oi == max(cands)  # nearest, a tie goes to the larger level
+    assert out.dtype == dtype
+
+
+def test_nearest_level_half_precision_and_zero_goes_to_plus_one():
+    x = torch.tensor([-0.7, -0.0, 0.0, 0.3], dtype=torch.bfloat16)
+    out = nearest_level(x, (-1.0, 1.0))
+    assert out.dtype == torch.bfloat16
+    assert out.tolist() == [-1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epoch": 0}, "epoch must be an int >= 1"),
+        ({"epoch": 2.5}, "2.5"),
+        ({"epoch": 2, "levels": [1.0, 1.0]}, "distinct"),
+        ({"epoch": 2, "levels": []}, "non-empty"),
+        ({"epoch": 2, "regularizer_names": ["L1"]}, "explicit levels"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HardQuantization(**kwargs)
+
+
+# -- real Trainers --------------------------------------------------------------------------------
+class _BinNet(pl.LightningModule):
+    """conv → BN → relu → linear; conv and linear weights are quantization-regularized."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(16, 3)
+        self.val_weights_quantized: list[tuple[int, bool]] = []
+
+    def forward(self, x):
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            w = torch.cat([self.conv.weight.flatten(), self.fc.weight.flatten()])
+            self.val_weights_quantized.append((self.current_epoch, bool(((w == 1) | (w == -1)).all())))
+
+    def configure_optimizers(self):
+        # plain-data groups: the spec dict and lam are all HardQuantization reads (DESIGN.md §4)
+        return torch.optim.Adam(
+            [
+                {"params": [self.conv.weight, self.fc.weight], "regularizer": dict(QUANT), "lam": 1e-3},
+                {"params": [self.bn.weight, self.bn.bias, self.fc.bias], "regularizer": None, "lam": 0.0},
+            ],
+            lr=0.05,
+        )
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 1, 6, 6, generator=g)
+    y = torch.randint(0, 3, (24,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+
+
+def _trainer(tmp_path: Path, callbacks, max_epochs: int) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=CSVLogger(tmp_path, name="csv"),
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+
+
+class _Recorder(Callback):
+    """Parameter snapshots after every optimizer step (train batch end)."""
+
+    def __init__(self):
+        self.snaps: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.snaps.append(
+            (trainer.current_epoch, {n: p.detach().clone() for n, p in pl_module.named_parameters()})
+        )
+
+
+def test_freeze_quantizes_and_keeps_quantized_tensors_fixed_while_bn_trains(tmp_path):
+    pl.seed_everything(0)
+    net = _BinNet()
+    rec = _Recorder()
+    hq = HardQuantization(epoch=2)
+    trainer = _trainer(tmp_path, [hq, rec], max_epochs=5)
+    trainer.fit(net, _loader(), _loader())
+    assert hq.frozen
+    before = [s for e, s in rec.snaps if e < 2]
+    after = [s for e, s in rec.snaps if e >= 2]
+    assert len(after) == 9
+    # before the freeze the weights are real-valued
+    assert not ((before[-1]["conv.weight"].abs() == 1).all())
+    for name in ("conv.weight", "fc.weight"):
+        for s in after:
+            assert set(s[name].unique().tolist()) <= {-1.0, 1.0}
+            torch.testing.assert_close(s[name], after[0][name], rtol=0, atol=0)
+        # the frozen value is the projection of the last pre-freeze value
+        torch.testing.assert_close(
+            after[0][name], nearest_level(before[-1][name], (-1.0, 1.0)), rtol=0, atol=0
+        )
+    for name in ("bn.weight", "bn.bias", "fc.bias"):
+        assert not torch.equal(after[0][name], after[-1][name]), name
+    # validation from the freeze epoch's successor on sees the quantized model
+    assert [q for e, q in net.val_weights_quantized] == [False, False, True, True, True]
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        errs = [(int(r["step"]), float(r["quant/error"])) for r in csv.DictReader(f) if r.get("quant/error")]
+    assert [s for s, _ in errs] == [3, 6]  # end of epochs 0 and 1, nothing after the freeze
+    w = torch.cat([before[-1]["conv.weight"].flatten(), before[-1]["fc.weight"].flatten()])
+    assert errs[-1][1] == pytest.approx(float((w - nearest_level(w, (-1.0, 1.0))).pow(2).mean()), rel=1e-6)
+
+
+def test_no_quantized_group_is_an_error(tmp_path):
+    class Plain(_BinNet):
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    with pytest.raises(ValueError, match="no param group whose regularizer"):
+        _trainer(tmp_path, [HardQuantization(epoch=1)], max_epochs=1).fit(Plain(), _loader())
+
+
+@pytest.mark.parametrize("resume_epoch", [0, 1, 3])  # before, at (end of epoch index 1 = freeze), after
+def test_resume_is_exact_across_the_freeze(tmp_path, resume_epoch):
+    def callbacks():
+        return [HardQuantization(epoch=2), RegularizationScheduler("linear", interval="epoch")]
+
+    pl.seed_everything(0)
+    full = _BinNet()
+    _trainer(tmp_path / "a", callbacks(), max_epochs=5).fit(full, _loader())
+
+    pl.seed_everything(0)
+    part = _BinNet()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1)
+    _trainer(tmp_path / "b", [*callbacks(), ckpt], max_epochs=resume_epoch + 1).fit(part, _loader())
+    path = sorted((tmp_path / "ck").glob(f"epoch={resume_epoch}-*.ckpt"))[0]
+    state = torch.load(path, weights_only=True)
+    hq_state = next(v for k, v in state["callbacks"].items() if k.startswith("HardQuantization"))
+    assert hq_state["frozen"] is (resume_epoch >= 1)
+
+    pl.seed_everything(0)
+    resumed = _BinNet()
+    rec = _Recorder()
+    cbs = callbacks()
+    _trainer(tmp_path / "c", [*cbs, rec], max_epochs=5).fit(resumed, _loader(), ckpt_path=path)
+    assert cbs[0].frozen
+    for (n, a), b in zip(full.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
+    for _, s in rec.snaps:
+        if resume_epoch >= 1:  # already frozen when resuming: quantized from the first step on
+            assert set(s["conv.weight"].unique().tolist()) <= {-1.0, 1.0}
