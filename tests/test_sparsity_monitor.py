@@ -1,0 +1,241 @@
+"""SparsityMonitor: counts against brute force, TensorBoard event files, logging cadence, 2-process DDP."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lightning_prox.callbacks import RegularizationScheduler, SparsityMonitor
+from lightning_prox.optim import RMDA
+from lightning_prox.regularizers import L1, GroupLasso
+
+
+class _Net(pl.LightningModule):
+    """conv (group lasso over input channels) → BN → linear (L1); RMDA with c = 1 gives exact zeros."""
+
+    def __init__(self, lam: float = 0.02, plain: bool = False, frozen: bool = False, bn: bool = True):
+        super().__init__()
+        self.lam, self.plain, self.frozen = lam, plain, frozen
+        self.conv = nn.Conv2d(3, 6, 3)
+        # per-rank batch statistics would make a DDP run differ from one process: the DDP test uses GroupNorm
+        self.bn = nn.BatchNorm2d(6) if bn else nn.GroupNorm(2, 6)
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        if self.plain:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+        if self.frozen:  # lr = 0: the weights stay as the test set them; groups as plain data
+            return torch.optim.SGD(
+                [
+                    {"params": [self.conv.weight], "regularizer": GroupLasso(self.lam, dim="in").spec()},
+                    {"params": [self.fc.weight], "regularizer": L1(self.lam).spec()},
+                    {"params": [self.conv.bias, self.bn.weight, self.bn.bias, self.fc.bias]},
+                ],
+                lr=0.0,
+            )
+        return RMDA(
+            [
+                {"params": [self.conv.weight], "regularizer": GroupLasso(self.lam, dim="in")},
+                {"params": [self.fc.weight], "regularizer": L1(self.lam)},
+                {"params": [self.conv.bias, self.bn.weight, self.bn.bias, self.fc.bias]},
+            ],
+            lr=0.1,
+            momentum=1.0,
+        )
+
+
+def _loader(batch_size: int = 8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 3, 6, 6, generator=g)
+    y = torch.randint(0, 3, (24,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+def _trainer(tmp_path: Path, callbacks, max_epochs: int = 2, logger=None, **kw) -> pl.Trainer:
+    kw.setdefault("accelerator", "cpu")
+    kw.setdefault("devices", 1)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=logger if logger is not None else CSVLogger(tmp_path, name="csv"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        **kw,
+    )
+
+
+def _csv(log_dir: str | Path) -> list[dict[str, str]]:
+    with open(Path(log_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# -- counts against brute force ---------------------------------------------------------------------
+def _reference(net: _Net) -> dict[str, float]:
+    w, v = net.conv.weight.detach(), net.fc.weight.detach()
+    zeros = int((w == 0).sum() + (v == 0).sum())
+    numel = w.numel() + v.numel()
+    zero_channels = [j for j in range(w.shape[1]) if bool((w[:, j] == 0).all())]
+    ref = {
+        "sparsity/unstructured": zeros / numel,
+        "sparsity/group": len(zero_channels) / w.shape[1],
+        "sparsity/group_weighted": len(zero_channels) * w[:, 0].numel() / w.numel(),
+        "sparsity/layer/conv.weight": float((w == 0).sum()) / w.numel(),
+        "sparsity/layer/conv.weight/group": len(zero_channels) / w.shape[1],
+        "sparsity/layer/fc.weight": float((v == 0).sum()) / v.numel(),
+    }
+    return ref
+
+
+def test_counts_match_brute_force_and_follow_each_regularizer(tmp_path):
+    pl.seed_everything(0)
+    net = _Net(frozen=True)
+    with torch.no_grad():
+        net.conv.weight[:, 1] = 0  # one zero input channel
+        net.conv.weight[0, 2, 0, 0] = 0  # a stray zero that is not a group
+        net.fc.weight[:, :5] = 0
+    mon = SparsityMonitor(table=False)
+    trainer = _trainer(tmp_path, [mon], max_epochs=1, max_steps=1)
+    trainer.fit(net, _loader())
+    totals, rows = mon.compute()
+    got = mon.metrics(totals, rows)
+    ref = _reference(net)
+    assert got.keys() == ref.keys()  # fc (L1) has no groups; biases/BN are not monitored
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=1e-12), k
+    assert [r["name"] for r in rows] == ["conv.weight", "fc.weight"]
+    assert rows[0]["zero_groups"] == 1 and rows[0]["groups"] == 3
+
+    # group_dim gives the elementwise-regularized tensor groups as well ("out": rows of fc.weight)
+    mon2 = SparsityMonitor(group_dim="out", table=False)
+    mon2._entries = mon2._collect(trainer, net)
+    _, rows2 = mon2.compute()
+    assert rows2[1]["groups"] == 3 and rows2[1]["zero_groups"] == 0
+    assert rows2[0]["groups"] == 3  # the regularizer's own grouping wins ("in")
+
+
+def test_unregularized_optimizer_monitors_all_weight_matrices(tmp_path):
+    net = _Net(plain=True)
+    mon = SparsityMonitor(table=False)
+    _trainer(tmp_path, [mon], max_epochs=1, max_steps=1).fit(net, _loader())
+    assert [e.name for e in mon._entries] == ["conv.weight", "fc.weight"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"logging_interval": "batch"}, "'batch'"),
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"group_dim": "rows"}, "'rows'"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SparsityMonitor(**kwargs)
+
+
+def test_logs_only_every_n_steps_and_counts_only_then(tmp_path, monkeypatch):
+    calls = []
+    orig = SparsityMonitor.compute
+
+    def counting(self):
+        calls.append(1)
+        return orig(self)
+
+    monkeypatch.setattr(SparsityMonitor, "compute", counting)
+    pl.seed_everything(0)
+    trainer = _trainer(tmp_path, [SparsityMonitor(every_n_steps=4, table=False)], max_epochs=3)
+    trainer.fit(_Net(), _loader())  # 9 steps
+    steps = [int(r["step"]) for r in _csv(trainer.logger.log_dir) if r.get("sparsity/unstructured")]
+    assert steps == [0, 4, 8, 9]  # start, every 4 steps, end of training
+    assert len(calls) == 4  # no counting (and no host read) on the other steps
+
+
+def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_path, capsys):
+    pl.seed_everything(0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    cbs = [SparsityMonitor(), RegularizationScheduler("linear", offset=1)]
+    trainer = _trainer(tmp_path, cbs, max_epochs=3, logger=logger)
+    net = _Net(lam=0.05)
+    trainer.fit(net, _loader())
+    logger.experiment.flush()
+    ea = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "histograms": 0, "images": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    for t in ("sparsity/unstructured", "sparsity/group", "sparsity/group_weighted", "prox/lambda"):
+        assert t in tags["scalars"], t
+    assert "sparsity/layer/conv.weight/group" in tags["scalars"]
+    assert {"group_norms/conv.weight", "group_norms/fc.weight"} <= set(tags["histograms"])
+    assert "sparsity/layer_history" in tags["images"]
+    assert "custom_scalars__config__" in tags["tensors"]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    assert layout.category[0].title == "Sparsity"
+    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    assert "sparsity/group_weighted" in charts["global"]
+    # the logged final value is the exact count on the trained weights
+    final = ea.Scalars("sparsity/group")[-1]
+    assert final.step == trainer.global_step
+    assert final.value == pytest.approx(_reference(net)["sparsity/group"])
+    assert _reference(net)["sparsity/unstructured"] > 0  # the prox produced exact zeros
+    hist = ea.Histograms("group_norms/conv.weight")
+    assert [h.step for h in hist] == [3, 6, 9] and hist[-1].histogram_value.num == 3
+    assert "sparsity per layer" in capsys.readouterr().out  # the rich table at the end of fit
+
+
+# -- 2-process DDP (gloo, CPU) ----------------------------------------------------------------------
+@pytest.mark.ddp
+@pytest.mark.timeout(300)
+def test_ddp_logs_the_single_process_values_once(tmp_path):
+    class Net(_Net):
+        def train_dataloader(self):  # the same 8 samples per step as the single run, split over the ranks
+            ds = _loader().dataset
+            ws, rank = self.trainer.world_size, self.trainer.global_rank
+            sampler = DistributedSampler(ds, num_replicas=ws, rank=rank, shuffle=False)
+            return DataLoader(ds, batch_size=8 // ws, sampler=sampler)
+
+    def run(root: Path, devices: int) -> list[dict[str, str]]:
+        pl.seed_everything(0)
+        cbs = [SparsityMonitor(every_n_steps=2, table=False), RegularizationScheduler("linear", offset=1)]
+        kw = {"strategy": "ddp_fork"} if devices > 1 else {}
+        trainer = _trainer(root, cbs, max_epochs=3, devices=devices, use_distributed_sampler=False, **kw)
+        trainer.fit(Net(lam=0.05, bn=False))
+        dirs = sorted((root / "csv").iterdir())
+        assert len(dirs) == 1, dirs  # one logger directory: rank 1 wrote nothing
+        return _csv(dirs[0])
+
+    single = run(tmp_path / "single", 1)
+    ddp = run(tmp_path / "ddp", 2)
+
+    def by_key(rows):
+        out: dict[tuple[str, int], list[float]] = {}
+        for r in rows:
+            for k, v in r.items():
+                if v and (k.startswith("sparsity/") or k.startswith("prox/")):
+                    out.setdefault((k, int(r["step"])), []).append(float(v))
+        return out
+
+    s, d = by_key(single), by_key(ddp)
+    assert s.keys() == d.keys()
+    assert all(len(v) == 1 for v in d.values())  # logged once
+    assert d == s  # exact: counts of exact zeros and λ do not depend on the process layout
+    assert max(v[0] for (k, _), v in s.items() if k == "sparsity/unstructured") > 0
