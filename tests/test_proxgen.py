@@ -1,0 +1,199 @@
+"""ProxGen: reductions to torch's Adam/AdamW/RMSprop/Adagrad, the prox step by hand, convex optimum."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lightning_prox.optim import ProxAdam, ProxGen
+from lightning_prox.regularizers import L1
+from tests.cases import make_cnn, single_thread, train, weight_groups  # noqa: F401
+
+
+def _assert_models_close(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-6) -> None:
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=atol, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("implementation", ["fast", "forloop"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_reduces_to_adamw_100_steps(implementation, weight_decay):
+    ref = make_cnn()
+    ours = copy.deepcopy(ref)
+    torch_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=weight_decay)
+    opt = ProxGen(ours.parameters(), lr=1e-2, weight_decay=weight_decay, implementation=implementation)
+    train(ref, torch_opt, range(100))
+    train(ours, opt, range(100))
+    _assert_models_close(ref, ours)
+
+
+def test_lam_zero_group_is_plain_adam_and_alias():
+    assert ProxAdam is ProxGen
+    ref = make_cnn()
+    ours = copy.deepcopy(ref)
+    torch_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
+    opt = ProxGen(weight_groups(ours, regularizer=L1(0.0)), lr=1e-2)
+    train(ref, torch_opt, range(20))
+    train(ours, opt, range(20))
+    _assert_models_close(ref, ours)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "forloop"])
+def test_rmsprop_reduces_to_torch_rmsprop(implementation):
+    ref = make_cnn()
+    ours = copy.deepcopy(ref)
+    torch_opt = torch.optim.RMSprop(ref.parameters(), lr=1e-3, alpha=0.9, eps=1e-8)
+    opt = ProxGen(
+        ours.parameters(), lr=1e-3, betas=(0.0, 0.9), preconditioner="rmsprop", implementation=implementation
+    )
+    train(ref, torch_opt, range(50))
+    train(ours, opt, range(50))
+    _assert_models_close(ref, ours)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "forloop"])
+def test_adagrad_reduces_to_torch_adagrad(implementation):
+    ref = make_cnn()
+    ours = copy.deepcopy(ref)
+    torch_opt = torch.optim.Adagrad(ref.parameters(), lr=1e-2, eps=1e-8)
+    opt = ProxGen(
+        ours.parameters(), lr=1e-2, betas=(0.0, 0.9), preconditioner="adagrad", implementation=implementation
+    )
+    train(ref, torch_opt, range(50))
+    train(ours, opt, range(50))
+    _assert_models_close(ref, ours)
+
+
+def _manual_proxgen(theta, grads, *, lr, beta1, beta2, eps, wd, lam, bias_correction, metric, precond):
+    """Algorithm 1/2 of the paper written out in float64 with an explicit soft threshold."""
+    theta = theta.double().clone()
+    m = torch.zeros_like(theta)
+    v = torch.zeros_like(theta)
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        theta = theta * (1 - lr * wd)
+        m = beta1 * m + (1 - beta1) * g
+        m_hat = m / (1 - beta1**t) if bias_correction else m
+        if precond == "adam":
+            v = beta2 * v + (1 - beta2) * g * g
+            c = (v / (1 - beta2**t)).sqrt() if bias_correction else v.sqrt()
+            d = c + eps
+        elif precond == "adagrad":
+            v = v + g * g
+            d = v.sqrt() + eps
+        else:  # identity
+            d = torch.ones_like(theta)
+        theta_hat = theta - lr * m_hat / d
+        thr = lr * lam / (d if metric == "preconditioned" else torch.ones_like(d))
+        theta = torch.sign(theta_hat) * torch.clamp(theta_hat.abs() - thr, min=0)
+    return theta
+
+
+@pytest.mark.parametrize("implementation", ["fast", "forloop"])
+@pytest.mark.parametrize(
+    "bias_correction,prox_metric,precond",
+    [
+        (True, "preconditioned", "adam"),
+        (False, "preconditioned", "adam"),
+        (True, "euclidean", "adam"),
+        (True, "preconditioned", "adagrad"),
+        (True, "preconditioned", "identity"),
+    ],
+)
+def test_l1_step_matches_paper_formula(implementation, bias_correction, prox_metric, precond):
+    g = torch.Generator().manual_seed(3)
+    theta0 = torch.randn(40, generator=g, dtype=torch.float64)
+    grads = [torch.randn(40, generator=g, dtype=torch.float64) for _ in range(12)]
+    kw = dict(lr=0.05, beta1=0.8, beta2=0.99, eps=1e-3, wd=0.1, lam=0.5)
+    expected = _manual_proxgen(
+        theta0, grads, **kw, bias_correction=bias_correction, metric=prox_metric, precond=precond
+    )
+    w = torch.nn.Parameter(theta0.clone())
+    opt = ProxGen(
+        [w], lr=0.05, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1, regularizer=L1(0.5),
+        bias_correction=bias_correction, prox_metric=prox_metric, preconditioner=precond,
+        implementation=implementation,
+    )  # fmt: skip
+    for gr in grads:
+        w.grad = gr.clone()
+        opt.step()
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-12, atol=1e-12)
+    assert (w == 0).any() and (w != 0).any()  # the test exercises both branches of the prox
+    assert torch.equal(w == 0, expected == 0)
+
+
+def test_bias_correction_off_thresholds_are_larger_early():
+    """Digest P1: raw C_1 = sqrt(1-β)|g| makes the first thresholds ~30x larger."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(1000, generator=g) * 0.05
+    grad = torch.randn(1000, generator=g)
+    zeros = {}
+    for bc in (True, False):
+        w = torch.nn.Parameter(theta.clone())
+        opt = ProxGen([w], lr=1e-3, regularizer=L1(0.5), bias_correction=bc)
+        w.grad = grad.clone()
+        opt.step()
+        zeros[bc] = int((w == 0).sum())
+        stats = opt.prox_stats()[0]
+        d = opt.denoms(opt.param_groups[0])[0]
+        torch.testing.assert_close(
+            stats["mean_threshold"].float(), (1e-3 * 0.5 / d).mean(), rtol=1e-5, atol=0
+        )
+    assert zeros[False] > zeros[True]
+
+
+def test_prox_stats_keys_and_counts():
+    model = make_cnn()
+    opt = ProxGen(weight_groups(model, regularizer=L1(1e-2)), lr=1e-2)
+    train(model, opt, range(5))
+    stats = opt.prox_stats()
+    assert [s["regularizer"] for s in stats] == ["L1", None]
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    assert int(stats[0]["zeros"]) == sum(int((p == 0).sum()) for p in weights) > 0
+    assert stats[0]["numel"] == sum(p.numel() for p in weights)
+    assert float(stats[1]["mean_threshold"]) == 0.0
+    assert float(stats[0]["mean_threshold"]) > 1e-2 * 1e-2  # 1/D > 1 on average for small gradients
+
+
+def test_nonfinite_gradient_raises_before_update():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = ProxGen([w], lr=0.1, regularizer=L1(0.1))
+    w.grad = torch.tensor([0.0, float("nan"), 1.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(3))
+    opt.check_finite = False
+    opt.step()  # no check: the NaN goes through
+    assert torch.isnan(w).any()
+
+
+def test_half_precision_falls_back_to_regularizer_prox():
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 64, dtype=torch.bfloat16))
+    ref = torch.nn.Parameter(w.detach().clone())
+    opts = [
+        ProxGen([p], lr=0.1, regularizer=L1(0.5), implementation=i)
+        for p, i in ((w, "fast"), (ref, "forloop"))
+    ]
+    for _ in range(3):
+        for p, opt in zip((w, ref), opts):
+            p.grad = torch.full_like(p, 0.01)
+            opt.step()
+    assert w.dtype == torch.bfloat16
+    torch.testing.assert_close(w, ref, atol=1e-2, rtol=0)
+    assert torch.equal(w == 0, ref == 0) and (w == 0).sum() > 0
+
+
+def test_setstate_defaults_for_old_checkpoints():
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = ProxGen([w], lr=0.1)
+    state = opt.__getstate__()
+    for group in state["param_groups"]:
+        for key in ("preconditioner", "bias_correction", "prox_metric"):
+            del group[key]
+    opt2 = ProxGen([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    opt2.__setstate__(state)
+    assert opt2.param_groups[0]["preconditioner"] == "adam"
+    assert math.isclose(opt2.param_groups[0]["lr"], 0.1)
