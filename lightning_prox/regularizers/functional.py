@@ -1,19 +1,49 @@
 """Pure thresholding maps: the one place where proximal arithmetic lives.
 
-Every function takes the point ``z`` and a threshold-scale tensor or float, returns a new tensor and
-never mutates its input. Regularizer classes turn (λ, step, metric) into these arguments; optimizers
-call the regularizers, never these functions' math of their own (STYLE.md principle 1).
-Computation happens in float32 for half-precision inputs and the result is cast back.
+Every function solves a scalar problem elementwise, takes the point ``z`` first and the scale(s)
+after it (floats or tensors broadcastable to ``z``), returns a new tensor and never mutates its input:
+
+* ``prox_<penalty>(z, mu)`` = argmin_x ½(x − z)² + mu·|x|^q for the l_q family (mu ≥ 0);
+* ``prox_mcp/prox_scad(z, s, lam, b|a)`` = argmin_x ½(x − z)² + s·ρ_lam(x) (s ≥ 0), exact, and
+  ``*_paper`` variants with the ProxGen paper's printed formulas (digest 000 P7).
+
+Regularizer classes turn (λ, step, metric) into these arguments (mu = step·λ/metric); optimizers call
+the regularizers, never this module's math of their own (STYLE.md principle 1). Computation happens
+in float32 for half-precision inputs and the result is cast back. Every map is NaN-free for finite
+inputs, including mu = +inf and z = 0: branches are evaluated on clamped inputs and selected with
+``torch.where``. Ties at a threshold go to 0 (the smaller magnitude), see each function.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from ._base import threshold_dtype
 
-__all__ = ["prox_l1"]
+__all__ = [
+    "prox_l0",
+    "prox_l1",
+    "prox_lhalf",
+    "prox_lq",
+    "prox_ltwothirds",
+    "prox_mcp",
+    "prox_mcp_paper",
+    "prox_scad",
+    "prox_scad_paper",
+]
+
+#: zeroing thresholds of prox_lq in units of mu (digest 000 §2.5 with λ̃ = 2mu), for q = 1/2 and 2/3
+_C_HALF = 54.0 ** (1.0 / 3.0) / 4.0  # |z| > _C_HALF · λ̃^{2/3}
+_C_TWOTHIRDS = (2.0 / 3.0) * 3.0**0.25  # |z| > _C_TWOTHIRDS · λ̃^{3/4}
+_U_MAX = 1e15  # beyond |z|/λ̃^{3/4} = _U_MAX the l_{2/3} shrinkage is below float64 resolution
+
+
+def _f(z: Tensor, *scales: Tensor | float) -> tuple[Tensor, ...]:
+    dt = threshold_dtype(z)
+    return (z.to(dt), *(s.to(dt) if isinstance(s, Tensor) else s for s in scales))
 
 
 def prox_l1(z: Tensor, thr: Tensor | float) -> Tensor:
@@ -27,11 +57,207 @@ def prox_l1(z: Tensor, thr: Tensor | float) -> Tensor:
         >>> prox_l1(torch.tensor([-2.0, 0.5, 3.0]), 1.0)
         tensor([-1.,  0.,  2.])
     """
-    dt = threshold_dtype(z)
-    zf = z.to(dt)
-    if isinstance(thr, Tensor):
-        thr = thr.to(dt)
-        out = zf - torch.clamp(zf, -thr, thr)
-    else:
-        out = zf - torch.clamp(zf, -thr, thr)
-    return out.to(z.dtype)
+    zf, t = _f(z, thr)
+    neg = -t
+    return (zf - torch.clamp(zf, neg, t)).to(z.dtype)
+
+
+def prox_l0(z: Tensor, mu: Tensor | float) -> Tensor:
+    """Hard thresholding: argmin_x ½(x − z)² + mu·[x ≠ 0] keeps z where |z| > sqrt(2·mu), else 0 (ties → 0).
+
+    Example:
+        >>> import torch
+        >>> prox_l0(torch.tensor([-2.0, 0.5, 1.0]), 0.5)
+        tensor([-2.,  0.,  0.])
+    """
+    zf, m = _f(z, mu)
+    thr = (m**0.5 if isinstance(m, Tensor) else math.sqrt(m)) * math.sqrt(2.0)  # no overflow of 2·mu
+    return torch.where(zf.abs() > thr, zf, 0.0).to(z.dtype)
+
+
+def prox_lhalf(z: Tensor, mu: Tensor | float) -> Tensor:
+    """Half thresholding (Cao et al. 2013 with λ̃ = 2·mu): argmin_x ½(x − z)² + mu·|x|^{1/2}.
+
+    .. math::
+
+        x = \\tfrac23 z\\,\\big(1 + \\cos(\\tfrac{2\\pi}{3} - \\tfrac23 \\varphi)\\big),\\quad
+        \\varphi = \\arccos\\big(\\tfrac{\\tilde\\lambda}{8} (|z|/3)^{-3/2}\\big)
+        \\quad\\text{if } |z| > \\tfrac{\\sqrt[3]{54}}{4}\\tilde\\lambda^{2/3}, \\text{ else } 0 \\text{ (ties → 0)}.
+
+    Example:
+        >>> import torch
+        >>> prox_lhalf(torch.tensor([0.5, 2.0]), 0.5)
+        tensor([0.0000, 1.8144])
+    """
+    zf, m = _f(z, mu)
+    s = (m ** (2.0 / 3.0) if isinstance(m, Tensor) else m ** (2.0 / 3.0)) * 2.0 ** (2.0 / 3.0)  # λ̃^{2/3}
+    az = zf.abs()
+    thr = _C_HALF * s
+    u = torch.clamp(
+        az / torch.clamp(torch.as_tensor(s, dtype=zf.dtype, device=zf.device), min=1e-300), min=_C_HALF
+    )
+    arg = (3.0**1.5 / 8.0) * u.pow(-1.5)  # = (λ̃/8)(|z|/3)^{-3/2} ∈ [0, 1/√2]
+    phi = torch.arccos(arg)
+    x = (2.0 / 3.0) * zf * (1.0 + torch.cos(2.0 * math.pi / 3.0 - (2.0 / 3.0) * phi))
+    return torch.where(az > thr, x, 0.0).to(z.dtype)
+
+
+def prox_ltwothirds(z: Tensor, mu: Tensor | float) -> Tensor:
+    """Two-thirds thresholding (Cao et al. 2013 with λ̃ = 2·mu): argmin_x ½(x − z)² + mu·|x|^{2/3}.
+
+    .. math::
+
+        x = \\operatorname{sign}(z)\\Big(\\frac{|A| + \\sqrt{2|z|/|A| - |A|^2}}{2}\\Big)^3,\\quad
+        |A| = \\tfrac{2}{\\sqrt3}\\tilde\\lambda^{1/4}\\cosh(\\varphi/3)^{1/2},\\quad
+        \\varphi = \\operatorname{arccosh}\\big(\\tfrac{27 z^2}{16}\\tilde\\lambda^{-3/2}\\big)
+
+    if :math:`|z| > \\tfrac23 (3\\tilde\\lambda^3)^{1/4}`, else 0 (ties → 0). Evaluated in the
+    dimensionless variable u = |z|/λ̃^{3/4} so that no intermediate overflows.
+
+    Example:
+        >>> import torch
+        >>> prox_ltwothirds(torch.tensor([0.5, 2.0]), 0.5)
+        tensor([0.0000, 1.7219])
+    """
+    zf, m = _f(z, mu)
+    s = (m**0.75 if isinstance(m, Tensor) else m**0.75) * 2.0**0.75  # λ̃^{3/4}
+    az = zf.abs()
+    thr = _C_TWOTHIRDS * s
+    st = torch.as_tensor(s, dtype=zf.dtype, device=zf.device)
+    u_raw = az / torch.clamp(st, min=1e-300)
+    u = torch.clamp(u_raw, min=_C_TWOTHIRDS, max=_U_MAX)
+    phi = torch.arccosh((27.0 / 16.0) * u * u)
+    a = (2.0 / math.sqrt(3.0)) * torch.sqrt(torch.cosh(phi / 3.0))
+    g = ((a + torch.sqrt(torch.clamp_min(2.0 * u / a - a * a, 0.0))) * 0.5) ** 3
+    x = torch.where(u_raw > _U_MAX, zf, torch.sign(zf) * (st * g))
+    return torch.where(az > thr, x, 0.0).to(z.dtype)
+
+
+def prox_lq(z: Tensor, mu: Tensor | float, q: float) -> Tensor:
+    """argmin_x ½(x − z)² + mu·|x|^q for q ∈ {0, 1/2, 2/3, 1} (|x|^0 := [x ≠ 0]).
+
+    Example:
+        >>> import torch
+        >>> prox_lq(torch.tensor([2.0]), 0.5, q=1.0)
+        tensor([1.5000])
+    """
+    if q == 1.0:
+        return prox_l1(z, mu)
+    if q == 0.0:
+        return prox_l0(z, mu)
+    if q == 0.5:
+        return prox_lhalf(z, mu)
+    if abs(q - 2.0 / 3.0) < 1e-9:
+        return prox_ltwothirds(z, mu)
+    raise ValueError(f"q must be one of 0, 1/2, 2/3, 1, got {q!r}")
+
+
+def lq_penalty(x: Tensor, q: float) -> Tensor:
+    """|x|^q elementwise with |x|^0 := [x ≠ 0] (float, same dtype as ``x``)."""
+    if q == 0.0:
+        return (x != 0).to(x.dtype)
+    if q == 1.0:
+        return x.abs()
+    return x.abs().pow(q)
+
+
+# -- MCP and SCAD ---------------------------------------------------------------------------------
+def _mcp_rho(ax: Tensor, lam: float, b: float) -> Tensor:
+    return torch.where(ax <= b * lam, lam * ax - ax * ax / (2.0 * b), 0.5 * b * lam * lam)
+
+
+def _scad_rho(ax: Tensor, lam: float, a: float) -> Tensor:
+    mid = (2.0 * a * lam * ax - ax * ax - lam * lam) / (2.0 * (a - 1.0))
+    return torch.where(ax <= lam, lam * ax, torch.where(ax <= a * lam, mid, 0.5 * (a + 1.0) * lam * lam))
+
+
+def _best_of(az: Tensor, s: Tensor | float, cands: list[Tensor], rho) -> Tensor:
+    """The candidate magnitude with the least ½(x − |z|)² + s·ρ(x); ties keep the earlier (smaller) one."""
+    best = torch.zeros_like(az)
+    best_val = 0.5 * az * az  # x = 0 (ρ(0) = 0, so s never multiplies it: no inf·0)
+    for c in cands:
+        val = 0.5 * (c - az) ** 2 + torch.where(c > 0, s * rho(c), 0.0)
+        better = val < best_val
+        best = torch.where(better, c, best)
+        best_val = torch.where(better, val, best_val)
+    return best
+
+
+def prox_mcp(z: Tensor, s: Tensor | float, lam: float, b: float) -> Tensor:
+    """Exact argmin_x ½(x − z)² + s·ρ(x) for MCP ρ(x) = λ|x| − x²/(2b) (|x| ≤ bλ), bλ²/2 (beyond).
+
+    s·ρ_{λ,b} is MCP with λ' = sλ and b' = b/s (digest 000 P7). The minimizer is the best of:
+    0, the stationary point of the inner piece clipped to [0, bλ] (when b' > 1, i.e. s < b), and
+    max(|z|, bλ) on the flat piece. Ties keep the smaller magnitude (0 first).
+
+    Example:
+        >>> import torch
+        >>> prox_mcp(torch.tensor([0.5, 2.0, 5.0]), 1.0, lam=1.0, b=3.0)
+        tensor([0.0000, 1.5000, 5.0000])
+    """
+    zf, sf = _f(z, s)
+    az = zf.abs()
+    st = torch.as_tensor(sf, dtype=zf.dtype, device=zf.device)
+    st = torch.clamp(st, max=torch.finfo(zf.dtype).max)
+    inner = b * (az - st * lam) / torch.clamp_min(b - st, torch.finfo(zf.dtype).tiny)
+    inner = torch.where(st < b, torch.clamp(inner, min=0.0, max=b * lam), 0.0)
+    flat = torch.clamp_min(az, b * lam)
+    best = _best_of(az, st, [inner, flat], lambda x: _mcp_rho(x, lam, b))
+    return (torch.sign(zf) * best).to(z.dtype)
+
+
+def prox_scad(z: Tensor, s: Tensor | float, lam: float, a: float) -> Tensor:
+    """Exact argmin_x ½(x − z)² + s·ρ(x) for SCAD with parameters λ, a > 2 (digest 000 §2.7, P7).
+
+    Per piece of ρ (|x| ≤ λ: λ|x|; λ < |x| ≤ aλ: −(x² − 2aλ|x| + λ²)/(2(a−1)); beyond: (a+1)λ²/2) the
+    candidates are clamp(|z| − sλ, 0, λ), the middle piece's stationary point
+    ((a−1)|z| − saλ)/(a−1−s) clipped to [λ, aλ] when it is convex (s < a − 1), and max(|z|, aλ); the
+    minimizer is the best of 0 and these (ties keep the smaller magnitude).
+
+    Example:
+        >>> import torch
+        >>> prox_scad(torch.tensor([0.5, 3.0, 5.0]), 1.0, lam=1.0, a=3.7)
+        tensor([0.0000, 2.5882, 5.0000])
+    """
+    zf, sf = _f(z, s)
+    az = zf.abs()
+    st = torch.as_tensor(sf, dtype=zf.dtype, device=zf.device)
+    st = torch.clamp(st, max=torch.finfo(zf.dtype).max)
+    c1 = torch.clamp(az - st * lam, min=0.0, max=lam)
+    mid = ((a - 1.0) * az - st * (a * lam)) / torch.clamp_min((a - 1.0) - st, torch.finfo(zf.dtype).tiny)
+    c2 = torch.where(st < a - 1.0, torch.clamp(mid, min=lam, max=a * lam), lam)
+    c3 = torch.clamp_min(az, a * lam)
+    best = _best_of(az, st, [c1, c2, c3], lambda x: _scad_rho(x, lam, a))
+    return (torch.sign(zf) * best).to(z.dtype)
+
+
+def prox_mcp_paper(z: Tensor, s: Tensor | float, lam: float, b: float) -> Tensor:
+    """ProxGen Eq. 23 as printed: sign(z)·min(b·max(|z| − sλ, 0)/(b − 1), |z|), b > 1 (not exact, P7).
+
+    Example:
+        >>> import torch
+        >>> prox_mcp_paper(torch.tensor([0.5, 2.0, 5.0]), 1.0, lam=1.0, b=3.0)
+        tensor([0.0000, 1.5000, 5.0000])
+    """
+    zf, sf = _f(z, s)
+    az = zf.abs()
+    li = sf * lam
+    x = torch.minimum(b * torch.clamp_min(az - li, 0.0) / (b - 1.0), az)
+    return (torch.sign(zf) * x).to(z.dtype)
+
+
+def prox_scad_paper(z: Tensor, s: Tensor | float, lam: float, a: float) -> Tensor:
+    """ProxGen Eq. 29 as printed: the unit SCAD prox with λ_i = sλ and ``a`` unchanged (not exact, P7).
+
+    Example:
+        >>> import torch
+        >>> prox_scad_paper(torch.tensor([0.5, 3.0, 5.0]), 1.0, lam=1.0, a=3.7)
+        tensor([0.0000, 2.5882, 5.0000])
+    """
+    zf, sf = _f(z, s)
+    az = zf.abs()
+    li = sf * lam
+    soft = torch.clamp_min(az - li, 0.0)
+    mid = ((a - 1.0) * az - a * li) / (a - 2.0)
+    x = torch.where(az <= 2.0 * li, soft, torch.where(az <= a * li, mid, az))
+    return (torch.sign(zf) * x).to(z.dtype)

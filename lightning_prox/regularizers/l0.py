@@ -1,0 +1,40 @@
+"""ℓ0 regularizer: preconditioned hard thresholding (ProxGen digest 000 §2.2)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor
+
+from ._base import threshold_dtype
+from ._elementwise import _Elementwise, cap
+from .functional import prox_l0
+
+__all__ = ["L0"]
+
+
+@dataclasses.dataclass(frozen=True)
+class L0(_Elementwise):
+    r"""λ·#{i : x_i ≠ 0}, with prox (hard thresholding)
+
+    .. math::
+
+        \operatorname{prox}(z)_i = z_i \text{ if } |z_i| > \sqrt{2\,\text{step}\cdot\lambda/\text{metric}_i},
+        \text{ else } 0 .
+
+    At equality both 0 and ``z_i`` are minimizers; this implementation returns 0 (exact zeros win ties).
+
+    Args:
+        lam: λ ≥ 0.
+
+    Example:
+        >>> import torch
+        >>> L0(lam=0.5).prox(torch.tensor([2.0, -0.9, 1.0]), step=1.0)
+        tensor([2., 0., 0.])
+    """
+
+    def value(self, x: Tensor) -> Tensor:
+        return self.lam * (x != 0).sum().to(threshold_dtype(x))
+
+    def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
+        return prox_l0(zf, cap(s * self.lam, zf))
