@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lightning_prox.optim import ProxGen, ProxSGD, TwoStageProxSGD
-from lightning_prox.regularizers import L1
+from lightning_prox.regularizers import L1, GroupLasso, Lq, NuclearNorm, Quantization
 
 OPTIMIZER_CASES: list[tuple[type[torch.optim.Optimizer], dict[str, Any], str]] = [
     (ProxSGD, dict(lr=0.05), "plain"),
@@ -34,6 +34,12 @@ OPTIMIZER_CASES: list[tuple[type[torch.optim.Optimizer], dict[str, Any], str]] =
     (ProxGen, dict(lr=1e-2, regularizer=L1(1e-3), preconditioner="rmsprop"), "rmsprop-l1"),
     (ProxGen, dict(lr=5e-2, regularizer=L1(1e-3), preconditioner="adagrad"), "adagrad-l1"),
     (ProxGen, dict(lr=5e-2, regularizer=L1(1e-2), preconditioner="identity"), "identity-l1"),
+    (ProxGen, dict(lr=1e-2, regularizer=Lq(1e-3, q=0.5)), "adam-lq-half"),
+    (ProxGen, dict(lr=1e-2, regularizer=GroupLasso(1e-3)), "adam-grouplasso-inexact"),
+    (ProxGen, dict(lr=1e-2, regularizer=NuclearNorm(1e-3)), "adam-nuclear-inexact"),
+    (ProxGen, dict(lr=1e-2, regularizer=Quantization(1e-4)), "adam-quant-revised"),
+    (ProxGen, dict(lr=1e-2, regularizer=Quantization(1e-4), prox_metric="euclidean"), "adam-quant-original"),
+    (ProxSGD, dict(lr=0.05, momentum=0.9, regularizer=GroupLasso(1e-2, dim="out")), "grouplasso-out"),
     (TwoStageProxSGD, dict(lr=0.1, regularizer=L1(1e-3)), "yang-adam-l1"),
 ]
 
@@ -51,6 +57,7 @@ OPTIMIZER_ERROR_CASES: list[tuple[type[torch.optim.Optimizer], dict[str, Any], s
     (ProxGen, dict(preconditioner="adamw"), r"preconditioner must be one of .*'adamw'"),
     (ProxGen, dict(prox_metric="l2"), r"prox_metric must be one of .*'l2'"),
     (TwoStageProxSGD, dict(lr=1.5), r"lr must be in \(0, 1\] .*1\.5"),
+    (ProxGen, dict(regularizer=GroupLasso(0.1)), r"GroupLasso cannot regularize param group 0 tensor 0"),
 ]
 
 

@@ -81,7 +81,7 @@ def test_resume_through_weights_only_checkpoint_is_exact(case):
 def test_param_groups_behave_like_separate_optimizers(case):
     cls, kwargs, _ = case
     g = torch.Generator().manual_seed(1)
-    init = [torch.randn(6, 4, generator=g), torch.randn(5, generator=g)]
+    init = [torch.randn(6, 4, generator=g), torch.randn(5, 3, generator=g)]
     grads = [[torch.randn_like(t) for t in init] for _ in range(8)]
     joint = [torch.nn.Parameter(t.clone()) for t in init]
     alone = [torch.nn.Parameter(t.clone()) for t in init]
@@ -97,7 +97,18 @@ def test_param_groups_behave_like_separate_optimizers(case):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("case", [c for c in OPTIMIZER_CASES if _has_impl(c[0])], ids=case_id)
+def _exact_prox(case) -> bool:
+    """False for an iterative prox under a non-uniform metric: its stopping rule sees the whole batch
+    of tensors in the fast path and one tensor at a time in the loop, so the iterates differ by the
+    solver tolerance (that solver is tested with the regularizers)."""
+    reg = case[1].get("regularizer")
+    euclidean = case[0].__name__ == "ProxSGD" or case[1].get("prox_metric") == "euclidean"
+    return reg is None or euclidean or not getattr(reg, "inexact_under_metric", False)
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in OPTIMIZER_CASES if _has_impl(c[0]) and _exact_prox(c)], ids=case_id
+)
 def test_fast_path_matches_forloop(case):
     cls, kwargs, _ = case
     ref = make_cnn()
@@ -116,5 +127,6 @@ def test_invalid_arguments_raise(case):
         cls([torch.nn.Parameter(torch.zeros(2))], **kwargs)
     if "lr" in kwargs or cls.__init__.__defaults__ is None:
         return
-    with pytest.raises(ValueError, match=r"param group 0: " + match):  # the same check per param group
+    with pytest.raises(ValueError, match=match) as err:  # the same check per param group, naming it
         cls([{"params": [torch.nn.Parameter(torch.zeros(2))], **kwargs}])
+    assert "param group 0" in str(err.value)

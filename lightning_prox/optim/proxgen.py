@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from ..regularizers._base import Regularizer
 from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
-from ._prox import prox_tensors_
+from ._prox import check_group_params, prox_tensors_
 from ._stats import group_stats
 
 __all__ = ["ProxAdam", "ProxGen", "proxgen"]
@@ -160,6 +160,7 @@ class ProxGen(Optimizer):
         self.implementation = implementation
         self._last_info: list[dict[str, Any]] = [{} for _ in self.param_groups]
         init_regularizer_groups(self)
+        check_group_params(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -178,6 +179,7 @@ class ProxGen(Optimizer):
         if hasattr(self, "_last_info"):  # after __init__: normalize the new group's regularizer
             self._last_info.append({})
             init_regularizer_groups(self)
+            check_group_params(self)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []

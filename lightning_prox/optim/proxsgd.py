@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from ..regularizers._base import Regularizer
 from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
-from ._prox import prox_tensors_
+from ._prox import check_group_params, prox_tensors_
 from ._stats import group_stats
 from .proxgen import Preconditioner, ProxGen
 
@@ -123,6 +123,7 @@ class ProxSGD(Optimizer):
         self.implementation = implementation
         self._last_info: list[dict[str, Any]] = [{} for _ in self.param_groups]
         init_regularizer_groups(self)
+        check_group_params(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -139,6 +140,7 @@ class ProxSGD(Optimizer):
         if hasattr(self, "_last_info"):
             self._last_info.append({})
             init_regularizer_groups(self)
+            check_group_params(self)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
         params, grads, bufs = [], [], []
