@@ -1,0 +1,120 @@
+"""Overhead of ``SparsityMonitor`` on epoch time (prints a table; nothing is asserted).
+
+A CIFAR-sized CNN (3×32×32 inputs, ~0.3 M parameters, group lasso on every conv/linear weight) is
+trained by ProxSGD (closed-form group prox) with a TensorBoard logger, with and without the monitor. Runs of the configurations
+are interleaved (A B C A B C ...) so that load drift on a shared machine hits all of them alike; the
+first epoch of every run is dropped (warm-up) and the median epoch time is reported.
+
+    python benchmarks/bench_monitor.py                 # default: 3 rounds × 4 epochs × 60 steps
+    python benchmarks/bench_monitor.py --rounds 5 --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prox.callbacks import SparsityMonitor
+from lightning_prox.optim import ProxSGD
+from lightning_prox.regularizers import GroupLasso
+from lightning_prox.structure import param_groups_regularized
+
+
+class Net(pl.LightningModule):
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.body(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return ProxSGD(param_groups_regularized(self, GroupLasso(1e-4, dim="in")), lr=0.05, momentum=0.9)
+
+
+class EpochTimer(Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.times.append(time.perf_counter() - self._t)
+
+
+def run(config: str, steps: int, epochs: int, batch: int) -> list[float]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(steps * batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (steps * batch,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False)
+    timer = EpochTimer()
+    callbacks: list[Callback] = [timer]
+    if config == "monitor (default: every log_every_n_steps=50)":
+        callbacks.append(SparsityMonitor(table=False))
+    elif config == "monitor every step":
+        callbacks.append(SparsityMonitor(every_n_steps=1, table=False))
+    pl.seed_everything(0, verbose=False)
+    with tempfile.TemporaryDirectory() as d:
+        trainer = pl.Trainer(
+            default_root_dir=d,
+            logger=TensorBoardLogger(d, name="tb"),
+            max_epochs=epochs,
+            callbacks=callbacks,
+            accelerator="cpu",
+            devices=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        trainer.fit(Net(), loader)
+    return timer.times[1:]  # drop the warm-up epoch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    configs = ["no monitor", "monitor (default: every log_every_n_steps=50)", "monitor every step"]
+    times: dict[str, list[float]] = {c: [] for c in configs}
+    for _ in range(args.rounds):
+        for c in configs:
+            times[c] += run(c, args.steps, args.epochs, args.batch)
+    base = statistics.median(times["no monitor"])
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps/epoch, batch {args.batch}"
+    )
+    print(f"{'configuration':<48} {'epochs':>6} {'median epoch [s]':>17} {'overhead':>9}")
+    for c in configs:
+        med = statistics.median(times[c])
+        print(f"{c:<48} {len(times[c]):>6} {med:>17.3f} {100 * (med / base - 1):>+8.1f}%")
+
+
+if __name__ == "__main__":
+    main()
