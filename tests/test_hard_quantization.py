@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prox.callbacks import HardQuantization, RegularizationScheduler
 from lightning_prox.callbacks._quantize import nearest_level
+from lightning_prox.optim import ProxGen
+from lightning_prox.regularizers import Quantization
 
 QUANT = {"name": "Quantization", "levels": [-1.0, 1.0], "q": 1.0}
 
@@ -62,8 +64,9 @@ def test_bad_arguments_raise(kwargs, match):
 class _BinNet(pl.LightningModule):
     """conv → BN → relu → linear; conv and linear weights are quantization-regularized."""
 
-    def __init__(self):
+    def __init__(self, opt: str = "adam"):
         super().__init__()
+        self.opt = opt
         self.conv = nn.Conv2d(1, 4, 3, bias=False)
         self.bn = nn.BatchNorm2d(4)
         self.fc = nn.Linear(16, 3)
@@ -82,11 +85,17 @@ class _BinNet(pl.LightningModule):
             self.val_weights_quantized.append((self.current_epoch, bool(((w == 1) | (w == -1)).all())))
 
     def configure_optimizers(self):
+        quantized = [self.conv.weight, self.fc.weight]
+        rest = [self.bn.weight, self.bn.bias, self.fc.bias]
+        if self.opt != "adam":  # revised ("preconditioned") or original ("euclidean") ProxQuant
+            reg = Quantization(1e-3, levels=(-1.0, 1.0))
+            groups = [{"params": quantized, "regularizer": reg}, {"params": rest}]
+            return ProxGen(groups, lr=0.05, prox_metric=self.opt)
         # plain-data groups: the spec dict and lam are all HardQuantization reads (DESIGN.md §4)
         return torch.optim.Adam(
             [
-                {"params": [self.conv.weight, self.fc.weight], "regularizer": dict(QUANT), "lam": 1e-3},
-                {"params": [self.bn.weight, self.bn.bias, self.fc.bias], "regularizer": None, "lam": 0.0},
+                {"params": quantized, "regularizer": dict(QUANT), "lam": 1e-3},
+                {"params": rest, "regularizer": None, "lam": 0.0},
             ],
             lr=0.05,
         )
@@ -126,9 +135,10 @@ class _Recorder(Callback):
         )
 
 
-def test_freeze_quantizes_and_keeps_quantized_tensors_fixed_while_bn_trains(tmp_path):
+@pytest.mark.parametrize("opt", ["adam", "preconditioned", "euclidean"])
+def test_freeze_quantizes_and_keeps_quantized_tensors_fixed_while_bn_trains(tmp_path, opt):
     pl.seed_everything(0)
-    net = _BinNet()
+    net = _BinNet(opt)
     rec = _Recorder()
     hq = HardQuantization(epoch=2)
     trainer = _trainer(tmp_path, [hq, rec], max_epochs=5)
@@ -173,11 +183,11 @@ def test_resume_is_exact_across_the_freeze(tmp_path, resume_epoch):
         return [HardQuantization(epoch=2), RegularizationScheduler("linear", interval="epoch")]
 
     pl.seed_everything(0)
-    full = _BinNet()
+    full = _BinNet("preconditioned")  # revised ProxQuant: λ from the scheduler acts in the prox
     _trainer(tmp_path / "a", callbacks(), max_epochs=5).fit(full, _loader())
 
     pl.seed_everything(0)
-    part = _BinNet()
+    part = _BinNet("preconditioned")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1)
     _trainer(tmp_path / "b", [*callbacks(), ckpt], max_epochs=resume_epoch + 1).fit(part, _loader())
     path = sorted((tmp_path / "ck").glob(f"epoch={resume_epoch}-*.ckpt"))[0]
@@ -186,7 +196,7 @@ def test_resume_is_exact_across_the_freeze(tmp_path, resume_epoch):
     assert hq_state["frozen"] is (resume_epoch >= 1)
 
     pl.seed_everything(0)
-    resumed = _BinNet()
+    resumed = _BinNet("preconditioned")
     rec = _Recorder()
     cbs = callbacks()
     _trainer(tmp_path / "c", [*cbs, rec], max_epochs=5).fit(resumed, _loader(), ckpt_path=path)
