@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_prox.callbacks import HardQuantization, RegularizationScheduler
 from lightning_prox.callbacks._quantize import nearest_level
@@ -64,11 +64,12 @@ def test_bad_arguments_raise(kwargs, match):
 class _BinNet(pl.LightningModule):
     """conv → BN → relu → linear; conv and linear weights are quantization-regularized."""
 
-    def __init__(self, opt: str = "adam"):
+    def __init__(self, opt: str = "adam", batch_norm: bool = True):
         super().__init__()
         self.opt = opt
         self.conv = nn.Conv2d(1, 4, 3, bias=False)
-        self.bn = nn.BatchNorm2d(4)
+        # GroupNorm for the DDP comparison: per-rank batch statistics would differ from one process
+        self.bn = nn.BatchNorm2d(4) if batch_norm else nn.GroupNorm(2, 4)
         self.fc = nn.Linear(16, 3)
         self.val_weights_quantized: list[tuple[int, bool]] = []
 
@@ -206,3 +207,50 @@ def test_resume_is_exact_across_the_freeze(tmp_path, resume_epoch):
     for _, s in rec.snaps:
         if resume_epoch >= 1:  # already frozen when resuming: quantized from the first step on
             assert set(s["conv.weight"].unique().tolist()) <= {-1.0, 1.0}
+
+
+# -- 2-process DDP (gloo, CPU) ----------------------------------------------------------------------
+@pytest.mark.ddp
+@pytest.mark.timeout(300)
+def test_ddp_freeze_matches_single_process(tmp_path):
+    class Net(_BinNet):
+        def train_dataloader(self):  # the single run's batch of 8, split over the ranks
+            ds = _loader().dataset
+            ws, rank = self.trainer.world_size, self.trainer.global_rank
+            sampler = DistributedSampler(ds, num_replicas=ws, rank=rank, shuffle=False)
+            return DataLoader(ds, batch_size=8 // ws, sampler=sampler)
+
+        def on_train_end(self):
+            if self.global_rank == 0:
+                torch.save(
+                    {k: v.clone() for k, v in self.state_dict().items()},
+                    self.trainer.default_root_dir + "/w.pt",
+                )
+
+    def run(root: Path, devices: int):
+        pl.seed_everything(0)
+        kw = {"strategy": "ddp_fork"} if devices > 1 else {}
+        cbs = [HardQuantization(epoch=2), RegularizationScheduler("linear", offset=1)]
+        trainer = pl.Trainer(
+            default_root_dir=str(root), max_epochs=4, callbacks=cbs, logger=CSVLogger(root, name="csv"),
+            accelerator="cpu", devices=devices, use_distributed_sampler=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1, **kw,
+        )  # fmt: skip
+        trainer.fit(Net("preconditioned", batch_norm=False))
+        dirs = sorted((root / "csv").iterdir())
+        assert len(dirs) == 1, dirs  # rank 1 logged nothing
+        with open(dirs[0] / "metrics.csv") as f:
+            errs = [
+                (int(r["step"]), float(r["quant/error"])) for r in csv.DictReader(f) if r.get("quant/error")
+            ]
+        return torch.load(root / "w.pt", weights_only=True), errs
+
+    w1, e1 = run(tmp_path / "single", 1)
+    w2, e2 = run(tmp_path / "ddp", 2)
+    assert [s for s, _ in e2] == [s for s, _ in e1] == [3, 6]  # logged once per epoch before the freeze
+    assert [v for _, v in e2] == pytest.approx([v for _, v in e1], rel=1e-5)
+    for name in ("conv.weight", "fc.weight"):
+        assert set(w2[name].unique().tolist()) <= {-1.0, 1.0}
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=0)  # same signs as one process
+    for name in ("bn.weight", "bn.bias", "fc.bias"):
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
