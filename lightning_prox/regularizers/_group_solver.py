@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..structure import check_groupable
 from ._base import Step, threshold_dtype
+from ._elementwise import cap
 
 __all__ = ["group_major", "from_group_major", "solve_group_lasso"]
 
@@ -95,7 +96,7 @@ def solve_group_lasso(
         mb = torch.cat([group_major(metrics[t], dim).to(dt) for t in idxs]).flatten(1)
         counts = [group_major(zs[t], dim).shape[0] for t in idxs]
         tid = torch.repeat_interleave(torch.tensor(idxs, device=dev), torch.tensor(counts, device=dev))
-        thr = tau * group_weight(zb.shape[1], weighting)  # τ·w_g, the same for the whole bucket
+        thr = cap(tau * group_weight(zb.shape[1], weighting), zb)  # τ·w_g, the same for the whole bucket
         mz = mb * zb
         mz_norm = torch.linalg.vector_norm(mz, dim=1)
         screened = ~(mz_norm > thr)  # zero iff ‖m_g z_g‖ ≤ τ w_g (ties → zero)

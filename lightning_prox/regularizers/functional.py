@@ -94,7 +94,9 @@ def prox_lhalf(z: Tensor, mu: Tensor | float) -> Tensor:
     az = zf.abs()
     thr = _C_HALF * s
     u = torch.clamp(
-        az / torch.clamp(torch.as_tensor(s, dtype=zf.dtype, device=zf.device), min=1e-300), min=_C_HALF
+        az
+        / torch.clamp(torch.as_tensor(s, dtype=zf.dtype, device=zf.device), min=torch.finfo(zf.dtype).tiny),
+        min=_C_HALF,
     )
     arg = (3.0**1.5 / 8.0) * u.pow(-1.5)  # = (λ̃/8)(|z|/3)^{-3/2} ∈ [0, 1/√2]
     phi = torch.arccos(arg)
@@ -124,7 +126,7 @@ def prox_ltwothirds(z: Tensor, mu: Tensor | float) -> Tensor:
     az = zf.abs()
     thr = _C_TWOTHIRDS * s
     st = torch.as_tensor(s, dtype=zf.dtype, device=zf.device)
-    u_raw = az / torch.clamp(st, min=1e-300)
+    u_raw = az / torch.clamp(st, min=torch.finfo(zf.dtype).tiny)
     u = torch.clamp(u_raw, min=_C_TWOTHIRDS, max=_U_MAX)
     phi = torch.arccosh((27.0 / 16.0) * u * u)
     a = (2.0 / math.sqrt(3.0)) * torch.sqrt(torch.cosh(phi / 3.0))
@@ -162,13 +164,19 @@ def lq_penalty(x: Tensor, q: float) -> Tensor:
 
 
 # -- MCP and SCAD ---------------------------------------------------------------------------------
+def _k(v: float, like: Tensor) -> float:
+    """A non-negative Python constant capped at ``like``'s largest finite value (torch refuses overflow)."""
+    return min(v, torch.finfo(like.dtype).max)
+
+
 def _mcp_rho(ax: Tensor, lam: float, b: float) -> Tensor:
-    return torch.where(ax <= b * lam, lam * ax - ax * ax / (2.0 * b), 0.5 * b * lam * lam)
+    return torch.where(ax <= _k(b * lam, ax), lam * ax - ax * ax / (2.0 * b), _k(0.5 * b * lam * lam, ax))
 
 
 def _scad_rho(ax: Tensor, lam: float, a: float) -> Tensor:
     mid = (2.0 * a * lam * ax - ax * ax - lam * lam) / (2.0 * (a - 1.0))
-    return torch.where(ax <= lam, lam * ax, torch.where(ax <= a * lam, mid, 0.5 * (a + 1.0) * lam * lam))
+    flat = _k(0.5 * (a + 1.0) * lam * lam, ax)
+    return torch.where(ax <= _k(lam, ax), lam * ax, torch.where(ax <= _k(a * lam, ax), mid, flat))
 
 
 def _best_of(az: Tensor, s: Tensor | float, cands: list[Tensor], rho) -> Tensor:
@@ -200,8 +208,8 @@ def prox_mcp(z: Tensor, s: Tensor | float, lam: float, b: float) -> Tensor:
     st = torch.as_tensor(sf, dtype=zf.dtype, device=zf.device)
     st = torch.clamp(st, max=torch.finfo(zf.dtype).max)
     inner = b * (az - st * lam) / torch.clamp_min(b - st, torch.finfo(zf.dtype).tiny)
-    inner = torch.where(st < b, torch.clamp(inner, min=0.0, max=b * lam), 0.0)
-    flat = torch.clamp_min(az, b * lam)
+    inner = torch.where(st < b, torch.clamp(inner, min=0.0, max=_k(b * lam, zf)), 0.0)
+    flat = torch.clamp_min(az, _k(b * lam, zf))
     best = _best_of(az, st, [inner, flat], lambda x: _mcp_rho(x, lam, b))
     return (torch.sign(zf) * best).to(z.dtype)
 
@@ -223,10 +231,11 @@ def prox_scad(z: Tensor, s: Tensor | float, lam: float, a: float) -> Tensor:
     az = zf.abs()
     st = torch.as_tensor(sf, dtype=zf.dtype, device=zf.device)
     st = torch.clamp(st, max=torch.finfo(zf.dtype).max)
-    c1 = torch.clamp(az - st * lam, min=0.0, max=lam)
+    lam_k, alam_k = _k(lam, zf), _k(a * lam, zf)
+    c1 = torch.clamp(az - st * lam, min=0.0, max=lam_k)
     mid = ((a - 1.0) * az - st * (a * lam)) / torch.clamp_min((a - 1.0) - st, torch.finfo(zf.dtype).tiny)
-    c2 = torch.where(st < a - 1.0, torch.clamp(mid, min=lam, max=a * lam), lam)
-    c3 = torch.clamp_min(az, a * lam)
+    c2 = torch.where(st < a - 1.0, torch.clamp(mid, min=lam_k, max=alam_k), lam_k)
+    c3 = torch.clamp_min(az, alam_k)
     best = _best_of(az, st, [c1, c2, c3], lambda x: _scad_rho(x, lam, a))
     return (torch.sign(zf) * best).to(z.dtype)
 

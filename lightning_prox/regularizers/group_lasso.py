@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..structure import check_groupable, group_reduce_dims, group_size
 from ._base import Regularizer, Step, threshold_dtype
+from ._elementwise import cap
 from ._group_solver import _scale, group_weight, solve_group_lasso
 
 __all__ = ["GroupLasso"]
@@ -117,7 +118,7 @@ class GroupLasso(Regularizer):
             if z.numel() == 0:
                 out.append(z.clone())
                 continue
-            thr = tau * group_weight(group_size(z, self.dim), self.weighting)
+            thr = cap(tau * group_weight(group_size(z, self.dim), self.weighting), zf)
             nrm = torch.linalg.vector_norm(zf, dim=group_reduce_dims(z.ndim, self.dim), keepdim=True)
             out.append((zf * _scale(nrm, thr)).to(z.dtype))
             if info is not None:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._base import Regularizer, Step, threshold_dtype
+from ._elementwise import cap
 from .group_lasso import _check_solver_args
 
 __all__ = ["NuclearNorm"]
@@ -92,7 +93,7 @@ class NuclearNorm(Regularizer):
     ) -> list[Tensor]:
         for z in zs:
             self.check_param(tuple(z.shape))
-        tau = step * self.lam
+        tau = cap(step * self.lam, zs[0]) if zs else step * self.lam
         max_iters = self.max_iters if max_iters is None else max_iters
         rtol = self.rtol if rtol is None else rtol
         out: list[Tensor | None] = [None] * len(zs)

@@ -1,0 +1,363 @@
+"""Separable regularizers (L1, L0, Lq, MCP, SCAD, Quantization) and the generic contract of all of them.
+
+The references are written here, independently of the library: every penalty below is the textbook
+formula, and every prox is checked against dense 1-D grid minimization (refined around the best grid
+point) of ``step·ρ(x) + ½·metric·(x − z)²`` over many orders of magnitude of step·λ/metric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightning_prox.regularizers import (
+    L0,
+    L1,
+    MCP,
+    SCAD,
+    GroupLasso,
+    Lq,
+    NuclearNorm,
+    Quantization,
+    Regularizer,
+    from_spec,
+)
+
+DT = torch.float64
+
+
+# -- textbook penalties (per element, λ included) ---------------------------------------------------
+def lq_pen(lam: float, q: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    if q == 0:
+        return lambda x: lam * (x != 0).to(x.dtype)
+    return lambda x: lam * x.abs() ** q
+
+
+def mcp_pen(lam: float, b: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def f(x):
+        ax = x.abs()
+        return torch.where(ax <= b * lam, lam * ax - ax**2 / (2 * b), torch.full_like(ax, b * lam**2 / 2))
+
+    return f
+
+
+def scad_pen(lam: float, a: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def f(x):
+        ax = x.abs()
+        mid = -(ax**2 - 2 * a * lam * ax + lam**2) / (2 * (a - 1))
+        return torch.where(
+            ax <= lam, lam * ax, torch.where(ax <= a * lam, mid, torch.full_like(ax, (a + 1) * lam**2 / 2))
+        )
+
+    return f
+
+
+def quant_pen(lam: float, levels: tuple[float, ...], q: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    base = lq_pen(1.0, q)
+
+    def f(x):
+        lv = torch.tensor(levels, dtype=x.dtype)
+        return lam * base(x.unsqueeze(-1) - lv).amin(-1)
+
+    return f
+
+
+#: (regularizer, textbook per-element penalty, id). The table drives the brute-force, autograd,
+#: no-NaN, dtype, spec and prox_multi tests below.
+SEPARABLE_CASES: list[tuple[Regularizer, Callable, str]] = [
+    (L1(0.7), lq_pen(0.7, 1), "l1"),
+    (L0(0.7), lq_pen(0.7, 0), "l0"),
+    (Lq(0.7, q=0), lq_pen(0.7, 0), "lq0"),
+    (Lq(0.7, q=0.5), lq_pen(0.7, 0.5), "lq1/2"),
+    (Lq(0.7, q=2 / 3), lq_pen(0.7, 2 / 3), "lq2/3"),
+    (Lq(0.7, q=1), lq_pen(0.7, 1), "lq1"),
+    (MCP(0.7, b=3.0), mcp_pen(0.7, 3.0), "mcp-b3"),
+    (MCP(0.3, b=1.2), mcp_pen(0.3, 1.2), "mcp-b1.2"),
+    (MCP(0.3, b=0.5), mcp_pen(0.3, 0.5), "mcp-b0.5"),
+    (SCAD(0.7, a=3.7), scad_pen(0.7, 3.7), "scad-a3.7"),
+    (SCAD(0.3, a=2.2), scad_pen(0.3, 2.2), "scad-a2.2"),
+    (Quantization(0.7), quant_pen(0.7, (-1.0, 1.0), 1), "quant-binary-q1"),
+    (Quantization(0.7, q=0.5), quant_pen(0.7, (-1.0, 1.0), 0.5), "quant-binary-q1/2"),
+    (Quantization(0.7, q=2 / 3), quant_pen(0.7, (-1.0, 1.0), 2 / 3), "quant-binary-q2/3"),
+    (Quantization(0.7, q=0), quant_pen(0.7, (-1.0, 1.0), 0), "quant-binary-q0"),
+    (Quantization(0.4, levels=(-1, 0, 1), q=1), quant_pen(0.4, (-1.0, 0.0, 1.0), 1), "quant-ternary-q1"),
+    (
+        Quantization(0.4, levels=(-1.0, -0.3, 0.2, 1.5), q=0.5),
+        quant_pen(0.4, (-1.0, -0.3, 0.2, 1.5), 0.5),
+        "quant-multi-q1/2",
+    ),
+]
+SEP_IDS = [c[2] for c in SEPARABLE_CASES]
+ALL_REGS = [c[0] for c in SEPARABLE_CASES] + [
+    GroupLasso(0.3),
+    GroupLasso(0.3, dim="out", weighting="none"),
+    NuclearNorm(0.3),
+]
+
+
+def _levels(reg: Regularizer) -> tuple[float, ...]:
+    return reg.levels if isinstance(reg, Quantization) else ()
+
+
+def brute_force(z: torch.Tensor, s: torch.Tensor, pen: Callable, special: tuple[float, ...]):
+    """Per element: min_x s·pen(x) + ½(x − z)² on a dense grid refined 4 times around the best point.
+
+    Returns (argmin, min, min over x ≠ 0); the grid always contains 0, z and the special points.
+    """
+
+    def f(x):  # x: [n, G]
+        return s[:, None] * pen(x) + 0.5 * (x - z[:, None]) ** 2
+
+    pts = torch.tensor((0.0, *special), dtype=DT).expand(z.numel(), -1)
+    lo = torch.minimum(z, pts.amin(1))
+    hi = torch.maximum(z, pts.amax(1))
+    span = (hi - lo).clamp_min(1e-300)
+    grid = lo[:, None] + span[:, None] * torch.linspace(0, 1, 4001, dtype=DT)
+    grid = torch.cat([grid, pts, z[:, None]], 1)
+    v = f(grid)
+    best_nonzero = torch.where(grid != 0, v, torch.inf).amin(1)
+    best = grid.gather(1, v.argmin(1, keepdim=True))
+    h = span[:, None] / 4000
+    for _ in range(4):
+        cand = torch.cat([best + h * torch.linspace(-1, 1, 401, dtype=DT), best], 1)
+        vv = f(cand)
+        best_nonzero = torch.minimum(best_nonzero, torch.where(cand != 0, vv, torch.inf).amin(1))
+        best = cand.gather(1, vv.argmin(1, keepdim=True))
+        h = h / 100
+    return best.squeeze(1), f(best).squeeze(1), best_nonzero
+
+
+def _random_problem(seed: int, n: int = 40):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator=g, dtype=DT) * 10 ** (torch.rand(n, generator=g, dtype=DT) * 4 - 2)
+    metric = 10 ** (torch.rand(n, generator=g, dtype=DT) * 6 - 3)
+    return z, metric
+
+
+@pytest.mark.parametrize("step", [1e-3, 0.1, 1.0, 30.0])
+@pytest.mark.parametrize(("reg", "pen"), [c[:2] for c in SEPARABLE_CASES], ids=SEP_IDS)
+def test_prox_matches_brute_force(reg, pen, step):
+    """Objective within 1e-6 (relative) of the refined grid minimum; zeros exactly where it is zero."""
+    z, metric = _random_problem(int(step * 1000) % 997)
+    for m in (None, metric):
+        x = reg.prox(z, step, m)
+        s = step / (m if m is not None else torch.ones_like(z))  # objective divided by metric
+        _, fb, f_nonzero = brute_force(z, s, pen, _levels(reg))
+        fx = s * pen(x) + 0.5 * (x - z) ** 2
+        tol = 1e-6 * fb.abs() + 1e-300
+        assert bool((fx <= fb + tol).all()), (z[fx > fb + tol], x[fx > fb + tol])
+        # exact zeros exactly where the minimizer is zero (clear-cut cases: f(0) vs best x ≠ 0)
+        f0 = s * pen(torch.zeros_like(z)) + 0.5 * z**2
+        nonzero_better = f_nonzero < f0 - 1e-6 * f0
+        zero_better = f0 < f_nonzero - 1e-6 * f_nonzero
+        assert bool((x[nonzero_better] != 0).all())
+        assert bool((x[zero_better] == 0).all())
+
+
+@pytest.mark.parametrize(("reg", "pen"), [c[:2] for c in SEPARABLE_CASES], ids=SEP_IDS)
+def test_autograd_optimality_where_nonzero(reg, pen):
+    """d/dx [step·ρ(x) + ½ m (x − z)²] = 0 at the prox wherever it is non-zero and ρ is smooth there."""
+    z, metric = _random_problem(7)
+    step = 0.3
+    x = reg.prox(z, step, metric).requires_grad_(True)
+    obj = step * reg.value(x) + 0.5 * (metric * (x - z) ** 2).sum()
+    (grad,) = torch.autograd.grad(obj, x)
+    smooth = x.detach() != 0
+    if isinstance(reg, Quantization):
+        lv = torch.tensor(reg.levels, dtype=DT)
+        smooth &= (x.detach().unsqueeze(-1) - lv).abs().amin(-1) > 1e-9
+    if isinstance(reg, MCP):
+        smooth &= (x.detach().abs() - reg.b * reg.lam).abs() > 1e-9
+    if isinstance(reg, SCAD):
+        smooth &= ((x.detach().abs() - reg.lam).abs() > 1e-9) & (
+            (x.detach().abs() - reg.a * reg.lam).abs() > 1e-9
+        )
+    if (
+        isinstance(reg, (L0,))
+        or (isinstance(reg, Lq) and reg.q == 0)
+        or (isinstance(reg, Quantization) and reg.q == 0)
+    ):
+        pass  # the penalty is locally constant away from its jumps: gradient = metric·(x − z) must vanish
+    scale = (metric * z.abs()).clamp_min(1.0)
+    assert smooth.any()
+    assert bool((grad[smooth].abs() <= 1e-8 * scale[smooth]).all()), grad[smooth]
+
+
+@pytest.mark.parametrize("reg", ALL_REGS, ids=[*SEP_IDS, "glasso-in", "glasso-out", "nuclear"])
+def test_lam_zero_is_identity_and_input_untouched(reg):
+    z = torch.randn(6, 5, 3, dtype=DT)
+    z0 = z.clone()
+    m = torch.rand_like(z) + 0.1
+    for metric in (None, m):
+        torch.testing.assert_close(reg.with_lam(0.0).prox(z, 0.5, metric), z, rtol=0, atol=0)
+        reg.prox(z, 0.5, metric)
+        torch.testing.assert_close(z, z0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reg", ALL_REGS, ids=[*SEP_IDS, "glasso-in", "glasso-out", "nuclear"])
+def test_spec_round_trip_through_weights_only_checkpoint(reg, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"regularizer": reg.spec(), "lam": reg.lam}, path)
+    loaded = torch.load(path, weights_only=True)
+    assert from_spec(loaded["regularizer"], loaded["lam"]) == reg
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reg", ALL_REGS, ids=[*SEP_IDS, "glasso-in", "glasso-out", "nuclear"])
+def test_half_precision_inputs_use_float32_math(reg, dtype):
+    z = (torch.randn(8, 6, 3) * 2).to(dtype)
+    m = (torch.rand(8, 6, 3) + 0.1).to(dtype)
+    for metric in (None, m):
+        out = reg.prox(z, 0.25, metric)
+        assert out.dtype == dtype and out.shape == z.shape and bool(torch.isfinite(out).all())
+        ref = reg.prox(z.float(), 0.25, None if metric is None else metric.float()).to(dtype)
+        if reg.inexact_under_metric and metric is not None:
+            torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
+        else:
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reg", ALL_REGS, ids=[*SEP_IDS, "glasso-in", "glasso-out", "nuclear"])
+def test_step_as_zero_dim_tensor_and_prox_multi_match_prox(reg):
+    g = torch.Generator().manual_seed(3)
+    zs = [torch.randn(5, 4, 3, generator=g, dtype=DT), torch.randn(7, 2, generator=g, dtype=DT)]
+    ms = [torch.rand(z.shape, generator=g, dtype=DT) + 0.05 for z in zs]
+    for metrics in (None, ms):
+        mlist = [None, None] if metrics is None else ms
+        single = [reg.prox(z, 0.4, m) for z, m in zip(zs, mlist)]
+        tens = [reg.prox(z, torch.tensor(0.4, dtype=DT), m) for z, m in zip(zs, mlist)]
+        multi = reg.prox_multi(zs, 0.4, metrics)
+        for z, m, a, b, c in zip(zs, mlist, single, tens, multi):
+            assert c.shape == z.shape and c.dtype == z.dtype
+            if reg.inexact_under_metric and metrics is not None:
+                # one joint stop test for all tensors: each is solved at least as far as alone
+                obj = lambda x: (0.4 * reg.value(x) + 0.5 * (m * (x - z) ** 2).sum()).item()  # noqa: E731
+                assert obj(c) <= obj(a) * (1 + 1e-7)
+                assert obj(b) == pytest.approx(obj(a), rel=1e-12)
+                assert torch.equal(c == 0, a == 0)
+            else:
+                torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(c, a, rtol=1e-12, atol=1e-12)
+
+
+# -- no NaN / inf for any finite input --------------------------------------------------------------
+_finite = st.floats(min_value=-1e30, max_value=1e30, allow_nan=False, allow_infinity=False)
+_pos = st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinity=False, exclude_min=False)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=st.sampled_from(ALL_REGS),
+    zs=st.lists(st.one_of(_finite, st.sampled_from([0.0, -0.0, 1e-30, -1.0, 1.0])), min_size=6, max_size=6),
+    ms=st.lists(_pos, min_size=6, max_size=6),
+    lam=st.one_of(st.sampled_from([0.0, 1e-30, 1.0, 1e30]), _pos),
+    step=_pos,
+    use_metric=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_no_nan_or_inf_for_finite_inputs(case, zs, ms, lam, step, use_metric, dtype):
+    z = torch.tensor(zs, dtype=torch.float64).clamp(-1e30, 1e30).to(dtype).reshape(3, 2)
+    m = torch.tensor(ms, dtype=torch.float64).to(dtype).clamp_min(torch.finfo(dtype).tiny).reshape(3, 2)
+    reg = case.with_lam(lam)
+    out = reg.prox(z, step, m if use_metric else None)
+    assert bool(torch.isfinite(out).all()), (reg, z, m, step, out)
+    assert bool(torch.isfinite(reg.value(z.to(torch.float64))).all()) or lam > 1e20
+
+
+# -- ties and conventions -----------------------------------------------------------------------------
+def test_thresholds_ties_go_to_zero():
+    one = torch.tensor([1.0, -1.0], dtype=DT)
+    assert bool((L1(1.0).prox(one, 1.0) == 0).all())
+    assert bool((L0(0.5).prox(one, 1.0) == 0).all())  # |z| = sqrt(2·0.5)
+    thr_half = 54 ** (1 / 3) / 4 * (2 * 0.5) ** (2 / 3)
+    assert bool((Lq(0.5, q=0.5).prox(one * thr_half * (1 - 1e-12), 1.0) == 0).all())
+    assert bool((Lq(0.5, q=0.5).prox(one * thr_half * (1 + 1e-9), 1.0) != 0).all())
+    thr_23 = (2 / 3) * (3 * 1.0**3) ** 0.25
+    assert bool((Lq(0.5, q=2 / 3).prox(one * thr_23 * (1 - 1e-12), 1.0) == 0).all())
+    # jump sizes of digest 000 §2.5: 2/3 of the threshold for q = 1/2, 1/2 for q = 2/3
+    torch.testing.assert_close(Lq(0.5, q=0.5).prox(one * thr_half * (1 + 1e-12), 1.0), one * thr_half * 2 / 3)
+    torch.testing.assert_close(Lq(0.5, q=2 / 3).prox(one * thr_23 * (1 + 1e-12), 1.0), one * thr_23 / 2)
+
+
+def test_quantization_ties_go_to_the_larger_level_and_levels_are_exact():
+    reg = Quantization(0.1)
+    assert Quantization(0.1).prox(torch.zeros(3), 1.0).tolist() == pytest.approx([0.1] * 3)
+    out = Quantization(1.0, levels=(-1.0, 0.0, 2.0), q=1).prox(torch.tensor([0.5, 1.0, 1.9, -0.6]), 1.0)
+    assert out.tolist() == [0.0, 2.0, 2.0, -1.0]  # exact levels; z = 1.0 is a tie between 0 and 2 → 2
+    assert reg.value(torch.tensor([1.0, -1.0, 0.5])).item() == pytest.approx(0.1 * 0.5)
+
+
+def test_paper_formulas_reproduce_print_and_are_not_exact():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2000, generator=g, dtype=DT) * 3
+    m = 10 ** (torch.rand(2000, generator=g, dtype=DT) * 2 - 1)
+    step, lam, b, a = 0.5, 0.8, 3.0, 3.7
+    li = step * lam / m
+    ref_mcp = z.sign() * torch.minimum(b * (z.abs() - li).clamp_min(0) / (b - 1), z.abs())
+    torch.testing.assert_close(MCP(lam, b=b, exact=False).prox(z, step, m), ref_mcp)
+    az = z.abs()
+    ref_scad = z.sign() * torch.where(
+        az <= 2 * li, (az - li).clamp_min(0), torch.where(az <= a * li, ((a - 1) * az - a * li) / (a - 2), az)
+    )
+    torch.testing.assert_close(SCAD(lam, a=a, exact=False).prox(z, step, m), ref_scad)
+    for exact, paper, pen in (
+        (MCP(lam, b=b), MCP(lam, b=b, exact=False), mcp_pen(lam, b)),
+        (SCAD(lam, a=a), SCAD(lam, a=a, exact=False), scad_pen(lam, a)),
+    ):
+        obj = lambda x: step * pen(x) + 0.5 * m * (x - z) ** 2  # noqa: E731
+        fe, fp = obj(exact.prox(z, step, m)), obj(paper.prox(z, step, m))
+        assert bool((fe <= fp + 1e-12).all())
+        assert bool((fe < fp - 1e-6).any())  # P7: the printed formula is suboptimal somewhere
+        # with metric·1/step = 1 (s = 1) the two agree
+        torch.testing.assert_close(exact.prox(z, 1.0), paper.prox(z, 1.0))
+
+
+# -- errors ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: L1(-0.5), r"lam .*-0\.5"),
+        (lambda: Lq(0.1, q=0.3), r"q must be one of .*0\.3"),
+        (lambda: Lq(-1.0, q=0.5), r"lam .*-1\.0"),
+        (lambda: MCP(0.1, b=-1.0), r"b must be .*-1\.0"),
+        (lambda: MCP(0.1, b=0.9, exact=False), r"b must be a finite number > 1 .*0\.9"),
+        (lambda: SCAD(0.1, a=2.0), r"a must be a finite number > 2, got 2\.0"),
+        (lambda: Quantization(0.1, levels=(1.0, -1.0)), r"strictly increasing.*\(1\.0, -1\.0\)"),
+        (lambda: Quantization(0.1, levels=(0.0, 0.0)), r"no duplicates.*\(0\.0, 0\.0\)"),
+        (lambda: Quantization(0.1, levels=()), r"non-empty.*\(\)"),
+        (lambda: Quantization(0.1, q=2.0), r"q must be one of .*2\.0"),
+        (lambda: GroupLasso(0.1, dim="rows"), r"dim must be 'in' or 'out', got 'rows'"),
+        (lambda: GroupLasso(0.1, weighting="l2"), r"weighting must be .*'l2'"),
+        (lambda: GroupLasso(0.1, max_iters=0), r"max_iters must be an int >= 1, got 0"),
+        (lambda: NuclearNorm(0.1, rtol=-1.0), r"rtol must be .*-1\.0"),
+        (lambda: L1(0.1).prox(torch.ones(2), 0.0), r"step must be .*> 0, got 0\.0"),
+        (lambda: L1(0.1).prox(torch.ones(2), -1.0), r"step must be .*-1\.0"),
+        (lambda: L1(0.1).prox(torch.ones(2), torch.tensor(0.0)), r"step must be > 0"),
+        (
+            lambda: L1(0.1).prox(torch.ones(2), 1.0, torch.tensor([1.0, 0.0])),
+            r"metric must be strictly positive",
+        ),
+        (
+            lambda: L1(0.1).prox(torch.ones(2), 1.0, torch.ones(3)),
+            r"metric must be None or a tensor of shape \(2,\)",
+        ),
+        (lambda: GroupLasso(0.1).prox(torch.ones(4), 1.0), r"dim='in' needs .*shape \(4,\)"),
+        (lambda: GroupLasso(0.1).check_param((4,), "fc.bias"), r"fc\.bias.*shape \(4,\)"),
+        (lambda: NuclearNorm(0.1).prox(torch.ones(4), 1.0), r"at least 2 dimensions"),
+        (lambda: L1(0.1).prox_multi([torch.ones(2)], 1.0, [torch.ones(2)] * 2), r"one tensor per z"),
+        (lambda: GroupLasso(0.1).prox_multi([torch.ones(2, 2)], 1.0, max_iters=0), r"max_iters .*got 0"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_value(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory()
+
+
+def test_q_two_thirds_is_canonicalised():
+    assert Lq(0.1, q=0.6666667).q == 2 / 3
+    assert math.isclose(Quantization(0.1, q=0.66666667).q, 2 / 3, rel_tol=0, abs_tol=0)
