@@ -1,0 +1,80 @@
+"""The ``lightning-prox`` command: LightningCLI with ``fit``, ``validate`` and ``test``.
+
+.. code-block:: bash
+
+    lightning-prox fit --config recipes/quickstart.yaml
+    lightning-prox fit --config recipes/quickstart.yaml --print_config
+    lightning-prox fit --config recipes/quickstart.yaml --trainer.max_epochs=3 --seed_everything=1
+
+``model:`` and ``data:`` take ``class_path``/``init_args`` (default: ``ImageClassifier`` on
+``DigitsDataModule``); inside the model, ``optimizer:`` and ``regularizer:`` do too, e.g.
+``lightning_prox.optim.ProxGen`` and ``lightning_prox.regularizers.GroupLasso``. Configuration errors
+(an unknown class, a misspelt key, a regularizer that does not fit a selected weight) stop the command
+before training, naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from jsonargparse import set_parsing_settings
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from .regularizers import Regularizer
+
+__all__ = ["ProxCLI", "main"]
+
+DEFAULT_MODEL = "lightning_prox.models.ImageClassifier"
+DEFAULT_DATA = "lightning_prox.data.DigitsDataModule"
+
+
+class ProxCLI(LightningCLI):
+    """LightningCLI for proximal training: subclass mode for model and data, no top-level optimizer.
+
+    The optimizer and regularizer live inside the model's init arguments (``ProxMixin``), so
+    LightningCLI's automatic top-level ``optimizer``/``lr_scheduler`` options are off: the param groups
+    (regularized vs. not) are the model's business.
+    """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate", "test")}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+
+    def after_instantiate_classes(self) -> None:
+        # Build the param groups now (the regularizer is checked against every selected weight) so
+        # that a bad combination fails before the Trainer starts, naming the key.
+        prox_groups = getattr(self.model, "prox_param_groups", None)
+        if callable(prox_groups):
+            try:
+                prox_groups()
+            except ValueError as err:
+                key = "model.init_args.regularizer"
+                print(f"error: {key}: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+
+def main(args: ArgsType = None, run: bool = True) -> ProxCLI:
+    """Entry point of the ``lightning-prox`` console script (``args`` as for ``LightningCLI``)."""
+    set_parsing_settings(subclasses_enabled=[Regularizer])
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    kwargs: dict[str, Any] = {
+        "model_class": LightningModule,
+        "datamodule_class": LightningDataModule,
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "auto_configure_optimizers": False,
+        "save_config_kwargs": {"overwrite": True},
+        "args": args,
+        "run": run,
+    }
+    return ProxCLI(**kwargs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

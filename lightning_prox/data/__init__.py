@@ -1,0 +1,23 @@
+"""Datamodules: scikit-learn digits (offline default) and torchvision image data sets."""
+
+from ._common import EpochShuffleSampler
+from .digits import DigitsDataModule
+from .vision import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    SVHNDataModule,
+    VisionDataModule,
+)
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "FashionMNISTDataModule",
+    "MNISTDataModule",
+    "SVHNDataModule",
+    "VisionDataModule",
+]

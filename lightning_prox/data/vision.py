@@ -1,0 +1,241 @@
+"""torchvision data sets with the standard augmentations: CIFAR-10/100, MNIST, FashionMNIST, SVHN.
+
+Each datamodule downloads into ``data_dir`` in ``prepare_data`` (``download=True``) and reads the files
+in their original formats (CIFAR python pickles, MNIST idx, SVHN ``.mat``). By default the validation
+loader is the official test split, as in the papers' CIFAR experiments; ``val_size > 0`` holds out the
+last ``val_size`` training images instead (without augmentation).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets
+from torchvision import transforms as T
+
+from ._common import check_common, distributed_info, make_loader
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "FashionMNISTDataModule",
+    "MNISTDataModule",
+    "SVHNDataModule",
+    "VisionDataModule",
+]
+
+
+class _CIFAR10Files(datasets.CIFAR10):
+    """CIFAR-10 that checks the files exist but not their md5 (``verify_integrity=False``)."""
+
+    def _check_integrity(self) -> bool:
+        return all(
+            os.path.isfile(os.path.join(self.root, self.base_folder, f))
+            for f, _ in self.train_list + self.test_list
+        )
+
+    def _load_meta(self) -> None:
+        import pickle
+
+        with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class _CIFAR100Files(_CIFAR10Files, datasets.CIFAR100):
+    pass
+
+
+class _SVHNFiles(datasets.SVHN):
+    def _check_integrity(self) -> bool:
+        return os.path.isfile(os.path.join(self.root, self.filename))
+
+
+class VisionDataModule(pl.LightningDataModule):
+    """Base class: a torchvision data set, normalization, train-time augmentation, loaders.
+
+    Args:
+        data_dir: where the data set is (or is downloaded to).
+        batch_size: batch size of every loader (per process under DDP).
+        num_workers: DataLoader workers.
+        download: download in ``prepare_data`` when the files are missing.
+        augment: use the standard train-time augmentation (see each subclass); ``None`` = the data
+            set's default (on for CIFAR, SVHN, FashionMNIST; off for MNIST).
+        val_size: 0 = validate on the test split; > 0 = hold out that many training images.
+        seed: seed of the per-epoch shuffling.
+        shuffle: shuffle the training set each epoch.
+        verify_integrity: check the downloaded files' md5 sums (CIFAR, SVHN).
+        pin_memory: DataLoader ``pin_memory``.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    num_classes = 10
+    in_chans = 3
+    img_size = 32
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    #: whether ``augment=None`` means augmentation on
+    default_augment = True
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 4,
+        download: bool = True,
+        augment: bool | None = None,
+        val_size: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        verify_integrity: bool = True,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        check_common(batch_size, num_workers)
+        if val_size < 0:
+            raise ValueError(f"val_size must be >= 0, got {val_size!r}")
+        self.save_hyperparameters()
+        self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
+        self.download, self.val_size = download, val_size
+        self.augment = self.default_augment if augment is None else augment
+        self.seed, self.shuffle, self.verify_integrity = seed, shuffle, verify_integrity
+        self.pin_memory, self.drop_last = pin_memory, drop_last
+
+    # -- what a subclass defines ------------------------------------------------------------------
+    def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
+        raise NotImplementedError
+
+    def augmentations(self) -> list[Any]:
+        """Train-time augmentations applied before ``ToTensor`` (standard for the data set)."""
+        return []
+
+    # -- transforms ---------------------------------------------------------------------------------
+    def eval_transform(self) -> Any:
+        return T.Compose([T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def train_transform(self) -> Any:
+        aug = self.augmentations() if self.augment else []
+        return T.Compose([*aug, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                self.make_dataset(train, None, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        train = self.make_dataset(True, self.train_transform())
+        test = self.make_dataset(False, self.eval_transform())
+        n = len(train)  # type: ignore[arg-type]
+        if self.val_size >= n:
+            raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({n} images)")
+        if self.val_size:
+            train_eval = self.make_dataset(True, self.eval_transform())
+            self.train_set: Dataset = Subset(train, range(n - self.val_size))
+            self.val_set: Dataset = Subset(train_eval, range(n - self.val_size, n))
+        else:
+            self.train_set, self.val_set = train, test
+        self.test_set: Dataset = test
+
+    def _distributed(self) -> tuple[int, int] | None:
+        return distributed_info(getattr(self, "trainer", None))
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        return make_loader(
+            ds,
+            self.batch_size,
+            train=train,
+            shuffle=self.shuffle and train,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            distributed=self._distributed() if train else None,
+            drop_last=self.drop_last,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False)
+
+
+class CIFAR10DataModule(VisionDataModule):
+    """CIFAR-10 (``cifar-10-batches-py``); augmentation: random crop 32 with padding 4, horizontal flip."""
+
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    _cls: Any = datasets.CIFAR10
+    _cls_files: Any = _CIFAR10Files
+
+    def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
+        cls = self._cls if self.verify_integrity or download else self._cls_files
+        return cls(self.data_dir, train=train, transform=transform, download=download)
+
+    def augmentations(self) -> list[Any]:
+        return [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (``cifar-100-python``, fine labels); same augmentation as CIFAR-10."""
+
+    num_classes = 100
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+    _cls = datasets.CIFAR100
+    _cls_files = _CIFAR100Files
+
+
+class MNISTDataModule(VisionDataModule):
+    """MNIST (idx files under ``MNIST/raw``); 1 channel, 28x28; augmentation (off by default): random crop."""
+
+    in_chans = 1
+    img_size = 28
+    default_augment = False
+    mean = (0.1307,)
+    std = (0.3081,)
+    _cls: Any = datasets.MNIST
+
+    def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
+        return self._cls(self.data_dir, train=train, transform=transform, download=download)
+
+    def augmentations(self) -> list[Any]:
+        return [T.RandomCrop(28, padding=2)]
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """FashionMNIST (idx files under ``FashionMNIST/raw``); augmentation: horizontal flip."""
+
+    default_augment = True
+    mean = (0.2860,)
+    std = (0.3530,)
+    _cls = datasets.FashionMNIST
+
+    def augmentations(self) -> list[Any]:
+        return [T.RandomHorizontalFlip()]
+
+
+class SVHNDataModule(VisionDataModule):
+    """SVHN cropped digits (``train_32x32.mat``/``test_32x32.mat``); augmentation: random crop, no flip."""
+
+    mean = (0.4377, 0.4438, 0.4728)
+    std = (0.1980, 0.2010, 0.1970)
+
+    def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
+        cls = datasets.SVHN if self.verify_integrity or download else _SVHNFiles
+        return cls(self.data_dir, split="train" if train else "test", transform=transform, download=download)
+
+    def augmentations(self) -> list[Any]:
+        return [T.RandomCrop(32, padding=4)]

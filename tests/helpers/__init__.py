@@ -1,0 +1,1 @@
+"""Shared test utilities of the Lightning-spine tests."""
