@@ -1,8 +1,8 @@
 """Applying a group's regularizer to a list of parameters in place (shared by ProxSGD and ProxGen).
 
 The optimizers never threshold on their own (STYLE.md principle 1): they hand the points θ̂, the
-step and the diagonal metric to the regularizer. Elementwise ℓ1 goes through the fused in-place
-kernels of :mod:`lightning_prox.regularizers._fused` (bit-compatible with :class:`L1`); every other
+step and the diagonal metric to the regularizer. Euclidean ℓ1 goes through the in-place kernel
+of :mod:`lightning_prox.regularizers._fused` (the same rounding as :class:`L1`); every other
 regularizer goes through ``prox_multi`` when the class has it (batched, e.g. the inexact solver of
 group lasso under a diagonal metric) and ``prox`` per tensor otherwise.
 """
@@ -42,8 +42,8 @@ def prox_tensors_(
     """
     if reg is None or reg.lam == 0.0 or not params:
         return
-    if fast and _fused.supports(reg, params):
-        _fused.prox_(reg, params, step, metrics)
+    if fast and metrics is None and _fused.supports(reg, params):
+        _fused.soft_threshold_(params, step * reg.lam)
         return
     prox_multi = getattr(reg, "prox_multi", None)
     if prox_multi is not None:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..regularizers import _fused
 from ..regularizers._base import Regularizer
 from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
 from ._prox import check_group_params, prox_tensors_
@@ -25,11 +26,11 @@ __all__ = ["ProxAdam", "ProxGen", "proxgen"]
 
 Preconditioner = Literal["adam", "rmsprop", "adagrad", "identity"]
 ProxMetric = Literal["preconditioned", "euclidean"]
-Implementation = Literal["fast", "forloop"]
+Implementation = Literal["fast", "forloop", "compiled"]
 
 _PRECONDITIONERS = ("adam", "rmsprop", "adagrad", "identity")
 _PROX_METRICS = ("preconditioned", "euclidean")
-_IMPLEMENTATIONS = ("fast", "forloop")
+_IMPLEMENTATIONS = ("fast", "forloop", "compiled")
 
 
 class ProxGen(Optimizer):
@@ -95,7 +96,10 @@ class ProxGen(Optimizer):
             costs one batched reduction and one host read per step; pass False to skip it (e.g. with
             a GradScaler).
         implementation: ``"fast"`` (torch's fused Adam kernel on CPU / multi-tensor ops elsewhere,
-            then an in-place prox pass) or ``"forloop"`` (the readable per-tensor reference).
+            then an in-place prox pass), ``"forloop"`` (the readable per-tensor reference) or
+            ``"compiled"`` (Adam + ℓ1 as one ``torch.compile``\ d pass per tensor on CPU; the first
+            step compiles for seconds; anything it does not cover, or a failed compile, runs
+            ``"fast"``).
 
     Raises:
         ValueError: for an invalid hyperparameter (naming the value), and from :meth:`step` for
@@ -158,6 +162,7 @@ class ProxGen(Optimizer):
                 raise ValueError(f"param group {i}: {err}") from None
         self.check_finite = bool(check_finite)
         self.implementation = implementation
+        self._scratch = _fused.Scratch()
         self._last_info: list[dict[str, Any]] = [{} for _ in self.param_groups]
         init_regularizer_groups(self)
         check_group_params(self)
@@ -172,6 +177,7 @@ class ProxGen(Optimizer):
             group.setdefault("lam", 0.0)
         self.__dict__.setdefault("check_finite", True)
         self.__dict__.setdefault("implementation", "fast")
+        self.__dict__.setdefault("_scratch", _fused.Scratch())
         self.__dict__.setdefault("_last_info", [{} for _ in self.param_groups])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -243,6 +249,7 @@ class ProxGen(Optimizer):
                 implementation=self.implementation,
                 info=info,
                 two_stage=self._two_stage,
+                scratch=self._scratch,
             )
             if i < len(self._last_info):
                 self._last_info[i] = info
@@ -356,6 +363,7 @@ def proxgen(
     implementation: str = "fast",
     info: dict[str, Any] | None = None,
     two_stage: bool = False,
+    scratch: _fused.Scratch | None = None,
 ) -> None:
     """Functional ProxGen step (see :class:`ProxGen` for the math); updates tensors in place.
 
@@ -371,13 +379,7 @@ def proxgen(
             bias_correction=bias_correction, prox_metric=prox_metric, info=info, two_stage=True,
         )  # fmt: skip
         return
-    func = _single_tensor_proxgen if implementation == "forloop" else _multi_tensor_proxgen
-    func(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        state_steps,
+    kwargs: dict[str, Any] = dict(
         lr=lr,
         beta1=beta1,
         beta2=beta2,
@@ -389,6 +391,13 @@ def proxgen(
         prox_metric=prox_metric,
         info=info,
     )
+    if implementation == "forloop":
+        _single_tensor_proxgen(params, grads, exp_avgs, exp_avg_sqs, state_steps, **kwargs)
+    else:
+        _multi_tensor_proxgen(
+            params, grads, exp_avgs, exp_avg_sqs, state_steps, **kwargs,
+            scratch=scratch, compiled=implementation == "compiled",
+        )  # fmt: skip
 
 
 def _single_tensor_proxgen(
@@ -488,27 +497,50 @@ def _multi_tensor_proxgen(
     bias_correction: bool,
     prox_metric: str,
     info: dict[str, Any] | None,
+    scratch: _fused.Scratch | None = None,
+    compiled: bool = False,
 ) -> None:
     """Fast path: torch's fused AdamW kernel (CPU) or multi-tensor ops for the smooth part, one prox pass.
 
     Tensors are grouped by (device, dtype); every per-tensor scalar comes from the CPU step counters,
-    so nothing waits on the device.
+    so nothing waits on the device. ℓ1 under Adam's metric runs the chunked in-place kernel of
+    :mod:`lightning_prox.regularizers._fused`, rebuilding D from ``v``; ``compiled=True`` runs the
+    whole Adam + ℓ1 update as one compiled pass per tensor where it applies (CPU, contiguous).
     """
     do_prox = regularizer is not None and regularizer.lam > 0
+    scratch = scratch if scratch is not None else _fused.Scratch()
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, state_steps]  # type: ignore[list-item]
     )
     for (device, dtype), ((d_params, d_grads, d_m, d_v, d_steps), _) in grouped.items():
         d_params = list(d_params)
-        use_fused = (
-            preconditioner == "adam"
-            and bias_correction
-            and device.type == "cpu"
-            and dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-        )
         torch._foreach_add_(d_steps, 1)
         steps = [float(s) for s in d_steps]  # CPU counters: no device sync
-        if use_fused:
+        l1_fast = do_prox and _fused.supports(regularizer, d_params)
+        bc2_sqrts = [
+            (1 - beta2**s) ** 0.5 if preconditioner == "adam" and bias_correction else 1.0 for s in steps
+        ]
+        if (
+            compiled
+            and device.type == "cpu"
+            and preconditioner == "adam"
+            and bias_correction
+            and prox_metric == "preconditioned"
+            and (not do_prox or l1_fast)
+            and dtype in (torch.float32, torch.float64)
+            and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
+        ):
+            c = lr * regularizer.lam if do_prox else 0.0
+            scalars = [
+                torch.tensor(
+                    [1 - lr * weight_decay, 1 - beta1, beta2, 1 - beta2, lr / (1 - beta1**s), b, eps, c],
+                    dtype=torch.float64,
+                )
+                for s, b in zip(steps, bc2_sqrts)
+            ]
+            if _fused.compiled_adam_l1_(d_params, list(d_grads), list(d_m), list(d_v), scalars):
+                continue
+        if preconditioner == "adam" and bias_correction and device.type == "cpu":
             torch._fused_adamw_(
                 d_params, d_grads, d_m, d_v, [], d_steps, amsgrad=False, lr=lr, beta1=beta1, beta2=beta2,
                 weight_decay=weight_decay, eps=eps, maximize=False, grad_scale=None, found_inf=None,
@@ -534,10 +566,15 @@ def _multi_tensor_proxgen(
                 torch._foreach_addcdiv_(d_params, d_m, denoms, step_sizes)
         if not do_prox:
             continue
-        metrics = None
-        if prox_metric == "preconditioned" and preconditioner != "identity":
+        if prox_metric == "euclidean" or preconditioner == "identity":
+            prox_tensors_(regularizer, d_params, lr, None, info)
+        elif l1_fast:
+            _fused.soft_threshold_adam_metric_(
+                d_params, list(d_v), lr * regularizer.lam, bc2_sqrts, eps, scratch
+            )
+        else:
             metrics = _foreach_denoms(d_v, steps, beta2, eps, preconditioner, bias_correction)
-        prox_tensors_(regularizer, d_params, lr, metrics, info)
+            prox_tensors_(regularizer, d_params, lr, metrics, info)
 
 
 def _foreach_denoms(
