@@ -49,6 +49,7 @@ def build_backbone(
     small_input: bool = False,
     hidden: Sequence[int] = (256, 128),
     channels: Sequence[int] = (16, 32),
+    drop_rate: float = 0.0,
 ) -> nn.Module:
     """``"mlp"``, ``"lenet"`` or any timm model name (``timm.list_models()``), built with ``num_classes``.
 
@@ -58,7 +59,7 @@ def build_backbone(
         torch.Size([1, 10])
     """
     if backbone == "mlp":
-        return MLP(in_chans * img_size * img_size, num_classes, hidden)
+        return MLP(in_chans * img_size * img_size, num_classes, hidden, drop_rate)
     if backbone == "lenet":
         return LeNet(in_chans, num_classes, img_size, channels, hidden[0] if hidden else 64)
     import timm
@@ -68,7 +69,9 @@ def build_backbone(
             f"backbone={backbone!r} is neither 'mlp', 'lenet' nor a timm model name; "
             "see timm.list_models() (e.g. 'resnet34', 'vgg16')"
         )
-    model = timm.create_model(backbone, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+    model = timm.create_model(
+        backbone, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+    )
     return _adapt_to_small_images(model, num_classes) if small_input else model
 
 
@@ -91,6 +94,7 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
         hidden: hidden widths of the MLP (the first one is LeNet's fully connected width).
         channels: conv widths of LeNet.
         label_smoothing: cross-entropy label smoothing.
+        drop_rate: dropout of the MLP's hidden layers / timm's classifier dropout.
 
     Example:
         >>> from functools import partial
@@ -113,6 +117,7 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
         hidden: Sequence[int] = (64,),
         channels: Sequence[int] = (16, 32),
         label_smoothing: float = 0.0,
+        drop_rate: float = 0.0,
         optimizer: OptimizerCallable | None = None,
         regularizer: Regularizer | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -134,7 +139,7 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
         )
         self.save_hyperparameters()
         self.net = build_backbone(
-            backbone, num_classes, in_chans, img_size, pretrained, small_input, hidden, channels
+            backbone, num_classes, in_chans, img_size, pretrained, small_input, hidden, channels, drop_rate
         )
         self.label_smoothing = label_smoothing
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -16,6 +16,7 @@ class MLP(nn.Module):
         in_features: number of input features (``in_chans * img_size**2`` for images).
         num_classes: number of outputs.
         hidden: widths of the hidden layers.
+        dropout: dropout probability after each hidden activation.
 
     Example:
         >>> import torch
@@ -23,7 +24,9 @@ class MLP(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 128)) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if in_features < 1 or num_classes < 1 or any(h < 1 for h in hidden):
             raise ValueError(
@@ -34,6 +37,8 @@ class MLP(nn.Module):
         width = in_features
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
