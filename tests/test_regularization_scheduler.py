@@ -185,3 +185,31 @@ def test_resume_is_exact(tmp_path, interval):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # λ mattered: the L1 prox produced exact zeros
     assert (full.fc1.weight == 0).any()
+
+
+def test_subgradient_penalty_groups_are_scheduled_too(tmp_path):
+    """``ProxMixin(penalty_mode="subgradient")`` keeps the spec as ``group["penalty"]``: λ is scheduled there."""
+    import functools
+
+    from lightning_prox import ProxMixin
+
+    class Sub(ProxMixin, pl.LightningModule):
+        def __init__(self):
+            super().__init__(
+                optimizer=functools.partial(torch.optim.SGD, lr=0.05),
+                regularizer=L1(0.01),
+                penalty_mode="subgradient",
+                sparsity_table=False,
+            )
+            self.fc = nn.Linear(6, 3)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.fc(x), y)
+
+    net = Sub()
+    trainer = _trainer(tmp_path, [RegularizationScheduler("linear", offset=1)], max_epochs=3)
+    trainer.fit(net, _loader())
+    group = next(g for g in trainer.optimizers[0].param_groups if g.get("penalty") is not None)
+    assert group["lam"] == pytest.approx(0.03)  # λ·(epoch + 1) at the last epoch
+    torch.testing.assert_close(net.prox_penalty(), 0.03 * net.fc.weight.detach().abs().sum())

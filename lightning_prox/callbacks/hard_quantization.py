@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
+from ._groups import group_spec
 from ._quantize import check_levels, nearest_level, quantization_sq_error
 
 __all__ = ["HardQuantization"]
@@ -93,8 +94,8 @@ class HardQuantization(Callback):
         seen: set[int] = set()
         for opt in trainer.optimizers:
             for group in opt.param_groups:
-                spec = group.get("regularizer")
-                if not isinstance(spec, dict) or spec.get("name") not in self.regularizer_names:
+                spec = group_spec(group)
+                if spec is None or spec.get("name") not in self.regularizer_names:
                     continue
                 levels = self.levels if self.levels is not None else check_levels(spec.get("levels", (-1, 1)))
                 for p in group["params"]:

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from ._groups import group_spec
 from ._schedules import Schedule, check_schedule_args, lam_factor
 
 __all__ = ["RegularizationScheduler"]
@@ -152,7 +153,7 @@ class RegularizationScheduler(Callback):
     # -- internals ------------------------------------------------------------------------------
     @staticmethod
     def _groups(trainer: pl.Trainer) -> list[dict[str, Any]]:
-        return [g for opt in trainer.optimizers for g in opt.param_groups if g.get("regularizer") is not None]
+        return [g for opt in trainer.optimizers for g in opt.param_groups if group_spec(g) is not None]
 
     def _apply(self, trainer: pl.Trainer, t: int, log: bool) -> None:
         f = self.factor(t)

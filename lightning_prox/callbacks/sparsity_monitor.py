@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from ..structure import STAT_KEYS, group_reduce_dims, sparsity_ratios, tensor_stats
 from ._dashboard import custom_scalars_layout, history_image, sparsity_table
+from ._groups import group_spec
 
 __all__ = ["SparsityMonitor"]
 
@@ -127,9 +128,9 @@ class SparsityMonitor(Callback):
         entries: list[_Entry] = []
         seen: set[int] = set()
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        regularized = [g for g in groups if g.get("regularizer") is not None]
+        regularized = [g for g in groups if group_spec(g) is not None]
         for g in regularized or groups:
-            spec = g.get("regularizer") or {}
+            spec = group_spec(g) or {}
             reg_name = str(spec.get("name", "none"))
             for p in g["params"]:
                 if id(p) in seen or (not regularized and p.ndim < 2):
