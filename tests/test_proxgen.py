@@ -259,3 +259,23 @@ def test_compiled_implementation_matches_forloop():
     _assert_models_close(ref, comp, atol=1e-6)
     weights = [p for n, p in comp.named_parameters() if n.endswith("weight")]
     assert sum(int((p == 0).sum()) for p in weights) > 0
+
+
+def test_chunked_l1_kernel_on_a_tensor_larger_than_one_chunk():
+    from lightning_prox.regularizers import _fused
+
+    g = torch.Generator().manual_seed(11)
+    n = 2 * _fused.CHUNK + 1234  # three chunks, the last one partial
+    theta = torch.randn(n, generator=g) * 1e-2
+    grads = [torch.randn(n, generator=g) * 1e-2 for _ in range(3)]
+    ws = [torch.nn.Parameter(theta.clone()) for _ in range(2)]
+    opts = [
+        ProxGen([w], lr=1e-3, regularizer=L1(5.0), implementation=i) for w, i in zip(ws, ("fast", "forloop"))
+    ]
+    for gr in grads:
+        for w, opt in zip(ws, opts):
+            w.grad = gr.clone()
+            opt.step()
+    torch.testing.assert_close(ws[0], ws[1], atol=1e-7, rtol=1e-6)
+    assert torch.equal(ws[0] == 0, ws[1] == 0)
+    assert 0 < int((ws[0] == 0).sum()) < n

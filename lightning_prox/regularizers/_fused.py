@@ -101,9 +101,10 @@ def soft_threshold_adam_metric_(
             continue
         pf, vf = p.view(-1), v.view(-1)
         n = pf.numel()
-        w_all, s_all = scratch.get(p, min(n, CHUNK))
-        for start in range(0, n, CHUNK):
-            pc, vc = pf[start : start + CHUNK], vf[start : start + CHUNK]
+        chunk = CHUNK if p.device.type == "cpu" else n  # on GPUs chunks only add kernel launches
+        w_all, s_all = scratch.get(p, min(n, chunk))
+        for start in range(0, n, chunk):
+            pc, vc = pf[start : start + chunk], vf[start : start + chunk]
             k = pc.numel()
             w, s = w_all[:k], s_all[:k]
             torch.sqrt(vc, out=w)
