@@ -239,3 +239,28 @@ def test_ddp_logs_the_single_process_values_once(tmp_path):
     assert all(len(v) == 1 for v in d.values())  # logged once
     assert d == s  # exact: counts of exact zeros and λ do not depend on the process layout
     assert max(v[0] for (k, _), v in s.items() if k == "sparsity/unstructured") > 0
+
+
+def test_low_rank_level_of_nuclear_norm_tensors(tmp_path):
+    from lightning_prox.regularizers import NuclearNorm
+
+    class LowRank(_Net):
+        def configure_optimizers(self):  # lr = 0: the weights stay as set
+            return torch.optim.SGD(
+                [
+                    {"params": [self.fc.weight], "regularizer": NuclearNorm(0.1).spec()},
+                    {"params": [p for n, p in self.named_parameters() if n != "fc.weight"]},
+                ],
+                lr=0.0,
+            )
+
+    net = LowRank()
+    with torch.no_grad():
+        u, v = torch.randn(3, 1), torch.randn(1, 24)
+        net.fc.weight.copy_(u @ v)  # rank 1 of min(3, 24) = 3
+    mon = SparsityMonitor(table=False)
+    _trainer(tmp_path, [mon], max_epochs=1, max_steps=1).fit(net, _loader())
+    got = mon.metrics(*mon.compute())
+    assert got["sparsity/low_rank"] == pytest.approx(1 - 1 / 3)
+    assert got["sparsity/layer/fc.weight/low_rank"] == pytest.approx(1 - 1 / 3)
+    assert "sparsity/group" not in got
