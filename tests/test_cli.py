@@ -1,0 +1,131 @@
+"""The ``lightning-prox`` CLI and the recipes: --print_config, instantiation, fast_dev_run, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_prox.cli import main
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+QUICKSTART = RECIPES[0].parent / "quickstart.yaml"
+#: recipes whose data ship with an installed package (no download)
+OFFLINE = [r for r in RECIPES if "DigitsDataModule" in r.read_text()]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # lightning_logs/ and data/ land in the temporary directory
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_recipes_exist():
+    assert QUICKSTART in RECIPES and QUICKSTART in OFFLINE and len(RECIPES) >= 9
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_print_config(recipe, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: lightning_prox" in out and "seed_everything:" in out
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_instantiates_model_and_optimizer(recipe):
+    """Every class in the recipe is built and the optimizer's param groups are checked (no data needed)."""
+    cli = main(["--config", str(recipe)], run=False)
+    opt = cli.model.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    regularized = [g for g in opt.param_groups if g.get("regularizer") or g.get("penalty")]
+    assert regularized and all(len(g["params"]) > 0 for g in regularized)
+    comments = [line for line in recipe.read_text().splitlines() if line.startswith("#")]
+    assert comments and f"recipes/{recipe.name}" in "\n".join(comments)  # each recipe says how to run it
+
+
+@pytest.mark.parametrize("recipe", OFFLINE, ids=lambda p: p.stem)
+def test_offline_recipe_fast_dev_run(recipe, capsys):
+    cli = main(["fit", "--config", str(recipe), "--trainer.fast_dev_run=true"])
+    assert cli.trainer.global_step == 1
+    assert "sparsity of the regularized weights" in capsys.readouterr().out
+
+
+def test_quickstart_logs_and_checkpoints_every_epoch(tmp_path):
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(QUICKSTART),
+            "--trainer.max_epochs=2",
+            "--data.init_args.max_samples=200",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    run_dir = Path(cli.trainer.log_dir).resolve()
+    assert run_dir.is_relative_to(tmp_path / "lightning_logs" / "quickstart")
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert len(ckpts) == 2
+    state = torch.load(ckpts[-1], weights_only=True)
+    assert (
+        state["epoch"] == 1
+        and state["optimizer_states"][0]["param_groups"][0]["regularizer"]["name"] == "GroupLasso"
+    )
+    assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_validate_and_test_subcommands(subcommand):
+    cli = main(
+        [
+            subcommand,
+            "--config",
+            str(QUICKSTART),
+            "--seed_everything=3",
+            f"--trainer.limit_{'val' if subcommand == 'validate' else 'test'}_batches=2",
+        ]
+    )
+    prefix = "val" if subcommand == "validate" else "test"
+    assert f"{prefix}/acc" in cli.trainer.callback_metrics
+    assert cli.config[subcommand]["seed_everything"] == 3
+
+
+def _write(tmp_path, old, new):
+    text = QUICKSTART.read_text()
+    assert old in text
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("    regularizer:", "    regularizr:", "regularizr"),
+        ("  max_epochs:", "  max_epoch:", "max_epoch"),
+        ("lightning_prox.optim.ProxGen", "lightning_prox.optim.ProxGenn", "ProxGenn"),
+        ("lightning_prox.regularizers.GroupLasso", "lightning_prox.regularizers.GroupLaso", "GroupLaso"),
+        ("        dim: in", "        dim: sideways", "sideways"),
+    ],
+    ids=["model-key-typo", "trainer-key-typo", "unknown-optimizer", "unknown-regularizer", "bad-value"],
+)
+def test_bad_recipe_fails_before_training_naming_the_key(tmp_path, capsys, old, new, named):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", _write(tmp_path, old, new)])
+    assert exc.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_regularizer_that_cannot_apply_fails_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(QUICKSTART), "--model.init_args.include=[features\\.0\\.bias]"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.init_args.regularizer" in err and "net.features.0.bias" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
