@@ -41,22 +41,25 @@ def groups(params: list[torch.nn.Parameter], reg) -> list[dict]:
     ]
 
 
-def time_step(
-    make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer], device: str, steps: int
-) -> float:
-    params = resnet18_params(device)
-    opt = make(params)
+def time_steps(makes: list[Callable], device: str, steps: int) -> list[list[float]]:
+    """Step times (ms) of several optimizers, interleaved step by step (each on its own parameters).
+
+    Interleaving makes the paired ratios robust to load changes on a shared machine.
+    """
+    opts = [make(resnet18_params(device)) for make in makes]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(3):
-        opt.step()
+    for opt in opts:
+        for _ in range(3):
+            opt.step()
     sync()
-    times = []
+    times: list[list[float]] = [[] for _ in opts]
     for _ in range(steps):
-        t0 = time.perf_counter()
-        opt.step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for opt, ts in zip(opts, times):
+            t0 = time.perf_counter()
+            opt.step()
+            sync()
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def main() -> None:
@@ -77,7 +80,6 @@ def main() -> None:
         "SGD fused": lambda ps: torch.optim.SGD(ps, lr=lr_s, momentum=0.9, fused=True),
         "SGD foreach": lambda ps: torch.optim.SGD(ps, lr=lr_s, momentum=0.9, foreach=True),
     }
-    base = {name: time_step(make, dev, args.steps) for name, make in parents.items()}
     rows: list[tuple[str, str, Callable]] = [
         ("ProxGen (no regularizer)", "Adam", lambda ps: ProxGen(ps, lr=lr_a)),
         ("ProxGen + L1", "Adam", lambda ps: ProxGen(groups(ps, L1(1e-4)), lr=lr_a)),
@@ -101,24 +103,32 @@ def main() -> None:
         ),
     ]
     if args.compiled:
-        rows.insert(
-            3,
-            (
-                "ProxGen + L1, implementation='compiled'",
-                "Adam",
-                lambda ps: ProxGen(
-                    groups(ps, L1(1e-4)), lr=lr_a, implementation="compiled", check_finite=False
+        for i, cf in ((3, True), (3, False)):
+            rows.insert(
+                i,
+                (
+                    f"ProxGen + L1, compiled, check_finite={cf}",
+                    "Adam",
+                    lambda ps, cf=cf: ProxGen(
+                        groups(ps, L1(1e-4)), lr=lr_a, implementation="compiled", check_finite=cf
+                    ),
                 ),
-            ),
-        )
+            )
     print(f"device={dev} threads={torch.get_num_threads()} torch={torch.__version__} steps={args.steps}")
-    print(f"{'step':48s} {'ms':>9s} {'/ fused':>8s} {'/ foreach':>9s}")
-    for name, ms in base.items():
-        print(f"{'torch ' + name:48s} {ms:9.2f}")
+    print(
+        "each row is timed interleaved with its fused and foreach parents; ratios are medians of paired steps"
+    )
+    print(f"{'step':48s} {'ms':>9s} {'/ fused':>8s} {'/ foreach':>9s} {'fused ms':>9s} {'foreach ms':>10s}")
+    med = statistics.median
     for name, parent, make in rows:
-        ms = time_step(make, dev, args.steps)
-        fused, foreach = base[f"{parent} fused"], base[f"{parent} foreach"]
-        print(f"{name:48s} {ms:9.2f} {ms / fused:7.2f}x {ms / foreach:8.2f}x")
+        t, fused, foreach = time_steps(
+            [make, parents[f"{parent} fused"], parents[f"{parent} foreach"]], dev, args.steps
+        )
+        r_fused = med(a / b for a, b in zip(t, fused))
+        r_foreach = med(a / b for a, b in zip(t, foreach))
+        print(
+            f"{name:48s} {med(t):9.2f} {r_fused:7.2f}x {r_foreach:8.2f}x {med(fused):9.2f} {med(foreach):10.2f}"
+        )
 
 
 if __name__ == "__main__":
