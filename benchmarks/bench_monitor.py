@@ -1,6 +1,6 @@
 """Overhead of ``SparsityMonitor`` on epoch time (prints a table; nothing is asserted).
 
-A CIFAR-sized CNN (3×32×32 inputs, ~0.07 M parameters, group lasso on every conv/linear weight) is
+A CIFAR-sized CNN (3×32×32 inputs, ~36 k parameters, group lasso on every conv/linear weight) is
 trained by ProxSGD (closed-form group prox) with a TensorBoard logger, with and without the monitor. Runs of the configurations
 are interleaved (A B C A B C ...) so that load drift on a shared machine hits all of them alike; the
 first epoch of every run is dropped (warm-up) and the median epoch time is reported. The time spent
