@@ -200,7 +200,7 @@ def main() -> None:
         fp = "-" if m == "binaryconnect" else _ms([r["real_before_freeze"] for r in rs])
         print(
             f"{m:<14} {lam_s:>7} {_ms([r['val'] for r in rs]):>12} {_ms([r['test'] for r in rs]):>20} "
-            f"{fp:>19} {str(all(r['is_binary'] for r in rs if m != 'binaryconnect')):>6}"
+            f"{fp:>19} {'-' if m == 'binaryconnect' else str(all(r['is_binary'] for r in rs)):>6}"
         )
     best = {
         m: max(
@@ -239,11 +239,11 @@ def _plot(path: str, results, best, args) -> None:
             sd = curves.std(0)
             ax.fill_between(epochs, mean - sd, mean + sd, color=colors[m], alpha=0.15)
     ax.axvline(args.freeze, color="k", ls=":", lw=1)
-    ax.text(args.freeze + 0.3, ax.get_ylim()[0] + 2, "hard quantization", fontsize=8)
+    ax.text(args.freeze + 0.3, ax.get_ylim()[1] - 6, "hard quantization", fontsize=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy of sign(w) model [%]")
     ax.set_title(f"binary MLP on digits, mean ± std over {args.seeds} seeds")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
