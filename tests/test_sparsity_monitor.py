@@ -264,3 +264,23 @@ def test_low_rank_level_of_nuclear_norm_tensors(tmp_path):
     assert got["sparsity/low_rank"] == pytest.approx(1 - 1 / 3)
     assert got["sparsity/layer/fc.weight/low_rank"] == pytest.approx(1 - 1 / 3)
     assert "sparsity/group" not in got
+
+
+# -- acceptance: the quickstart recipe's event files ----------------------------------------------
+def test_quickstart_event_files_have_the_dashboard(tmp_path, monkeypatch):
+    from lightning_prox.cli import main
+
+    monkeypatch.chdir(tmp_path)  # lightning_logs/ lands in the temporary directory
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+    args = ["fit", "--config", str(recipe), "--trainer.max_epochs=2", "--data.init_args.max_samples=300"]
+    cli = main([*args, "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2"])
+    assert any(isinstance(cb, SparsityMonitor) for cb in cli.trainer.callbacks)
+    ea = EventAccumulator(cli.trainer.log_dir, size_guidance={"tensors": 0, "histograms": 0, "images": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    scalars = [t for t in tags["scalars"] if t.startswith("sparsity/")]
+    assert {"sparsity/unstructured", "sparsity/group", "sparsity/group_weighted"} <= set(scalars)
+    assert any(t.startswith("sparsity/layer/") for t in scalars)
+    assert "custom_scalars__config__" in tags["tensors"]
+    assert tags["histograms"] and all(t.startswith("group_norms/") for t in tags["histograms"])
+    assert "sparsity/layer_history" in tags["images"]
