@@ -143,7 +143,7 @@ def test_group_lasso_solver_knobs_warm_start_and_multi_tensor_batch(solver):
             bool((v == 0).all()) for v in groups_of(alone, "in")
         ]
         if solver == "newton":
-            torch.testing.assert_close(x, alone, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(x, alone, rtol=1e-7, atol=1e-9)  # both stop at |h| <= 1e-8·τw
     if solver == "pg":
         info = {}
         again = reg.prox_multi(zs, 0.5, ms, x0s=xs, max_iters=2, info=info)
