@@ -41,14 +41,21 @@ def check_q(name: str, q: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class _Elementwise(Regularizer):
-    """Separable regularizer: prox(z)_i = map(z_i, s_i) with s = step/metric (computed in float32+)."""
+    """Separable regularizer: prox(z)_i = map(z_i, s_i) with s = factor·step/metric (float32 or wider).
+
+    ``_factor()`` folds a constant into the one division by the metric (λ for the l_q family, 1 for
+    MCP/SCAD whose maps take s = step/metric), so the scale costs one pass plus one clamp.
+    """
+
+    def _factor(self) -> float:
+        return self.lam
 
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         raise NotImplementedError
 
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
         zf = z.to(threshold_dtype(z))
-        return self._map(zf, finite_scale(step, metric, z)).to(z.dtype)
+        return self._map(zf, finite_scale(step, metric, z, self._factor())).to(z.dtype)
 
 
 def cap(v: Tensor | float, like: Tensor) -> Tensor | float:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor
 
 from ._base import threshold_dtype
-from ._elementwise import _Elementwise, cap
-from .functional import prox_l0
+from ._elementwise import _Elementwise
 
 __all__ = ["L0"]
 
@@ -36,5 +36,10 @@ class L0(_Elementwise):
     def value(self, x: Tensor) -> Tensor:
         return self.lam * (x != 0).sum().to(threshold_dtype(x))
 
+    def _factor(self) -> float:
+        return 2.0 * self.lam
+
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
-        return prox_l0(zf, cap(s * self.lam, zf))
+        # s = 2·step·λ/metric: keep z where |z| > sqrt(s) (ties → 0), as prox_l0 with mu = s/2
+        thr = s.sqrt() if isinstance(s, Tensor) else s**0.5
+        return torch.where(zf.abs() > thr, zf, 0.0)

@@ -39,7 +39,7 @@ class L1(_Elementwise):
         return self.lam * x.to(threshold_dtype(x)).abs().sum()
 
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
-        return prox_l1(zf, cap(s * self.lam, zf))
+        return prox_l1(zf, s)  # s = step·λ/metric
 
     def _prox_multi(
         self,

@@ -7,7 +7,7 @@ import dataclasses
 from torch import Tensor
 
 from ._base import threshold_dtype
-from ._elementwise import _Elementwise, cap, check_q
+from ._elementwise import _Elementwise, check_q
 from .functional import lq_penalty, prox_lq
 
 __all__ = ["Lq"]
@@ -52,4 +52,4 @@ class Lq(_Elementwise):
         return self.lam * lq_penalty(x.to(threshold_dtype(x)), self.q).sum()
 
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
-        return prox_lq(zf, cap(s * self.lam, zf), self.q)
+        return prox_lq(zf, s, self.q)  # s = step·λ/metric

@@ -60,6 +60,9 @@ class MCP(_Elementwise):
     def value(self, x: Tensor) -> Tensor:
         return _mcp_rho(x.to(threshold_dtype(x)).abs(), self.lam, self.b).sum()
 
+    def _factor(self) -> float:
+        return 1.0  # the maps take s = step/metric and λ separately
+
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         fn = prox_mcp if self.exact else prox_mcp_paper
         return fn(zf, s, self.lam, self.b)

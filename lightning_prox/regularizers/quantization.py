@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._base import threshold_dtype
-from ._elementwise import _Elementwise, cap, check_q
+from ._elementwise import _Elementwise, check_q
 from .functional import lq_penalty, prox_lq
 
 __all__ = ["Quantization"]
@@ -81,7 +81,7 @@ class Quantization(_Elementwise):
         return self.lam * lq_penalty(d, self.q).sum()
 
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
-        mu = cap(s * self.lam, zf)
+        mu = s  # step·λ/metric
         left, right = self._neighbours(zf)
 
         def candidate(level: Tensor) -> tuple[Tensor, Tensor]:

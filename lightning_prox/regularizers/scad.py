@@ -61,6 +61,9 @@ class SCAD(_Elementwise):
     def value(self, x: Tensor) -> Tensor:
         return _scad_rho(x.to(threshold_dtype(x)).abs(), self.lam, self.a).sum()
 
+    def _factor(self) -> float:
+        return 1.0  # the maps take s = step/metric and λ separately
+
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         fn = prox_scad if self.exact else prox_scad_paper
         return fn(zf, s, self.lam, self.a)
