@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lightning_prox.regularizers import (
@@ -250,7 +250,7 @@ _finite = st.floats(min_value=-1e30, max_value=1e30, allow_nan=False, allow_infi
 _pos = st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinity=False, exclude_min=False)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     case=st.sampled_from(ALL_REGS),
     zs=st.lists(st.one_of(_finite, st.sampled_from([0.0, -0.0, 1e-30, -1.0, 1.0])), min_size=6, max_size=6),
@@ -260,6 +260,18 @@ _pos = st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinit
     use_metric=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
 )
+# regressions found by hypothesis: a scale above float32's max, m⊙z overflowing, λ² overflowing
+@example(L1(0.7), [0.0] * 6, [1.0] * 6, 1e30, 340282347.0, False, torch.float32)
+@example(
+    GroupLasso(0.3),
+    [0.0] * 5 + [9.750868117672348e29],
+    [1.0] * 5 + [348976465.0],
+    1e-30,
+    1.0,
+    True,
+    torch.float32,
+)
+@example(MCP(0.7), [0.0] * 6, [1.0] * 6, 1e30, 1.0, False, torch.float32)
 def test_no_nan_or_inf_for_finite_inputs(case, zs, ms, lam, step, use_metric, dtype):
     z = torch.tensor(zs, dtype=torch.float64).clamp(-1e30, 1e30).to(dtype).reshape(3, 2)
     m = torch.tensor(ms, dtype=torch.float64).to(dtype).clamp_min(torch.finfo(dtype).tiny).reshape(3, 2)

@@ -23,7 +23,7 @@ def finite_scale(step: Step, metric: Tensor | None, like: Tensor, factor: float 
         if isinstance(step, Tensor):
             return torch.clamp(step.to(dt) * factor, max=big)
         v = float(step) * factor
-        return v if math.isfinite(v) else big
+        return min(v, big) if math.isfinite(v) else big
     num = step.to(dt) * factor if isinstance(step, Tensor) else float(step) * factor
     if not isinstance(num, Tensor) and not math.isfinite(num):
         num = big
