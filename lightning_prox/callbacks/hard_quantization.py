@@ -81,6 +81,7 @@ class HardQuantization(Callback):
         self.regularizer_names = names
         self.frozen = False
         self.last_error: float | None = None
+        self._frozen_ids: set[int] | None = None  # ids of the frozen tensors, rebuilt in every fit
 
     @property
     @override
@@ -115,6 +116,7 @@ class HardQuantization(Callback):
     # -- hooks ------------------------------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._frozen_ids = None
         if not self.quantized_params(trainer):
             raise ValueError(
                 f"HardQuantization(epoch={self.epoch}) found no param group whose regularizer is one of "
@@ -143,7 +145,9 @@ class HardQuantization(Callback):
     ) -> None:
         if not self.frozen:
             return
-        frozen = {id(p) for p, _ in self.quantized_params(trainer)}
+        if self._frozen_ids is None:
+            self._frozen_ids = {id(p) for p, _ in self.quantized_params(trainer)}
+        frozen = self._frozen_ids
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if id(p) in frozen:

@@ -1,8 +1,8 @@
 """Sparsity dashboards: exact-zero, group, weighted-group and low-rank sparsity through the Trainer's loggers.
 
-Counting is done by the pure functions of :mod:`lightning_prox.structure` (``tensor_stats``,
-``sum_stats``, ``sparsity_ratios``); this callback only decides when to count and where to write
-(STYLE.md principles 10 and 12). Definitions: DESIGN.md §5, weighted group sparsity digest 003 §3.2.
+Counting is done by pure functions (``tensor_stats`` and ``sparsity_ratios`` of
+:mod:`lightning_prox.structure`, stacked by ``callbacks/_counting.py``); this callback only decides when
+to count and where to write (STYLE.md principles 10 and 12). Definitions: DESIGN.md §5, weighted group sparsity digest 003 §3.2.
 """
 
 from __future__ import annotations
@@ -14,25 +14,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torch import Tensor
 from typing_extensions import override
 
-from ..structure import STAT_KEYS, group_reduce_dims, sparsity_ratios, tensor_stats
+from ..structure import group_reduce_dims
+from ._counting import GLOBAL_KEYS, Monitored, count, monitored_tensors, sparsity_metrics
 from ._dashboard import custom_scalars_layout, history_image, sparsity_table
-from ._groups import group_spec
 
 __all__ = ["SparsityMonitor"]
-
-_GLOBAL_TAGS = ("unstructured", "group", "group_weighted", "low_rank")
-
-
-class _Entry:
-    """One monitored tensor: its name, grouping and whether its rank is counted."""
-
-    __slots__ = ("dim", "name", "param", "rank", "regularizer")
-
-    def __init__(self, name: str, param: Tensor, dim: str | None, rank: bool, regularizer: str) -> None:
-        self.name, self.param, self.dim, self.rank, self.regularizer = name, param, dim, rank, regularizer
 
 
 class SparsityMonitor(Callback):
@@ -113,7 +101,7 @@ class SparsityMonitor(Callback):
         self.history: list[list[float]] = []  # per logged point, one value per monitored tensor
         self.history_names: list[str] = []
         self._last_step = -1
-        self._entries: list[_Entry] = []
+        self._entries: list[Monitored] = []
 
     @property
     @override
@@ -123,25 +111,9 @@ class SparsityMonitor(Callback):
         )
 
     # -- what is monitored ------------------------------------------------------------------------
-    def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[_Entry]:
-        names = {id(p): n for n, p in pl_module.named_parameters()}
-        entries: list[_Entry] = []
-        seen: set[int] = set()
+    def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Monitored]:
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        regularized = [g for g in groups if group_spec(g) is not None]
-        for g in regularized or groups:
-            spec = group_spec(g) or {}
-            reg_name = str(spec.get("name", "none"))
-            for p in g["params"]:
-                if id(p) in seen or (not regularized and p.ndim < 2):
-                    continue
-                seen.add(id(p))
-                dim = spec.get("dim") if spec.get("dim") in ("in", "out") else self.group_dim
-                if dim is not None and p.ndim < (2 if dim == "in" else 1):
-                    dim = None
-                rank = "Nuclear" in reg_name and p.ndim >= 2
-                entries.append(_Entry(names.get(id(p), f"param{len(entries)}"), p, dim, rank, reg_name))
-        return entries
+        return monitored_tensors(groups, pl_module.named_parameters(), self.group_dim)
 
     def _every(self, trainer: pl.Trainer) -> int:
         return (
@@ -149,55 +121,13 @@ class SparsityMonitor(Callback):
         )
 
     # -- counting ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def compute(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """(global ratios, per-tensor rows) of the monitored tensors; one host read for all tensors."""
-        if not self._entries:
-            return {}, []
-        per = [tensor_stats(e.param.detach(), e.dim, rank=e.rank) for e in self._entries]
-        keys = list(STAT_KEYS)
-        dev = self._entries[0].param.device
-        mat = torch.stack(
-            [
-                torch.stack(
-                    [
-                        s[k].to(dev, torch.int64)
-                        if k in s
-                        else torch.zeros((), dtype=torch.int64, device=dev)
-                        for k in keys
-                    ]
-                )
-                for s in per
-            ]
-        ).cpu()  # the one host sync of a logged step
-        rows_counts = [{k: mat[i, j] for j, k in enumerate(keys) if k in per[i]} for i in range(len(per))]
-        total = {k: mat[:, j].sum() for j, k in enumerate(keys) if any(k in s for s in per)}
-        totals = {k: float(v) for k, v in sparsity_ratios(total).items()}
-        rows = []
-        for e, c in zip(self._entries, rows_counts):
-            r = {k: float(v) for k, v in sparsity_ratios(c).items()}
-            rows.append(
-                {
-                    "name": e.name,
-                    "shape": tuple(e.param.shape),
-                    "regularizer": e.regularizer,
-                    "groups": int(c["groups"]) if "groups" in c else None,
-                    "zero_groups": int(c["zero_groups"]) if "zero_groups" in c else None,
-                    **r,
-                }
-            )
-        return totals, rows
+        return count(self._entries)
 
     def metrics(self, totals: dict[str, float], rows: list[dict[str, Any]]) -> dict[str, float]:
         """The logged ``sparsity/...`` dict from :meth:`compute`'s output."""
-        out = {f"sparsity/{k}": v for k, v in totals.items() if k in _GLOBAL_TAGS}
-        if self.per_layer:
-            for r in rows:
-                out[f"sparsity/layer/{r['name']}"] = r["unstructured"]
-                for k in ("group", "low_rank"):
-                    if k in r:
-                        out[f"sparsity/layer/{r['name']}/{k}"] = r[k]
-        return out
+        return sparsity_metrics(totals, rows, per_layer=self.per_layer)
 
     def _log(self, trainer: pl.Trainer) -> None:
         step = trainer.global_step
@@ -222,7 +152,7 @@ class SparsityMonitor(Callback):
         self._entries = self._collect(trainer, pl_module)
         self._last_step = -1
         if trainer.is_global_zero:
-            tags = [f"sparsity/{k}" for k in _GLOBAL_TAGS]
+            tags = [f"sparsity/{k}" for k in GLOBAL_KEYS]
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_custom_scalars(custom_scalars_layout(tags))

@@ -1,0 +1,114 @@
+"""Which tensors the sparsity monitor counts, and the counting itself (pure functions, no Lightning)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..structure import STAT_KEYS, sparsity_ratios, tensor_stats
+from ._groups import group_spec
+
+__all__ = ["GLOBAL_KEYS", "Monitored", "count", "monitored_tensors", "sparsity_metrics"]
+
+#: the global ratios logged as ``sparsity/<key>`` (those that apply)
+GLOBAL_KEYS = ("unstructured", "group", "group_weighted", "low_rank")
+
+
+class Monitored:
+    """One counted tensor: its name, grouping (``"in"``/``"out"``/None), whether its rank is counted."""
+
+    __slots__ = ("dim", "name", "param", "rank", "regularizer")
+
+    def __init__(self, name: str, param: Tensor, dim: str | None, rank: bool, regularizer: str) -> None:
+        self.name, self.param, self.dim, self.rank, self.regularizer = name, param, dim, rank, regularizer
+
+
+def monitored_tensors(
+    param_groups: Sequence[dict[str, Any]],
+    named_parameters: Iterable[tuple[str, Tensor]],
+    group_dim: str | None = None,
+) -> list[Monitored]:
+    """The tensors of regularized param groups (all ``ndim >= 2`` tensors when none is regularized).
+
+    The grouping follows each group's regularizer spec: its ``"dim"`` when it has one (group lasso),
+    else ``group_dim``; the rank is counted for ``NuclearNorm``.
+
+    Example:
+        >>> w = torch.zeros(3, 4)
+        >>> [m.dim for m in monitored_tensors([{"params": [w], "regularizer": {"name": "GroupLasso", "dim": "in"}}], [("w", w)])]
+        ['in']
+    """
+    names = {id(p): n for n, p in named_parameters}
+    out: list[Monitored] = []
+    seen: set[int] = set()
+    regularized = [g for g in param_groups if group_spec(g) is not None]
+    for g in regularized or param_groups:
+        spec = group_spec(g) or {}
+        reg_name = str(spec.get("name", "none"))
+        for p in g["params"]:
+            if id(p) in seen or (not regularized and p.ndim < 2):
+                continue
+            seen.add(id(p))
+            dim = spec.get("dim") if spec.get("dim") in ("in", "out") else group_dim
+            if dim is not None and p.ndim < (2 if dim == "in" else 1):
+                dim = None
+            rank = "Nuclear" in reg_name and p.ndim >= 2
+            out.append(Monitored(names.get(id(p), f"param{len(out)}"), p, dim, rank, reg_name))
+    return out
+
+
+@torch.no_grad()
+def count(tensors: Sequence[Monitored]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(global ratios, one row per tensor) from additive counts, with a single host read for all tensors.
+
+    The counts of every tensor (:func:`lightning_prox.structure.tensor_stats`, missing keys as 0) are
+    stacked into one int64 matrix and copied to the host once; ratios are ratios of summed counts.
+    """
+    if not tensors:
+        return {}, []
+    per = [tensor_stats(t.param.detach(), t.dim, rank=t.rank) for t in tensors]
+    keys = list(STAT_KEYS)
+    dev = tensors[0].param.device
+    zero = torch.zeros((), dtype=torch.int64, device=dev)
+    mat = torch.stack(
+        [torch.stack([s[k].to(dev, torch.int64) if k in s else zero for k in keys]) for s in per]
+    )
+    mat = mat.cpu()  # the one host sync of a logged step
+    total = {k: mat[:, j].sum() for j, k in enumerate(keys) if any(k in s for s in per)}
+    totals = {k: float(v) for k, v in sparsity_ratios(total).items()}
+    rows = []
+    for i, t in enumerate(tensors):
+        c = {k: mat[i, j] for j, k in enumerate(keys) if k in per[i]}
+        rows.append(
+            {
+                "name": t.name,
+                "shape": tuple(t.param.shape),
+                "regularizer": t.regularizer,
+                "groups": int(c["groups"]) if "groups" in c else None,
+                "zero_groups": int(c["zero_groups"]) if "zero_groups" in c else None,
+                **{k: float(v) for k, v in sparsity_ratios(c).items()},
+            }
+        )
+    return totals, rows
+
+
+def sparsity_metrics(
+    totals: dict[str, float], rows: Sequence[dict[str, Any]], per_layer: bool = True
+) -> dict[str, float]:
+    """The logged dict: ``sparsity/<key>`` and, per tensor, ``sparsity/layer/<name>[/group|/low_rank]``.
+
+    Example:
+        >>> sparsity_metrics({"unstructured": 0.5}, [{"name": "w", "unstructured": 0.5, "group": 0.25}])
+        {'sparsity/unstructured': 0.5, 'sparsity/layer/w': 0.5, 'sparsity/layer/w/group': 0.25}
+    """
+    out = {f"sparsity/{k}": v for k, v in totals.items() if k in GLOBAL_KEYS}
+    if per_layer:
+        for r in rows:
+            out[f"sparsity/layer/{r['name']}"] = r["unstructured"]
+            for k in ("group", "low_rank"):
+                if k in r:
+                    out[f"sparsity/layer/{r['name']}/{k}"] = r[k]
+    return out
