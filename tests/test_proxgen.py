@@ -279,3 +279,26 @@ def test_chunked_l1_kernel_on_a_tensor_larger_than_one_chunk():
     torch.testing.assert_close(ws[0], ws[1], atol=1e-7, rtol=1e-6)
     assert torch.equal(ws[0] == 0, ws[1] == 0)
     assert 0 < int((ws[0] == 0).sum()) < n
+
+
+def test_group_lasso_under_adam_metric_uses_the_inexact_solver():
+    """ProxGen + GroupLasso: θ = GroupLasso.prox(θ̂, α, D) with Adam's D, ≥ 2 inner iterations, zero groups."""
+    from lightning_prox.regularizers import GroupLasso
+
+    g = torch.Generator().manual_seed(4)
+    theta = torch.randn(6, 8, generator=g) * 0.1
+    theta[:, :3] *= 0.01  # three weak input columns
+    grad = torch.randn(6, 8, generator=g)
+    reg = GroupLasso(2.0, dim="in")  # zero iff ‖D⊙θ̂_g‖ ≤ α·λ·√6 ≈ 0.049: the weak columns only
+    w = torch.nn.Parameter(theta.clone())
+    opt = ProxGen([w], lr=0.01, regularizer=reg)
+    w.grad = grad.clone()
+    opt.step()
+    d = grad.abs() + 1e-8  # first Adam step: m̂ = g, sqrt(v̂) = |g|
+    theta_hat = theta - 0.01 * grad / d
+    expected = reg.prox(theta_hat, 0.01, d)
+    torch.testing.assert_close(w.detach(), expected, atol=1e-6, rtol=1e-5)
+    stats = opt.prox_stats()[0]
+    assert stats["inner_iters"] >= 2
+    zero_cols = (w == 0).all(dim=0)
+    assert 0 < int(zero_cols.sum()) < 8
