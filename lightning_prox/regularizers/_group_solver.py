@@ -206,8 +206,8 @@ def _newton(entries: list[list], max_iters: int, rtol: float, dev0: torch.device
     h is increasing, bracketed by [τw·min m/(‖mz‖ − τw), τw·max m/(‖mz‖ − τw)] (equal bounds for a
     uniform group); safeguarded Newton (geometric bisection when a step leaves the bracket) until
     |h| ≤ tol·τw or the bracket is relatively narrower than tol for every group, with
-    tol = max(rtol, 16·eps(dtype)), at most ``max_iters`` iterations. ``m⊙z`` and ``τw`` arrive
-    divided by the group maxima of |z| and m (the root is scale-free). Writes the solutions into each
+    tol = max(rtol, 16·eps(dtype)), at least 2 (like PG) and at most ``max_iters`` iterations.
+    ``m⊙z`` and ``τw`` arrive divided by the group maxima of |z| and m (the root is scale-free). Writes the solutions into each
     entry's bucket buffer and returns the number of iterations run.
     """
     check_every = 1 if dev0.type == "cpu" else _CHECK_EVERY_DEVICE
@@ -232,7 +232,7 @@ def _newton(entries: list[list], max_iters: int, rtol: float, dev0: torch.device
             cs[k] = torch.where(inside, step, torch.sqrt(lo * hi))
             pending.append(((h.abs() <= tol * thr) | (hi - lo <= tol * hi)).all())
         iters = j
-        if j == max_iters or len(pending) >= check_every * len(entries):
+        if j >= 2 and (j == max_iters or len(pending) >= check_every * len(entries)):
             done = torch.stack(pending).reshape(-1, len(entries)).all(1).any()
             if bool(done):
                 break
