@@ -224,8 +224,13 @@ class ProxMixin:
         """The regularizer given at construction (its ``lam`` is the initial strength)."""
         return self._prox_regularizer
 
+    @regularizer.setter
+    def regularizer(self, value: Any) -> None:
+        self._prox_regularizer = _resolve_regularizer(value)
+
     @property
     def penalty_mode(self) -> PenaltyMode:
+        """``"prox"`` or ``"subgradient"``."""
         return self._prox_penalty_mode
 
     def prox_param_groups(self) -> list[dict[str, Any]]:
