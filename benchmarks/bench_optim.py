@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compiled", action="store_true", help="also time implementation='compiled' (CPU)")
+    ap.add_argument("--only", default="", help="time only rows whose name contains this text (e.g. L1)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,6 +122,8 @@ def main() -> None:
     print(f"{'step':48s} {'ms':>9s} {'/ fused':>8s} {'/ foreach':>9s} {'fused ms':>9s} {'foreach ms':>10s}")
     med = statistics.median
     for name, parent, make in rows:
+        if args.only not in name:
+            continue
         t, fused, foreach = time_steps(
             [make, parents[f"{parent} fused"], parents[f"{parent} foreach"]], dev, args.steps
         )
