@@ -91,6 +91,11 @@ SEPARABLE_CASES: list[tuple[Regularizer, Callable, str]] = [
         quant_pen(0.4, (-1.0, -0.3, 0.2, 1.5), 0.5),
         "quant-multi-q1/2",
     ),
+    (
+        Quantization(0.3, levels=(-2.0, -1.0, 0.0, 0.5, 3.0), q=2 / 3),
+        quant_pen(0.3, (-2.0, -1.0, 0.0, 0.5, 3.0), 2 / 3),
+        "quant-5levels-q2/3",
+    ),
 ]
 SEP_IDS = [c[2] for c in SEPARABLE_CASES]
 ALL_REGS = [c[0] for c in SEPARABLE_CASES] + [

@@ -28,8 +28,9 @@ class Quantization(_Elementwise):
 
     so the exact prox is the best over levels of ``ℓ + prox_lq(z − ℓ, μ)`` scored by its own level's
     objective (that score equals the true objective at the winner, so no Voronoi bookkeeping is needed).
-    The inner value grows with ``|z − ℓ|``, hence only the two levels around ``z`` can win; they are
-    found with ``searchsorted``. Ties go to the **larger level** (e.g. ``z = 0`` with levels ``(-1, 1)``
+    The inner value :math:`V(d) = \min_y \tfrac12 (y - d)^2 + \mu |y|^q` is even and non-decreasing
+    in ``|d|``, so the **nearest level wins**: the prox is ``ℓ* + prox_lq(z − ℓ*, μ)`` with ``ℓ*`` the
+    level nearest to ``z``. Ties (``z`` at a midpoint between levels) go to the **larger level** (e.g. ``z = 0`` with levels ``(-1, 1)``
     goes toward +1, digest 000 P8). With ``levels=(-1, 1)``, ``metric=None`` and q = 1 this is
     ProxQuant's binary prox; with a preconditioner metric it is revised ProxQuant.
 
@@ -80,16 +81,21 @@ class Quantization(_Elementwise):
         d = torch.minimum((xf - left).abs(), (xf - right).abs())
         return self.lam * lq_penalty(d, self.q).sum()
 
+    def _nearest(self, zf: Tensor) -> Tensor:
+        """The level nearest to each entry; at a midpoint the larger level (one pass per level gap)."""
+        lv = self.levels
+        if len(lv) == 1:
+            return torch.full_like(zf, lv[0])
+        if len(lv) <= 4:
+            out = torch.full_like(zf, lv[0])
+            for a, b in zip(lv, lv[1:]):
+                out = torch.where(zf >= 0.5 * (a + b), b, out)
+            return out
+        lt = torch.tensor(lv, dtype=zf.dtype, device=zf.device)
+        return lt[torch.bucketize(zf, 0.5 * (lt[1:] + lt[:-1]), right=True)]
+
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
-        mu = s  # step·λ/metric
-        left, right = self._neighbours(zf)
-
-        def candidate(level: Tensor) -> tuple[Tensor, Tensor]:
-            d = prox_lq(zf - level, mu, self.q)
-            x = level + d
-            obj = 0.5 * (x - zf) ** 2 + torch.where(d != 0, mu * lq_penalty(d, self.q), 0.0)
-            return x, obj
-
-        x_left, obj_left = candidate(left)
-        x_right, obj_right = candidate(right)
-        return torch.where(obj_right <= obj_left, x_right, x_left)
+        # V(d) = min_y ½(y − d)² + μ|y|^q is even and non-decreasing in |d|, so the best level is the
+        # nearest one (ties: the larger); the prox is that level plus the l_q prox of the offset.
+        level = self._nearest(zf)
+        return level + prox_lq(zf - level, s, self.q)  # s = step·λ/metric
