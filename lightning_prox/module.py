@@ -118,7 +118,8 @@ class ProxMixin:
     With ``penalty_mode="subgradient"`` (the papers' subgradient baselines, e.g. "Sub-Adam"), the
     optimizer gets no regularizer and :math:`R(\\theta)` — ``regularizer.value`` summed over the selected
     weights at the current ``group["lam"]`` — is added to the loss returned by ``training_step`` (and
-    logged as ``train/penalty``). With manual optimization, add :meth:`prox_penalty` yourself.
+    logged as ``train/penalty``); at exact zeros the subgradient used is 0. With manual optimization,
+    add :meth:`prox_penalty` yourself.
 
     Checkpoints stay loadable with ``torch.load(weights_only=True)``: objects in the saved
     hyperparameters are written as ``class_path``/``init_args`` dicts, and the RNG states (torch,
@@ -310,11 +311,11 @@ class ProxMixin:
                     continue
                 r = reg.with_lam(float(g.get("lam", reg.lam)))
                 for p in g["params"]:
-                    v = r.value(p)
+                    v = r.value(_zero_subgradient_at_zero(p))
                     total = v if total is None else total + v
         elif reg is not None:
             for n, _ in self.regularized_parameters():
-                v = reg.value(named[n])
+                v = reg.value(_zero_subgradient_at_zero(named[n]))
                 total = v if total is None else total + v
         if total is None:
             return torch.zeros((), device=self.device)  # type: ignore[attr-defined]
@@ -360,6 +361,12 @@ class ProxMixin:
     def on_fit_end(self) -> None:
         if self._prox_sparsity_table and self._prox_regularizer is not None:
             _print_table(self.sparsity_rows(), self._prox_regularizer)
+
+
+def _zero_subgradient_at_zero(p: Tensor) -> Tensor:
+    """``p`` with exact zeros detached: same value, and autograd's (sub)gradient there is 0 instead of
+    the NaN/inf that penalties like |x|^q (q < 1) produce at 0."""
+    return torch.where(p == 0, p.detach(), p)
 
 
 def _with_penalty(step: Callable[..., Any]) -> Callable[..., Any]:

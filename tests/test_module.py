@@ -216,3 +216,20 @@ def test_lr_scheduler_and_class_path_dicts():
     trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=10))
     assert model.regularizer == L1(0.01)
     assert [g["lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx([0.05, 0.05])
+
+
+def test_subgradient_of_lq_at_exact_zero_is_zero_not_nan():
+    from lightning_prox.regularizers import Lq
+
+    model = TinyNet(
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        regularizer=Lq(0.1, q=0.5),
+        penalty_mode="subgradient",
+    )
+    with torch.no_grad():
+        model.fc1.weight[0, :3] = 0.0
+    model.prox_penalty().backward()
+    g = model.fc1.weight.grad
+    assert bool(torch.isfinite(g).all()) and bool((g[0, :3] == 0).all())
+    w = model.fc1.weight[1, 0].detach()
+    torch.testing.assert_close(g[1, 0], 0.1 * 0.5 * torch.sign(w) * w.abs() ** -0.5)
