@@ -71,7 +71,15 @@ class ProxCLI(LightningCLI):
             try:
                 prox_groups()
             except ValueError as err:
-                key = "model.init_args.regularizer"
+                msg = str(err)
+                key = "model.init_args." + next(
+                    (
+                        k
+                        for k in ("include_types", "include", "exclude")
+                        if f"{k} pattern" in msg or f"{k} entries" in msg
+                    ),
+                    "regularizer",
+                )
                 print(f"error: {key}: {err}", file=sys.stderr)
                 raise SystemExit(2) from None
 

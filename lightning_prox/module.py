@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from .regularizers import Regularizer, as_regularizer
-from .structure import param_groups_regularized, tensor_stats
+from .structure import param_groups_regularized, select_parameters, tensor_stats
 
 __all__ = ["ProxMixin"]
 
@@ -241,6 +241,7 @@ class ProxMixin:
         group lasso on a 1-d tensor selected by ``include``).
         """
         reg = self._prox_regularizer
+        select_parameters(self, **self._prox_selection)  # type: ignore[arg-type]  # bad regex/type: as is
         try:
             groups = param_groups_regularized(self, reg, **self._prox_selection)  # type: ignore[arg-type]
         except ValueError as err:

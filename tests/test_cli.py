@@ -129,3 +129,10 @@ def test_regularizer_that_cannot_apply_fails_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.init_args.regularizer" in err and "net.features.0.bias" in err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_bad_selection_regex_names_its_key(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(QUICKSTART), "--model.init_args.exclude=[(]"])
+    assert exc.value.code == 2
+    assert "model.init_args.exclude" in capsys.readouterr().err
