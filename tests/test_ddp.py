@@ -32,7 +32,8 @@ def _run_ddp(out: Path, optimizer: str) -> None:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent.parent), os.environ.get("PYTHONPATH", "")]),
     }
-    env.pop("LOCAL_RANK", None)
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # Lightning picks a free port; never inherit another run's rendezvous
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), str(out), "2", "16", optimizer],
         env=env,
