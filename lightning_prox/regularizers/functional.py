@@ -179,12 +179,16 @@ def _scad_rho(ax: Tensor, lam: float, a: float) -> Tensor:
     return torch.where(ax <= _k(lam, ax), lam * ax, torch.where(ax <= _k(a * lam, ax), mid, flat))
 
 
-def _best_of(az: Tensor, s: Tensor | float, cands: list[Tensor], rho) -> Tensor:
-    """The candidate magnitude with the least ½(x − |z|)² + s·ρ(x); ties keep the earlier (smaller) one."""
+def _best_of(az: Tensor, s: Tensor | float, cands: list[tuple[Tensor, Tensor | float]]) -> Tensor:
+    """The candidate magnitude with the least ½(x − |z|)² + s·ρ(x); ties keep the earlier (smaller) one.
+
+    ``cands`` holds (x, ρ(x)) pairs, ρ evaluated by the formula of the piece x lies on (cheap);
+    x = 0 (ρ = 0) is always a candidate. ``s`` is finite, so s·ρ is never inf·0.
+    """
     best = torch.zeros_like(az)
-    best_val = 0.5 * az * az  # x = 0 (ρ(0) = 0, so s never multiplies it: no inf·0)
-    for c in cands:
-        val = 0.5 * (c - az) ** 2 + torch.where(c > 0, s * rho(c), 0.0)
+    best_val = 0.5 * az * az
+    for c, pen in cands:
+        val = 0.5 * (c - az) ** 2 + s * pen
         better = val < best_val
         best = torch.where(better, c, best)
         best_val = torch.where(better, val, best_val)
@@ -210,7 +214,8 @@ def prox_mcp(z: Tensor, s: Tensor | float, lam: float, b: float) -> Tensor:
     inner = b * (az - st * lam) / torch.clamp_min(b - st, torch.finfo(zf.dtype).tiny)
     inner = torch.where(st < b, torch.clamp(inner, min=0.0, max=_k(b * lam, zf)), 0.0)
     flat = torch.clamp_min(az, _k(b * lam, zf))
-    best = _best_of(az, st, [inner, flat], lambda x: _mcp_rho(x, lam, b))
+    inner_pen = inner * (lam - inner / (2.0 * b))  # inner ∈ [0, bλ]
+    best = _best_of(az, st, [(inner, inner_pen), (flat, _k(0.5 * b * lam * lam, zf))])
     return (torch.sign(zf) * best).to(z.dtype)
 
 
@@ -236,7 +241,8 @@ def prox_scad(z: Tensor, s: Tensor | float, lam: float, a: float) -> Tensor:
     mid = ((a - 1.0) * az - st * (a * lam)) / torch.clamp_min((a - 1.0) - st, torch.finfo(zf.dtype).tiny)
     c2 = torch.where(st < a - 1.0, torch.clamp(mid, min=lam_k, max=alam_k), lam_k)
     c3 = torch.clamp_min(az, alam_k)
-    best = _best_of(az, st, [c1, c2, c3], lambda x: _scad_rho(x, lam, a))
+    pen2 = (c2 * (2.0 * a * lam - c2) - lam * lam) / (2.0 * (a - 1.0))  # c2 ∈ [λ, aλ]
+    best = _best_of(az, st, [(c1, lam * c1), (c2, pen2), (c3, _k(0.5 * (a + 1.0) * lam * lam, zf))])
     return (torch.sign(zf) * best).to(z.dtype)
 
 
