@@ -96,9 +96,7 @@ def _multi_tensor_ramda(
     torch._foreach_addcmul_(grad_sq_sums, grads, grads, value=s)
     P = torch._foreach_pow(grad_sq_sums, 1.0 / 3.0)
     torch._foreach_add_(P, eps)
-    zs = torch._foreach_div(grad_sums, P)
-    torch._foreach_sub_(zs, initial_points)
-    torch._foreach_neg_(zs)  # z = W0 − V / P
+    zs = torch._foreach_addcdiv(initial_points, grad_sums, P, value=-1.0)  # z = W0 − V / P
     w_hats = _solve(regularizer, zs, alpha, P, params, max_inner_iters, inner_rtol, info)
     torch._foreach_copy_(prox_points, w_hats)
     if c == 1.0:

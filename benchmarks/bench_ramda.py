@@ -1,0 +1,184 @@
+"""RAMDA step time on ResNet-18-sized parameters with input-channel group lasso, against fused Adam.
+
+Prints one table per optimizer state: mean step time of ``torch.optim.Adam(fused=True)``, RMDA and RAMDA
+(after warm-up), the ratio to Adam, and RAMDA's mean number of inner solver iterations and screened
+groups per step. Parameters have the shapes of torchvision's ``resnet18`` (11.7M weights; 4-D conv and
+2-D linear weights regularized by ``GroupLasso(dim="in")``, 1-D parameters unregularized). Gradients are
+synthetic: g = μ + σ·ξ with a per-(out, in)-channel scale σ, so the preconditioner P = ∛U + ε varies
+inside every group, as in a real network.
+
+States:
+  * ``fresh``: RAMDA/RMDA start at t = 0 (the first steps of training or of a stage);
+  * ``mid``: the state after ``--t0`` steps (default 1000) of a stage, written directly into the optimizer
+    state from the gradient statistics (α = Σ η√k, V = α·μ + noise, U = α·E[g²]), so the subproblems
+    have the scale they have mid-training without running 1000 steps here.
+
+Run: ``python benchmarks/bench_ramda.py [--steps 10] [--device cpu|cuda] [--threads N] [--lam 2e-4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+from lightning_prox.optim import RAMDA, RMDA
+from lightning_prox.regularizers import GroupLasso
+
+
+def resnet18_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
+    """Parameter shapes of torchvision's resnet18 (no torchvision import needed)."""
+    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for b in range(2):
+            c_in = cin if b == 0 else cout
+            shapes += [(cout, c_in, 3, 3), (cout,), (cout,), (cout, cout, 3, 3), (cout,), (cout,)]
+            if b == 0 and (stride != 1 or c_in != cout):
+                shapes += [(cout, c_in, 1, 1), (cout,), (cout,)]
+        cin = cout
+    shapes += [(num_classes, 512), (num_classes,)]
+    return shapes
+
+
+def make_params(device: torch.device, seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return [torch.nn.Parameter((torch.randn(s, generator=g) * 0.05).to(device)) for s in resnet18_shapes()]
+
+
+def grad_stats(shapes, seed: int = 1):
+    """Per-element gradient mean μ and scale σ (σ varies per (out, in) channel pair: non-uniform P)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    mus, sigmas = [], []
+    for s in shapes:
+        sig = torch.rand(s[:2] if len(s) >= 2 else s, generator=g) * 2e-3 + 1e-4
+        sig = sig.reshape(sig.shape + (1,) * (len(s) - sig.dim())).expand(s).contiguous()
+        mus.append(0.3 * sig * torch.randn(s, generator=g))
+        sigmas.append(sig)
+    return mus, sigmas
+
+
+def grad_pool(mus, sigmas, device, k: int = 3, seed: int = 2) -> list[list[torch.Tensor]]:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return [
+        [(m + s * torch.randn(m.shape, generator=g)).to(device) for m, s in zip(mus, sigmas)]
+        for _ in range(k)
+    ]
+
+
+def groups(params, lam):
+    reg = [p for p in params if p.ndim >= 2]
+    other = [p for p in params if p.ndim < 2]
+    return [{"params": reg, "regularizer": GroupLasso(lam, dim="in")}, {"params": other}]
+
+
+def set_mid_state(opt, params, mus, sigmas, t0: int, seed: int = 3) -> None:
+    """Write the state of step t0 of a stage (statistics of t0 gradients) into ``opt``."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    lr = opt.param_groups[0]["lr"]
+    alpha = sum(lr * math.sqrt(k) for k in range(1, t0 + 1))
+    s2 = math.sqrt(sum((lr * math.sqrt(k)) ** 2 for k in range(1, t0 + 1)))
+    for p, m, s in zip(params, mus, sigmas):
+        st = opt._init_state(p)
+        st["step"], st["alpha"] = t0, alpha
+        st["grad_sum"].copy_((alpha * m + s2 * s * torch.randn(m.shape, generator=g)).to(p.device))
+        if "grad_sq_sum" in st:
+            st["grad_sq_sum"].copy_((alpha * (m * m + s * s)).to(p.device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(opt, params, pool, steps, warmup, device, after=None):
+    times = []
+    for i in range(warmup + steps):
+        for p, gr in zip(params, pool[i % len(pool)]):
+            p.grad = gr
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            if after is not None:
+                after()
+    return statistics.median(times)
+
+
+def run(state: str, args, device) -> None:
+    shapes = resnet18_shapes()
+    mus, sigmas = grad_stats(shapes)
+    pool = grad_pool(mus, sigmas, device)
+    rows = []
+    params = make_params(device)
+    adam = torch.optim.Adam(params, lr=1e-3, fused=True)
+    t_adam = time_steps(adam, params, pool, args.steps, args.warmup, device)
+    rows.append(("Adam(fused=True)", t_adam, "-", "-"))
+
+    params = make_params(device)
+    rmda = RMDA(groups(params, args.lam), lr=0.1, momentum=0.1)
+    if state == "mid":
+        set_mid_state(rmda, params, mus, sigmas, args.t0)
+    rows.append(
+        ("RMDA (exact prox)", time_steps(rmda, params, pool, args.steps, args.warmup, device), "-", "-")
+    )
+
+    params = make_params(device)
+    ramda = RAMDA(groups(params, args.lam), lr=1e-2, momentum=1e-2)
+    if state == "mid":
+        set_mid_state(ramda, params, mus, sigmas, args.t0)
+    iters: list[int] = []
+    screened: list[int] = []
+
+    def record() -> None:
+        for info in ramda.solver_info:
+            iters.append(int(info["inner_iters"]))
+            screened.append(int(info["screened"]))
+
+    t = time_steps(ramda, params, pool, args.steps, args.warmup, device, after=record)
+    n_groups = sum(p.shape[1] for p in params if p.ndim >= 2)
+    rows.append(
+        (
+            "RAMDA (screening + PG)",
+            t,
+            f"{statistics.mean(iters):.1f}",
+            f"{statistics.mean(screened):.0f}/{n_groups}",
+        )
+    )
+
+    n = sum(p.numel() for p in params)
+    t0 = f" t0={args.t0}" if state == "mid" else ""
+    print(
+        f"\nstate={state}{t0} device={device} threads={torch.get_num_threads()} params={n / 1e6:.2f}M "
+        f"timed steps={args.steps} (median) lam={args.lam:g}"
+    )
+    print(f"| {'optimizer':<24} | {'step ms':>9} | {'/ Adam':>7} | {'inner it':>8} | {'screened':>10} |")
+    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 12}|")
+    for name, t, it, sc in rows:
+        print(f"| {name:<24} | {t * 1e3:>9.1f} | {t / t_adam:>7.2f} | {it:>8} | {sc:>10} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--lam", type=float, default=2e-4)
+    ap.add_argument("--t0", type=int, default=1000)
+    ap.add_argument("--state", choices=["fresh", "mid", "both"], default="both")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    for state in ("fresh", "mid") if args.state == "both" else (args.state,):
+        run(state, args, device)
+
+
+if __name__ == "__main__":
+    main()
