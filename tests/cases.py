@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_prox.optim import ProxGen, ProxSGD, TwoStageProxSGD
+from lightning_prox.optim import RAMDA, RMDA, ProxGen, ProxSGD, TwoStageProxSGD
 from lightning_prox.regularizers import L1, GroupLasso, Lq, NuclearNorm, Quantization
 
 OPTIMIZER_CASES: list[tuple[type[torch.optim.Optimizer], dict[str, Any], str]] = [
@@ -41,6 +41,8 @@ OPTIMIZER_CASES: list[tuple[type[torch.optim.Optimizer], dict[str, Any], str]] =
     (ProxGen, dict(lr=1e-2, regularizer=Quantization(1e-4), prox_metric="euclidean"), "adam-quant-original"),
     (ProxSGD, dict(lr=0.05, momentum=0.9, regularizer=GroupLasso(1e-2, dim="out")), "grouplasso-out"),
     (TwoStageProxSGD, dict(lr=0.1, regularizer=L1(1e-3)), "yang-adam-l1"),
+    (RMDA, dict(lr=0.1, momentum=0.5, regularizer=L1(1e-3)), "rmda-l1"),
+    (RAMDA, dict(lr=5e-2, momentum=0.5, regularizer=GroupLasso(1e-3, max_iters=10)), "ramda-grouplasso"),
 ]
 
 OPTIMIZER_ERROR_CASES: list[tuple[type[torch.optim.Optimizer], dict[str, Any], str]] = [
