@@ -84,8 +84,19 @@ class ProxCLI(LightningCLI):
                 raise SystemExit(2) from None
 
 
-def main(args: ArgsType = None, run: bool = True) -> ProxCLI:
-    """Entry point of the ``lightning-prox`` console script (``args`` as for ``LightningCLI``)."""
+def main(args: ArgsType = None, run: bool = True) -> ProxCLI | None:
+    """Entry point of the ``lightning-prox`` console script (``args`` and ``run`` as for ``LightningCLI``).
+
+    Called without ``args`` (the console script: arguments from ``sys.argv``) it returns ``None``, so
+    that the script's ``sys.exit(main())`` exits with status 0 and prints nothing; a returned object
+    would be printed to stderr and make the exit status 1. Called with ``args`` (from Python, e.g.
+    tests) it returns the :class:`ProxCLI`, whose ``model`` and ``trainer`` can be inspected.
+
+    Example:
+        >>> cli = main(["--model.init_args.backbone=mlp", "--trainer.logger=false"], run=False)
+        >>> type(cli).__name__, type(cli.model.net).__name__
+        ('ProxCLI', 'MLP')
+    """
     set_parsing_settings(subclasses_enabled=[Regularizer])
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     kwargs: dict[str, Any] = {
@@ -98,7 +109,8 @@ def main(args: ArgsType = None, run: bool = True) -> ProxCLI:
         "args": args,
         "run": run,
     }
-    return ProxCLI(**kwargs)
+    cli = ProxCLI(**kwargs)
+    return None if args is None else cli
 
 
 if __name__ == "__main__":  # pragma: no cover

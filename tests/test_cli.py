@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,23 @@ def test_offline_recipe_fast_dev_run(recipe, capsys):
     cli = main(["fit", "--config", str(recipe), "--trainer.fast_dev_run=true"])
     assert cli.trainer.global_step == 1
     assert "sparsity of the regularized weights" in capsys.readouterr().out
+
+
+def test_console_script_exits_zero_and_prints_no_object(monkeypatch, capsys):
+    """The installed ``lightning-prox`` entry point, run the way its wrapper runs it: ``sys.exit(main())``.
+
+    A non-None return value would be printed by ``sys.exit`` (``<lightning_prox.cli.ProxCLI object at
+    0x...>``) and make the exit status 1.
+    """
+    (ep,) = entry_points(group="console_scripts", name="lightning-prox")
+    argv = ["fit", "--config", str(QUICKSTART), "--trainer.fast_dev_run=true", "--torch_num_threads=1"]
+    monkeypatch.setattr(sys, "argv", ["lightning-prox", *argv])
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(ep.load()())
+    assert exc.value.code is None  # exit status 0, nothing printed by sys.exit
+    captured = capsys.readouterr()
+    assert "sparsity of the regularized weights" in captured.out  # it did run
+    assert "ProxCLI object" not in captured.out + captured.err
 
 
 def test_quickstart_logs_and_checkpoints_every_epoch(tmp_path):
