@@ -143,3 +143,25 @@ def test_two_stage_never_reaches_zero_from_random_init_and_stays_at_a_zero_optim
         loss(zero).backward()
         opt.step()
     assert bool((zero == 0).all())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_gradient_names_the_parameter_and_changes_nothing(bad):
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    opt = ProxSGD(
+        [{"params": [a], "param_names": ["a"]}, {"params": [b], "param_names": ["net.b"]}],
+        lr=0.1, momentum=0.9, regularizer=L1(0.1),
+    )  # fmt: skip
+    a.grad, b.grad = torch.ones(2), torch.tensor([0.0, bad, 1.0])
+    with pytest.raises(ValueError, match=r"param group 1, tensor 0 'net.b' \(shape \(3,\)\)"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(2)) and torch.equal(b.detach(), torch.ones(3))
+    assert not any("momentum_buffer" in s for s in opt.state.values())  # no buffer was created either
+
+
+def test_finite_gradients_whose_sum_overflows_pass_the_check():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = ProxSGD([w], lr=1e-40)
+    w.grad = torch.full((4,), 3e38)  # finite; their float32 sum is inf
+    opt.step()
+    assert bool(torch.isfinite(w).all())

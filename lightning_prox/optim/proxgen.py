@@ -225,7 +225,7 @@ class ProxGen(Optimizer):
                 loss = closure()
         gathered = [self._init_group(group) for group in self.param_groups]
         if self.check_finite:
-            check_finite_grads([g for gs in gathered for g in gs[1]])
+            check_finite_grads([g for gs in gathered for g in gs[1]], optimizer=self)
         for i, (group, (params, grads, exp_avgs, exp_avg_sqs, steps)) in enumerate(
             zip(self.param_groups, gathered)
         ):

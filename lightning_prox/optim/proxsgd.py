@@ -163,7 +163,7 @@ class ProxSGD(Optimizer):
                 loss = closure()
         gathered = [self._init_group(group) for group in self.param_groups]
         if self.check_finite:
-            check_finite_grads([g for gs in gathered for g in gs[1]])
+            check_finite_grads([g for gs in gathered for g in gs[1]], optimizer=self)
         for i, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, gathered)):
             info: dict[str, Any] = {}
             proxsgd(
