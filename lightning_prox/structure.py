@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_REGULARIZED_TYPES",
     "STAT_KEYS",
     "GroupDim",
+    "UnitPair",
+    "active_units",
     "check_groupable",
     "group_reduce_dims",
     "group_size",
@@ -31,6 +33,8 @@ __all__ = [
     "sparsity_ratios",
     "sum_stats",
     "tensor_stats",
+    "unit_pairs",
+    "unit_stats",
 ]
 
 GroupDim = Literal["in", "out"]
@@ -227,6 +231,8 @@ STAT_KEYS = (
     "grouped_numel",
     "rank",
     "full_rank",
+    "units",
+    "active_units",
 )
 
 
@@ -279,18 +285,24 @@ def sparsity_ratios(counts: dict[str, Tensor]) -> dict[str, Tensor]:
     """Turn (summed) counts into the logged ratios (float tensors), for whichever keys are present.
 
     ``unstructured`` = zeros/numel; ``group`` = zero_groups/groups; ``group_weighted`` =
-    zero_group_numel/numel_grouped; ``low_rank`` = 1 − rank/full_rank (digest 003 code supplement E).
+    zero_group_numel/numel_grouped; ``low_rank`` = 1 − rank/full_rank (digest 003 code supplement E);
+    ``active_units`` = active_units/units (:func:`unit_stats`; the fraction of *active* units, so
+    higher is denser, as PathProx reports it, digest 004 §3.5).
     """
 
     def ratio(a: Tensor, b: Tensor) -> Tensor:
         return a.double() / b.double().clamp_min(1)
 
-    out = {"unstructured": ratio(counts["zeros"], counts["numel"])}
+    out = {}
+    if "zeros" in counts:
+        out["unstructured"] = ratio(counts["zeros"], counts["numel"])
     if "groups" in counts:
         out["group"] = ratio(counts["zero_groups"], counts["groups"])
         out["group_weighted"] = ratio(counts["zero_group_numel"], counts["grouped_numel"])
     if "rank" in counts:
         out["low_rank"] = 1.0 - ratio(counts["rank"], counts["full_rank"])
+    if "units" in counts:
+        out["active_units"] = ratio(counts["active_units"], counts["units"])
     return out
 
 
@@ -318,3 +330,216 @@ def model_sparsity(
     if not stats:
         return {}
     return {k: float(v) for k, v in sparsity_ratios(sum_stats(stats)).items()}
+
+
+# -- active units (digest 004: PathProx) -----------------------------------------------------------
+class UnitPair(NamedTuple):
+    """Two consecutive weights with hidden units between them (digest 004 §1.3, §1.8).
+
+    Unit ``k`` has input weights ``w[k]`` (row ``k`` of a linear weight, filter ``k`` of a conv) and
+    output weights ``v[:, k]`` (column ``k`` of the next linear weight, input slice ``[:, k]`` of the
+    next conv). When a conv feeds a linear layer through a flatten, unit ``k`` owns the ``block``
+    consecutive input columns ``v[:, k*block:(k+1)*block]`` (channel-major flatten); else ``block=1``.
+    """
+
+    name: str  #: parameter name of ``w`` (the layer whose outputs are the units)
+    next_name: str  #: parameter name of ``v``
+    w: Tensor
+    v: Tensor
+    block: int = 1
+
+
+@torch.no_grad()
+def unit_stats(w: Tensor, v: Tensor, block: int = 1) -> dict[str, Tensor]:
+    r"""Additive counts of the hidden units between ``w`` and ``v``, as int64 tensors (no host sync).
+
+    A unit is active when :math:`\lVert w_k \rVert_2 \cdot \lVert v_k \rVert_2 > 0`, i.e. when neither
+    its input nor its output weights are all exactly zero (digest 004 §4.2: exact-zero test, weights
+    only, biases not included). Keys: ``units`` (number of units, ``w.shape[0]``) and ``active_units``.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.0], [0.0, 0.0], [2.0, 3.0]])  # unit 1 has no input weights
+        >>> v = torch.tensor([[1.0, 1.0, 0.0]])  # unit 2 has no output weights
+        >>> {k: int(n) for k, n in unit_stats(w, v).items()}
+        {'units': 3, 'active_units': 1}
+    """
+    units = w.shape[0]
+    w_on = (w.detach() != 0).reshape(units, -1).any(dim=1)
+    vv = (v.detach() != 0).reshape(v.shape[0], units, block, -1)
+    v_on = vv.any(dim=3).any(dim=2).any(dim=0)
+    return {
+        "units": torch.tensor(units, device=w.device),
+        "active_units": (w_on & v_on).sum(),
+    }
+
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: modules that act on each channel/feature separately (or pool over space), so that they keep a
+#: hidden unit's identity between two weights
+_CHANNELWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Identity,
+    nn.modules.dropout._DropoutNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+_CHANNELWISE_FUNCTIONS = {
+    "relu",
+    "relu_",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "gelu",
+    "silu",
+    "mish",
+    "sigmoid",
+    "tanh",
+    "hardtanh",
+    "hardswish",
+    "batch_norm",
+    "dropout",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "contiguous",
+}
+_FLATTENS = {"flatten", "view", "reshape"}
+
+
+def _channelwise(module: nn.Module) -> bool:
+    if isinstance(module, nn.GroupNorm):  # one channel per group: statistics of that channel only
+        return module.num_groups == module.num_channels
+    return isinstance(module, _CHANNELWISE_MODULES)
+
+
+def _weighted(module: nn.Module) -> bool:
+    w = getattr(module, "weight", None)
+    return isinstance(module, (nn.Linear, *_CONV)) and isinstance(w, Tensor)
+
+
+def _traced_pairs(root: nn.Module, prefix: str) -> list[UnitPair]:
+    import torch.fx
+
+    graph = torch.fx.Tracer().trace(root)
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        first = root.get_submodule(node.target)
+        if not _weighted(first):
+            continue
+        cur, flattened = node, False
+        while len(cur.users) == 1:  # follow the single path of this layer's output
+            (nxt,) = cur.users
+            if not nxt.args or nxt.args[0] is not cur:
+                break
+            if nxt.op == "call_module":
+                mod = root.get_submodule(nxt.target)
+                if isinstance(mod, nn.Flatten):
+                    flattened = flattened or (mod.start_dim == 1 and mod.end_dim == -1)
+                elif not _channelwise(mod):
+                    if _weighted(mod) and calls[nxt.target] == 1:
+                        pair = _pair(first, mod, flattened)
+                        if pair is not None:
+                            w_name, v_name = f"{prefix}{node.target}.weight", f"{prefix}{nxt.target}.weight"
+                            pairs.append(UnitPair(w_name, v_name, first.weight, mod.weight, pair))
+                    break
+            elif nxt.op in ("call_function", "call_method"):
+                name = nxt.target if isinstance(nxt.target, str) else getattr(nxt.target, "__name__", "")
+                if name in _FLATTENS:
+                    flattened = True
+                elif name not in _CHANNELWISE_FUNCTIONS:
+                    break
+            else:
+                break
+            cur = nxt
+    return pairs
+
+
+def _pair(first: nn.Module, second: nn.Module, flattened: bool) -> int | None:
+    """``block`` of the pair (first → second), or None when the shapes do not line up channel to channel."""
+    units = first.weight.shape[0]
+    if isinstance(second, _CONV):
+        ok = isinstance(first, _CONV) and not flattened and second.groups == 1
+        return 1 if ok and second.weight.shape[1] == units else None
+    fan_in = second.weight.shape[1]
+    if fan_in == units:
+        return 1
+    if isinstance(first, _CONV) and flattened and fan_in % units == 0:
+        return fan_in // units
+    return None
+
+
+def unit_pairs(model: nn.Module) -> list[UnitPair]:
+    """The (linear/conv → linear/conv) weight pairs of ``model`` with hidden units between them.
+
+    Found by tracing the forward pass (``torch.fx``): a pair is a ``Linear``/``Conv{1,2,3}d`` whose output
+    reaches the next ``Linear``/``Conv`` only through channel-wise operations (activations, batch or
+    instance norm, group norm with one channel per group, dropout, pooling, flatten) and feeds nothing
+    else (a group or layer norm mixes channels: a unit with zero input weights is then not constant). Outputs that also go elsewhere (a residual
+    add, a concatenation) have no unit pair: a channel of a residual stream stays alive through the
+    skip connection. Grouped/depthwise second convs, transposed convs and layers called more than once
+    are skipped. When the whole model cannot be traced, each child is traced on its own.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> [(p.name, p.next_name) for p in unit_pairs(net)]
+        [('0.weight', '2.weight'), ('2.weight', '4.weight')]
+    """
+
+    def visit(module: nn.Module, prefix: str) -> list[UnitPair]:
+        try:
+            return _traced_pairs(module, prefix)
+        except Exception:  # untraceable forward (data-dependent control flow, ...): try the children
+            return [p for n, child in module.named_children() for p in visit(child, f"{prefix}{n}.")]
+
+    return visit(model, "")
+
+
+def active_units(model: nn.Module) -> dict[str, int]:
+    """Convenience: ``{"units": ..., "active_units": ...}`` over all :func:`unit_pairs` of ``model``.
+
+    This host-syncs: use it for reports, not inside a training step.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> with torch.no_grad():
+        ...     net[2].weight[:, 0] = 0  # unit 0 has no output weights
+        >>> active_units(net)
+        {'units': 3, 'active_units': 2}
+    """
+    stats = [unit_stats(p.w, p.v, p.block) for p in unit_pairs(model)]
+    total = sum_stats(stats) if stats else {"units": torch.tensor(0), "active_units": torch.tensor(0)}
+    return {k: int(v) for k, v in total.items()}

@@ -25,8 +25,9 @@ class _Net(pl.LightningModule):
         super().__init__()
         self.lam, self.plain, self.frozen = lam, plain, frozen
         self.conv = nn.Conv2d(3, 6, 3)
-        # per-rank batch statistics would make a DDP run differ from one process: the DDP test uses GroupNorm
-        self.bn = nn.BatchNorm2d(6) if bn else nn.GroupNorm(2, 6)
+        # per-rank batch statistics would make a DDP run differ from one process: the DDP test uses a
+        # per-sample norm (one channel per group keeps conv→fc a unit pair, so active units are compared too)
+        self.bn = nn.BatchNorm2d(6) if bn else nn.GroupNorm(6, 6)
         self.fc = nn.Linear(24, 3)
 
     def forward(self, x):
@@ -101,6 +102,10 @@ def _reference(net: _Net) -> dict[str, float]:
         "sparsity/layer/conv.weight/group": len(zero_channels) / w.shape[1],
         "sparsity/layer/fc.weight": float((v == 0).sum()) / v.numel(),
     }
+    # active units (digest 004): conv channel k feeds fc columns 4k..4k+3 (2x2 pool, channel-major flatten)
+    active = [bool((w[k] != 0).any()) and bool((v[:, 4 * k : 4 * k + 4] != 0).any()) for k in range(6)]
+    ref["sparsity/active_units"] = sum(active) / 6
+    ref["sparsity/layer/conv.weight/active_units"] = sum(active) / 6
     return ref
 
 
@@ -110,7 +115,8 @@ def test_counts_match_brute_force_and_follow_each_regularizer(tmp_path):
     with torch.no_grad():
         net.conv.weight[:, 1] = 0  # one zero input channel
         net.conv.weight[0, 2, 0, 0] = 0  # a stray zero that is not a group
-        net.fc.weight[:, :5] = 0
+        net.fc.weight[:, :5] = 0  # channel 0's four output columns, and one of channel 1's
+        net.conv.weight[3] = 0  # filter 3: channel 3 has no input weights
     mon = SparsityMonitor(table=False)
     trainer = _trainer(tmp_path, [mon], max_epochs=1, max_steps=1)
     trainer.fit(net, _loader())
@@ -120,8 +126,10 @@ def test_counts_match_brute_force_and_follow_each_regularizer(tmp_path):
     assert got.keys() == ref.keys()  # fc (L1) has no groups; biases/BN are not monitored
     for k in ref:
         assert got[k] == pytest.approx(ref[k], abs=1e-12), k
-    assert [r["name"] for r in rows] == ["conv.weight", "fc.weight"]
+    assert got["sparsity/active_units"] == pytest.approx(4 / 6)  # channels 0 and 3 are dead
+    assert [r["name"] for r in rows] == ["conv.weight", "fc.weight", "conv.weight"]  # tensors, then pairs
     assert rows[0]["zero_groups"] == 1 and rows[0]["groups"] == 3
+    assert rows[2] == {"name": "conv.weight", "units": 6, "active_units": pytest.approx(4 / 6)}
 
     # group_dim gives the elementwise-regularized tensor groups as well ("out": rows of fc.weight)
     mon2 = SparsityMonitor(group_dim="out", table=False)
@@ -129,6 +137,13 @@ def test_counts_match_brute_force_and_follow_each_regularizer(tmp_path):
     _, rows2 = mon2.compute()
     assert rows2[1]["groups"] == 3 and rows2[1]["zero_groups"] == 0
     assert rows2[0]["groups"] == 3  # the regularizer's own grouping wins ("in")
+
+
+def test_active_units_can_be_switched_off(tmp_path):
+    mon = SparsityMonitor(table=False, active_units=False)
+    _trainer(tmp_path, [mon], max_epochs=1, max_steps=1).fit(_Net(frozen=True), _loader())
+    got = mon.metrics(*mon.compute())
+    assert "sparsity/unstructured" in got and not any("active_units" in k for k in got)
 
 
 def test_unregularized_optimizer_monitors_all_weight_matrices(tmp_path):
@@ -181,6 +196,7 @@ def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_pa
     tags = ea.Tags()
     for t in ("sparsity/unstructured", "sparsity/group", "sparsity/group_weighted", "prox/lambda"):
         assert t in tags["scalars"], t
+    assert {"sparsity/active_units", "sparsity/layer/conv.weight/active_units"} <= set(tags["scalars"])
     assert "sparsity/layer/conv.weight/group" in tags["scalars"]
     assert {"group_norms/conv.weight", "group_norms/fc.weight"} <= set(tags["histograms"])
     assert "sparsity/layer_history" in tags["images"]
@@ -236,6 +252,7 @@ def test_ddp_logs_the_single_process_values_once(tmp_path):
 
     s, d = by_key(single), by_key(ddp)
     assert s.keys() == d.keys()
+    assert any(k == "sparsity/active_units" for k, _ in s)
     assert all(len(v) == 1 for v in d.values())  # logged once
     assert d == s  # exact: counts of exact zeros and λ do not depend on the process layout
     assert max(v[0] for (k, _), v in s.items() if k == "sparsity/unstructured") > 0
@@ -280,6 +297,7 @@ def test_quickstart_event_files_have_the_dashboard(tmp_path, monkeypatch):
     tags = ea.Tags()
     scalars = [t for t in tags["scalars"] if t.startswith("sparsity/")]
     assert {"sparsity/unstructured", "sparsity/group", "sparsity/group_weighted"} <= set(scalars)
+    assert "sparsity/active_units" in scalars  # LeNet: conv→conv, conv→linear, linear→linear units
     assert any(t.startswith("sparsity/layer/") for t in scalars)
     assert "custom_scalars__config__" in tags["tensors"]
     assert tags["histograms"] and all(t.startswith("group_norms/") for t in tags["histograms"])

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lightning_prox.structure import (
+    active_units,
     check_groupable,
     group_reduce_dims,
     group_size,
@@ -15,6 +16,8 @@ from lightning_prox.structure import (
     sparsity_ratios,
     sum_stats,
     tensor_stats,
+    unit_pairs,
+    unit_stats,
 )
 
 
@@ -158,3 +161,106 @@ def test_model_sparsity_mixes_grouped_and_1d_tensors():
     assert out["unstructured"] == pytest.approx((9 + 5) / 17)
     assert out["group"] == pytest.approx(3 / 4)
     assert out["group_weighted"] == pytest.approx(9 / 12)
+
+
+# -- active units (digest 004) ----------------------------------------------------------------------
+def _brute_active(w: torch.Tensor, v: torch.Tensor, block: int = 1) -> tuple[int, int]:
+    """Unit k is active when ||w_k|| * ||v_k|| > 0 (w_k: filter/row k; v_k: v's input slice of unit k)."""
+    units = w.shape[0]
+    active = 0
+    for k in range(units):
+        vk = v[:, k * block : (k + 1) * block] if v.ndim == 2 else v[:, k]
+        active += int(float(w[k].norm()) * float(vk.norm()) > 0)
+    return units, active
+
+
+def test_active_units_of_a_hand_built_mlp():
+    net = nn.Sequential(
+        nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3), nn.ReLU(), nn.Dropout(0.1), nn.Linear(3, 2)
+    )
+    with torch.no_grad():
+        net[0].weight[1] = 0  # hidden unit 1 of layer 1: no input weights
+        net[2].weight[:, 3] = 0  # hidden unit 3 of layer 1: no output weights
+        net[2].weight[0] = 0  # hidden unit 0 of layer 2: no input weights...
+        net[5].weight[:, 0] = 0  # ...and no output weights (counted once)
+        net[5].weight[0, 1] = 1e-30  # tiny is not zero: the test is exact
+    pairs = unit_pairs(net)
+    assert [(p.name, p.next_name, p.block) for p in pairs] == [
+        ("0.weight", "2.weight", 1),
+        ("2.weight", "5.weight", 1),
+    ]
+    got = [{k: int(v) for k, v in unit_stats(p.w, p.v, p.block).items()} for p in pairs]
+    assert got == [{"units": 5, "active_units": 3}, {"units": 3, "active_units": 2}]
+    assert active_units(net) == {"units": 8, "active_units": 5}
+    assert sparsity_ratios(sum_stats(unit_stats(p.w, p.v) for p in pairs))["active_units"] == 5 / 8
+
+
+def test_active_units_conv_pool_flatten_linear_blocks():
+    from lightning_prox.models import LeNet
+
+    net = LeNet(1, 10, img_size=8, channels=(4, 6), hidden=5)  # conv 1→4, conv 4→6, 6x2x2 → 5 → 10
+    pairs = unit_pairs(net)
+    assert [(p.name, p.next_name, p.block) for p in pairs] == [
+        ("features.0.weight", "features.3.weight", 1),
+        ("features.3.weight", "classifier.1.weight", 4),
+        ("classifier.1.weight", "classifier.3.weight", 1),
+    ]
+    with torch.no_grad():
+        net.features[3].weight[:, 2] = 0  # conv-1 channel 2: no output weights
+        net.features[3].weight[5] = 0  # conv-2 channel 5: no input weights
+        net.classifier[1].weight[:, 4:8] = 0  # conv-2 channel 1: its 2x2 columns of the linear layer
+        net.classifier[1].weight[:, 8:11] = 0  # channel 2 keeps one column: still active
+    for p, want in zip(pairs, [(4, 3), (6, 4), (5, 5)]):
+        assert _brute_active(p.w.detach(), p.v.detach(), p.block) == want
+        assert tuple(int(v) for v in unit_stats(p.w, p.v, p.block).values()) == want
+
+
+def test_active_units_random_masks_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        w = torch.randn(7, 3, 2, 2, generator=g) * (torch.rand(7, 1, 1, 1, generator=g) > 0.4)
+        v = torch.randn(5, 7, 2, 2, generator=g) * (torch.rand(1, 7, 1, 1, generator=g) > 0.4)
+        assert tuple(int(x) for x in unit_stats(w, v).values()) == _brute_active(w, v)
+        lin = torch.randn(4, 28, generator=g) * (torch.rand(1, 28, generator=g) > 0.5)
+        assert tuple(int(x) for x in unit_stats(w, lin, 4).values()) == _brute_active(w, lin, 4)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv3 = nn.Conv2d(4, 4, 1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.gn = nn.GroupNorm(2, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        x = torch.relu(x + y)  # the residual stream: conv2's channels stay alive through the skip
+        x = self.dw(self.conv3(x))  # depthwise: no channel-to-channel pair
+        return self.fc(self.gn(x).mean((2, 3)))  # group norm mixes channels; mean is not followed
+
+
+def test_unit_pairs_stop_at_residual_adds_depthwise_convs_and_channel_mixing():
+    assert [(p.name, p.next_name) for p in unit_pairs(_Residual())] == [("conv1.weight", "conv2.weight")]
+
+
+def test_unit_pairs_skip_shared_layers_and_trace_children_of_untraceable_models():
+    lin = nn.Linear(3, 3)
+    shared = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), lin, nn.ReLU(), lin)
+    assert [p.name for p in unit_pairs(shared)] == []
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+
+        def forward(self, x):
+            return self.body(x) if x.sum() > 0 else -self.body(x)  # data-dependent: fx cannot trace it
+
+    assert [(p.name, p.next_name) for p in unit_pairs(Branchy())] == [("body.0.weight", "body.2.weight")]
+    assert unit_pairs(nn.Linear(2, 2)) == [] and active_units(nn.Linear(2, 2)) == {
+        "units": 0,
+        "active_units": 0,
+    }

@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..structure import STAT_KEYS, sparsity_ratios, tensor_stats
+from ..structure import STAT_KEYS, UnitPair, sparsity_ratios, tensor_stats, unit_stats
 from ._groups import group_spec
 
-__all__ = ["GLOBAL_KEYS", "Monitored", "count", "monitored_tensors", "sparsity_metrics"]
+__all__ = ["GLOBAL_KEYS", "Monitored", "count", "monitored_pairs", "monitored_tensors", "sparsity_metrics"]
 
 #: the global ratios logged as ``sparsity/<key>`` (those that apply)
-GLOBAL_KEYS = ("unstructured", "group", "group_weighted", "low_rank")
+GLOBAL_KEYS = ("unstructured", "group", "group_weighted", "low_rank", "active_units")
 
 
 class Monitored:
@@ -60,16 +60,41 @@ def monitored_tensors(
     return out
 
 
-@torch.no_grad()
-def count(tensors: Sequence[Monitored]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """(global ratios, one row per tensor) from additive counts, with a single host read for all tensors.
+def monitored_pairs(pairs: Iterable[UnitPair], tensors: Sequence[Monitored]) -> list[UnitPair]:
+    """The unit pairs with at least one monitored weight (their units are what the regularizer prunes).
 
-    The counts of every tensor (:func:`lightning_prox.structure.tensor_stats`, missing keys as 0) are
-    stacked into one int64 matrix and copied to the host once; ratios are ratios of summed counts.
+    Example:
+        >>> from lightning_prox.structure import unit_pairs
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> [p.name for p in monitored_pairs(unit_pairs(net), [Monitored("2.weight", net[2].weight, "in", False, "GroupLasso")])]
+        ['0.weight']
+    """
+    ids = {id(t.param) for t in tensors}
+    return [p for p in pairs if id(p.w) in ids or id(p.v) in ids]
+
+
+@torch.no_grad()
+def count(
+    tensors: Sequence[Monitored], pairs: Sequence[UnitPair] = ()
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(global ratios, rows) from additive counts, with a single host read for all tensors and pairs.
+
+    The counts of every tensor (:func:`lightning_prox.structure.tensor_stats`) and every unit pair
+    (:func:`lightning_prox.structure.unit_stats`), missing keys as 0, are stacked into one int64 matrix
+    and copied to the host once; ratios are ratios of summed counts. ``rows`` holds one row per tensor
+    (``"unstructured"``, ...) and then one row per unit pair, named after the pair's first weight, with
+    ``"units"`` and ``"active_units"`` (the active fraction) only.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+        >>> totals, rows = count([Monitored("w", w, None, False, "L1")])
+        >>> totals, rows[0]["unstructured"]
+        ({'unstructured': 0.75}, 0.75)
     """
     if not tensors:
         return {}, []
     per = [tensor_stats(t.param.detach(), t.dim, rank=t.rank) for t in tensors]
+    per += [unit_stats(p.w, p.v, p.block) for p in pairs]
     keys = list(STAT_KEYS)
     dev = tensors[0].param.device
     zero = torch.zeros((), dtype=torch.int64, device=dev)
@@ -92,13 +117,23 @@ def count(tensors: Sequence[Monitored]) -> tuple[dict[str, float], list[dict[str
                 **{k: float(v) for k, v in sparsity_ratios(c).items()},
             }
         )
+    for i, p in enumerate(pairs, start=len(tensors)):
+        c = {k: mat[i, j] for j, k in enumerate(keys) if k in per[i]}
+        rows.append(
+            {
+                "name": p.name,
+                "units": int(c["units"]),
+                "active_units": float(sparsity_ratios(c)["active_units"]),
+            }
+        )
     return totals, rows
 
 
 def sparsity_metrics(
     totals: dict[str, float], rows: Sequence[dict[str, Any]], per_layer: bool = True
 ) -> dict[str, float]:
-    """The logged dict: ``sparsity/<key>`` and, per tensor, ``sparsity/layer/<name>[/group|/low_rank]``.
+    """The logged dict: ``sparsity/<key>`` and, per tensor, ``sparsity/layer/<name>[/group|/low_rank]``;
+    per unit pair (rows with ``"units"``), ``sparsity/layer/<name of its first weight>/active_units``.
 
     Example:
         >>> sparsity_metrics({"unstructured": 0.5}, [{"name": "w", "unstructured": 0.5, "group": 0.25}])
@@ -107,6 +142,9 @@ def sparsity_metrics(
     out = {f"sparsity/{k}": v for k, v in totals.items() if k in GLOBAL_KEYS}
     if per_layer:
         for r in rows:
+            if "units" in r:
+                out[f"sparsity/layer/{r['name']}/active_units"] = r["active_units"]
+                continue
             out[f"sparsity/layer/{r['name']}"] = r["unstructured"]
             for k in ("group", "low_rank"):
                 if k in r:

@@ -19,7 +19,7 @@ def custom_scalars_layout(global_tags: Sequence[str]) -> dict[str, Any]:
 
     Example:
         >>> sorted(custom_scalars_layout(["sparsity/unstructured"])["Sparsity"])
-        ['global', 'per layer: group', 'per layer: low rank', 'per layer: unstructured', 'λ and quantization']
+        ['global', 'per layer: active units', 'per layer: group', 'per layer: low rank', 'per layer: unstructured', 'λ and quantization']
     """
     return {
         "Sparsity": {
@@ -27,6 +27,7 @@ def custom_scalars_layout(global_tags: Sequence[str]) -> dict[str, Any]:
             "per layer: unstructured": ["Multiline", [r"sparsity/layer/[^/]+$"]],
             "per layer: group": ["Multiline", [r"sparsity/layer/.+/group$"]],
             "per layer: low rank": ["Multiline", [r"sparsity/layer/.+/low_rank$"]],
+            "per layer: active units": ["Multiline", [r"sparsity/layer/.+/active_units$"]],
             "λ and quantization": ["Multiline", [r"prox/lambda.*", r"quant/error"]],
         }
     }
@@ -73,6 +74,10 @@ def sparsity_table(rows: Sequence[dict[str, Any]], totals: dict[str, float]) -> 
             str(r["zero_groups"]) if grouped else "-",
             f"{100 * r['group']:.2f}%" if grouped else "-",
             f"{100 * r['unstructured']:.2f}%",
+        )
+    if "active_units" in totals:
+        table.caption = (
+            f"active units (nonzero input and output weights): {100 * totals['active_units']:.2f}%"
         )
     table.add_section()
     table.add_row(

@@ -1,8 +1,10 @@
-"""Sparsity dashboards: exact-zero, group, weighted-group and low-rank sparsity through the Trainer's loggers.
+"""Sparsity dashboards: exact-zero, group, weighted-group, low-rank sparsity and active units, through the
+Trainer's loggers.
 
 Counting is done by pure functions (``tensor_stats`` and ``sparsity_ratios`` of
 :mod:`lightning_prox.structure`, stacked by ``callbacks/_counting.py``); this callback only decides when
-to count and where to write (STYLE.md principles 10 and 12). Definitions: DESIGN.md §5, weighted group sparsity digest 003 §3.2.
+to count and where to write (STYLE.md principles 10 and 12). Definitions: DESIGN.md §5, weighted group
+sparsity digest 003 §3.2, active units digest 004.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from ..structure import group_reduce_dims
-from ._counting import GLOBAL_KEYS, Monitored, count, monitored_tensors, sparsity_metrics
+from ..structure import UnitPair, group_reduce_dims, unit_pairs
+from ._counting import GLOBAL_KEYS, Monitored, count, monitored_pairs, monitored_tensors, sparsity_metrics
 from ._dashboard import custom_scalars_layout, history_image, sparsity_table
 
 __all__ = ["SparsityMonitor"]
@@ -37,11 +39,20 @@ class SparsityMonitor(Callback):
         \text{unstructured} = \frac{\sum \#\{x_i = 0\}}{\sum \text{numel}}, \quad
         \text{group} = \frac{\sum \#\{g: x_g = 0\}}{\sum \#g}, \quad
         \text{group\_weighted} = \frac{\sum_{g: x_g = 0} |g|}{\sum_g |g|}, \quad
-        \text{low\_rank} = 1 - \frac{\sum \operatorname{rank}}{\sum \min(m, n)}.
+        \text{low\_rank} = 1 - \frac{\sum \operatorname{rank}}{\sum \min(m, n)}, \quad
+        \text{active\_units} = \frac{\#\{k: \lVert w_k \rVert \, \lVert v_k \rVert > 0\}}{\#k}.
+
+    Active units (digest 004) are the hidden units between two consecutive linear/conv weights
+    (:func:`~lightning_prox.structure.unit_pairs`, found once at the start of training by tracing the
+    model; residual streams have none) of which at least one is monitored: unit ``k`` has input weights
+    ``w_k`` (filter/row ``k`` of the first) and output weights ``v_k`` (input slice ``k`` of the next),
+    and is active unless one of them is all exactly zero. Note the direction: ``active_units`` is the
+    *active* fraction (1 = dense), as PathProx reports it; the other ratios are zero fractions.
 
     Metrics ``sparsity/unstructured``, ``sparsity/group``, ``sparsity/group_weighted``,
-    ``sparsity/low_rank`` (those that apply) and per tensor ``sparsity/layer/<param name>`` (exact
-    zeros), ``sparsity/layer/<param name>/group`` and ``.../low_rank`` are written with
+    ``sparsity/low_rank``, ``sparsity/active_units`` (those that apply) and per tensor
+    ``sparsity/layer/<param name>`` (exact zeros), ``sparsity/layer/<param name>/group`` and
+    ``.../low_rank``, per unit pair ``sparsity/layer/<first weight's name>/active_units`` are written with
     ``logger.log_metrics`` every ``every_n_steps`` optimizer steps (default: the Trainer's
     ``log_every_n_steps``; ``logging_interval="epoch"``: at each epoch end), at the start and at the end
     of training. Steps that are not logged cost one integer comparison: no tensor work, no host sync.
@@ -65,6 +76,7 @@ class SparsityMonitor(Callback):
         histograms: write group-norm histograms (TensorBoard).
         image: write the per-layer history image (TensorBoard).
         table: print the per-layer table at the end of fit.
+        active_units: trace the model for unit pairs and log ``active_units``.
 
     Example:
         >>> SparsityMonitor(every_n_steps=10).every_n_steps
@@ -80,6 +92,7 @@ class SparsityMonitor(Callback):
         histograms: bool = True,
         image: bool = True,
         table: bool = True,
+        active_units: bool = True,
     ) -> None:
         if logging_interval not in ("step", "epoch"):
             raise ValueError(f"logging_interval must be 'step' or 'epoch', got {logging_interval!r}")
@@ -98,10 +111,12 @@ class SparsityMonitor(Callback):
         self.histograms = histograms
         self.image = image
         self.table = table
+        self.active_units = active_units
         self.history: list[list[float]] = []  # per logged point, one value per monitored tensor
         self.history_names: list[str] = []
         self._last_step = -1
         self._entries: list[Monitored] = []
+        self._pairs: list[UnitPair] = []
 
     @property
     @override
@@ -122,8 +137,8 @@ class SparsityMonitor(Callback):
 
     # -- counting ---------------------------------------------------------------------------------
     def compute(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """(global ratios, per-tensor rows) of the monitored tensors; one host read for all tensors."""
-        return count(self._entries)
+        """(global ratios, rows: per tensor, then per unit pair) of what is monitored; one host read."""
+        return count(self._entries, self._pairs)
 
     def metrics(self, totals: dict[str, float], rows: list[dict[str, Any]]) -> dict[str, float]:
         """The logged ``sparsity/...`` dict from :meth:`compute`'s output."""
@@ -139,6 +154,7 @@ class SparsityMonitor(Callback):
         totals, rows = self.compute()
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics(totals, rows), step=step)
+        rows = [r for r in rows if "unstructured" in r]
         names = [r["name"] for r in rows]
         if names != self.history_names:
             self.history, self.history_names = [], names
@@ -150,6 +166,7 @@ class SparsityMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._entries = self._collect(trainer, pl_module)
+        self._pairs = monitored_pairs(unit_pairs(pl_module), self._entries) if self.active_units else []
         self._last_step = -1
         if trainer.is_global_zero:
             tags = [f"sparsity/{k}" for k in GLOBAL_KEYS]
@@ -183,6 +200,7 @@ class SparsityMonitor(Callback):
         from rich.console import Console
 
         totals, rows = self.compute()
+        rows = [r for r in rows if "unstructured" in r]
         if rows:
             Console().print(sparsity_table(rows, totals))
 
