@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..module import ProxMixin
 from ..regularizers import Regularizer
 from .nets import MLP, LeNet
+from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
 
 __all__ = ["ImageClassifier", "build_backbone"]
 
@@ -40,6 +42,13 @@ def _adapt_to_small_images(model: nn.Module, num_classes: int) -> nn.Module:
     )
 
 
+def _cifar_resnet_depth(backbone: str) -> tuple[int, Literal["A", "B"]] | None:
+    match = re.fullmatch(r"resnet(\d+)(_a)?", backbone)
+    if match is None or int(match.group(1)) not in CIFAR_RESNET_DEPTHS:
+        return None
+    return int(match.group(1)), "A" if match.group(2) else "B"
+
+
 def build_backbone(
     backbone: str,
     num_classes: int,
@@ -51,7 +60,13 @@ def build_backbone(
     channels: Sequence[int] = (16, 32),
     drop_rate: float = 0.0,
 ) -> nn.Module:
-    """``"mlp"``, ``"lenet"`` or any timm model name (``timm.list_models()``), built with ``num_classes``.
+    """``"mlp"``, ``"lenet"``, a CIFAR ResNet or any timm model name (``timm.list_models()``).
+
+    CIFAR ResNets (:class:`~lightning_prox.models.CifarResNet`): ``"resnet20"``, ``"resnet32"``,
+    ``"resnet44"``, ``"resnet56"``, ``"resnet110"`` with option-B shortcuts (1x1 conv + BN, as the
+    ProxQuant code), or with the suffix ``"_a"`` (``"resnet20_a"``) option-A zero-padding shortcuts.
+    They are built for small images already (``small_input`` does not apply) and have no pretrained
+    weights.
 
     Example:
         >>> import torch
@@ -62,12 +77,18 @@ def build_backbone(
         return MLP(in_chans * img_size * img_size, num_classes, hidden, drop_rate)
     if backbone == "lenet":
         return LeNet(in_chans, num_classes, img_size, channels, hidden[0] if hidden else 64)
+    cifar = _cifar_resnet_depth(backbone)
+    if cifar is not None:
+        if pretrained:
+            raise ValueError(f"backbone={backbone!r} (a CIFAR ResNet) has no pretrained weights")
+        return CifarResNet(cifar[0], num_classes, in_chans, shortcut=cifar[1])
     import timm
 
     if not timm.is_model(backbone):
         raise ValueError(
-            f"backbone={backbone!r} is neither 'mlp', 'lenet' nor a timm model name; "
-            "see timm.list_models() (e.g. 'resnet34', 'vgg16')"
+            f"backbone={backbone!r} is neither 'mlp', 'lenet', a CIFAR ResNet "
+            f"({', '.join(f'resnet{d}' for d in CIFAR_RESNET_DEPTHS)}, optionally with '_a') nor a timm "
+            "model name; see timm.list_models() (e.g. 'resnet34', 'vgg16')"
         )
     model = timm.create_model(
         backbone, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
@@ -83,8 +104,10 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
     ``penalty_mode``) are those of :class:`~lightning_prox.module.ProxMixin`.
 
     Args:
-        backbone: ``"mlp"``, ``"lenet"`` (built-in) or a timm model name; timm models are built with
-            ``pretrained=False`` unless asked (``pretrained=True`` downloads weights).
+        backbone: ``"mlp"``, ``"lenet"``, a CIFAR ResNet (``"resnet20"``/``32``/``44``/``56``/``110``,
+            option-B shortcuts; ``"resnet20_a"``: option A; see :func:`build_backbone`) or a timm model
+            name; timm models are built with ``pretrained=False`` unless asked (``pretrained=True``
+            downloads weights).
         num_classes: number of classes.
         in_chans: input channels.
         img_size: input height = width (used by the built-in nets).
