@@ -243,19 +243,30 @@ def test_l1_logistic_regression_reaches_sklearn_optimum(digits_l1_logreg, which)
 
 
 @pytest.mark.slow
-def test_compiled_implementation_matches_forloop():
-    """The opt-in single-pass compiled Adam+L1 kernel (compiles once, ~seconds) equals the reference."""
+@pytest.mark.parametrize("implementation", ["compiled", "auto"])
+def test_compiled_implementation_matches_forloop(implementation, monkeypatch):
+    """The single-pass compiled Adam+L1 kernel (compiled once per process, ~seconds; "auto" picks it
+    for large regularized groups, here every group) equals the reference."""
+    from lightning_prox.optim import proxgen as proxgen_module
     from lightning_prox.regularizers import _fused
 
+    calls = []
+    kernel = _fused.compiled_adam_l1_
+    monkeypatch.setattr(_fused, "compiled_adam_l1_", lambda *a: calls.append(len(a[0])) or kernel(*a))
+    monkeypatch.setattr(proxgen_module, "AUTO_COMPILE_NUMEL", 1)
     ref = make_cnn()
     comp = copy.deepcopy(ref)
     kw = dict(lr=1e-2, weight_decay=0.1)
     train(ref, ProxGen(weight_groups(ref, regularizer=L1(1e-2)), **kw, implementation="forloop"), range(20))
     train(
-        comp, ProxGen(weight_groups(comp, regularizer=L1(1e-2)), **kw, implementation="compiled"), range(20)
+        comp,
+        ProxGen(weight_groups(comp, regularizer=L1(1e-2)), **kw, implementation=implementation),
+        range(20),
     )
     if not _fused.compiled_available():
         pytest.skip("torch.compile is not usable here; the eager fallback ran (covered by the other tests)")
+    # "auto" compiles only regularized groups (plain groups run torch's fused Adam); "compiled" both
+    assert len(calls) == (20 if implementation == "auto" else 40)
     _assert_models_close(ref, comp, atol=1e-6)
     weights = [p for n, p in comp.named_parameters() if n.endswith("weight")]
     assert sum(int((p == 0).sum()) for p in weights) > 0

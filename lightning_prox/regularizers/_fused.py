@@ -103,16 +103,19 @@ def soft_threshold_adam_metric_(
         n = pf.numel()
         chunk = CHUNK if p.device.type == "cpu" else n  # on GPUs chunks only add kernel launches
         w_all, s_all = scratch.get(p, min(n, chunk))
+        cb, eb = c * b, eps * b
         for start in range(0, n, chunk):
             pc, vc = pf[start : start + chunk], vf[start : start + chunk]
             k = pc.numel()
             w, s = w_all[:k], s_all[:k]
+            # Scaled by b > 0: with E = sqrt(v) + eps·b = b·D, soft thresholding θ at t = c/D is
+            # softshrink(θ·E, c·b)/E. Five passes instead of eight (no reciprocal, no clamp
+            # bounds); it differs from θ − clamp(θ, −t, t) by rounding only.
             torch.sqrt(vc, out=w)
-            w.div_(b).add_(eps)  # D, rounded exactly as the optimizers' reference computes it
-            w.reciprocal_().mul_(c)  # t = (step·λ)·(1/D), as L1.prox_multi rounds it
-            torch.neg(w, out=s)
-            torch.clamp(pc, s, w, out=s)
-            pc.sub_(s)
+            w.add_(eb)
+            torch.mul(pc, w, out=s)
+            torch._C._nn.softshrink(s, cb, out=s)
+            torch.div(s, w, out=pc)
 
 
 # -- compiled single-pass Adam + ℓ1 (opt-in) ------------------------------------------------------
