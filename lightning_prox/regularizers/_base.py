@@ -132,7 +132,8 @@ class Regularizer:
                     f"metrics must hold one tensor per z: got {len(metrics)} for {len(zs)} tensors"
                 )
             for z, m in zip(zs, metrics):
-                check_metric(m, z)
+                check_metric(m, z, positive=False)
+            check_positive(metrics)
         if x0s is not None:
             x0s = list(x0s)
             if len(x0s) != len(zs) or any(x0.shape != z.shape for x0, z in zip(x0s, zs)):
@@ -250,18 +251,27 @@ def check_step(step: Step) -> None:
         raise ValueError(f"step must be a finite number > 0, got {step!r}; pass the (positive) learning rate")
 
 
-def check_metric(metric: Tensor | None, z: Tensor) -> None:
+def check_metric(metric: Tensor | None, z: Tensor, *, positive: bool = True) -> None:
     """``metric`` is None or a positive tensor shaped like ``z`` (checked on CPU only: no device sync)."""
     if metric is None:
         return
     if not isinstance(metric, Tensor) or metric.shape != z.shape:
         shape = getattr(metric, "shape", type(metric).__name__)
         raise ValueError(f"metric must be None or a tensor of shape {tuple(z.shape)}, got {shape}")
-    if metric.device.type == "cpu" and metric.numel() and not bool((metric > 0).all()):
-        raise ValueError(
-            f"metric must be strictly positive, got min {metric.min().item():.3g}; "
-            "add eps to the preconditioner (e.g. sqrt(v) + eps)"
-        )
+    if positive:
+        check_positive([metric])
+
+
+def check_positive(metrics: list[Tensor]) -> None:
+    """Every CPU tensor of ``metrics`` is > 0 (NaN fails): one min pass per tensor, one host read."""
+    mins = [m.amin().to(torch.float64) for m in metrics if m.device.type == "cpu" and m.numel()]
+    if mins:
+        low = float(torch.stack(mins).min()) if len(mins) > 1 else float(mins[0])
+        if not low > 0:
+            raise ValueError(
+                f"metric must be strictly positive, got min {low:.3g}; "
+                "add eps to the preconditioner (e.g. sqrt(v) + eps)"
+            )
 
 
 def threshold_dtype(x: Tensor) -> torch.dtype:

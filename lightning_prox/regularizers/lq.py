@@ -6,9 +6,9 @@ import dataclasses
 
 from torch import Tensor
 
-from ._base import threshold_dtype
-from ._elementwise import _Elementwise, check_q
-from .functional import lq_penalty, prox_lq
+from ._base import Step, threshold_dtype
+from ._elementwise import _Elementwise, check_q, chunked_map
+from .functional import lhalf_kernel, lq_penalty, prox_lq
 
 __all__ = ["Lq"]
 
@@ -53,3 +53,34 @@ class Lq(_Elementwise):
 
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         return prox_lq(zf, s, self.q)  # s = step·λ/metric
+
+    def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
+        if self.q != 0.5:
+            return super()._prox(z, step, metric)
+        return self._prox_multi([z], step, None if metric is None else [metric], None, None, None, None)[0]
+
+    def _prox_multi(
+        self,
+        zs: list[Tensor],
+        step: Step,
+        metrics: list[Tensor] | None,
+        x0s: list[Tensor] | None,
+        max_iters: int | None,
+        rtol: float | None,
+        info: dict | None,
+    ) -> list[Tensor]:
+        if self.q != 0.5:
+            return super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+        # q = 1/2: the transcendental-free kernel of lhalf_kernel, chunk by chunk (one kernel per
+        # (compute dtype, device), built once per call)
+        a = step * self.lam
+        kernels: dict = {}
+
+        def kernel(z: Tensor, m: Tensor | None, out: Tensor, bufs: list[Tensor]) -> None:
+            key = (z.dtype, z.device)
+            k = kernels.get(key)
+            if k is None:
+                k = kernels[key] = lhalf_kernel(a, z.dtype, z.device)
+            k(z, m, out, bufs)
+
+        return chunked_map(zs, metrics, kernel, 4)
