@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..regularizers import _fused
 from ..regularizers._base import Regularizer
 from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
 from ._prox import check_group_params, prox_tensors_
@@ -24,7 +25,11 @@ from .proxgen import Preconditioner, ProxGen
 
 __all__ = ["ProxSGD", "TwoStageProxSGD", "proxsgd"]
 
-Implementation = Literal["fast", "forloop"]
+Implementation = Literal["auto", "fast", "forloop", "compiled"]
+_IMPLEMENTATIONS = ("auto", "fast", "forloop", "compiled")
+#: ``implementation="auto"`` compiles the SGD + ℓ1 pass for a (device, dtype) bucket of a
+#: regularized group from this many elements on (small models would only pay the compile time).
+AUTO_COMPILE_NUMEL = 1 << 20
 
 
 class ProxSGD(Optimizer):
@@ -63,10 +68,15 @@ class ProxSGD(Optimizer):
         nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0).
         weight_decay: ζ ≥ 0, L2 penalty added to the gradient.
         regularizer: default regularizer of every group (``None``: plain SGD).
-        check_finite: raise ``ValueError`` before any update when a gradient holds NaN/inf (one
-            batched reduction and one host read per step; False skips it).
-        implementation: ``"fast"`` (torch's fused SGD kernel, then an in-place prox pass) or
-            ``"forloop"`` (the per-tensor reference).
+        check_finite: raise ``ValueError`` naming the parameter, before any update, when a
+            gradient holds NaN/inf (one ``sum`` per gradient and one host read per step; False
+            skips it).
+        implementation: ``"auto"`` (default: ``"compiled"`` for a regularized group's ℓ1 tensors
+            on CPU from ``AUTO_COMPILE_NUMEL`` = 2^20 elements on, ``"fast"`` otherwise),
+            ``"fast"`` (torch's fused SGD kernel, then an in-place prox pass), ``"forloop"`` (the
+            per-tensor reference) or ``"compiled"`` (SGD + ℓ1 as one ``torch.compile``\ d pass per
+            tensor on CPU from the second step on; compiles once per process; anything it does not
+            cover, or a failed compile, runs ``"fast"``). All agree to rounding.
 
     Raises:
         ValueError: for an invalid hyperparameter (naming the value), and from :meth:`step` for
@@ -94,11 +104,11 @@ class ProxSGD(Optimizer):
         regularizer: Regularizer | None = None,
         *,
         check_finite: bool = True,
-        implementation: Implementation = "fast",
+        implementation: Implementation = "auto",
     ) -> None:
         _check_hparams(lr, momentum, dampening, nesterov, weight_decay)
-        if implementation not in ("fast", "forloop"):
-            raise ValueError(f"implementation must be 'fast' or 'forloop', got {implementation!r}")
+        if implementation not in _IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -132,7 +142,7 @@ class ProxSGD(Optimizer):
             group.setdefault("regularizer", None)
             group.setdefault("lam", 0.0)
         self.__dict__.setdefault("check_finite", True)
-        self.__dict__.setdefault("implementation", "fast")
+        self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_last_info", [{} for _ in self.param_groups])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -224,17 +234,13 @@ def proxsgd(
     nesterov: bool,
     weight_decay: float,
     regularizer: Regularizer | None,
-    implementation: str = "fast",
+    implementation: str = "auto",
     info: dict[str, Any] | None = None,
 ) -> None:
     """Functional ProxSGD step (see :class:`ProxSGD`); fills ``momentum_buffer_list`` on the first step."""
     if not params:
         return
-    func = _single_tensor_proxsgd if implementation == "forloop" else _multi_tensor_proxsgd
-    func(
-        params,
-        grads,
-        momentum_buffer_list,
+    kwargs: dict[str, Any] = dict(
         lr=lr,
         momentum=momentum,
         dampening=dampening,
@@ -243,6 +249,10 @@ def proxsgd(
         regularizer=regularizer,
         info=info,
     )
+    if implementation == "forloop":
+        _single_tensor_proxsgd(params, grads, momentum_buffer_list, **kwargs)
+    else:
+        _multi_tensor_proxsgd(params, grads, momentum_buffer_list, **kwargs, implementation=implementation)
 
 
 def _single_tensor_proxsgd(
@@ -289,8 +299,13 @@ def _multi_tensor_proxsgd(
     weight_decay: float,
     regularizer: Regularizer | None,
     info: dict[str, Any] | None,
+    implementation: str = "fast",
 ) -> None:
-    """Fast path: torch's fused SGD kernel (CPU/CUDA) for the smooth part, then one in-place prox pass."""
+    """Fast path: torch's fused SGD kernel (CPU/CUDA) for the smooth part, then one in-place prox pass.
+
+    ``"compiled"`` (and ``"auto"`` for a large ℓ1 group) runs SGD + ℓ1 as one compiled pass per
+    tensor on CPU once the momentum buffers exist (the first step goes through torch's kernel).
+    """
     do_prox = regularizer is not None and regularizer.lam > 0
     first = [momentum != 0 and b is None for b in momentum_buffer_list]
     if any(first):
@@ -306,8 +321,24 @@ def _multi_tensor_proxsgd(
         [params, grads, momentum_buffer_list],  # type: ignore[list-item]
         with_indices=False,
     )
-    for (device, _), ((d_params, d_grads, d_bufs), _) in grouped.items():
+    for (device, dtype), ((d_params, d_grads, d_bufs), _) in grouped.items():
         d_params = list(d_params)
+        if (
+            implementation in ("compiled", "auto")
+            and do_prox
+            and not any(first)
+            and device.type == "cpu"
+            and _fused.supports(regularizer, d_params)
+            and (implementation == "compiled" or sum(p.numel() for p in d_params) >= AUTO_COMPILE_NUMEL)
+            and _fused.compiled_available()
+            and all(t.is_contiguous() for t in (*d_params, *d_grads, *(d_bufs if momentum != 0 else ())))
+        ):
+            scalars = torch.tensor(
+                [weight_decay, momentum, 1 - dampening, lr, lr * regularizer.lam], dtype=dtype
+            )
+            bufs = list(d_bufs) if momentum != 0 else None
+            if _fused.compiled_sgd_l1_(d_params, list(d_grads), bufs, scalars, nesterov):
+                continue
         if device.type in ("cpu", "cuda"):
             torch._fused_sgd_(
                 d_params, d_grads, [] if momentum == 0 else d_bufs, weight_decay=weight_decay,

@@ -9,9 +9,10 @@ These compute what :class:`L1` computes — soft thresholding ``z − clamp(z, �
   rebuilt from the second moment ``v``. Tensors are processed in cache-sized chunks through two
   reusable scratch buffers (:class:`Scratch`), so the eight elementwise operations run on data that
   is already in cache and no step allocates parameter-sized temporaries.
-* :func:`compiled_adam_l1_` — an opt-in ``torch.compile``\\ d kernel that fuses the whole Adam + ℓ1
-  update of one tensor into a single loop (CPU only; :func:`compiled_available` says whether
-  compiling worked, and callers fall back to the eager kernels otherwise).
+* :func:`compiled_adam_l1_` / :func:`compiled_sgd_l1_` — ``torch.compile``\\ d kernels that fuse the
+  whole Adam + ℓ1 (SGD + ℓ1) update of one tensor into a single loop (CPU only; used by
+  ``implementation="auto"`` for large groups and ``"compiled"``; :func:`compiled_available` says
+  whether compiling worked, and callers fall back to the eager kernels otherwise).
 
 Half-precision tensors are not handled here (DESIGN.md §3 wants float32 thresholds):
 :func:`supports` says no and the optimizers fall back to the regularizer's own ``prox_multi``.
@@ -35,6 +36,7 @@ from .l1 import L1
 __all__ = [
     "Scratch",
     "compiled_adam_l1_",
+    "compiled_sgd_l1_",
     "compiled_available",
     "soft_threshold_",
     "soft_threshold_adam_metric_",
@@ -118,7 +120,7 @@ def soft_threshold_adam_metric_(
             torch.div(s, w, out=pc)
 
 
-# -- compiled single-pass Adam + ℓ1 (opt-in) ------------------------------------------------------
+# -- compiled single-pass Adam + ℓ1 and SGD + ℓ1 -------------------------------------------------
 def _adam_l1_kernel(
     p: Tensor,
     g: Tensor,
@@ -126,7 +128,7 @@ def _adam_l1_kernel(
     v: Tensor,
     scalars: Tensor,
 ) -> None:
-    # scalars (float64, CPU): [1 - lr·wd, 1 - beta1, beta2, 1 - beta2, lr / bc1, bc2_sqrt, eps, lr·lam]
+    # scalars (p's dtype, CPU): [1 - lr·wd, 1 - beta1, beta2, 1 - beta2, lr / bc1, bc2_sqrt, eps, lr·lam]
     p.mul_(scalars[0])
     m.lerp_(g, scalars[1])
     v.mul_(scalars[2]).addcmul_(g, g, value=scalars[3])
@@ -135,9 +137,25 @@ def _adam_l1_kernel(
     p.copy_(prox_l1(p, scalars[7] / d))
 
 
-@functools.lru_cache(maxsize=1)
+def _sgd_l1_kernel(p: Tensor, g: Tensor, buf: Tensor | None, scalars: Tensor, nesterov: bool) -> None:
+    # scalars (p's dtype, CPU): [weight_decay, momentum, 1 - dampening, lr, lr·lam]; the order of
+    # torch's fused SGD: coupled decay, momentum buffer, (Nesterov) step, then the prox
+    d = g + scalars[0] * p
+    if buf is not None:
+        buf.mul_(scalars[1]).add_(scalars[2] * d)
+        d = d + scalars[1] * buf if nesterov else buf
+    p.sub_(scalars[3] * d)
+    p.copy_(prox_l1(p, scalars[4]))
+
+
+@functools.lru_cache(maxsize=2)
+def _compiled(name: str) -> Any:
+    fn = {"adam_l1": _adam_l1_kernel, "sgd_l1": _sgd_l1_kernel}[name]
+    return torch.compile(fn, dynamic=True, fullgraph=True)
+
+
 def _compiled_kernel() -> Any:
-    return torch.compile(_adam_l1_kernel, dynamic=True, fullgraph=True)
+    return _compiled("adam_l1")
 
 
 _compile_failed = False
@@ -146,6 +164,26 @@ _compile_failed = False
 def compiled_available() -> bool:
     """False once compiling has failed in this process (callers then use the eager kernels)."""
     return not _compile_failed and hasattr(torch, "compile")
+
+
+def _run_compiled(name: str, calls: list[tuple[Any, ...]]) -> bool:
+    """Run kernel ``name`` once per argument tuple; False (nothing changed) when compiling fails."""
+    global _compile_failed
+    if _compile_failed:
+        return False
+    kernel = _compiled(name)
+    for i, args in enumerate(calls):
+        try:
+            kernel(*args)
+        except Exception as err:  # a compiler failure means: use the eager path
+            if i > 0:  # the kernel compiled and ran before: this is a real error
+                raise
+            _compile_failed = True
+            warnings.warn(
+                f"torch.compile of the {name} kernel failed ({err!r}); using the eager path", stacklevel=4
+            )
+            return False
+    return True
 
 
 def compiled_adam_l1_(
@@ -157,23 +195,32 @@ def compiled_adam_l1_(
 ) -> bool:
     """One fused pass per tensor: decoupled decay, Adam moments, Adam step and ℓ1 prox (CPU tensors).
 
-    ``scalars[i]`` is the float64 vector documented in the kernel. Returns False (nothing changed)
-    when compiling fails; the first call compiles (seconds), later calls reuse the kernel for every
-    shape (dynamic shapes over flattened views).
+    ``scalars[i]`` is the vector documented in the kernel, in the parameters' dtype. Returns False
+    (nothing changed) when compiling fails; the first call compiles (seconds), later calls reuse the
+    kernel for every shape (dynamic shapes over flattened views).
     """
-    global _compile_failed
-    if _compile_failed:
-        return False
-    kernel = _compiled_kernel()
-    for i, (p, g, m, v, s) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, scalars)):
-        try:
-            kernel(p.view(-1), g.view(-1), m.view(-1), v.view(-1), s)
-        except Exception as err:  # a compiler failure means: use the eager path
-            if i > 0:  # the kernel compiled and ran before: this is a real error
-                raise
-            _compile_failed = True
-            warnings.warn(
-                f"torch.compile of the Adam+L1 kernel failed ({err!r}); using the eager path", stacklevel=3
-            )
-            return False
-    return True
+    calls = [
+        (p.view(-1), g.view(-1), m.view(-1), v.view(-1), s)
+        for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, scalars)
+    ]
+    return _run_compiled("adam_l1", calls)
+
+
+def compiled_sgd_l1_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor] | None,
+    scalars: Tensor,
+    nesterov: bool,
+) -> bool:
+    """One fused pass per tensor: torch's SGD step (after the first: buffers must exist) then ℓ1 prox.
+
+    ``momentum_buffers`` is None for momentum 0; ``scalars`` is the vector documented in the kernel,
+    in the parameters' dtype. Returns False (nothing changed) when compiling fails.
+    """
+    bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)
+    calls = [
+        (p.view(-1), g.view(-1), None if b is None else b.view(-1), scalars, nesterov)
+        for p, g, b in zip(params, grads, bufs)
+    ]
+    return _run_compiled("sgd_l1", calls)
