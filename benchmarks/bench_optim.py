@@ -7,8 +7,9 @@ regularizer, biases and norm parameters are plain (as ``ProxMixin`` groups them)
 fixed random tensors, so only the optimizer step is timed (median of ``--steps`` after 3 warm-up
 steps). Each row is divided by the fastest torch step of the same parent (fused) and also by the
 foreach one. Rows marked ``check_finite=False`` skip the finite-gradient check (one read of the gradients and one
-host read). ProxGen + L1 runs its default ``implementation="auto"`` (one compiled Adam + ℓ1 pass for
-a regularized group of ≥ 2^20 values, compiled during the warm-up steps) unless the row says otherwise.
+host read). ProxGen/ProxSGD + L1 run their default ``implementation="auto"`` (one compiled Adam/SGD + ℓ1 pass
+per tensor of a regularized group of ≥ 2^20 values, compiled during the warm-up steps) unless the row
+says otherwise.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--compiled", action="store_true", help="also time implementation='compiled' (CPU)")
+    ap.add_argument(
+        "--compiled", action="store_true", help="also time ProxGen + L1 with implementation='compiled' (CPU)"
+    )
     ap.add_argument("--only", default="", help="time only rows whose name contains this text (e.g. L1)")
     args = ap.parse_args()
     if args.threads:
@@ -85,6 +88,11 @@ def main() -> None:
     }
     rows: list[tuple[str, str, Callable]] = [
         ("ProxGen (no regularizer)", "Adam", lambda ps: ProxGen(ps, lr=lr_a)),
+        (
+            "ProxGen (no regularizer), check_finite=False",
+            "Adam",
+            lambda ps: ProxGen(ps, lr=lr_a, check_finite=False),
+        ),
         ("ProxGen + L1", "Adam", lambda ps: ProxGen(groups(ps, L1(1e-4)), lr=lr_a)),
         (
             "ProxGen + L1, check_finite=False",
@@ -103,15 +111,25 @@ def main() -> None:
             lambda ps: ProxGen(groups(ps, GroupLasso(1e-4)), lr=lr_a),
         ),
         ("ProxSGD (no regularizer)", "SGD", lambda ps: ProxSGD(ps, lr=lr_s, momentum=0.9)),
+        (
+            "ProxSGD (no regularizer), check_finite=False",
+            "SGD",
+            lambda ps: ProxSGD(ps, lr=lr_s, momentum=0.9, check_finite=False),
+        ),
         ("ProxSGD + L1", "SGD", lambda ps: ProxSGD(groups(ps, L1(1e-4)), lr=lr_s, momentum=0.9)),
         (
             "ProxSGD + L1, check_finite=False",
             "SGD",
             lambda ps: ProxSGD(groups(ps, L1(1e-4)), lr=lr_s, momentum=0.9, check_finite=False),
         ),
+        (
+            "ProxSGD + L1, eager (implementation='fast')",
+            "SGD",
+            lambda ps: ProxSGD(groups(ps, L1(1e-4)), lr=lr_s, momentum=0.9, implementation="fast"),
+        ),
     ]
     if args.compiled:
-        for i, cf in ((4, True), (4, False)):
+        for i, cf in ((5, True), (5, False)):
             rows.insert(
                 i,
                 (
@@ -126,7 +144,7 @@ def main() -> None:
     print(
         "each row is timed interleaved with its fused and foreach parents; ratios are medians of paired steps"
     )
-    print(f"{'step':48s} {'ms':>9s} {'/ fused':>8s} {'/ foreach':>9s} {'fused ms':>9s} {'foreach ms':>10s}")
+    print(f"{'step':50s} {'ms':>9s} {'/ fused':>8s} {'/ foreach':>9s} {'fused ms':>9s} {'foreach ms':>10s}")
     med = statistics.median
     for name, parent, make in rows:
         if args.only not in name:
@@ -137,7 +155,7 @@ def main() -> None:
         r_fused = med(a / b for a, b in zip(t, fused))
         r_foreach = med(a / b for a, b in zip(t, foreach))
         print(
-            f"{name:48s} {med(t):9.2f} {r_fused:7.2f}x {r_foreach:8.2f}x {med(fused):9.2f} {med(foreach):10.2f}"
+            f"{name:50s} {med(t):9.2f} {r_fused:7.2f}x {r_foreach:8.2f}x {med(fused):9.2f} {med(foreach):10.2f}"
         )
 
 

@@ -585,15 +585,34 @@ def _multi_tensor_proxgen(
                 d_params, list(d_v), lr * regularizer.lam, bc2_sqrts, eps, scratch
             )
         else:
-            metrics = _foreach_denoms(d_v, steps, beta2, eps, preconditioner, bias_correction)
+            reuse = scratch if device.type == "cpu" else None  # GPU allocators cache blocks already
+            metrics = _foreach_denoms(d_v, steps, beta2, eps, preconditioner, bias_correction, reuse)
             prox_tensors_(regularizer, d_params, lr, metrics, info)
 
 
 def _foreach_denoms(
-    vs: list[Tensor], steps: list[float], beta2: float, eps: float, preconditioner: str, bias_correction: bool
+    vs: list[Tensor],
+    steps: list[float],
+    beta2: float,
+    eps: float,
+    preconditioner: str,
+    bias_correction: bool,
+    scratch: _fused.Scratch | None = None,
 ) -> list[Tensor]:
-    """D = C + δ for a list of tensors, rounded exactly as :func:`_denom`."""
-    denoms = torch._foreach_sqrt(vs)
+    """D = C + δ for a list of tensors, rounded exactly as :func:`_denom`.
+
+    With ``scratch`` the result lives in its reused buffer (valid until the next call): no
+    parameter-sized allocation per step.
+    """
+    if scratch is None:
+        denoms = torch._foreach_sqrt(vs)
+    else:
+        denoms = scratch.views(vs)
+        for i, v in enumerate(vs):
+            if v.is_contiguous():
+                torch.sqrt(v, out=denoms[i])
+            else:  # keep v's layout (e.g. channels_last), as the allocating path does
+                denoms[i] = v.sqrt()
     if preconditioner == "adam" and bias_correction:
         torch._foreach_div_(denoms, [(1 - beta2**s) ** 0.5 for s in steps])
     torch._foreach_add_(denoms, eps)

@@ -6,8 +6,10 @@ These compute what :class:`L1` computes — soft thresholding ``z − clamp(z, �
 * :func:`soft_threshold_` — uniform threshold (ProxSGD, Euclidean metric): one ``softshrink`` pass
   per tensor, written in place.
 * :func:`soft_threshold_adam_metric_` — the threshold under Adam's metric ``D = sqrt(v)/b + eps``,
-  rebuilt from the second moment ``v``. Tensors are processed in cache-sized chunks through two
-  reusable scratch buffers (:class:`Scratch`), so the eight elementwise operations run on data that
+  rebuilt from the second moment ``v``, computed as ``softshrink(θ·E, c·b)/E`` with
+  ``E = sqrt(v) + eps·b = b·D`` (five passes, no reciprocal or clamp bounds; it assumes
+  ``|θ|·E`` stays finite, i.e. |θ| below ~1e19 in float32). Tensors are processed in cache-sized
+  chunks through two reusable scratch buffers (:class:`Scratch`), so the passes run on data that
   is already in cache and no step allocates parameter-sized temporaries.
 * :func:`compiled_adam_l1_` / :func:`compiled_sgd_l1_` — ``torch.compile``\\ d kernels that fuse the
   whole Adam + ℓ1 (SGD + ℓ1) update of one tensor into a single loop (CPU only; used by
@@ -54,10 +56,31 @@ def supports(reg: Regularizer | None, params: list[Tensor]) -> bool:
 
 
 class Scratch:
-    """Two reusable flat buffers per (device, dtype), grown on demand (never parameter-sized per tensor)."""
+    """Reusable flat buffers per (device, dtype), grown on demand.
+
+    :meth:`get` gives the two chunk-sized buffers of the in-place kernels; :meth:`views` gives one
+    buffer shaped like a whole list of tensors (the metric handed to a regularizer's
+    ``prox_multi``): on CPU a fresh parameter-sized tensor per step costs page faults that take
+    longer than the arithmetic (ResNet-18: ~40 ms against ~15 ms reused).
+    """
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._flat: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def views(self, likes: list[Tensor]) -> list[Tensor]:
+        """One contiguous tensor shaped like each of ``likes`` (same device and dtype), all views of one buffer."""
+        n = sum(t.numel() for t in likes)
+        key = (likes[0].device, likes[0].dtype)
+        flat = self._flat.get(key)
+        if flat is None or flat.numel() < n:
+            flat = likes[0].new_empty(n)
+            self._flat[key] = flat
+        out, start = [], 0
+        for t in likes:
+            out.append(flat[start : start + t.numel()].view(t.shape))
+            start += t.numel()
+        return out
 
     def get(self, like: Tensor, n: int) -> tuple[Tensor, Tensor]:
         key = (like.device, like.dtype)
@@ -92,7 +115,8 @@ def soft_threshold_adam_metric_(
         eps: δ.
         scratch: reusable buffers.
 
-    A threshold that overflows to ``inf`` still maps to exactly 0 (``θ − clamp(θ, −inf, inf)``).
+    Contiguous tensors go through ``softshrink(θ·E, c·b)/E`` with ``E = b·D > 0`` (no threshold is
+    formed, so a huge c/D cannot overflow); others through ``θ − clamp(θ, −t, t)``.
     """
     for p, v, b in zip(params, exp_avg_sqs, bias_correction2_sqrts):
         if p.numel() == 0:
