@@ -156,9 +156,9 @@ def _adam_l1_kernel(
     p.mul_(scalars[0])
     m.lerp_(g, scalars[1])
     v.mul_(scalars[2]).addcmul_(g, g, value=scalars[3])
-    d = v.sqrt() / scalars[5] + scalars[6]
-    p.addcdiv_(m, d, value=-scalars[4])
-    p.copy_(prox_l1(p, scalars[7] / d))
+    r = 1.0 / (v.sqrt() / scalars[5] + scalars[6])  # 1/D: one division serves step and threshold
+    p.sub_(scalars[4] * m * r)
+    p.copy_(prox_l1(p, scalars[7] * r))
 
 
 def _sgd_l1_kernel(p: Tensor, g: Tensor, buf: Tensor | None, scalars: Tensor, nesterov: bool) -> None:
