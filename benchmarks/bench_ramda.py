@@ -1,7 +1,8 @@
 """RAMDA step time on ResNet-18-sized parameters with input-channel group lasso, against fused Adam.
 
-Prints one table per optimizer state: mean step time of ``torch.optim.Adam(fused=True)``, RMDA and RAMDA
-(after warm-up), the ratio to Adam, and RAMDA's mean number of inner solver iterations and screened
+Prints one table per optimizer state: median step time of ``torch.optim.Adam(fused=True)``, RMDA and
+RAMDA (after warm-up; the three are stepped in turn, each on its own parameters), the median of the
+per-round ratios to Adam, and RAMDA's mean number of inner solver iterations and screened
 groups per step. Parameters have the shapes of torchvision's ``resnet18`` (11.7M weights; 4-D conv and
 2-D linear weights regularized by ``GroupLasso(dim="in")``, 1-D parameters unregularized). Gradients are
 synthetic: g = μ + σ·ξ with a per-(out, in)-channel scale σ, so the preconditioner P = ∛U + ε varies
@@ -94,44 +95,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(opt, params, pool, steps, warmup, device, after=None):
-    times = []
+def time_interleaved(opts, params_list, pool, steps, warmup, device, afters):
+    """Step times of several optimizers, interleaved step by step (each on its own parameters).
+
+    Returns per optimizer the list of timed steps (seconds). Interleaving makes the paired ratios
+    robust to load changes on a shared machine.
+    """
+    times: list[list[float]] = [[] for _ in opts]
     for i in range(warmup + steps):
-        for p, gr in zip(params, pool[i % len(pool)]):
-            p.grad = gr
-        _sync(device)
-        t0 = time.perf_counter()
-        opt.step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            if after is not None:
-                after()
-    return statistics.median(times)
+        for k, (opt, params) in enumerate(zip(opts, params_list)):
+            for p, gr in zip(params, pool[i % len(pool)]):
+                p.grad = gr
+            _sync(device)
+            t0 = time.perf_counter()
+            opt.step()
+            _sync(device)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+                if afters[k] is not None:
+                    afters[k]()
+    return times
 
 
 def run(state: str, args, device) -> None:
     shapes = resnet18_shapes()
     mus, sigmas = grad_stats(shapes)
     pool = grad_pool(mus, sigmas, device)
-    rows = []
-    params = make_params(device)
-    adam = torch.optim.Adam(params, lr=1e-3, fused=True)
-    t_adam = time_steps(adam, params, pool, args.steps, args.warmup, device)
-    rows.append(("Adam(fused=True)", t_adam, "-", "-"))
-
-    params = make_params(device)
-    rmda = RMDA(groups(params, args.lam), lr=0.1, momentum=0.1)
+    p_adam, p_rmda, p_ramda = make_params(device), make_params(device), make_params(device)
+    adam = torch.optim.Adam(p_adam, lr=1e-3, fused=True)
+    rmda = RMDA(groups(p_rmda, args.lam), lr=0.1, momentum=0.1)
+    ramda = RAMDA(groups(p_ramda, args.lam), lr=1e-2, momentum=1e-2)
     if state == "mid":
-        set_mid_state(rmda, params, mus, sigmas, args.t0)
-    rows.append(
-        ("RMDA (exact prox)", time_steps(rmda, params, pool, args.steps, args.warmup, device), "-", "-")
-    )
-
-    params = make_params(device)
-    ramda = RAMDA(groups(params, args.lam), lr=1e-2, momentum=1e-2)
-    if state == "mid":
-        set_mid_state(ramda, params, mus, sigmas, args.t0)
+        set_mid_state(rmda, p_rmda, mus, sigmas, args.t0)
+        set_mid_state(ramda, p_ramda, mus, sigmas, args.t0)
     iters: list[int] = []
     screened: list[int] = []
 
@@ -140,27 +136,38 @@ def run(state: str, args, device) -> None:
             iters.append(int(info["inner_iters"]))
             screened.append(int(info["screened"]))
 
-    t = time_steps(ramda, params, pool, args.steps, args.warmup, device, after=record)
-    n_groups = sum(p.shape[1] for p in params if p.ndim >= 2)
-    rows.append(
+    t_adam, t_rmda, t_ramda = time_interleaved(
+        [adam, rmda, ramda],
+        [p_adam, p_rmda, p_ramda],
+        pool,
+        args.steps,
+        args.warmup,
+        device,
+        [None, None, record],
+    )
+    med = statistics.median
+    n_groups = sum(p.shape[1] for p in p_ramda if p.ndim >= 2)
+    rows = [
+        ("Adam(fused=True)", med(t_adam), 1.0, "-", "-"),
+        ("RMDA (exact prox)", med(t_rmda), med(a / b for a, b in zip(t_rmda, t_adam)), "-", "-"),
         (
-            "RAMDA (screening + PG)",
-            t,
+            "RAMDA (screening + Newton)",
+            med(t_ramda),
+            med(a / b for a, b in zip(t_ramda, t_adam)),
             f"{statistics.mean(iters):.1f}",
             f"{statistics.mean(screened):.0f}/{n_groups}",
-        )
-    )
-
-    n = sum(p.numel() for p in params)
+        ),
+    ]
+    n = sum(p.numel() for p in p_ramda)
     t0 = f" t0={args.t0}" if state == "mid" else ""
     print(
         f"\nstate={state}{t0} device={device} threads={torch.get_num_threads()} params={n / 1e6:.2f}M "
-        f"timed steps={args.steps} (median) lam={args.lam:g}"
+        f"timed steps={args.steps} (interleaved; medians of times and of paired ratios) lam={args.lam:g}"
     )
-    print(f"| {'optimizer':<24} | {'step ms':>9} | {'/ Adam':>7} | {'inner it':>8} | {'screened':>10} |")
-    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 12}|")
-    for name, t, it, sc in rows:
-        print(f"| {name:<24} | {t * 1e3:>9.1f} | {t / t_adam:>7.2f} | {it:>8} | {sc:>10} |")
+    print(f"| {'optimizer':<26} | {'step ms':>9} | {'/ Adam':>7} | {'inner it':>8} | {'screened':>10} |")
+    print(f"|{'-' * 28}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 12}|")
+    for name, t, r, it, sc in rows:
+        print(f"| {name:<26} | {t * 1e3:>9.1f} | {r:>7.2f} | {it:>8} | {sc:>10} |")
 
 
 def main() -> None:

@@ -43,6 +43,59 @@ def _solve(
     return [reg.prox(z, alpha, m) for z, m in zip(zs, metrics)]
 
 
+#: elements per chunk of :func:`_precondition` on CPU (a few float32 buffers stay in cache)
+_CHUNK = 1 << 16
+
+
+def _cbrt_(y: Tensor, u: Tensor, t: Tensor) -> Tensor:
+    """y ← ∛u for u ≥ 0 (in place into ``y``, ``t`` a scratch buffer): exp(log(u)/3), a third of the cost of
+    ``pow(u, 1/3)`` on CPU, then one Newton step y ← (2y + u/y²)/3, which brings the few-ulp error of
+    exp/log down to the rounding of the step itself (u = 0 gives exactly 0)."""
+    torch.log(u, out=y)
+    y.mul_(1.0 / 3.0).exp_()
+    torch.mul(y, y, out=t)
+    t.clamp_min_(torch.finfo(t.dtype).tiny)
+    torch.div(u, t, out=t)
+    t.add_(y, alpha=2.0)
+    return torch.mul(t, 1.0 / 3.0, out=y)
+
+
+def _precondition(
+    us: list[Tensor], vs: list[Tensor], w0s: list[Tensor], eps: float
+) -> tuple[list[Tensor], list[Tensor]]:
+    """P = ∛U + ε and z = W0 − V/P for every tensor, chunk by chunk on CPU (no full-size temporaries)."""
+    ps, zs = [], []
+    for u, v, w0 in zip(us, vs, w0s):
+        p = torch.empty_like(u)
+        z = torch.empty_like(w0)
+        ps.append(p)
+        zs.append(z)
+        n = u.numel()
+        if n == 0:
+            continue
+        contiguous = all(x.is_contiguous() for x in (u, v, w0))
+        chunk = _CHUNK if u.device.type == "cpu" and contiguous else n
+        t_all = torch.empty(min(chunk, n), dtype=u.dtype, device=u.device)
+        uf, vf, wf = (x.view(-1) if contiguous else x for x in (u, v, w0))
+        pf, zf = (x.view(-1) if contiguous else x for x in (p, z))
+        for a in range(0, n, chunk):
+            sl = slice(a, a + chunk)
+            uc, vc, wc, pc, zc = (x[sl] if chunk < n else x for x in (uf, vf, wf, pf, zf))
+            t = t_all[: uc.numel()].view(uc.shape)
+            _cbrt_(pc, uc, t)
+            pc.add_(eps)
+            torch.div(vc, pc, out=zc)
+            torch.sub(wc, zc, out=zc)  # z = W0 − V / P
+    return ps, zs
+
+
+def _warm_starts(reg: Regularizer | None, params: list[Tensor], prox_points: list[Tensor]) -> list[Tensor]:
+    """Warm starts of the subproblem solver: W_{t−1} for proximal gradient (the authors' choice), the
+    last solution Ŵ_{t−1} for an exact solver (``solver="newton"``), whose start only seeds the root
+    search (c = τw/‖Ŵ_g‖ is nearly the new root when the subproblem moved little)."""
+    return prox_points if getattr(reg, "solver", None) == "newton" else params
+
+
 def _single_tensor_ramda(
     params: list[Tensor],
     grads: list[Tensor],
@@ -64,9 +117,9 @@ def _single_tensor_ramda(
     for p, g, w0, v, u, w_hat in zip(params, grads, initial_points, grad_sums, grad_sq_sums, prox_points):
         v.add_(g, alpha=s)
         u.addcmul_(g, g, value=s)
-        P = u.pow(1.0 / 3.0).add_(eps)
-        z = w0 - v / P
-        (out,) = _solve(regularizer, [z], alpha, [P], [p], max_inner_iters, inner_rtol, info)
+        (P,), (z,) = _precondition([u], [v], [w0], eps)
+        (x0,) = _warm_starts(regularizer, [p], [w_hat])
+        (out,) = _solve(regularizer, [z], alpha, [P], [x0], max_inner_iters, inner_rtol, info)
         w_hat.copy_(out)
         if c == 1.0:
             p.copy_(w_hat)
@@ -94,10 +147,17 @@ def _multi_tensor_ramda(
     """Multi-tensor RAMDA step: foreach arithmetic and one solver call over all tensors of the bucket."""
     torch._foreach_add_(grad_sums, grads, alpha=s)
     torch._foreach_addcmul_(grad_sq_sums, grads, grads, value=s)
-    P = torch._foreach_pow(grad_sq_sums, 1.0 / 3.0)
-    torch._foreach_add_(P, eps)
-    zs = torch._foreach_addcdiv(initial_points, grad_sums, P, value=-1.0)  # z = W0 − V / P
-    w_hats = _solve(regularizer, zs, alpha, P, params, max_inner_iters, inner_rtol, info)
+    P, zs = _precondition(grad_sq_sums, grad_sums, initial_points, eps)
+    w_hats = _solve(
+        regularizer,
+        zs,
+        alpha,
+        P,
+        _warm_starts(regularizer, params, prox_points),
+        max_inner_iters,
+        inner_rtol,
+        info,
+    )
     torch._foreach_copy_(prox_points, w_hats)
     if c == 1.0:
         torch._foreach_copy_(params, prox_points)

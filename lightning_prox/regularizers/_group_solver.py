@@ -109,9 +109,9 @@ _BLOCK = 1 << 19
 
 
 def _secular_sums(
-    lay: _Layout, M: Tensor, A2: Tensor, c: Tensor, tbuf: Tensor, ubuf: Tensor, rows: int
+    lay: _Layout, M: Tensor, A: Tensor, c: Tensor, tbuf: Tensor, ubuf: Tensor, rows: int
 ) -> tuple[Tensor, Tensor]:
-    """Per group Σ a²/(m + c)² and Σ a²/(m + c)³, block of rows by block of rows (5 passes per block)."""
+    """Per group Σ a²/(m + c)² and Σ a²/(m + c)³ (``A`` = |a|), block of rows by block (6 passes)."""
     R, C = lay.shape
     if lay.dim == "out":
         p2 = torch.empty(R, dtype=M.dtype, device=M.device)
@@ -125,17 +125,16 @@ def _secular_sums(
         T = tbuf[: (r1 - r0) * C].view(r1 - r0, C)
         U = ubuf[: (r1 - r0) * C].view(r1 - r0, C)
         torch.add(M[r0:r1], c[r0:r1].unsqueeze(1) if lay.dim == "out" else c_row, out=T)
-        torch.reciprocal(T, out=U)  # 1/(m + c)
-        torch.mul(U, U, out=T)
-        T.mul_(A2[r0:r1])  # a²/(m + c)²
+        torch.div(A[r0:r1], T, out=U)  # |a|/(m + c)
+        U.mul_(U)  # a²/(m + c)²
         if lay.dim == "out":
-            torch.sum(T, 1, out=p2[r0:r1])
-            T.mul_(U)
-            torch.sum(T, 1, out=p3[r0:r1])
+            torch.sum(U, 1, out=p2[r0:r1])
+            U.div_(T)
+            torch.sum(U, 1, out=p3[r0:r1])
         else:
-            p2 += T.sum(0)
-            T.mul_(U)
-            p3 += T.sum(0)
+            p2 += U.sum(0)
+            U.div_(T)
+            p3 += U.sum(0)
     if lay.dim == "in":
         p2, p3 = p2.view(lay.g, lay.k).sum(1), p3.view(lay.g, lay.k).sum(1)
     return p2, p3
@@ -145,6 +144,7 @@ def _solve_newton(
     zs: list[Tensor],
     tau: Step,
     metrics: list[Tensor],
+    x0s: list[Tensor] | None,
     dim: str,
     weighting: str,
     max_iters: int,
@@ -163,13 +163,13 @@ def _solve_newton(
     than tol, for every live group of the tensor, tol = max(rtol, 16·eps(dtype)); at least 2
     iterations (when ``max_iters`` ≥ 2) unless every live group has a constant metric (closed form,
     0 iterations). Each tensor is solved in its own layout (:class:`_Layout`, no transposed copies)
-    with four scratch buffers shared by all tensors; an iteration is 7 passes.
+    with four scratch buffers shared by all tensors; an iteration is 6 passes.
     """
     out: list[Tensor] = []
     iters = 0
     screened_counts: list[Tensor] = []
     pool: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
-    for z, m in zip(zs, metrics):
+    for i, (z, m) in enumerate(zip(zs, metrics)):
         check_groupable(z, dim)
         if z.numel() == 0:
             out.append(z.clone())
@@ -181,7 +181,7 @@ def _solve_newton(
         if bufs is None or bufs[0].numel() < n:
             largest = max(t.numel() for t in zs if threshold_dtype(t) == dt and t.device == dev)
             bufs = pool[(dt, dev)] = [torch.empty(largest, dtype=dt, device=dev) for _ in range(4)]
-        M, A2 = (lay.view(b[:n]) for b in bufs[:2])
+        M, A = (lay.view(b[:n]) for b in bufs[:2])
         rows = max(1, _BLOCK // lay.shape[1]) if dev.type == "cpu" else lay.shape[0]
         need = min(rows, lay.shape[0]) * lay.shape[1]
         if bufs[2].numel() < need:
@@ -196,12 +196,13 @@ def _solve_newton(
         mx = lay.amax(mv).clamp_min(tiny)
         mn = lay.amin(mv)
         torch.div(mv, lay.bcast(mx), out=M)  # scaled metric, group max 1
-        torch.abs(zv, out=A2)
-        za = lay.amax(A2).clamp_min(tiny)
-        torch.div(zv, lay.bcast(za), out=A2)
-        A2.mul_(M)  # a = (z/za)⊙(m/mx): ‖a‖ ≤ √size
-        A2.mul_(A2)
-        norm_a = torch.sqrt(lay.sum(A2))
+        torch.abs(zv, out=A)
+        za = lay.amax(A).clamp_min(tiny)
+        A.div_(lay.bcast(za))
+        A.mul_(M)  # |a| = (|z|/za)⊙(m/mx) ≤ 1
+        sq = lay.view(bufs[2][:n])
+        torch.mul(A, A, out=sq)
+        norm_a = torch.sqrt(lay.sum(sq))
         thr_s = torch.clamp((thr / za) / mx, max=big)
         alive = norm_a > thr_s  # zero iff ‖m⊙z‖ ≤ τw (ties → zero)
         if info is not None:
@@ -211,23 +212,43 @@ def _solve_newton(
         hi = t_over_gap  # c bracket [τw·min m/gap, τw·max m/gap], scaled (max m = 1)
         lo = torch.where(alive, t_over_gap * (mn / mx), 1.0).clamp_min(tiny)
         c = torch.sqrt(lo) * torch.sqrt(hi)  # geometric middle: the bracket may span decades
+        if x0s is not None:
+            # warm start: a solution x0 has c = τw/‖x0‖ (scaled: thr_s·za/‖x0‖); clamped into the bracket
+            x0v = lay.view(x0s[i].to(dt))
+            torch.mul(x0v, x0v, out=sq)
+            x0n = torch.sqrt(lay.sum(sq))
+            warm = torch.clamp(thr_s * za / x0n.clamp_min(tiny), max=big)
+            c = torch.where((x0n > 0) & alive, torch.minimum(torch.maximum(warm, lo), hi), c)
         uniform = bool(((mn == mx) | ~alive).all())
         if uniform:
             c = hi
         j = 0
         pending: list[Tensor] = []
+        prev_delta = torch.full_like(c, big)
+        done = ~alive
         while not uniform and j < max_iters:
             j += 1
-            p2, p3 = _secular_sums(lay, M, A2, c, T, U, rows)
+            p2, p3 = _secular_sums(lay, M, A, c, T, U, rows)
             nrm = c * torch.sqrt(p2)  # ‖c·p(c)‖, increasing in c
             below = nrm < thr_s
             lo = torch.where(below, c, lo)
             hi = torch.where(below, hi, c)
             dn = (c * (p2 - c * p3)).clamp_min(0.0) / nrm.clamp_min(tiny)  # d‖c·p‖/dc ≥ 0
             step = c - (nrm - thr_s) / dn.clamp_min(tiny)
-            inside = (step > lo) & (step < hi)
-            c = torch.where(inside & alive, step, torch.where(alive, torch.sqrt(lo) * torch.sqrt(hi), 1.0))
-            conv = ((nrm - thr_s).abs() <= tol * thr_s) | (hi - lo <= tol * hi) | ~alive
+            inside = (step >= lo) & (step <= hi)
+            c_new = torch.where(inside, step, torch.sqrt(lo) * torch.sqrt(hi))
+            # converged: residual or bracket below tol, or a Newton correction below tol or no longer
+            # contracting (the rounding floor of the sums, e.g. in float32 for a group whose
+            # ‖c·p(c)‖ is flat in c); a converged group keeps its c (sticky, so that all groups of a
+            # tensor can meet the test at different iterations)
+            delta = (c_new - c).abs()
+            resid = (nrm - thr_s).abs()
+            stalled = (delta >= 0.5 * prev_delta) & (resid <= math.sqrt(tol) * thr_s)
+            small = inside & ((delta <= tol * c) | stalled)
+            done = done | (resid <= tol * thr_s) | (hi - lo <= tol * hi) | small
+            prev_delta = torch.where(inside, delta, big)
+            c = torch.where(done, torch.where(inside, c_new, c), c_new)
+            conv = done
             pending.append(conv.all())
             if j >= min(2, max_iters) and (j == max_iters or len(pending) >= check_every):
                 if bool(torch.stack(pending).any()):
@@ -235,10 +256,10 @@ def _solve_newton(
                 pending = []
         iters = max(iters, j)
         x = torch.empty(lay.shape, dtype=dt, device=dev)
-        torch.add(M, lay.bcast(c), out=x)
+        # screened groups take c = inf: m/(m + inf) = 0 exactly (never NaN: m is finite and > 0)
+        torch.add(M, lay.bcast(torch.where(alive, c, torch.inf)), out=x)
         torch.div(M, x, out=x)  # m/(m + c), scaled
         x.mul_(zv)
-        x.mul_(lay.bcast(alive.to(dt)))  # screened groups: exact zeros (x is finite)
         out.append(x.reshape(z.shape).to(z.dtype))
     if info is not None:
         info["inner_iters"] = max(int(info.get("inner_iters", 0)), iters)
@@ -263,7 +284,7 @@ def solve_group_lasso(
 ) -> list[Tensor]:
     """Prox of ``tau·Σ_g w_g‖x_g‖`` under diagonal metrics for all of ``zs`` (see module docstring)."""
     if solver == "newton":
-        return _solve_newton(zs, tau, metrics, dim, weighting, max_iters, rtol, info)
+        return _solve_newton(zs, tau, metrics, x0s, dim, weighting, max_iters, rtol, info)
     n = len(zs)
     out: list[Tensor | None] = [None] * n
     buckets: dict[tuple, list[int]] = {}
