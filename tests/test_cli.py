@@ -20,10 +20,14 @@ OFFLINE = [r for r in RECIPES if "DigitsDataModule" in r.read_text()]
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # lightning_logs/ and data/ land in the temporary directory
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    # the thread count is the suite's (tests/conftest.py), reset after each test
+
+
+def test_torch_num_threads_option_sets_the_thread_count():
+    """The suite runs single-threaded (conftest.py); the CLI option still has to take effect."""
+    want = 3 if torch.get_num_threads() != 3 else 2
+    main(["--config", str(QUICKSTART), f"--torch_num_threads={want}"], run=False)
+    assert torch.get_num_threads() == want
 
 
 def test_recipes_exist():

@@ -16,14 +16,6 @@ from lightning_prox.regularizers import GroupLasso
 from lightning_prox.structure import tensor_stats, unit_pairs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_builtin_nets_shapes_and_errors():
     assert MLP(3 * 4 * 4, 5, hidden=(7, 6), dropout=0.5)(torch.zeros(2, 3, 4, 4)).shape == (2, 5)
     lenet = LeNet(3, 7, img_size=28, channels=(4, 8, 8), hidden=10)

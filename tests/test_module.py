@@ -16,14 +16,6 @@ from lightning_prox.optim import ProxGen, ProxSGD
 from lightning_prox.regularizers import L1, GroupLasso, registered_names
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyNet(ProxMixin, pl.LightningModule):
     """A user's own module: the mixin plus the two init arguments is all it takes."""
 
