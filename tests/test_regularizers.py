@@ -27,6 +27,7 @@ from lightning_prox.regularizers import (
     Regularizer,
     from_spec,
 )
+from lightning_prox.regularizers.functional import prox_lhalf
 
 DT = torch.float64
 
@@ -378,3 +379,43 @@ def test_bad_input_raises_value_error_naming_the_value(factory, match):
 def test_q_two_thirds_is_canonicalised():
     assert Lq(0.1, q=0.6666667).q == 2 / 3
     assert math.isclose(Quantization(0.1, q=0.66666667).q, 2 / 3, rel_tol=0, abs_tol=0)
+
+
+# -- out= (in-place prox for optimizers) and the fast ℓ_{1/2} kernel -----------------------------------
+@pytest.mark.parametrize("reg", ALL_REGS, ids=[*SEP_IDS, "glasso-in", "glasso-out", "nuclear"])
+def test_prox_multi_out_may_alias_the_input(reg):
+    g = torch.Generator().manual_seed(11)
+    zs = [torch.randn(6, 5, 3, generator=g, dtype=DT), torch.randn(7, 4, generator=g, dtype=DT)]
+    ms = [torch.rand(z.shape, generator=g, dtype=DT) + 0.05 for z in zs]
+    for metrics in (None, ms):
+        ref = reg.prox_multi(zs, 0.3, metrics)
+        buf = [z.clone() for z in zs]
+        got = reg.prox_multi(buf, 0.3, metrics, out=buf)
+        assert all(a is b for a, b in zip(got, buf))
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="out must hold"):
+        reg.prox_multi(zs, 0.3, None, out=zs[:1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_lhalf_kernel_matches_the_trigonometric_closed_form(dtype):
+    """Lq(q=1/2) runs a polynomial + Newton kernel; the arccos/cos form of prox_lhalf is the reference."""
+    g = torch.Generator().manual_seed(12)
+    z = torch.randn(200_000, generator=g, dtype=torch.float64) * 10 ** (
+        torch.rand(200_000, generator=g, dtype=torch.float64) * 4 - 2
+    )
+    m = 10 ** (torch.rand(200_000, generator=g, dtype=torch.float64) * 6 - 3)
+    zc, mc = z.to(dtype), m.to(dtype)
+    for metric in (None, mc):
+        x = Lq(0.7, q=0.5).prox(zc, 0.3, metric).double()
+        mu = 0.3 * 0.7 / (metric.double() if metric is not None else 1.0)
+        ref = prox_lhalf(zc.double(), mu)
+        both = (x != 0) & (ref != 0)
+        rel = ((x - ref).abs() / ref.abs().clamp_min(1e-300))[both]
+        tol = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+        assert float(rel.max()) < tol
+        # the zero pattern agrees except within rounding of the threshold |z| = (54^{1/3}/4)(2mu)^{2/3}
+        thr = 54 ** (1 / 3) / 4 * (2 * mu) ** (2 / 3)
+        near = (zc.double().abs() / thr - 1).abs() < (1e-12 if dtype == torch.float64 else 1e-5)
+        assert torch.equal((x == 0)[~near], (ref == 0)[~near])

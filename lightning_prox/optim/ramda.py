@@ -33,14 +33,18 @@ def _solve(
     max_iters: int,
     rtol: float,
     info: dict[str, Any] | None,
-) -> list[Tensor]:
-    """Ŵ = argmin_x α·ψ(x) + ½Σ P·(x − z)² for every tensor, through the library's multi-tensor solver."""
+    out: list[Tensor],
+) -> None:
+    """Ŵ = argmin_x α·ψ(x) + ½Σ P·(x − z)² for every tensor, through the library's multi-tensor solver,
+    written into ``out`` (which may alias ``x0s``)."""
     if reg is None or reg.lam == 0.0:
-        return zs
+        torch._foreach_copy_(out, zs)
+        return
     prox_multi = getattr(reg, "prox_multi", None)
     if prox_multi is not None:
-        return list(prox_multi(zs, alpha, metrics, x0s, max_iters=max_iters, rtol=rtol, info=info))
-    return [reg.prox(z, alpha, m) for z, m in zip(zs, metrics)]
+        prox_multi(zs, alpha, metrics, x0s, max_iters=max_iters, rtol=rtol, info=info, out=out)
+        return
+    torch._foreach_copy_(out, [reg.prox(z, alpha, m) for z, m in zip(zs, metrics)])
 
 
 #: elements per chunk of :func:`_precondition` on CPU (a few float32 buffers stay in cache)
@@ -119,8 +123,7 @@ def _single_tensor_ramda(
         u.addcmul_(g, g, value=s)
         (P,), (z,) = _precondition([u], [v], [w0], eps)
         (x0,) = _warm_starts(regularizer, [p], [w_hat])
-        (out,) = _solve(regularizer, [z], alpha, [P], [x0], max_inner_iters, inner_rtol, info)
-        w_hat.copy_(out)
+        _solve(regularizer, [z], alpha, [P], [x0], max_inner_iters, inner_rtol, info, [w_hat])
         if c == 1.0:
             p.copy_(w_hat)
         else:
@@ -148,17 +151,8 @@ def _multi_tensor_ramda(
     torch._foreach_add_(grad_sums, grads, alpha=s)
     torch._foreach_addcmul_(grad_sq_sums, grads, grads, value=s)
     P, zs = _precondition(grad_sq_sums, grad_sums, initial_points, eps)
-    w_hats = _solve(
-        regularizer,
-        zs,
-        alpha,
-        P,
-        _warm_starts(regularizer, params, prox_points),
-        max_inner_iters,
-        inner_rtol,
-        info,
-    )
-    torch._foreach_copy_(prox_points, w_hats)
+    x0s = _warm_starts(regularizer, params, prox_points)
+    _solve(regularizer, zs, alpha, P, x0s, max_inner_iters, inner_rtol, info, prox_points)
     if c == 1.0:
         torch._foreach_copy_(params, prox_points)
     else:

@@ -93,6 +93,7 @@ class Regularizer:
         max_iters: int | None = None,
         rtol: float | None = None,
         info: dict | None = None,
+        out: list[Tensor] | None = None,
     ) -> list[Tensor]:
         """The prox of every tensor of ``zs`` at once (same semantics as :meth:`prox`, one tensor each).
 
@@ -110,9 +111,13 @@ class Regularizer:
             info: when a dict, receives ``info["inner_iters"]`` (solver iterations actually run, the
                 max over tensors; 0 for closed forms) and ``info["screened"]`` (number of groups found
                 zero by the exact screening test; 0 for elementwise regularizers).
+            out: when given, one tensor per ``z`` (same shape and dtype) that receives the result and
+                is returned; it may be ``zs`` itself (an in-place prox, as optimizers want). The
+                chunked kernels (``Lq(q=1/2)``) and the exact group-lasso solver write into it
+                directly, without a parameter-sized temporary; other regularizers copy.
 
         Returns:
-            one new tensor per ``z``, with ``z``'s dtype, shape and device.
+            one new tensor per ``z``, with ``z``'s dtype, shape and device (``out`` when given).
 
         Example:
             >>> import torch
@@ -146,12 +151,28 @@ class Regularizer:
             isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0
         ):
             raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
+        if out is not None:
+            out = list(out)
+            if len(out) != len(zs) or any(o.shape != z.shape or o.dtype != z.dtype for o, z in zip(out, zs)):
+                raise ValueError("out must hold one tensor per z, each with z's shape and dtype")
         if info is not None:
             info["inner_iters"] = 0
             info["screened"] = 0
         if self.lam == 0.0 or not zs:
-            return [z.clone() for z in zs]
-        return self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+            if out is None:
+                return [z.clone() for z in zs]
+            torch._foreach_copy_(out, zs)
+            return out
+        if out is not None and self._writes_out:
+            return self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info, out=out)
+        res = self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+        if out is None:
+            return res
+        torch._foreach_copy_(out, res)
+        return out
+
+    #: True when :meth:`_prox_multi` accepts ``out=`` and writes the results there itself.
+    _writes_out: ClassVar[bool] = False
 
     def _prox_multi(
         self,

@@ -74,7 +74,13 @@ def cap(v: Tensor | float, like: Tensor) -> Tensor | float:
     return v if v <= big else big
 
 
-def chunked_map(zs: list[Tensor], metrics: list[Tensor] | None, kernel: Kernel, nbuf: int) -> list[Tensor]:
+def chunked_map(
+    zs: list[Tensor],
+    metrics: list[Tensor] | None,
+    kernel: Kernel,
+    nbuf: int,
+    outs: list[Tensor] | None = None,
+) -> list[Tensor]:
     """``out_i = kernel(z_i, metric_i)`` for every tensor, chunk by chunk through reusable buffers.
 
     ``kernel(z, m, out, bufs)`` receives flat chunks in the compute dtype (``threshold_dtype``; half
@@ -82,13 +88,18 @@ def chunked_map(zs: list[Tensor], metrics: list[Tensor] | None, kernel: Kernel, 
     into ``out`` using only ``bufs`` (``nbuf`` scratch buffers of the chunk's length) as temporaries, with
     ``out=``/in-place operations. On CPU the chunks are :data:`CHUNK` long, so all passes of the kernel
     run on cached data and no pass allocates; on accelerators each tensor is one chunk. Returns new
-    contiguous tensors in ``z``'s dtype.
+    contiguous tensors in ``z``'s dtype, or ``outs`` filled in (each may be its ``z``: the kernel reads a
+    chunk of ``z`` before it writes that chunk of ``out``).
     """
-    outs: list[Tensor] = []
+    results: list[Tensor] = []
     pools: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for i, z in enumerate(zs):
-        out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
-        outs.append(out)
+        given = outs[i] if outs is not None else None
+        if given is not None and given.is_contiguous():
+            out = given
+        else:
+            out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+        results.append(out)
         n = z.numel()
         if n == 0:
             continue
@@ -123,4 +134,7 @@ def chunked_map(zs: list[Tensor], metrics: list[Tensor] | None, kernel: Kernel, 
                 if mc is not None and mc.dtype != dt:
                     mc = bufs[-2].copy_(mc)
                 kernel(zc, mc, oc, bufs[:nbuf])
-    return outs
+        if given is not None and out is not given:
+            given.copy_(out)
+            results[-1] = given
+    return results

@@ -150,6 +150,7 @@ def _solve_newton(
     max_iters: int,
     rtol: float,
     info: dict | None,
+    outs: list[Tensor] | None = None,
 ) -> list[Tensor]:
     """Exact prox of ``tau·Σ_g w_g‖x_g‖`` under diagonal metrics: screening + per-group Newton.
 
@@ -172,7 +173,7 @@ def _solve_newton(
     for i, (z, m) in enumerate(zip(zs, metrics)):
         check_groupable(z, dim)
         if z.numel() == 0:
-            out.append(z.clone())
+            out.append(z.clone() if outs is None else outs[i])
             continue
         dt, dev = threshold_dtype(z), z.device
         lay = _Layout(z, dim)
@@ -255,12 +256,21 @@ def _solve_newton(
                     break
                 pending = []
         iters = max(iters, j)
-        x = torch.empty(lay.shape, dtype=dt, device=dev)
-        # screened groups take c = inf: m/(m + inf) = 0 exactly (never NaN: m is finite and > 0)
-        torch.add(M, lay.bcast(torch.where(alive, c, torch.inf)), out=x)
-        torch.div(M, x, out=x)  # m/(m + c), scaled
-        x.mul_(zv)
-        out.append(x.reshape(z.shape).to(z.dtype))
+        # x = z⊙m/(m + c); screened groups take c = inf: m/(m + inf) = 0 exactly (never NaN: m is
+        # finite and ≥ 0). The factor goes through scratch, so ``outs`` may alias ``zs`` or ``x0s``.
+        fac = lay.view(bufs[2][:n])
+        torch.add(M, lay.bcast(torch.where(alive, c, torch.inf)), out=fac)
+        torch.div(M, fac, out=fac)
+        given = outs[i] if outs is not None else None
+        if given is not None and given.dtype == dt and given.is_contiguous():
+            torch.mul(zv, fac, out=lay.view(given))
+            out.append(given)
+        else:
+            x = torch.mul(zv, fac).reshape(z.shape).to(z.dtype)
+            if given is not None:
+                given.copy_(x)
+                x = given
+            out.append(x)
     if info is not None:
         info["inner_iters"] = max(int(info.get("inner_iters", 0)), iters)
         n_scr = (

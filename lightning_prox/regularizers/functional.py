@@ -117,7 +117,7 @@ _H_STAR = 0.5 * math.sqrt(2.0 / 27.0)  # −h at the zeroing threshold: ε* = 2/
 
 
 def lhalf_kernel(a: Tensor | float, dtype: torch.dtype, device: torch.device):
-    """The ℓ_{1/2} prox with a = step·λ under a diagonal metric, as a :func:`chunked_map` kernel (4 buffers).
+    """The ℓ_{1/2} prox with a = step·λ under a diagonal metric, as a :func:`chunked_map` kernel (5 buffers).
 
     Same minimizer as :func:`prox_lhalf` with mu = a/metric, without its arccos/cos/pow: writing
     x = z·w² with w ∈ [√(2/3), 1], the stationarity condition of ½m(x − z)² + a|x|^{1/2} for x ≠ 0
@@ -139,7 +139,7 @@ def lhalf_kernel(a: Tensor | float, dtype: torch.dtype, device: torch.device):
     c4f = float(c4)
 
     def kernel(z: Tensor, m: Tensor | None, out: Tensor, bufs: list[Tensor]) -> None:
-        az, t, h, g = bufs
+        az, t, h, g, num = bufs  # out may alias z: it is written last
         torch.abs(z, out=az)
         torch.sqrt(az, out=t)
         if m is not None:
@@ -155,9 +155,9 @@ def lhalf_kernel(a: Tensor | float, dtype: torch.dtype, device: torch.device):
         torch.addcmul(c0, az, h, out=t)
         for _ in range(newton):
             torch.mul(t, t, out=az)
-            torch.addcmul(h, az, t, out=out)  # w³ − ε/2
+            torch.addcmul(h, az, t, out=num)  # w³ − ε/2
             torch.add(minus_half, az, alpha=1.5, out=az)  # 1.5w² − 0.5 ≥ 0.5
-            torch.div(out, az, out=t)
+            torch.div(num, az, out=t)
         t.mul_(g)
         torch.mul(t, t, out=az)
         torch.mul(z, az, out=out)

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..structure import check_groupable, group_reduce_dims, group_size
 from ._base import Regularizer, Step, threshold_dtype
 from ._elementwise import cap
-from ._group_solver import _scale, group_weight, solve_group_lasso
+from ._group_solver import _scale, _solve_newton, group_weight, solve_group_lasso
 
 __all__ = ["GroupLasso"]
 
@@ -72,6 +72,7 @@ class GroupLasso(Regularizer):
     solver: Literal["newton", "pg"] = "newton"
 
     inexact_under_metric: ClassVar[bool] = True
+    _writes_out: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,6 +103,37 @@ class GroupLasso(Regularizer):
         return self._prox_multi([z], step, None if metric is None else [metric], None, None, None, None)[0]
 
     def _prox_multi(
+        self,
+        zs: list[Tensor],
+        step: Step,
+        metrics: list[Tensor] | None,
+        x0s: list[Tensor] | None,
+        max_iters: int | None,
+        rtol: float | None,
+        info: dict | None,
+        out: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        tau = step * self.lam
+        if metrics is not None and self.solver == "newton":
+            return _solve_newton(
+                zs,
+                tau,
+                metrics,
+                x0s,
+                self.dim,
+                self.weighting,
+                self.max_iters if max_iters is None else max_iters,
+                self.rtol if rtol is None else rtol,
+                info,
+                out,
+            )
+        res = self._prox_multi_new(zs, step, metrics, x0s, max_iters, rtol, info)
+        if out is None:
+            return res
+        torch._foreach_copy_(out, res)
+        return out
+
+    def _prox_multi_new(
         self,
         zs: list[Tensor],
         step: Step,

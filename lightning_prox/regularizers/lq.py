@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
@@ -44,6 +46,8 @@ class Lq(_Elementwise):
 
     q: float = 0.5
 
+    _writes_out: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "q", check_q(type(self).__name__, self.q))
@@ -68,9 +72,14 @@ class Lq(_Elementwise):
         max_iters: int | None,
         rtol: float | None,
         info: dict | None,
+        out: list[Tensor] | None = None,
     ) -> list[Tensor]:
         if self.q != 0.5:
-            return super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+            res = super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+            if out is None:
+                return res
+            torch._foreach_copy_(out, res)
+            return out
         # q = 1/2: the transcendental-free kernel of lhalf_kernel, chunk by chunk (one kernel per
         # (compute dtype, device), built once per call)
         a = step * self.lam
@@ -83,4 +92,4 @@ class Lq(_Elementwise):
                 k = kernels[key] = lhalf_kernel(a, z.dtype, z.device)
             k(z, m, out, bufs)
 
-        return chunked_map(zs, metrics, kernel, 4)
+        return chunked_map(zs, metrics, kernel, 5, out)
