@@ -434,6 +434,13 @@ _CHANNELWISE_FUNCTIONS = {
 _FLATTENS = {"flatten", "view", "reshape"}
 
 
+def _shape_query(node: Any) -> bool:
+    """``x.size(0)``, ``x.dim()``, ``x.shape``: reads metadata, not the values (``x.view(x.size(0), -1)``)."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] == ("shape",)
+
+
 def _channelwise(module: nn.Module) -> bool:
     if isinstance(module, nn.GroupNorm):  # one channel per group: statistics of that channel only
         return module.num_groups == module.num_channels
@@ -461,8 +468,11 @@ def _traced_pairs(root: nn.Module, prefix: str) -> list[UnitPair]:
         if not _weighted(first):
             continue
         cur, flattened = node, False
-        while len(cur.users) == 1:  # follow the single path of this layer's output
-            (nxt,) = cur.users
+        while True:  # follow the single path of this layer's output
+            users = [u for u in cur.users if not _shape_query(u)]
+            if len(users) != 1:
+                break
+            (nxt,) = users
             if not nxt.args or nxt.args[0] is not cur:
                 break
             if nxt.op == "call_module":

@@ -242,6 +242,25 @@ class _Residual(nn.Module):
         return self.fc(self.gn(x).mean((2, 3)))  # group norm mixes channels; mean is not followed
 
 
+def test_unit_pairs_see_through_view_with_size_and_functional_ops():
+    class Classic(nn.Module):  # the pytorch-cifar style: functional ops and x.view(x.size(0), -1)
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.fc = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 4, 3), nn.Linear(4 * 2 * 2, 5)
+
+        def forward(self, x):
+            x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+            x = torch.relu(self.conv2(x))
+            return self.fc(x.view(x.size(0), -1))
+
+    net = Classic()
+    assert [(p.name, p.next_name, p.block) for p in unit_pairs(net)] == [
+        ("conv1.weight", "conv2.weight", 1),
+        ("conv2.weight", "fc.weight", 4),
+    ]
+    assert net(torch.zeros(1, 1, 10, 10)).shape == (1, 5)
+
+
 def test_unit_pairs_stop_at_residual_adds_depthwise_convs_and_channel_mixing():
     assert [(p.name, p.next_name) for p in unit_pairs(_Residual())] == [("conv1.weight", "conv2.weight")]
 
