@@ -2,14 +2,17 @@
 
 The parameter set is the conv and linear weights of ``torchvision.models.resnet18()`` (real shapes,
 about 11.2M values). For each regularizer, ``prox_multi`` runs over all tensors at once, once with
-``metric=None`` and once with an Adam-like metric ``sqrt(v) + eps``; the table gives the median time
-per call (best of ``--repeats``) and its ratio to one in-place ``torch._foreach_mul_`` pass over the
-same tensors (the cost of touching every value once) and to one allocating ``torch._foreach_mul``
-pass (the floor of any prox, which returns new tensors). Iterative solvers also report the iterations they ran (``info["inner_iters"]``).
+``metric=None`` and once with an Adam-like metric ``sqrt(v) + eps``; the table gives the best time per
+call over ``--repeats`` rounds and its ratio to one in-place ``torch._foreach_mul_`` pass over the same
+tensors (the cost of touching every value once; timed in the same rounds, interleaved, and the ratio is
+the median of the per-round ratios) and to one allocating ``torch._foreach_mul`` pass (the floor of any
+prox that returns new tensors). The ``out=`` columns time ``prox_multi(...,
+out=buffers)`` into preallocated tensors (what an optimizer does in place). Iterative solvers also
+report the iterations they ran (``info["inner_iters"]``).
 
 Usage::
 
-    python benchmarks/bench_prox.py                       # CPU, float32
+    python benchmarks/bench_prox.py --threads 1           # CPU, float32, one thread
     python benchmarks/bench_prox.py --device cuda --repeats 20
     python benchmarks/bench_prox.py --only L1 GroupLasso --dtype bfloat16
 """
@@ -17,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -70,6 +74,22 @@ def time_call(fn, device: str, repeats: int) -> float:
     return min(times)
 
 
+def time_interleaved(fns, device: str, repeats: int) -> list[list[float]]:
+    """Times of several calls, interleaved round by round after one warm-up of each (ratios of
+    calls of the same round are robust to load changes on a shared machine)."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -78,7 +98,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--only", nargs="*", default=None, help="regularizer class names to run")
     ap.add_argument("--nuclear-iters", type=int, default=5, help="PG cap for NuclearNorm under a metric")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
 
@@ -92,6 +115,7 @@ def main() -> None:
     metrics = [(vi.sqrt() + 1e-8).to(dtype) for vi in v]  # Adam-like, spanning orders of magnitude
 
     scratch = [z.clone() for z in zs]
+    outbuf = [torch.empty_like(z) for z in zs]
     base = time_call(lambda: torch._foreach_mul_(scratch, 1.0000001), args.device, args.repeats)
     print(
         f"ResNet-18 conv/linear weights: {len(zs)} tensors, {n / 1e6:.2f}M values, {args.dtype} on {args.device}"
@@ -122,7 +146,7 @@ def main() -> None:
     ]
     header = (
         f"| {'regularizer':38s} | {'metric':6s} | {'ms/call':>9s} | {'x foreach_mul_':>14s} "
-        f"| {'x foreach_mul':>13s} | {'iters':>5s} |"
+        f"| {'x foreach_mul':>13s} | {'out= ms':>8s} | {'out= x mul_':>11s} | {'iters':>5s} |"
     )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -133,10 +157,18 @@ def main() -> None:
             info: dict = {}
             kw = {"max_iters": args.nuclear_iters} if isinstance(reg, NuclearNorm) else {}
             reps = 1 if isinstance(reg, NuclearNorm) else args.repeats
-            t = time_call(lambda: reg.prox_multi(zs, args.lr, ms, info=info, **kw), args.device, reps)  # noqa: B023
+            fns = [
+                lambda: torch._foreach_mul_(scratch, 1.0000001),
+                lambda: reg.prox_multi(zs, args.lr, ms, info=info, **kw),  # noqa: B023
+                # into preallocated tensors (what an optimizer does with out=params)
+                lambda: reg.prox_multi(zs, args.lr, ms, info=info, out=outbuf, **kw),  # noqa: B023
+            ]
+            b, t, t_out = time_interleaved(fns, args.device, reps)
+            r = statistics.median(x / y for x, y in zip(t, b))
+            r_out = statistics.median(x / y for x, y in zip(t_out, b))
             print(
-                f"| {label:38s} | {name:6s} | {t * 1e3:9.2f} | {t / base:14.1f} | {t / alloc:13.1f} "
-                f"| {info.get('inner_iters', 0):5d} |"
+                f"| {label:38s} | {name:6s} | {min(t) * 1e3:9.2f} | {r:14.1f} | {min(t) / alloc:13.1f} "
+                f"| {min(t_out) * 1e3:8.2f} | {r_out:11.1f} | {info.get('inner_iters', 0):5d} |"
             )
 
 
