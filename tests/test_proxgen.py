@@ -313,3 +313,27 @@ def test_group_lasso_under_adam_metric_uses_the_inexact_solver():
     assert stats["inner_iters"] >= 2
     zero_cols = (w == 0).all(dim=0)
     assert 0 < int(zero_cols.sum()) < 8
+
+
+@pytest.mark.slow
+def test_compiled_implementation_runs_one_element_tensors_eagerly(monkeypatch):
+    """Sizes 0/1 are specialized by torch.compile: such tensors take the same kernel eagerly (no recompile)."""
+    from lightning_prox.regularizers import _fused
+
+    g = torch.Generator().manual_seed(5)
+    inits = [torch.randn(1, generator=g), torch.randn(7, 3, generator=g), torch.randn(1, 1, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in inits] for _ in range(6)]
+    outs = {}
+    for impl in ("forloop", "compiled"):
+        ws = [torch.nn.Parameter(t.clone()) for t in inits]
+        opt = ProxGen(ws, lr=0.1, regularizer=L1(0.3), implementation=impl)
+        for gs in grads:
+            for w, gr in zip(ws, gs):
+                w.grad = gr.clone()
+            opt.step()
+        outs[impl] = ws
+    if not _fused.compiled_available():
+        pytest.skip("torch.compile is not usable here; the eager fallback ran")
+    for a, b in zip(outs["forloop"], outs["compiled"]):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+        assert torch.equal(a == 0, b == 0)

@@ -172,10 +172,12 @@ def _sgd_l1_kernel(p: Tensor, g: Tensor, buf: Tensor | None, scalars: Tensor, ne
     p.copy_(prox_l1(p, scalars[4]))
 
 
+_KERNELS = {"adam_l1": _adam_l1_kernel, "sgd_l1": _sgd_l1_kernel}
+
+
 @functools.lru_cache(maxsize=2)
 def _compiled(name: str) -> Any:
-    fn = {"adam_l1": _adam_l1_kernel, "sgd_l1": _sgd_l1_kernel}[name]
-    return torch.compile(fn, dynamic=True, fullgraph=True)
+    return torch.compile(_KERNELS[name], dynamic=True, fullgraph=True)
 
 
 def _compiled_kernel() -> Any:
@@ -196,7 +198,10 @@ def _run_compiled(name: str, calls: list[tuple[Any, ...]]) -> bool:
     if _compile_failed:
         return False
     kernel = _compiled(name)
-    for i, args in enumerate(calls):
+    # dynamo specializes sizes 0 and 1: such tensors would each cost a recompile, so the same
+    # function runs eagerly on them, after the others (a failed compile then has changed nothing)
+    tiny = [args for args in calls if args[0].numel() < 2]
+    for i, args in enumerate([args for args in calls if args[0].numel() >= 2]):
         try:
             kernel(*args)
         except Exception as err:  # a compiler failure means: use the eager path
@@ -207,7 +212,15 @@ def _run_compiled(name: str, calls: list[tuple[Any, ...]]) -> bool:
                 f"torch.compile of the {name} kernel failed ({err!r}); using the eager path", stacklevel=4
             )
             return False
+    for args in tiny:
+        _KERNELS[name](*args)
     return True
+
+
+def _flat(t: Tensor) -> Tensor:
+    """A 1-D alias of contiguous ``t`` that is not a view: dynamo guards on a view's base (its rank
+    and strides), which would recompile the kernel for every new base layout."""
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
 def compiled_adam_l1_(
@@ -221,10 +234,10 @@ def compiled_adam_l1_(
 
     ``scalars[i]`` is the vector documented in the kernel, in the parameters' dtype. Returns False
     (nothing changed) when compiling fails; the first call compiles (seconds), later calls reuse the
-    kernel for every shape (dynamic shapes over flattened views).
+    kernel for every shape (dynamic shapes over flat 1-D aliases).
     """
     calls = [
-        (p.view(-1), g.view(-1), m.view(-1), v.view(-1), s)
+        (_flat(p), _flat(g), _flat(m), _flat(v), s)
         for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, scalars)
     ]
     return _run_compiled("adam_l1", calls)
@@ -244,7 +257,7 @@ def compiled_sgd_l1_(
     """
     bufs = momentum_buffers if momentum_buffers is not None else [None] * len(params)
     calls = [
-        (p.view(-1), g.view(-1), None if b is None else b.view(-1), scalars, nesterov)
+        (_flat(p), _flat(g), None if b is None else _flat(b), scalars, nesterov)
         for p, g, b in zip(params, grads, bufs)
     ]
     return _run_compiled("sgd_l1", calls)
