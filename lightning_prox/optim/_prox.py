@@ -48,9 +48,11 @@ def prox_tensors_(
     prox_multi = getattr(reg, "prox_multi", None)
     if prox_multi is not None:
         kwargs: dict[str, Any] = {} if info is None else {"info": info}
-        outs = prox_multi(list(params), step, metrics, **kwargs)
-    else:
-        outs = [reg.prox(p, step, None if metrics is None else metrics[i]) for i, p in enumerate(params)]
+        # out=params: regularizers that can write in place do (no parameter-sized temporary and
+        # no copy back); the others copy into params themselves
+        prox_multi(list(params), step, metrics, out=list(params), **kwargs)
+        return
+    outs = [reg.prox(p, step, None if metrics is None else metrics[i]) for i, p in enumerate(params)]
     torch._foreach_copy_(params, outs)
 
 
