@@ -7,8 +7,12 @@ first epoch of every run is dropped (warm-up) and the median epoch time is repor
 inside the monitor's own hooks is also accumulated and reported as a share of the epoch time: that
 number does not suffer from load drift between runs.
 
-    python benchmarks/bench_monitor.py                 # default: 3 rounds × 4 epochs × 60 steps
-    python benchmarks/bench_monitor.py --rounds 5 --steps 100
+    python benchmarks/bench_monitor.py                 # default: 3 rounds × 4 epochs × 60 steps, 1 thread
+    python benchmarks/bench_monitor.py --rounds 5 --steps 100 --threads 2
+    python benchmarks/bench_monitor.py --pieces        # the pieces alone: train step, count, trace
+
+The monitor runs with its defaults, active units included (the model is traced once at the start of
+training, and its 5 unit pairs, 4 conv→conv and 1 conv→linear, are counted on every logged step).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class TimedMonitor(SparsityMonitor):
     on_train_start = _timed("on_train_start")
     on_train_batch_end = _timed("on_train_batch_end")
     on_train_epoch_end = _timed("on_train_epoch_end")
+    on_train_end = _timed("on_train_end")  # the final log (outside the epochs: counted conservatively)
 
 
 class EpochTimer(Callback):
@@ -120,13 +125,54 @@ def run(config: str, steps: int, epochs: int, batch: int) -> list[float]:
     return timer.times[1:], hook / sum(timer.times)  # drop the warm-up epoch; hook share of all epochs
 
 
+def pieces(batch: int) -> None:
+    """Median times of a training step, one count (without/with the unit pairs) and the trace."""
+    from lightning_prox.callbacks._counting import count, monitored_pairs, monitored_tensors
+    from lightning_prox.structure import unit_pairs
+
+    def median_ms(f, n: int) -> float:
+        f()
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        return 1e3 * statistics.median(times)
+
+    net = Net()
+    opt = net.configure_optimizers()
+    tensors = monitored_tensors(opt.param_groups, net.named_parameters())
+    pairs = monitored_pairs(unit_pairs(net), tensors)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+
+    def step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}")
+    print(f"training step                      {median_ms(step, 30):8.2f} ms")
+    print(f"count, {len(tensors)} tensors                  {median_ms(lambda: count(tensors), 200):8.2f} ms")
+    print(
+        f"count, {len(tensors)} tensors + {len(pairs)} unit pairs    {median_ms(lambda: count(tensors, pairs), 200):8.2f} ms"
+    )
+    print(f"unit_pairs (trace, once per fit)   {median_ms(lambda: unit_pairs(net), 20):8.2f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--pieces", action="store_true", help="time the pieces alone instead")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.pieces:
+        pieces(args.batch)
+        return
     configs = ["no monitor", "monitor (default: every log_every_n_steps=50)", "monitor every step"]
     times: dict[str, list[float]] = {c: [] for c in configs}
     share: dict[str, list[float]] = {c: [] for c in configs}
