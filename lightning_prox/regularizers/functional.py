@@ -165,6 +165,71 @@ def lhalf_kernel(a: Tensor | float, dtype: torch.dtype, device: torch.device):
     return kernel
 
 
+#: w(h) ≈ Σ_k C_k h^k on h = −ε ∈ [−_E23_STAR, 0], the largest root of w⁴ − w + ε = 0 to 3.8e-5
+#: (Chebyshev least squares, degree 6); one Newton step then reaches 5e-9, two reach float64 rounding.
+_W23_POLY = (
+    -37.886118459841235,
+    -33.40825731064251,
+    -12.397697544719076,
+    -1.7566838361892594,
+    -0.37296335686730875,
+    0.32920721874639625,
+    0.9999819271079357,
+)
+_E23_STAR = 2.0 ** (-4.0 / 3.0)  # ε at the zeroing threshold (jump to x = z/2, w = 2^{-1/3})
+
+
+def ltwothirds_kernel(a: Tensor | float, dtype: torch.dtype, device: torch.device):
+    """The ℓ_{2/3} prox with a = step·λ under a diagonal metric, as a :func:`chunked_map` kernel (5 buffers).
+
+    Same minimizer as :func:`prox_ltwothirds` with mu = a/metric, without arccosh/cosh: writing
+    x = z·w³ with w ∈ [2^{-1/3}, 1], the stationarity condition of ½m(x − z)² + a|x|^{2/3} for x ≠ 0
+    reads w⁴ − w + ε = 0 with ε = (2/3)·a/(m|z|^{4/3}) (|z|^{1/3} = exp(log|z|/3)), and the prox is
+    non-zero iff ε < ε* = 2^{-4/3} (the threshold of :func:`prox_ltwothirds`; ties → 0). The largest
+    root is a degree-6 polynomial in ε refined by Newton steps w ← (3w⁴ − ε)/(4w³ − 1) (one in
+    float32, three in float64; 4w³ − 1 ≥ 1 on the branch).
+    """
+    tiny, big = torch.finfo(dtype).tiny, torch.finfo(dtype).max
+    if isinstance(a, Tensor):
+        at = a.to(dtype=dtype, device=device).clamp(tiny, big)
+    else:
+        at = torch.tensor(min(max(a, tiny), big), dtype=dtype, device=device)
+    neg_a = at * (-2.0 / 3.0)
+    cs = [torch.tensor(c, dtype=dtype, device=device) for c in _W23_POLY]
+    minus_one = torch.tensor(-1.0, dtype=dtype, device=device)
+    newton = 1 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 3
+    lead = float(cs[0])
+
+    def kernel(z: Tensor, m: Tensor | None, out: Tensor, bufs: list[Tensor]) -> None:
+        az, t, h, g, w = bufs  # out may alias z: it is written last
+        torch.abs(z, out=az)
+        torch.log(az, out=t)
+        t.mul_(1.0 / 3.0).exp_()  # |z|^{1/3} (0 at z = 0)
+        t.mul_(az)
+        if m is not None:
+            t.mul_(m)  # m·|z|^{4/3} (may overflow to inf: then ε = 0 and x = z)
+        torch.div(neg_a, t, out=h)  # h = −ε ∈ [−inf, 0]
+        h.clamp_min_(-_E23_STAR)
+        torch.add(h, _E23_STAR, out=g)
+        g.sign_()  # 1 where ε < ε* (x ≠ 0), 0 at and beyond the threshold (ties → 0)
+        torch.add(cs[1], h, alpha=lead, out=w)  # Horner
+        for c in cs[2:]:
+            torch.addcmul(c, w, h, out=t)
+            w, t = t, w
+        for _ in range(newton):
+            torch.mul(w, w, out=az)
+            az.mul_(w)  # w³
+            torch.addcmul(h, az, w, value=3.0, out=t)  # 3w⁴ − ε
+            torch.add(minus_one, az, alpha=4.0, out=az)  # 4w³ − 1 ≥ 1
+            torch.div(t, az, out=w)
+        w.mul_(g)
+        torch.mul(w, w, out=az)
+        az.mul_(w)
+        torch.mul(z, az, out=out)
+
+    return kernel
+
+
 def prox_ltwothirds(z: Tensor, mu: Tensor | float) -> Tensor:
     """Two-thirds thresholding (Cao et al. 2013 with λ̃ = 2·mu): argmin_x ½(x − z)² + mu·|x|^{2/3}.
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._base import Step, threshold_dtype
 from ._elementwise import _Elementwise, check_q, chunked_map
-from .functional import lhalf_kernel, lq_penalty, prox_lq
+from .functional import lhalf_kernel, lq_penalty, ltwothirds_kernel, prox_lq
 
 __all__ = ["Lq"]
 
@@ -59,7 +59,7 @@ class Lq(_Elementwise):
         return prox_lq(zf, s, self.q)  # s = step·λ/metric
 
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
-        if self.q != 0.5:
+        if self.q not in (0.5, 2.0 / 3.0):
             return super()._prox(z, step, metric)
         return self._prox_multi([z], step, None if metric is None else [metric], None, None, None, None)[0]
 
@@ -74,14 +74,14 @@ class Lq(_Elementwise):
         info: dict | None,
         out: list[Tensor] | None = None,
     ) -> list[Tensor]:
-        if self.q != 0.5:
+        if self.q not in (0.5, 2.0 / 3.0):
             res = super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
             if out is None:
                 return res
             torch._foreach_copy_(out, res)
             return out
-        # q = 1/2: the transcendental-free kernel of lhalf_kernel, chunk by chunk (one kernel per
-        # (compute dtype, device), built once per call)
+        # q = 1/2 and 2/3: the polynomial + Newton kernels of lhalf_kernel / ltwothirds_kernel, chunk
+        # by chunk (one kernel per (compute dtype, device), built once per call)
         a = step * self.lam
         kernels: dict = {}
 
@@ -89,7 +89,8 @@ class Lq(_Elementwise):
             key = (z.dtype, z.device)
             k = kernels.get(key)
             if k is None:
-                k = kernels[key] = lhalf_kernel(a, z.dtype, z.device)
+                make = lhalf_kernel if self.q == 0.5 else ltwothirds_kernel
+                k = kernels[key] = make(a, z.dtype, z.device)
             k(z, m, out, bufs)
 
         return chunked_map(zs, metrics, kernel, 5, out)
