@@ -265,8 +265,7 @@ def test_compiled_implementation_matches_forloop(implementation, monkeypatch):
     )
     if not _fused.compiled_available():
         pytest.skip("torch.compile is not usable here; the eager fallback ran (covered by the other tests)")
-    # "auto" compiles only regularized groups (plain groups run torch's fused Adam); "compiled" both
-    assert len(calls) == (20 if implementation == "auto" else 40)
+    assert len(calls) == 20  # regularized groups only: plain groups run torch's fused Adam
     _assert_models_close(ref, comp, atol=1e-6)
     weights = [p for n, p in comp.named_parameters() if n.endswith("weight")]
     assert sum(int((p == 0).sum()) for p in weights) > 0
