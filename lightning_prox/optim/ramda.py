@@ -1,8 +1,8 @@
 """RAMDA: regularized adaptive momentum dual averaging (Huang & Lee, NeurIPS 2024; digest 003).
 
 Algorithm 1 of the paper: MADGRAD's dual-averaged gradient V and cube-root preconditioner P, a
-regularized subproblem solved inexactly by the regularizer's screening + proximal-gradient solver
-(``Regularizer.prox_multi``; exact closed form for elementwise regularizers), and averaging with the
+regularized subproblem solved by the regularizer's screening + iterative solver (``Regularizer.prox_multi``;
+exact closed form for elementwise regularizers), and averaging with the
 previous iterate. Stage-wise training (digest 003 §1.1) restarts it with :meth:`RAMDA.restart`, which
 :class:`lightning_prox.callbacks.StageRestart` calls at epoch milestones. Reference implementation:
 https://github.com/ismoptgroup/RAMDA (re-derived from the paper, not copied).
@@ -227,13 +227,16 @@ class RAMDA(RMDA):
         &\quad W_t \leftarrow (1 - c)\, W_{t-1} + c\, \hat W_t
         \end{aligned}
 
-    The subproblem is ``regularizer.prox_multi(z, alpha, metrics=P, x0s=W_{t-1})``: exact closed form for
-    elementwise regularizers (L1, ...) and for a group-uniform P; for group lasso / nuclear norm under a
-    non-uniform P, the library's exact zero-group screening (a group is zero iff
-    ‖P_g ⊙ W0_g − V_g‖ ≤ α_t λ w_g) plus the inexact proximal-gradient solver, warm-started at W_{t−1},
-    with per-group step sizes 1/max_{i∈g} P_i, stopped when the relative objective decrease falls below
-    ``inner_rtol`` (at least 2 and at most ``max_inner_iters`` iterations; digest 003 §2.5, supplement
-    B). One solver call covers all groups of all tensors of a param group. With ψ = 0,
+    The subproblem is ``regularizer.prox_multi(z, alpha, metrics=P, x0s=..., out=Ŵ)``: exact closed form
+    for elementwise regularizers (L1, ...) and for a group-uniform P; for group lasso / nuclear norm under
+    a non-uniform P, the library's exact zero-group screening (a group is zero iff
+    ‖P_g ⊙ W0_g − V_g‖ ≤ α_t λ w_g) plus the regularizer's solver: for ``GroupLasso(solver="newton")``
+    (the default) the exact per-group Newton root search, warm-started from the last solution Ŵ_{t−1}
+    (usually 2–3 iterations); for ``solver="pg"`` and the nuclear norm the authors' inexact proximal
+    gradient, warm-started at W_{t−1}, with per-group step sizes 1/max_{i∈g} P_i, stopped when the
+    relative objective decrease falls below ``inner_rtol`` (at least 2 and at most ``max_inner_iters``
+    iterations; digest 003 §2.5, supplement B). One solver call covers all groups of all tensors of a
+    param group. With ψ = 0,
     Ŵ_t = W_0 − V_t / P_t: the MADGRAD closed form.
 
     Symbols and code: η = ``group["lr"]``, c = ``group["momentum"]`` (weight of the new point), ε =
