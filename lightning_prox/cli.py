@@ -38,7 +38,29 @@ class ProxCLI(LightningCLI):
     The optimizer and regularizer live inside the model's init arguments (``ProxMixin``), so
     LightningCLI's automatic top-level ``optimizer``/``lr_scheduler`` options are off: the param groups
     (regularized vs. not) are the model's business.
+
+    Built from Python, it runs the same command as the console script on ``args`` (``run`` as for
+    ``LightningCLI``; other ``LightningCLI`` arguments override this command's defaults), and its
+    ``model``, ``datamodule`` and ``trainer`` can then be inspected.
+
+    Example:
+        >>> cli = ProxCLI(["--model.init_args.backbone=mlp", "--trainer.logger=false"], run=False)
+        >>> type(cli.model.net).__name__
+        'MLP'
     """
+
+    def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
+        set_parsing_settings(subclasses_enabled=[Regularizer])
+        os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+        defaults: dict[str, Any] = {
+            "model_class": LightningModule,
+            "datamodule_class": LightningDataModule,
+            "subclass_mode_model": True,
+            "subclass_mode_data": True,
+            "auto_configure_optimizers": False,
+            "save_config_kwargs": {"overwrite": True},
+        }
+        super().__init__(args=args, run=run, **{**defaults, **kwargs})
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -84,33 +106,14 @@ class ProxCLI(LightningCLI):
                 raise SystemExit(2) from None
 
 
-def main(args: ArgsType = None, run: bool = True) -> ProxCLI | None:
+def main(args: ArgsType = None, run: bool = True) -> None:
     """Entry point of the ``lightning-prox`` console script (``args`` and ``run`` as for ``LightningCLI``).
 
-    Called without ``args`` (the console script: arguments from ``sys.argv``) it returns ``None``, so
-    that the script's ``sys.exit(main())`` exits with status 0 and prints nothing; a returned object
-    would be printed to stderr and make the exit status 1. Called with ``args`` (from Python, e.g.
-    tests) it returns the :class:`ProxCLI`, whose ``model`` and ``trainer`` can be inspected.
-
-    Example:
-        >>> cli = main(["--model.init_args.backbone=mlp", "--trainer.logger=false"], run=False)
-        >>> type(cli).__name__, type(cli.model.net).__name__
-        ('ProxCLI', 'MLP')
+    It returns ``None``, so that the script's ``sys.exit(main())`` exits with status 0 and prints
+    nothing (a returned object would be printed to stderr and make the exit status 1). To inspect the
+    model, datamodule or trainer of a run from Python, build :class:`ProxCLI` with the same arguments.
     """
-    set_parsing_settings(subclasses_enabled=[Regularizer])
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
-    kwargs: dict[str, Any] = {
-        "model_class": LightningModule,
-        "datamodule_class": LightningDataModule,
-        "subclass_mode_model": True,
-        "subclass_mode_data": True,
-        "auto_configure_optimizers": False,
-        "save_config_kwargs": {"overwrite": True},
-        "args": args,
-        "run": run,
-    }
-    cli = ProxCLI(**kwargs)
-    return None if args is None else cli
+    ProxCLI(args, run=run)
 
 
 if __name__ == "__main__":  # pragma: no cover

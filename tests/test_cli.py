@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_prox.cli import main
+from lightning_prox.cli import ProxCLI, main
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 QUICKSTART = RECIPES[0].parent / "quickstart.yaml"
@@ -26,7 +26,7 @@ def _isolated(tmp_path, monkeypatch):
 def test_torch_num_threads_option_sets_the_thread_count():
     """The suite runs single-threaded (conftest.py); the CLI option still has to take effect."""
     want = 3 if torch.get_num_threads() != 3 else 2
-    main(["--config", str(QUICKSTART), f"--torch_num_threads={want}"], run=False)
+    assert main(["--config", str(QUICKSTART), f"--torch_num_threads={want}"], run=False) is None
     assert torch.get_num_threads() == want
 
 
@@ -46,7 +46,7 @@ def test_recipe_print_config(recipe, capsys):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_instantiates_model_and_optimizer(recipe):
     """Every class in the recipe is built and the optimizer's param groups are checked (no data needed)."""
-    cli = main(["--config", str(recipe)], run=False)
+    cli = ProxCLI(["--config", str(recipe)], run=False)
     opt = cli.model.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     regularized = [g for g in opt.param_groups if g.get("regularizer") or g.get("penalty")]
@@ -57,7 +57,7 @@ def test_recipe_instantiates_model_and_optimizer(recipe):
 
 @pytest.mark.parametrize("recipe", OFFLINE, ids=lambda p: p.stem)
 def test_offline_recipe_fast_dev_run(recipe, capsys):
-    cli = main(["fit", "--config", str(recipe), "--trainer.fast_dev_run=true"])
+    cli = ProxCLI(["fit", "--config", str(recipe), "--trainer.fast_dev_run=true"])
     assert cli.trainer.global_step == 1
     assert "sparsity of the regularized weights" in capsys.readouterr().out
 
@@ -80,7 +80,7 @@ def test_console_script_exits_zero_and_prints_no_object(monkeypatch, capsys):
 
 
 def test_quickstart_logs_and_checkpoints_every_epoch(tmp_path):
-    cli = main(
+    cli = ProxCLI(
         [
             "fit",
             "--config",
@@ -104,7 +104,7 @@ def test_quickstart_logs_and_checkpoints_every_epoch(tmp_path):
 
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
 def test_validate_and_test_subcommands(subcommand):
-    cli = main(
+    cli = ProxCLI(
         [
             subcommand,
             "--config",

@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_prox.cli import main
+from lightning_prox.cli import ProxCLI
 from lightning_prox.data import DigitsDataModule
 from lightning_prox.models import ImageClassifier
 from lightning_prox.optim import RAMDA, RMDA, ProxGen, ProxSGD
@@ -28,14 +28,6 @@ CASES = {
     "RMDA": (functools.partial(RMDA, lr=0.1, momentum=0.1), GroupLasso(1e-3, dim="in")),
     "RAMDA": (functools.partial(RAMDA, lr=1e-2, momentum=1e-2), GroupLasso(1e-4, dim="in")),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _fit(tmp: Path, name: str, epochs: int, ckpt_path: str | None = None):
@@ -118,7 +110,7 @@ def _cli(tmp: Path, epochs: int, ckpt_path: str | None = None):
     ]
     if ckpt_path:
         args.append(f"--ckpt_path={ckpt_path}")
-    return main(args)
+    return ProxCLI(args)
 
 
 def test_cli_resume_is_exact(tmp_path):

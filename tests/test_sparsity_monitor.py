@@ -285,12 +285,12 @@ def test_low_rank_level_of_nuclear_norm_tensors(tmp_path):
 
 # -- acceptance: the quickstart recipe's event files ----------------------------------------------
 def test_quickstart_event_files_have_the_dashboard(tmp_path, monkeypatch):
-    from lightning_prox.cli import main
+    from lightning_prox.cli import ProxCLI
 
     monkeypatch.chdir(tmp_path)  # lightning_logs/ lands in the temporary directory
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
     args = ["fit", "--config", str(recipe), "--trainer.max_epochs=2", "--data.init_args.max_samples=300"]
-    cli = main([*args, "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2"])
+    cli = ProxCLI([*args, "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=2"])
     assert any(isinstance(cb, SparsityMonitor) for cb in cli.trainer.callbacks)
     ea = EventAccumulator(cli.trainer.log_dir, size_guidance={"tensors": 0, "histograms": 0, "images": 0})
     ea.Reload()
