@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.trainers import csv_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -110,18 +110,7 @@ def _loader():
 
 
 def _trainer(tmp_path: Path, callbacks, max_epochs: int) -> pl.Trainer:
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        logger=CSVLogger(tmp_path, name="csv"),
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-    )
+    return csv_trainer(tmp_path, callbacks, max_epochs, num_sanity_val_steps=0)
 
 
 class _Recorder(Callback):
@@ -231,11 +220,15 @@ def test_ddp_freeze_matches_single_process(tmp_path):
         pl.seed_everything(0)
         kw = {"strategy": "ddp_fork"} if devices > 1 else {}
         cbs = [HardQuantization(epoch=2), RegularizationScheduler("linear", offset=1)]
-        trainer = pl.Trainer(
-            default_root_dir=str(root), max_epochs=4, callbacks=cbs, logger=CSVLogger(root, name="csv"),
-            accelerator="cpu", devices=devices, use_distributed_sampler=False, enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1, **kw,
-        )  # fmt: skip
+        trainer = csv_trainer(
+            str(root),
+            cbs,
+            4,
+            devices=devices,
+            use_distributed_sampler=False,
+            enable_checkpointing=False,
+            **kw,
+        )
         trainer.fit(Net("preconditioned", batch_norm=False))
         dirs = sorted((root / "csv").iterdir())
         assert len(dirs) == 1, dirs  # rank 1 logged nothing

@@ -7,6 +7,7 @@ import functools
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.trainers import quiet_trainer
 from torch import nn
 
 from lightning_prox.data import DigitsDataModule
@@ -129,14 +130,7 @@ def test_image_classifier_learns_digits_with_group_sparsity():
         regularizer=GroupLasso(1e-3, dim="in"),
         sparsity_table=False,
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=6,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=6)
     trainer.fit(model, DigitsDataModule(batch_size=64))
     assert float(trainer.callback_metrics["val/acc"]) > 0.8
     stats = tensor_stats(model.net.classifier[1].weight.detach(), "in")

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.trainers import quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -39,14 +40,7 @@ def _data():
 
 def _fit(model, steps):
     x, y = _data()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=steps)
     trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=20))
     return trainer
 
@@ -197,14 +191,7 @@ def test_lr_scheduler_and_class_path_dicts():
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[1], gamma=0.1),
     )
     x, y = _data()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=2)
     trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=10))
     assert model.regularizer == L1(0.01)
     assert [g["lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx([0.05, 0.05])

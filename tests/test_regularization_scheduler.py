@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.trainers import csv_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -90,21 +91,6 @@ def _loader():
     return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
 
 
-def _trainer(tmp_path: Path, callbacks, max_epochs: int, **kw) -> pl.Trainer:
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        logger=CSVLogger(tmp_path, name="csv"),
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        **kw,
-    )
-
-
 def _read_metric(logger: CSVLogger, key: str) -> list[tuple[int, float]]:
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
@@ -113,7 +99,7 @@ def _read_metric(logger: CSVLogger, key: str) -> list[tuple[int, float]]:
 def test_linear_homotopy_per_epoch_writes_lam_and_logs(tmp_path):
     pl.seed_everything(0)
     net = _Net(lam=0.01)
-    trainer = _trainer(tmp_path, [RegularizationScheduler("linear", interval="epoch")], max_epochs=3)
+    trainer = csv_trainer(tmp_path, [RegularizationScheduler("linear", interval="epoch")], max_epochs=3)
     trainer.fit(net, _loader())
     # 3 steps per epoch; λ_epoch = λ·epoch with a 0-based epoch (ProxQuant)
     assert [lam for *_, lam in net.seen_lams] == pytest.approx([0.01 * e for e in range(3) for _ in range(3)])
@@ -127,7 +113,7 @@ def test_per_step_schedule_uses_global_step(tmp_path):
     pl.seed_everything(0)
     net = _Net(lam=0.01)
     cb = RegularizationScheduler("cosine", interval="step", lam=0.2, start_factor=0.0, final_factor=1.0)
-    trainer = _trainer(tmp_path, [cb], max_epochs=2)
+    trainer = csv_trainer(tmp_path, [cb], max_epochs=2)
     trainer.fit(net, _loader())
     total = 6  # estimated_stepping_batches
     expect = [0.2 * (1.0 - 0.5 * (1 + math.cos(math.pi * s / total))) for s in range(6)]
@@ -143,7 +129,7 @@ def test_no_regularized_group_is_an_error(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    trainer = _trainer(tmp_path, [RegularizationScheduler("linear")], max_epochs=1)
+    trainer = csv_trainer(tmp_path, [RegularizationScheduler("linear")], max_epochs=1)
     with pytest.raises(ValueError, match="no param group with a regularizer"):
         trainer.fit(Plain(), _loader())
 
@@ -166,12 +152,12 @@ def test_resume_is_exact(tmp_path, interval):
     pl.seed_everything(0)
     full = _Net(lam=0.01)
     snap_full = _Snapshot()
-    _trainer(tmp_path / "a", [sched(), snap_full], max_epochs=4).fit(full, _loader())
+    csv_trainer(tmp_path / "a", [sched(), snap_full], max_epochs=4).fit(full, _loader())
 
     pl.seed_everything(0)
     part = _Net(lam=0.01)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1)
-    _trainer(tmp_path / "b", [sched(), ckpt], max_epochs=2).fit(part, _loader())
+    csv_trainer(tmp_path / "b", [sched(), ckpt], max_epochs=2).fit(part, _loader())
     path = sorted((tmp_path / "ck").glob("epoch=1*.ckpt"))[0]
     state = torch.load(path, weights_only=True)  # plain data only
     assert any("RegularizationScheduler" in k for k in state["callbacks"])
@@ -179,7 +165,7 @@ def test_resume_is_exact(tmp_path, interval):
     pl.seed_everything(0)
     resumed = _Net(lam=0.01)
     snap_res = _Snapshot()
-    _trainer(tmp_path / "c", [sched(), snap_res], max_epochs=4).fit(resumed, _loader(), ckpt_path=path)
+    csv_trainer(tmp_path / "c", [sched(), snap_res], max_epochs=4).fit(resumed, _loader(), ckpt_path=path)
     assert snap_res.lams == snap_full.lams[6:]
     for a, b in zip(full.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -208,7 +194,7 @@ def test_subgradient_penalty_groups_are_scheduled_too(tmp_path):
             return nn.functional.cross_entropy(self.fc(x), y)
 
     net = Sub()
-    trainer = _trainer(tmp_path, [RegularizationScheduler("linear", offset=1)], max_epochs=3)
+    trainer = csv_trainer(tmp_path, [RegularizationScheduler("linear", offset=1)], max_epochs=3)
     trainer.fit(net, _loader())
     group = next(g for g in trainer.optimizers[0].param_groups if g.get("penalty") is not None)
     assert group["lam"] == pytest.approx(0.03)  # λ·(epoch + 1) at the last epoch

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prox.cli import ProxCLI
@@ -37,15 +38,12 @@ def _fit(tmp: Path, name: str, epochs: int, ckpt_path: str | None = None):
         "mlp", hidden=(16,), drop_rate=0.1, optimizer=opt, regularizer=reg, sparsity_table=False
     )
     dm = DigitsDataModule(batch_size=32, max_samples=320, seed=3)  # shuffled, per-epoch seeded order
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=epochs,
         deterministic=True,
-        logger=False,
         default_root_dir=tmp,
+        enable_checkpointing=True,
         callbacks=[ModelCheckpoint(dirpath=tmp, filename="{epoch}", save_top_k=-1, every_n_epochs=1)],
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(model, dm, ckpt_path=ckpt_path)

@@ -8,7 +8,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from helpers.trainers import csv_trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -67,20 +68,8 @@ def _loader(batch_size: int = 8):
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
-def _trainer(tmp_path: Path, callbacks, max_epochs: int = 2, logger=None, **kw) -> pl.Trainer:
-    kw.setdefault("accelerator", "cpu")
-    kw.setdefault("devices", 1)
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        logger=logger if logger is not None else CSVLogger(tmp_path, name="csv"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        **kw,
-    )
+def _trainer(tmp_path: Path, callbacks, max_epochs: int = 2, **kw) -> pl.Trainer:
+    return csv_trainer(tmp_path, callbacks, max_epochs, num_sanity_val_steps=0, **kw)
 
 
 def _csv(log_dir: str | Path) -> list[dict[str, str]]:

@@ -5,6 +5,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -62,14 +63,11 @@ class TinyModule(pl.LightningModule):
 
 
 def _trainer(tmp_path, max_epochs, callbacks):
-    return pl.Trainer(
+    return quiet_trainer(
         default_root_dir=tmp_path,
         max_epochs=max_epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,  # Lightning's default: the tests' own ModelCheckpoints, or its own
         callbacks=callbacks,
     )
 
