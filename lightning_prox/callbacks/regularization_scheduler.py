@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from ._groups import group_spec
-from ._schedules import Schedule, check_schedule_args, lam_factor
+from ._schedules import LamSchedule, Schedule
 
 __all__ = ["RegularizationScheduler"]
 
@@ -31,7 +31,7 @@ class RegularizationScheduler(Callback):
 
         \text{group["lam"]} = \lambda_0 \cdot f(t),
 
-    with f from :func:`~lightning_prox.callbacks._schedules.lam_factor` (``constant``, ``linear``
+    with f from :meth:`~lightning_prox.callbacks._schedules.LamSchedule.factor` (``constant``, ``linear``
     homotopy λ₀·(t + offset), ``step`` decay by ``gamma`` at ``milestones``, ``cosine`` from
     ``start_factor`` to ``final_factor`` over ``total``, ``warmup``). λ₀ is ``lam`` when given, else the
     group's own strength when the scheduler first saw it, kept in the group as
@@ -77,7 +77,7 @@ class RegularizationScheduler(Callback):
             raise ValueError(f"interval must be 'epoch' or 'step', got {interval!r}")
         if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0):
             raise ValueError(f"lam must be a number >= 0 or None (keep each group's λ), got {lam!r}")
-        check_schedule_args(
+        LamSchedule(
             schedule,
             offset=offset,
             milestones=milestones,
@@ -86,7 +86,7 @@ class RegularizationScheduler(Callback):
             start_factor=start_factor,
             final_factor=final_factor,
             warmup=warmup,
-        )
+        ).check()
         self.schedule = schedule
         self.interval = interval
         self.lam = None if lam is None else float(lam)
@@ -107,9 +107,8 @@ class RegularizationScheduler(Callback):
 
     def factor(self, t: int) -> float:
         """f(t): the multiplier of λ₀ at counter ``t``."""
-        return lam_factor(
+        return LamSchedule(
             self.schedule,
-            t,
             offset=self.offset,
             milestones=self.milestones,
             gamma=self.gamma,
@@ -117,7 +116,7 @@ class RegularizationScheduler(Callback):
             start_factor=self.start_factor,
             final_factor=self.final_factor,
             warmup=self.warmup,
-        )
+        ).factor(t)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
