@@ -17,7 +17,7 @@ from torch import Tensor
 from ..structure import check_groupable, group_reduce_dims, group_size
 from ._base import Regularizer, Step, threshold_dtype
 from ._elementwise import cap
-from ._group_solver import _scale, _solve_newton, group_weight, solve_group_lasso
+from ._group_solver import _Layout, _scale, _solve_newton, group_weight, solve_group_lasso
 
 __all__ = ["GroupLasso"]
 
@@ -166,8 +166,15 @@ class GroupLasso(Regularizer):
                 out.append(z.clone())
                 continue
             thr = cap(tau * group_weight(group_size(z, self.dim), self.weighting), zf)
-            nrm = torch.linalg.vector_norm(zf, dim=group_reduce_dims(z.ndim, self.dim), keepdim=True)
-            out.append((zf * _scale(nrm, thr)).to(z.dtype))
+            # group norms in the tensor's own layout: contiguous reductions (for dim="in" down the
+            # columns of [out, in·k], then over each group's k columns), no strided multi-dim reduce
+            lay = _Layout(z, self.dim)
+            zv = lay.view(zf)
+            if self.dim == "out":
+                nrm = torch.linalg.vector_norm(zv, dim=1)
+            else:
+                nrm = torch.linalg.vector_norm(torch.linalg.vector_norm(zv, dim=0).view(lay.g, lay.k), dim=1)
+            out.append((zv * lay.bcast(_scale(nrm, thr))).reshape(z.shape).to(z.dtype))
             if info is not None:
                 zero_counts.append((~(nrm > thr)).sum())
         if info is not None and zero_counts:
