@@ -237,6 +237,13 @@ def _solve_newton(
         alive = norm_a > thr_s  # zero iff ‖m⊙z‖ ≤ τw (ties → zero)
         if info is not None:
             screened_counts.append((~alive).sum())
+        any_alive, uniform = (
+            bool(v) for v in torch.stack([alive.any(), ((mn == mx) | ~alive).all()]).tolist()
+        )  # one host read
+        if not any_alive:  # every group screened: exact zeros, nothing to solve
+            given = outs[i] if outs is not None else None
+            out.append(given.zero_() if given is not None else torch.zeros_like(z))
+            continue
         gap = (norm_a - thr_s).clamp_min(tiny)
         t_over_gap = torch.where(alive, torch.clamp(thr_s / gap, max=big), 1.0)
         hi = t_over_gap  # c bracket [τw·min m/gap, τw·max m/gap], scaled (max m = 1)
@@ -249,7 +256,6 @@ def _solve_newton(
             x0n = torch.sqrt(lay.sum(sq))
             warm = torch.clamp(thr_s * za / x0n.clamp_min(tiny), max=big)
             c = torch.where((x0n > 0) & alive, torch.minimum(torch.maximum(warm, lo), hi), c)
-        uniform = bool(((mn == mx) | ~alive).all())
         if uniform:
             c = hi
         j = 0
