@@ -106,7 +106,7 @@ def main() -> None:
         ),
         ("ProxGen + Lq(1/2)", "Adam", lambda ps: ProxGen(groups(ps, Lq(1e-4, q=0.5)), lr=lr_a)),
         (
-            "ProxGen + GroupLasso (inexact, Adam metric)",
+            "ProxGen + GroupLasso (exact Newton, Adam metric)",
             "Adam",
             lambda ps: ProxGen(groups(ps, GroupLasso(1e-4)), lr=lr_a),
         ),

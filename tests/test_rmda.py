@@ -218,6 +218,18 @@ def test_non_finite_gradient_raises_before_any_update():
     opt = RMDA([a, b], lr=0.1, regularizer=L1(0.1))
     a.grad = torch.ones(3)
     b.grad = torch.tensor([1.0, float("nan")])
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match=r"non-finite .*param group 0, tensor 1 \(shape \(2,\)\)"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(3)) and torch.equal(b.detach(), torch.ones(2))
+
+
+def test_ramda_non_finite_gradient_names_the_parameter():
+    from lightning_prox.optim import RAMDA
+
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = RAMDA([{"params": [a]}, {"params": [b], "regularizer": L1(0.1)}], lr=0.1)
+    a.grad = torch.ones(3)
+    b.grad = torch.tensor([float("inf"), 1.0])
+    with pytest.raises(ValueError, match=r"non-finite .*param group 1, tensor 0 \(shape \(2,\)\)"):
         opt.step()
     assert torch.equal(a.detach(), torch.ones(3)) and torch.equal(b.detach(), torch.ones(2))

@@ -347,7 +347,7 @@ class RAMDA(RMDA):
         self._check_groups()
         gathered = [self._gather(g) for g in self.param_groups]
         if self.check_finite:
-            check_finite_grads([g for _, grads, _ in gathered for g in grads])
+            check_finite_grads([g for _, grads, _ in gathered for g in grads], optimizer=self)
         self.solver_info = []
         for group, (params, grads, states) in zip(self.param_groups, gathered):
             reg = group_regularizer(group)

@@ -265,7 +265,7 @@ class RMDA(torch.optim.Optimizer):
         self._check_groups()
         gathered = [self._gather(g) for g in self.param_groups]
         if self.check_finite:
-            check_finite_grads([g for _, grads, _ in gathered for g in grads])
+            check_finite_grads([g for _, grads, _ in gathered for g in grads], optimizer=self)
         for group, (params, grads, states) in zip(self.param_groups, gathered):
             reg = group_regularizer(group)
             for (_, _, step, alpha), idx in _bucket_by_counters(params, states).items():
