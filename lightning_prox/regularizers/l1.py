@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -12,6 +13,9 @@ from ._elementwise import _Elementwise, cap
 from .functional import prox_l1
 
 __all__ = ["L1"]
+
+#: elements per chunk of the metric path on CPU (two scratch buffers stay in cache)
+_CHUNK = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +28,8 @@ class L1(_Elementwise):
         = z_i - \operatorname{clamp}(z_i, -t_i, t_i),\quad t_i = \text{step}\cdot\lambda/\text{metric}_i .
 
     Entries with ``|z_i| ≤ t_i`` (ties included) become exactly 0. :meth:`prox_multi` runs as
-    multi-tensor ``torch._foreach_*`` passes (3 with ``metric=None``, 6 with a metric).
+    two elementwise passes with ``metric=None`` and six with a metric, over cache-sized chunks on CPU
+    (no parameter-sized temporary); it supports ``out=``.
 
     Args:
         lam: λ ≥ 0.
@@ -41,6 +46,8 @@ class L1(_Elementwise):
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         return prox_l1(zf, s)  # s = step·λ/metric
 
+    _writes_out: ClassVar[bool] = True
+
     def _prox_multi(
         self,
         zs: list[Tensor],
@@ -50,6 +57,7 @@ class L1(_Elementwise):
         max_iters: int | None,
         rtol: float | None,
         info: dict | None,
+        out: list[Tensor] | None = None,
     ) -> list[Tensor]:
         fast = (
             not isinstance(step, Tensor)
@@ -58,16 +66,41 @@ class L1(_Elementwise):
             and (metrics is None or all(m.dtype == zs[0].dtype for m in metrics))
         )
         if not fast:
-            return super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+            res = super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
+            if out is None:
+                return res
+            torch._foreach_copy_(out, res)
+            return out
         a = float(cap(float(step) * self.lam, zs[0]))
-        if metrics is None:
-            c = torch._foreach_clamp_min(zs, -a)
-            torch._foreach_clamp_max_(c, a)
-        else:
-            t = torch._foreach_reciprocal(metrics)
-            torch._foreach_mul_(t, a)
-            torch._foreach_clamp_max_(t, torch.finfo(zs[0].dtype).max)  # a/m may overflow: inf → max
-            neg = torch._foreach_neg(t)
-            c = torch._foreach_maximum(zs, neg)
-            torch._foreach_minimum_(c, t)
-        return list(torch._foreach_sub(zs, c))
+        if out is None:
+            out = [torch.empty_like(z) for z in zs]
+        big = torch.finfo(zs[0].dtype).max
+        ms: list[Tensor | None] = list(metrics) if metrics is not None else [None] * len(zs)
+        t_buf = c_buf = None
+        for z, m, o in zip(zs, ms, out):
+            if not (z.is_contiguous() and o.is_contiguous() and (m is None or m.is_contiguous())):
+                t = a if m is None else torch.reciprocal(m).mul_(a).clamp_max_(big)
+                o.copy_(z - torch.clamp(z, -t, t))
+                continue
+            zf, of = z.view(-1), o.view(-1)
+            mf = None if m is None else m.view(-1)
+            n = zf.numel()
+            chunk = min(n, _CHUNK if z.device.type == "cpu" else n)  # cache-sized on CPU
+            if t_buf is None or t_buf.numel() < chunk:
+                t_buf, c_buf = zf.new_empty(chunk), zf.new_empty(chunk)
+            for start in range(0, n, chunk):
+                zc, oc = zf[start : start + chunk], of[start : start + chunk]
+                k = zc.numel()
+                t, c = t_buf[:k], c_buf[:k]
+                if mf is None:
+                    torch.clamp(zc, -a, a, out=c)
+                else:
+                    # t = step·λ/metric, inf → max (a/m may overflow)
+                    torch.reciprocal(mf[start : start + chunk], out=t)
+                    t.mul_(a).clamp_max_(big)
+                    torch.neg(t, out=c)
+                    torch.maximum(zc, c, out=c)
+                    torch.minimum(c, t, out=c)
+                # o = z − clamp(z, −t, t): +0 inside the threshold (softshrink would give −0)
+                torch.sub(zc, c, out=oc)
+        return out
