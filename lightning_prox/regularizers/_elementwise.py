@@ -65,6 +65,21 @@ class _Elementwise(Regularizer):
         zf = z.to(threshold_dtype(z))
         return self._map(zf, finite_scale(step, metric, z, self._factor())).to(z.dtype)
 
+    def _chunked_prox_multi(
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, out: list[Tensor] | None
+    ) -> list[Tensor]:
+        """:meth:`_prox` of every tensor, run chunk by chunk with :func:`chunked_map` (``out=`` honoured).
+
+        Each chunk goes through the same ``finite_scale`` and ``_map`` operations as :meth:`_prox`, so
+        every temporary is chunk-sized (cache-resident on CPU) and the result is elementwise the same.
+        """
+        factor = self._factor()
+
+        def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
+            o.copy_(self._map(z, finite_scale(step, m, z, factor)))
+
+        return chunked_map(zs, metrics, kernel, 0, out)
+
 
 def cap(v: Tensor | float, like: Tensor) -> Tensor | float:
     """Cap a threshold scale at the largest finite value of ``like``'s compute dtype."""

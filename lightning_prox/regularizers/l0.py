@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ._base import threshold_dtype
+from ._base import Step, threshold_dtype
 from ._elementwise import _Elementwise
 
 __all__ = ["L0"]
@@ -43,3 +44,18 @@ class L0(_Elementwise):
         # s = 2·step·λ/metric: keep z where |z| > sqrt(s) (ties → 0), as prox_l0 with mu = s/2
         thr = s.sqrt() if isinstance(s, Tensor) else s**0.5
         return torch.where(zf.abs() > thr, zf, 0.0)
+
+    _writes_out: ClassVar[bool] = True
+
+    def _prox_multi(
+        self,
+        zs: list[Tensor],
+        step: Step,
+        metrics: list[Tensor] | None,
+        x0s: list[Tensor] | None,
+        max_iters: int | None,
+        rtol: float | None,
+        info: dict | None,
+        out: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        return self._chunked_prox_multi(zs, step, metrics, out)

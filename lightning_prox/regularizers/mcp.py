@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 from torch import Tensor
 
-from ._base import threshold_dtype
-from ._elementwise import _Elementwise
-from .functional import _mcp_rho, prox_mcp, prox_mcp_paper
+from ._base import Step, threshold_dtype
+from ._elementwise import _Elementwise, chunked_map
+from .functional import _mcp_rho, mcp_kernel, prox_mcp, prox_mcp_paper
 
 __all__ = ["MCP"]
 
@@ -66,3 +67,28 @@ class MCP(_Elementwise):
     def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         fn = prox_mcp if self.exact else prox_mcp_paper
         return fn(zf, s, self.lam, self.b)
+
+    _writes_out: ClassVar[bool] = True
+
+    def _prox_multi(
+        self,
+        zs: list[Tensor],
+        step: Step,
+        metrics: list[Tensor] | None,
+        x0s: list[Tensor] | None,
+        max_iters: int | None,
+        rtol: float | None,
+        info: dict | None,
+        out: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        if not self.exact or isinstance(step, Tensor):
+            return self._chunked_prox_multi(zs, step, metrics, out)
+        kernels: dict = {}
+
+        def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
+            k = kernels.get(z.dtype)
+            if k is None:
+                k = kernels[z.dtype] = mcp_kernel(float(step), self.lam, self.b, z.dtype)
+            k(z, m, o, bufs)
+
+        return chunked_map(zs, metrics, kernel, 9, out)

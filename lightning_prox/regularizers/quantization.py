@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ._base import threshold_dtype
+from ._base import Step, threshold_dtype
 from ._elementwise import _Elementwise, check_q
 from .functional import lq_penalty, prox_lq
 
@@ -99,3 +100,18 @@ class Quantization(_Elementwise):
         # nearest one (ties: the larger); the prox is that level plus the l_q prox of the offset.
         level = self._nearest(zf)
         return level + prox_lq(zf - level, s, self.q)  # s = step·λ/metric
+
+    _writes_out: ClassVar[bool] = True
+
+    def _prox_multi(
+        self,
+        zs: list[Tensor],
+        step: Step,
+        metrics: list[Tensor] | None,
+        x0s: list[Tensor] | None,
+        max_iters: int | None,
+        rtol: float | None,
+        info: dict | None,
+        out: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        return self._chunked_prox_multi(zs, step, metrics, out)
