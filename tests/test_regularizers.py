@@ -457,3 +457,59 @@ def test_l1_prox_multi_chunks_are_exact_across_boundaries_layouts_and_aliasing(d
             assert torch.equal(a, w) and torch.equal(b, w)
             assert not torch.signbit(a[a == 0]).any() and not torch.signbit(b[b == 0]).any()
             assert 0 < (a == 0).sum() < a.numel()
+
+
+_CHUNKED_REGS = [
+    MCP(1e-2, b=3.0),
+    MCP(0.7, b=0.5),  # s ≥ b for many entries: no inner candidate
+    SCAD(1e-2, a=3.7),
+    SCAD(0.7, a=2.5),
+    MCP(1e-2, b=3.0, exact=False),
+    SCAD(1e-2, a=3.7, exact=False),
+    Quantization(0.1),
+    Quantization(0.1, levels=(-1.0, 0.0, 1.0), q=0.5),
+    L0(0.1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reg", _CHUNKED_REGS, ids=repr)
+def test_chunked_prox_multi_equals_per_tensor_prox_to_the_bit(reg, dtype):
+    """prox_multi runs chunk by chunk (32K values, in-cache kernels for exact MCP/SCAD); it must equal
+    the per-tensor prox to the bit, sign of zero included, on tensors larger than a chunk, a
+    non-contiguous one and special values, with and without a metric, with out= aliasing the input.
+    Exception: Quantization with q = 1/2 evaluates arccos/cos, whose vectorized and scalar CPU
+    versions differ in the last bit, and which of them a value gets depends on its position in the
+    (chunked or strided) loop: there 1 float32 ulp / 1e-12 relative in float64."""
+    g = torch.Generator().manual_seed(3)
+    wide = torch.float64
+    zs = [
+        torch.randn(70_001, generator=g, dtype=wide) * 0.05,
+        (torch.randn(300, 500, generator=g, dtype=wide) * 3).t(),
+        torch.tensor([2.0, -0.1, -3.0, 0.0, -0.0, 1e30, 3e-4, 3e-3, 0.5, -0.5], dtype=wide),
+    ]
+    zs = [z.to(dtype) for z in zs]
+    ms = [
+        (
+            torch.rand(z.shape, generator=g, dtype=wide)
+            * 10 ** (torch.rand(z.shape, generator=g, dtype=wide) * 6 - 3)
+        ).to(dtype)
+        for z in zs
+    ]
+    ms[0][:5] = 1e-38  # step/metric overflows: the scale saturates
+    exact = not (isinstance(reg, Quantization) and reg.q == 0.5)
+    for step in (1e-3, 0.9, 20.0):
+        for metrics in (None, ms):
+            mlist = [None] * len(zs) if metrics is None else metrics
+            want = [reg.prox(z, step, m) for z, m in zip(zs, mlist)]
+            got = reg.prox_multi(zs, step, metrics)
+            buf = [z.clone() for z in zs]
+            aliased = reg.prox_multi(buf, step, metrics, out=buf)
+            assert all(a is b for a, b in zip(aliased, buf))
+            for w, a, b in zip(want, got, aliased):
+                for x in (a, b):
+                    if exact:
+                        assert torch.equal(x, w) and torch.equal(torch.signbit(x), torch.signbit(w))
+                    else:
+                        tol = {torch.float64: 1e-12, torch.float32: 2e-7, torch.bfloat16: 1e-2}[dtype]
+                        torch.testing.assert_close(x, w, rtol=tol, atol=0)
