@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise
+from ._elementwise import _Elementwise, chunked_map, finite_scale
+from .functional import _scale_into
 
 __all__ = ["L0"]
 
@@ -58,4 +60,22 @@ class L0(_Elementwise):
         info: dict | None,
         out: list[Tensor] | None = None,
     ) -> list[Tensor]:
-        return self._chunked_prox_multi(zs, step, metrics, out)
+        if isinstance(step, Tensor):
+            return self._chunked_prox_multi(zs, step, metrics, out)
+        num = float(step) * self._factor()
+
+        def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
+            # where(|z| > sqrt(s), z, +0) without boolean tensors (slow on CPU): a 0/1 float mask,
+            # z·mask + 0 (−0 → +0), and NaN (never above the threshold) → 0 as torch.where gives
+            az, mask = bufs
+            torch.abs(z, out=az)
+            if m is None:
+                thr = finite_scale(step, None, z, self._factor())
+                torch.gt(az, thr**0.5, out=mask)
+            else:
+                _scale_into(mask, m, num).sqrt_()
+                torch.gt(az, mask, out=mask)
+            torch.mul(z, mask, out=o)
+            o.add_(0.0).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
+
+        return chunked_map(zs, metrics, kernel, 2, out)

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise, check_q
-from .functional import lq_penalty, prox_lq
+from ._elementwise import _Elementwise, check_q, chunked_map, finite_scale
+from .functional import _scale_into, lq_penalty, prox_lq
 
 __all__ = ["Quantization"]
 
@@ -114,4 +114,31 @@ class Quantization(_Elementwise):
         info: dict | None,
         out: list[Tensor] | None = None,
     ) -> list[Tensor]:
-        return self._chunked_prox_multi(zs, step, metrics, out)
+        lv = self.levels
+        if self.q != 1.0 or len(lv) > 4 or isinstance(step, Tensor):
+            return self._chunked_prox_multi(zs, step, metrics, out)
+        num = float(step) * self._factor()
+
+        def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
+            # _map without boolean tensors (slow on CPU): the nearest level by 0/1 float masks,
+            # level ← b·mask + level·(1 − mask) (exact: one term is ±0), then level + soft threshold
+            level, mask, tmp, d, t, neg = bufs
+            level.fill_(lv[0])
+            for a, b in zip(lv, lv[1:]):
+                torch.ge(z, 0.5 * (a + b), out=mask)
+                torch.neg(mask, out=tmp).add_(1.0)
+                level.mul_(tmp)
+                torch.mul(mask, b, out=tmp)
+                level.add_(tmp)
+            torch.sub(z, level, out=d)
+            if m is None:
+                thr = finite_scale(step, None, z, self._factor())
+                torch.clamp(d, -thr, thr, out=tmp)
+            else:
+                _scale_into(t, m, num)
+                torch.neg(t, out=neg)
+                torch.clamp(d, neg, t, out=tmp)
+            d.sub_(tmp)
+            torch.add(level, d, out=o)
+
+        return chunked_map(zs, metrics, kernel, 6, out)
