@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._base import Step, threshold_dtype
 from ._elementwise import _Elementwise, check_q, chunked_map, finite_scale
-from .functional import _scale_into, lq_penalty, prox_lq
+from .functional import _C_HALF, _scale_into, lq_penalty, prox_lq
 
 __all__ = ["Quantization"]
 
@@ -115,14 +115,14 @@ class Quantization(_Elementwise):
         out: list[Tensor] | None = None,
     ) -> list[Tensor]:
         lv = self.levels
-        if self.q != 1.0 or len(lv) > 4 or isinstance(step, Tensor):
+        if self.q not in (0.5, 1.0) or len(lv) > 4 or isinstance(step, Tensor):
             return self._chunked_prox_multi(zs, step, metrics, out)
         num = float(step) * self._factor()
 
         def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
             # _map without boolean tensors (slow on CPU): the nearest level by 0/1 float masks,
             # level ← b·mask + level·(1 − mask) (exact: one term is ±0), then level + soft threshold
-            level, mask, tmp, d, t, neg = bufs
+            level, mask, tmp, d, t, neg, az, x = bufs
             level.fill_(lv[0])
             for a, b in zip(lv, lv[1:]):
                 torch.ge(z, 0.5 * (a + b), out=mask)
@@ -131,14 +131,41 @@ class Quantization(_Elementwise):
                 torch.mul(mask, b, out=tmp)
                 level.add_(tmp)
             torch.sub(z, level, out=d)
-            if m is None:
-                thr = finite_scale(step, None, z, self._factor())
-                torch.clamp(d, -thr, thr, out=tmp)
+            if self.q == 0.5:
+                _lhalf_into(d, m, t, mask, tmp, az, x)
             else:
-                _scale_into(t, m, num)
-                torch.neg(t, out=neg)
-                torch.clamp(d, neg, t, out=tmp)
-            d.sub_(tmp)
+                if m is None:
+                    thr = finite_scale(step, None, z, self._factor())
+                    torch.clamp(d, -thr, thr, out=tmp)
+                else:
+                    _scale_into(t, m, num)
+                    torch.neg(t, out=neg)
+                    torch.clamp(d, neg, t, out=tmp)
+                d.sub_(tmp)
             torch.add(level, d, out=o)
 
-        return chunked_map(zs, metrics, kernel, 6, out)
+        def _lhalf_into(
+            d: Tensor, m: Tensor | None, t: Tensor, mask: Tensor, u: Tensor, az: Tensor, x: Tensor
+        ):
+            # d ← prox_lhalf(d, step·λ/m): its operations in its order, the final where as a float mask
+            dt = d.dtype
+            if m is None:
+                mu = finite_scale(step, None, d, self._factor())
+                s23 = mu ** (2.0 / 3.0) * 2.0 ** (2.0 / 3.0)
+                thr: Tensor | float = _C_HALF * s23
+                den: Tensor = torch.clamp(torch.as_tensor(s23, dtype=dt), min=torch.finfo(dt).tiny)
+            else:
+                _scale_into(t, m, num).pow_(2.0 / 3.0).mul_(2.0 ** (2.0 / 3.0))  # λ̃^{2/3}
+                thr = torch.mul(t, _C_HALF, out=x)
+                den = t.clamp_min_(torch.finfo(dt).tiny)
+            torch.abs(d, out=az)
+            torch.gt(az, thr, out=mask)  # x ≠ 0 where |d| > thr (ties → 0)
+            torch.div(az, den, out=u)
+            u.clamp_min_(_C_HALF).pow_(-1.5).mul_(3.0**1.5 / 8.0).arccos_()  # φ
+            u.mul_(2.0 / 3.0).neg_().add_(2.0 * math.pi / 3.0).cos_().add_(1.0)
+            torch.mul(d, 2.0 / 3.0, out=x)
+            x.mul_(u).mul_(mask)
+            # +0 (not −0) and 0 for NaN offsets where not kept, as torch.where(…, 0.0) gives
+            torch.add(x, 0.0, out=d).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
+
+        return chunked_map(zs, metrics, kernel, 8, out)
