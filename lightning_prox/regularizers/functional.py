@@ -427,19 +427,31 @@ def mcp_kernel(step: float, lam: float, b: float, dtype: torch.dtype):
     tiny = torch.finfo(dtype).tiny
     bl, flat_pen = _k(b * lam, probe), _k(0.5 * b * lam * lam, probe)
 
+    # without a metric, s is prox_mcp's 0-dim tensor and the s-only operations run once
+    st = torch.tensor(min(step, torch.finfo(dtype).max), dtype=dtype)
+    st_lam, st_d, st_flat = st * lam, torch.clamp_min(b - st, tiny), st * flat_pen
+    st_inner = bool(st < b)
+
     def kernel(z: Tensor, m: Tensor | None, out: Tensor, bufs: list[Tensor]) -> None:
         az, s, inner, d, flat, pen, bv, v, best = bufs  # out may alias z: written last
-        _scale_into(s, m, step)
         torch.abs(z, out=az)
-        torch.mul(s, lam, out=inner)
-        torch.sub(az, inner, out=inner)
-        inner.mul_(b)
-        torch.neg(s, out=d).add_(b)
-        d.clamp_min_(tiny)
-        inner.div_(d)
-        inner.clamp_(0.0, bl)
-        torch.lt(s, b, out=d)  # the inner piece is a candidate only where s < b
-        inner.mul_(d)
+        if m is None:
+            s = st
+            torch.sub(az, st_lam, out=inner)
+            inner.mul_(b).div_(st_d).clamp_(0.0, bl)
+            if not st_inner:
+                inner.zero_()
+        else:
+            _scale_into(s, m, step)
+            torch.mul(s, lam, out=inner)
+            torch.sub(az, inner, out=inner)
+            inner.mul_(b)
+            torch.neg(s, out=d).add_(b)
+            d.clamp_min_(tiny)
+            inner.div_(d)
+            inner.clamp_(0.0, bl)
+            torch.lt(s, b, out=d)  # the inner piece is a candidate only where s < b
+            inner.mul_(d)
         torch.clamp_min(az, bl, out=flat)
         torch.div(inner, 2.0 * b, out=pen)
         torch.neg(pen, out=pen).add_(lam)
@@ -457,8 +469,11 @@ def mcp_kernel(step: float, lam: float, b: float, dtype: torch.dtype):
         # candidate flat
         torch.sub(flat, az, out=v)
         v.mul_(v).mul_(0.5)
-        torch.mul(s, flat_pen, out=pen)
-        v.add_(pen)
+        if m is None:
+            v.add_(st_flat)
+        else:
+            torch.mul(s, flat_pen, out=pen)
+            v.add_(pen)
         torch.lt(v, bv, out=d)
         flat.mul_(d)
         torch.maximum(flat, best, out=best)
@@ -479,15 +494,27 @@ def scad_kernel(step: float, lam: float, a: float, dtype: torch.dtype):
     lam_k, alam_k = _k(lam, probe), _k(a * lam, probe)
     flat_pen = _k(0.5 * (a + 1.0) * lam * lam, probe)
 
+    # without a metric, s is prox_scad's 0-dim tensor and the s-only operations run once
+    st = torch.tensor(min(step, torch.finfo(dtype).max), dtype=dtype)
+    st_lam, st_alam, st_flat = st * lam, st * (a * lam), st * flat_pen
+    st_d = torch.clamp_min((a - 1.0) - st, tiny)
+    st_mid = bool(st < a - 1.0)
+
     def kernel(z: Tensor, m: Tensor | None, out: Tensor, bufs: list[Tensor]) -> None:
         az, s, c, d, x, pen, bv, v, best = bufs  # out may alias z: written last
-        _scale_into(s, m, step)
+        if m is None:
+            s = st
+        else:
+            _scale_into(s, m, step)
         torch.abs(z, out=az)
         torch.mul(az, 0.5, out=bv)
         bv.mul_(az)  # value of x = 0
         # c1 = clamp(|z| − sλ, 0, λ), ρ = λ·c1
-        torch.mul(s, lam, out=c)
-        torch.sub(az, c, out=c)
+        if m is None:
+            torch.sub(az, st_lam, out=c)
+        else:
+            torch.mul(s, lam, out=c)
+            torch.sub(az, c, out=c)
         c.clamp_(0.0, lam_k)
         torch.sub(c, az, out=v)
         v.mul_(v).mul_(0.5)
@@ -499,14 +526,19 @@ def scad_kernel(step: float, lam: float, a: float, dtype: torch.dtype):
         torch.minimum(v, bv, out=bv)
         # c2: the middle piece's stationary point clipped to [λ, aλ] where s < a − 1, else λ
         torch.mul(az, a - 1.0, out=x)
-        torch.mul(s, a * lam, out=c)
-        x.sub_(c)
-        torch.neg(s, out=d).add_(a - 1.0)
-        d.clamp_min_(tiny)
-        x.div_(d)
-        x.clamp_(lam_k, alam_k)
-        torch.lt(s, a - 1.0, out=d)
-        x.mul_(d).clamp_min_(lam_k)
+        if m is None:
+            x.sub_(st_alam).div_(st_d).clamp_(lam_k, alam_k)
+            if not st_mid:
+                x.fill_(lam_k)
+        else:
+            torch.mul(s, a * lam, out=c)
+            x.sub_(c)
+            torch.neg(s, out=d).add_(a - 1.0)
+            d.clamp_min_(tiny)
+            x.div_(d)
+            x.clamp_(lam_k, alam_k)
+            torch.lt(s, a - 1.0, out=d)
+            x.mul_(d).clamp_min_(lam_k)
         torch.neg(x, out=pen).add_(2.0 * a * lam)
         pen.mul_(x).sub_(lam * lam).div_(2.0 * (a - 1.0))
         torch.sub(x, az, out=v)
@@ -521,8 +553,11 @@ def scad_kernel(step: float, lam: float, a: float, dtype: torch.dtype):
         torch.clamp_min(az, alam_k, out=x)
         torch.sub(x, az, out=v)
         v.mul_(v).mul_(0.5)
-        torch.mul(s, flat_pen, out=pen)
-        v.add_(pen)
+        if m is None:
+            v.add_(st_flat)
+        else:
+            torch.mul(s, flat_pen, out=pen)
+            v.add_(pen)
         torch.lt(v, bv, out=d)
         x.mul_(d)
         torch.maximum(x, best, out=best)
