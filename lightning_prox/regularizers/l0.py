@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise, chunked_map, finite_scale
+from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map, finite_scale
 from .functional import _scale_into
 
 __all__ = ["L0"]
@@ -78,4 +78,4 @@ class L0(_Elementwise):
             torch.mul(z, mask, out=o)
             o.add_(0.0).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
 
-        return chunked_map(zs, metrics, kernel, 2, out)
+        return chunked_map(zs, metrics, kernel, 2, out, LONG_CHUNK)

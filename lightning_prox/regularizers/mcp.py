@@ -9,7 +9,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise, chunked_map
+from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map
 from .functional import _mcp_rho, mcp_kernel, prox_mcp, prox_mcp_paper
 
 __all__ = ["MCP"]
@@ -91,4 +91,4 @@ class MCP(_Elementwise):
                 k = kernels[z.dtype] = mcp_kernel(float(step), self.lam, self.b, z.dtype)
             k(z, m, o, bufs)
 
-        return chunked_map(zs, metrics, kernel, 9, out)
+        return chunked_map(zs, metrics, kernel, 9, out, LONG_CHUNK)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise, check_q, chunked_map, finite_scale
+from ._elementwise import LONG_CHUNK, _Elementwise, check_q, chunked_map, finite_scale
 from .functional import _C_HALF, _scale_into, lq_penalty, prox_lq
 
 __all__ = ["Quantization"]
@@ -168,4 +168,4 @@ class Quantization(_Elementwise):
             # +0 (not −0) and 0 for NaN offsets where not kept, as torch.where(…, 0.0) gives
             torch.add(x, 0.0, out=d).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
 
-        return chunked_map(zs, metrics, kernel, 8, out)
+        return chunked_map(zs, metrics, kernel, 8, out, LONG_CHUNK)

@@ -9,7 +9,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise, chunked_map
+from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map
 from .functional import _scad_rho, prox_scad, prox_scad_paper, scad_kernel
 
 __all__ = ["SCAD"]
@@ -92,4 +92,4 @@ class SCAD(_Elementwise):
                 k = kernels[z.dtype] = scad_kernel(float(step), self.lam, self.a, z.dtype)
             k(z, m, o, bufs)
 
-        return chunked_map(zs, metrics, kernel, 9, out)
+        return chunked_map(zs, metrics, kernel, 9, out, LONG_CHUNK)
