@@ -93,6 +93,19 @@ def cap(v: Tensor | float, like: Tensor) -> Tensor | float:
     return v if v <= big else big
 
 
+def per_dtype(make: Callable[[torch.dtype], Kernel]) -> Kernel:
+    """A chunk kernel that builds ``make(dtype)`` once per dtype it meets and runs it."""
+    built: dict[torch.dtype, Kernel] = {}
+
+    def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
+        k = built.get(z.dtype)
+        if k is None:
+            k = built[z.dtype] = make(z.dtype)
+        k(z, m, o, bufs)
+
+    return kernel
+
+
 def chunked_map(
     zs: list[Tensor],
     metrics: list[Tensor] | None,

@@ -9,7 +9,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map
+from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map, per_dtype
 from .functional import _mcp_rho, mcp_kernel, prox_mcp, prox_mcp_paper
 
 __all__ = ["MCP"]
@@ -83,12 +83,5 @@ class MCP(_Elementwise):
     ) -> list[Tensor]:
         if not self.exact or isinstance(step, Tensor):
             return self._chunked_prox_multi(zs, step, metrics, out)
-        kernels: dict = {}
-
-        def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
-            k = kernels.get(z.dtype)
-            if k is None:
-                k = kernels[z.dtype] = mcp_kernel(float(step), self.lam, self.b, z.dtype)
-            k(z, m, o, bufs)
-
+        kernel = per_dtype(lambda dtype: mcp_kernel(float(step), self.lam, self.b, dtype))
         return chunked_map(zs, metrics, kernel, 9, out, LONG_CHUNK)

@@ -9,7 +9,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
-from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map
+from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map, per_dtype
 from .functional import _scad_rho, prox_scad, prox_scad_paper, scad_kernel
 
 __all__ = ["SCAD"]
@@ -84,12 +84,5 @@ class SCAD(_Elementwise):
     ) -> list[Tensor]:
         if not self.exact or isinstance(step, Tensor):
             return self._chunked_prox_multi(zs, step, metrics, out)
-        kernels: dict = {}
-
-        def kernel(z: Tensor, m: Tensor | None, o: Tensor, bufs: list[Tensor]) -> None:
-            k = kernels.get(z.dtype)
-            if k is None:
-                k = kernels[z.dtype] = scad_kernel(float(step), self.lam, self.a, z.dtype)
-            k(z, m, o, bufs)
-
+        kernel = per_dtype(lambda dtype: scad_kernel(float(step), self.lam, self.a, dtype))
         return chunked_map(zs, metrics, kernel, 9, out, LONG_CHUNK)
