@@ -513,3 +513,22 @@ def test_chunked_prox_multi_equals_per_tensor_prox_to_the_bit(reg, dtype):
                     else:
                         tol = {torch.float64: 1e-12, torch.float32: 2e-7, torch.bfloat16: 1e-2}[dtype]
                         torch.testing.assert_close(x, w, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("reg", [L1(0.3), Lq(0.3, q=0.0), Lq(0.3, q=1.0)], ids=["l1", "lq0", "lq1"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_chunked_fallback_of_l1_and_lq_equals_per_tensor_prox(reg, dtype):
+    # half dtypes and a 0-dim tensor step leave the fast kernels: the chunked _prox path must give
+    # exactly what prox gives per tensor, also into out= aliasing the input
+    g = torch.Generator().manual_seed(0)
+    zs = [torch.randn(70_001, generator=g).to(dtype), torch.randn(300, 500, generator=g).to(dtype).t()]
+    ms = [(torch.rand(z.shape, generator=g) + 0.05).to(dtype) for z in zs]
+    for step in (0.7, torch.tensor(0.7)):
+        for metrics in (None, ms):
+            mlist = [None, None] if metrics is None else metrics
+            want = [reg.prox(z, step, m) for z, m in zip(zs, mlist)]
+            got = reg.prox_multi(zs, step, metrics)
+            buf = [z.clone() for z in zs]
+            reg.prox_multi(buf, step, metrics, out=buf)
+            for w, a, b in zip(want, got, buf):
+                assert torch.equal(a, w) and torch.equal(b, w)

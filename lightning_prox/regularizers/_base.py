@@ -165,11 +165,7 @@ class Regularizer:
             return out
         if out is not None and self._writes_out:
             return self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info, out=out)
-        res = self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
-        if out is None:
-            return res
-        torch._foreach_copy_(out, res)
-        return out
+        return copy_into(self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info), out)
 
     #: True when :meth:`_prox_multi` accepts ``out=`` and writes the results there itself.
     _writes_out: ClassVar[bool] = False
@@ -298,3 +294,11 @@ def check_positive(metrics: list[Tensor]) -> None:
 def threshold_dtype(x: Tensor) -> torch.dtype:
     """Thresholds and comparisons run in float32 for half types (DESIGN.md §3), else in x's dtype."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def copy_into(res: list[Tensor], out: list[Tensor] | None) -> list[Tensor]:
+    """``res`` itself, or ``res`` copied into ``out`` (which is returned) when ``out`` is given."""
+    if out is None:
+        return res
+    torch._foreach_copy_(out, res)
+    return out

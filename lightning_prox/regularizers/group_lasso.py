@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..structure import check_groupable, group_reduce_dims, group_size
-from ._base import Regularizer, Step, threshold_dtype
+from ._base import Regularizer, Step, copy_into, threshold_dtype
 from ._elementwise import cap
 from ._group_solver import _Layout, _scale, _solve_newton, group_weight, solve_group_lasso
 
@@ -127,11 +127,7 @@ class GroupLasso(Regularizer):
                 info,
                 out,
             )
-        res = self._prox_multi_new(zs, step, metrics, x0s, max_iters, rtol, info)
-        if out is None:
-            return res
-        torch._foreach_copy_(out, res)
-        return out
+        return copy_into(self._prox_multi_new(zs, step, metrics, x0s, max_iters, rtol, info), out)
 
     def _prox_multi_new(
         self,

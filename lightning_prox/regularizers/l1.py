@@ -66,11 +66,7 @@ class L1(_Elementwise):
             and (metrics is None or all(m.dtype == zs[0].dtype for m in metrics))
         )
         if not fast:
-            res = super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
-            if out is None:
-                return res
-            torch._foreach_copy_(out, res)
-            return out
+            return self._chunked_prox_multi(zs, step, metrics, out)
         a = float(cap(float(step) * self.lam, zs[0]))
         if out is None:
             out = [torch.empty_like(z) for z in zs]

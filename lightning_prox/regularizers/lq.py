@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from ._base import Step, threshold_dtype
@@ -75,11 +74,7 @@ class Lq(_Elementwise):
         out: list[Tensor] | None = None,
     ) -> list[Tensor]:
         if self.q not in (0.5, 2.0 / 3.0):
-            res = super()._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info)
-            if out is None:
-                return res
-            torch._foreach_copy_(out, res)
-            return out
+            return self._chunked_prox_multi(zs, step, metrics, out)
         # q = 1/2 and 2/3: the polynomial + Newton kernels of lhalf_kernel / ltwothirds_kernel, chunk
         # by chunk (one kernel per (compute dtype, device), built once per call)
         a = step * self.lam
