@@ -66,12 +66,13 @@ class Scratch:
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
-        self._flat: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._flat: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
 
-    def views(self, likes: list[Tensor]) -> list[Tensor]:
-        """One contiguous tensor shaped like each of ``likes`` (same device and dtype), all views of one buffer."""
+    def views(self, likes: list[Tensor], slot: int = 0) -> list[Tensor]:
+        """One contiguous tensor shaped like each of ``likes`` (same device and dtype), all views of one buffer
+        (``slot`` selects an independent buffer)."""
         n = sum(t.numel() for t in likes)
-        key = (likes[0].device, likes[0].dtype)
+        key = (likes[0].device, likes[0].dtype, slot)
         flat = self._flat.get(key)
         if flat is None or flat.numel() < n:
             flat = likes[0].new_empty(n)
@@ -192,9 +193,15 @@ def compiled_available() -> bool:
     return not _compile_failed and hasattr(torch, "compile")
 
 
+def mark_compile_failed(name: str, err: BaseException) -> None:
+    """Record that compiling failed in this process (every compiled path then runs eager) and warn once."""
+    global _compile_failed
+    _compile_failed = True
+    warnings.warn(f"torch.compile of the {name} kernel failed ({err!r}); using the eager path", stacklevel=4)
+
+
 def _run_compiled(name: str, calls: list[tuple[Any, ...]]) -> bool:
     """Run kernel ``name`` once per argument tuple; False (nothing changed) when compiling fails."""
-    global _compile_failed
     if _compile_failed:
         return False
     kernel = _compiled(name)
@@ -207,10 +214,7 @@ def _run_compiled(name: str, calls: list[tuple[Any, ...]]) -> bool:
         except Exception as err:  # a compiler failure means: use the eager path
             if i > 0:  # the kernel compiled and ran before: this is a real error
                 raise
-            _compile_failed = True
-            warnings.warn(
-                f"torch.compile of the {name} kernel failed ({err!r}); using the eager path", stacklevel=4
-            )
+            mark_compile_failed(name, err)
             return False
     for args in tiny:
         _KERNELS[name](*args)
