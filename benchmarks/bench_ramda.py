@@ -14,7 +14,12 @@ States:
     state from the gradient statistics (α = Σ η√k, V = α·μ + noise, U = α·E[g²]), so the subproblems
     have the scale they have mid-training without running 1000 steps here.
 
-Run: ``python benchmarks/bench_ramda.py [--steps 10] [--device cpu|cuda] [--threads N] [--lam 2e-4]``.
+RAMDA runs twice: with its default ``implementation="auto"`` (on CPU at this size: the compiled step,
+compiled during the warm-up steps) and with ``implementation="fast"`` (eager); the last line gives the
+largest difference between their parameters.
+
+Run: ``python benchmarks/bench_ramda.py [--steps 10] [--device cpu|cuda] [--threads N] [--lam 2e-4]
+[--dim in|out]``.
 """
 
 from __future__ import annotations
@@ -70,10 +75,10 @@ def grad_pool(mus, sigmas, device, k: int = 3, seed: int = 2) -> list[list[torch
     ]
 
 
-def groups(params, lam):
+def groups(params, lam, dim="in"):
     reg = [p for p in params if p.ndim >= 2]
     other = [p for p in params if p.ndim < 2]
-    return [{"params": reg, "regularizer": GroupLasso(lam, dim="in")}, {"params": other}]
+    return [{"params": reg, "regularizer": GroupLasso(lam, dim=dim)}, {"params": other}]
 
 
 def set_mid_state(opt, params, mus, sigmas, t0: int, seed: int = 3) -> None:
@@ -124,10 +129,10 @@ def run(state: str, args, device) -> None:
     p_adam, p_rmda, p_ramda = make_params(device), make_params(device), make_params(device)
     adam = torch.optim.Adam(p_adam, lr=1e-3, fused=True)
     p_eager = make_params(device)
-    rmda = RMDA(groups(p_rmda, args.lam), lr=0.1, momentum=0.1)
+    rmda = RMDA(groups(p_rmda, args.lam, args.dim), lr=0.1, momentum=0.1)
     # default implementation="auto": compiled kernels on CPU for this size (compiled during warm-up)
-    ramda = RAMDA(groups(p_ramda, args.lam), lr=1e-2, momentum=1e-2)
-    eager = RAMDA(groups(p_eager, args.lam), lr=1e-2, momentum=1e-2, implementation="fast")
+    ramda = RAMDA(groups(p_ramda, args.lam, args.dim), lr=1e-2, momentum=1e-2)
+    eager = RAMDA(groups(p_eager, args.lam, args.dim), lr=1e-2, momentum=1e-2, implementation="fast")
     if state == "mid":
         set_mid_state(rmda, p_rmda, mus, sigmas, args.t0)
         set_mid_state(ramda, p_ramda, mus, sigmas, args.t0)
@@ -152,9 +157,9 @@ def run(state: str, args, device) -> None:
         [None, None, recorder(ramda, "ramda"), recorder(eager, "eager")],
     )
     med = statistics.median
-    n_groups = sum(p.shape[1] for p in p_ramda if p.ndim >= 2)
-    diff = max(float((a - b).abs().max()) for a, b in zip(p_ramda, p_eager))
-    scale = max(float(b.abs().max()) for b in p_eager)
+    n_groups = sum(p.shape[1 if args.dim == "in" else 0] for p in p_ramda if p.ndim >= 2)
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(p_ramda, p_eager))
+    scale = max(float(b.detach().abs().max()) for b in p_eager)
 
     def row(name, t, key=None):
         it, sc = ("-", "-") if key is None else stats[key]
@@ -172,7 +177,8 @@ def run(state: str, args, device) -> None:
     t0 = f" t0={args.t0}" if state == "mid" else ""
     print(
         f"\nstate={state}{t0} device={device} threads={torch.get_num_threads()} params={n / 1e6:.2f}M "
-        f"timed steps={args.steps} (interleaved; medians of times and of paired ratios) lam={args.lam:g}"
+        f"timed steps={args.steps} (interleaved; medians of times and of paired ratios) lam={args.lam:g} "
+        f"dim={args.dim}"
     )
     print(f"| {'optimizer':<26} | {'step ms':>9} | {'/ Adam':>7} | {'inner it':>8} | {'screened':>10} |")
     print(f"|{'-' * 28}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 12}|")
@@ -189,6 +195,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     ap.add_argument("--lam", type=float, default=2e-4)
     ap.add_argument("--t0", type=int, default=1000)
+    ap.add_argument("--dim", choices=["in", "out"], default="in", help="GroupLasso grouping")
     ap.add_argument("--state", choices=["fresh", "mid", "both"], default="both")
     args = ap.parse_args()
     if args.threads:

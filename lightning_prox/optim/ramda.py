@@ -281,7 +281,8 @@ class RAMDA(RMDA):
     Symbols and code: η = ``group["lr"]``, c = ``group["momentum"]`` (weight of the new point), ε =
     ``group["eps"]``, λ = ``group["lam"]``; per parameter ``state["step"]`` = t, ``state["alpha"]`` =
     α_t, ``state["initial_point"]`` = W_0, ``state["grad_sum"]`` = V_t, ``state["grad_sq_sum"]`` = U_t,
-    ``state["prox_point"]`` = Ŵ_t.
+    ``state["prox_point"]`` = Ŵ_t; the compiled group-lasso path also keeps ``state["prox_point_norms"]``,
+    the group norms ‖Ŵ_{t,g}‖ that warm-start the next solve (empty otherwise).
 
     **The last proximal solution Ŵ_t** (``state["prox_point"]``, :meth:`prox_points`) carries the exact
     structure at every step; W_t reaches it once c = 1 (digest 003 §6). Solver statistics of the last
