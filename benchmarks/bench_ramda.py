@@ -184,7 +184,9 @@ def run(state: str, args, device) -> None:
     print(f"|{'-' * 28}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 12}|")
     for name, t, r, it, sc in rows:
         print(f"| {name:<26} | {t * 1e3:>9.1f} | {r:>7.2f} | {it:>8} | {sc:>10} |")
-    print(f"compiled vs eager RAMDA parameters after {args.warmup + args.steps} steps: max |diff| {diff:.2e} (max |W| {scale:.2f})")
+    print(
+        f"compiled vs eager RAMDA parameters after {args.warmup + args.steps} steps: max |diff| {diff:.2e} (max |W| {scale:.2f})"
+    )
 
 
 def main() -> None:
