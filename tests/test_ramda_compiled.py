@@ -174,6 +174,17 @@ def test_auto_compiles_large_buckets_only(monkeypatch):
     assert all(opt.state[p]["prox_point_norms"].numel() == 0 for p in params)
 
 
+def test_compiling_does_not_touch_the_global_rng(monkeypatch):
+    """The first compiled step (probe compiles included) leaves torch's random stream where it was."""
+    monkeypatch.setattr(rc, "_ready", set())  # force the probes to run again
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 24).view(4, 6))
+    opt = RAMDA([w], regularizer=GroupLasso(0.01, dim="in"), implementation="compiled")
+    w.grad = torch.linspace(-0.5, 0.5, 24).view(4, 6)
+    state = torch.get_rng_state()
+    opt.step()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_compiled_path_rejects_ungroupable_tensors_before_any_change():
     w = torch.nn.Parameter(torch.randn(5))
     opt = RAMDA([w], regularizer=GroupLasso(0.1, dim="in"), implementation="compiled")
