@@ -27,9 +27,9 @@ __all__ = ["RAMDA", "ramda"]
 
 Implementation = Literal["auto", "fast", "compiled"]
 _IMPLEMENTATIONS = ("auto", "fast", "compiled")
-#: ``implementation="auto"`` compiles a bucket (tensors of one param group sharing device, dtype and
-#: counters) on CPU from this many elements on: there the compiled step is 3-5x faster than eager
-#: (docs/rmda_ramda.md), while small models would only pay the seconds of compiling.
+#: ``implementation="auto"`` compiles the step on CPU when the parameters stepped hold this many values
+#: in all (the functional :func:`ramda` applies it per bucket): there the compiled step is 2-3x faster
+#: than eager (docs/rmda_ramda.md), while small models would only pay the seconds of compiling.
 AUTO_COMPILE_NUMEL = 1 << 20
 
 
@@ -308,8 +308,8 @@ class RAMDA(RMDA):
         check_finite: raise ``ValueError`` before updating anything when a gradient holds NaN/inf.
         foreach: multi-tensor implementation (``False``: the reference for-loop, one solver call per
             tensor; ``implementation`` then does not apply).
-        implementation: ``"auto"`` (default: ``"compiled"`` for a CPU bucket of at least
-            ``AUTO_COMPILE_NUMEL`` = 2^20 elements, ``"fast"`` otherwise), ``"fast"`` (eager
+        implementation: ``"auto"`` (default: ``"compiled"`` when the CPU parameters stepped hold at
+            least ``AUTO_COMPILE_NUMEL`` = 2^20 values in all, ``"fast"`` otherwise), ``"fast"`` (eager
             multi-tensor ops and the regularizer's ``prox_multi``) or ``"compiled"`` (the step as
             ``torch.compile``\ d passes per tensor on CPU: one for no regularizer and ``L1``, a prep pass,
             one per Newton iteration and a final pass for ``GroupLasso(solver="newton")``; the first
@@ -403,6 +403,10 @@ class RAMDA(RMDA):
         if self.check_finite:
             check_finite_grads([g for _, grads, _ in gathered for g in grads], optimizer=self)
         self.solver_info = []
+        impl = self.implementation
+        if impl == "auto":  # decided for the whole model: once compiled, small groups gain too
+            cpu = [p for params, _, _ in gathered for p in params if p.device.type == "cpu"]
+            impl = "compiled" if sum(p.numel() for p in cpu) >= AUTO_COMPILE_NUMEL else "fast"
         for group, (params, grads, states) in zip(self.param_groups, gathered):
             reg = group_regularizer(group)
             for (_, _, step, alpha), idx in _bucket_by_counters(params, states).items():
@@ -425,7 +429,7 @@ class RAMDA(RMDA):
                     inner_rtol=group["inner_rtol"],
                     foreach=group["foreach"],
                     info=info,
-                    implementation=self.implementation,
+                    implementation=impl,
                     scratch=self._scratch,
                     prox_point_norms=[
                         st.setdefault("prox_point_norms", params[i].new_empty(0)) for i, st in zip(idx, sts)
