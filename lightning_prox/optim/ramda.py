@@ -311,10 +311,11 @@ class RAMDA(RMDA):
         implementation: ``"auto"`` (default: ``"compiled"`` when the CPU parameters stepped hold at
             least ``AUTO_COMPILE_NUMEL`` = 2^20 values in all, ``"fast"`` otherwise), ``"fast"`` (eager
             multi-tensor ops and the regularizer's ``prox_multi``) or ``"compiled"`` (the step as
-            ``torch.compile``\ d passes per tensor on CPU: one for no regularizer and ``L1``, a prep pass,
-            one per Newton iteration and a final pass for ``GroupLasso(solver="newton")``; the first
-            step compiles for tens of seconds, once per process; anything else, or a failed compile,
-            runs ``"fast"``). Both agree to rounding (1e-6 relative in the tests).
+            ``torch.compile``\ d passes per tensor on CPU: one for no regularizer and ``L1``; for
+            ``GroupLasso(solver="newton")`` a prep pass, a first pass (screening, bracket, first Newton
+            sums), one per further Newton iteration and a final pass; the first step compiles for tens
+            of seconds, once per process; anything else, or a failed compile, runs ``"fast"``). Both
+            agree to rounding (within 1e-6 of the weights' scale in the tests) with the same zeros.
 
     Example:
         >>> import torch
@@ -364,7 +365,7 @@ class RAMDA(RMDA):
         torch.optim.Optimizer.__init__(self, params, defaults)
         self.check_finite = check_finite
         self.implementation = implementation
-        self._scratch = _fused.Scratch()  # the compiled path's P buffers, reused across steps
+        self._scratch = _fused.Scratch()  # the compiled path's P and P⊙z buffers, reused across steps
         #: Solver statistics of the last :meth:`step`, one dict per solver call (``inner_iters``,
         #: ``screened`` as written by ``Regularizer.prox_multi``); empty without an iterative solver.
         self.solver_info: list[dict[str, Any]] = []
