@@ -268,6 +268,9 @@ def ramda_compiled_(
             if n:
                 flat = [_alias(t, (n,)) for t in (p, g, w0, v, u, x)]
                 _run("elementwise", (*flat, sc), n >= 2)
+        if info is not None and lam > 0:  # what the eager prox_multi reports: a closed form
+            info["inner_iters"] = int(info.get("inner_iters", 0))
+            info["screened"] = int(info.get("screened", 0))
         return True
     assert isinstance(regularizer, GroupLasso)
     for p in params:
