@@ -205,8 +205,9 @@ def _alias(t: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def supports(reg: Regularizer | None, params: list[Tensor]) -> bool:
-    """True when :func:`ramda_compiled_` covers this bucket (CPU, float32/64, contiguous, and no
-    regularizer, an exact ``L1`` or ``GroupLasso(solver="newton")``)."""
+    """True when :func:`ramda_compiled_` covers this bucket's regularizer and tensors: no regularizer, an
+    exact ``L1`` or ``GroupLasso(solver="newton")``, on CPU float32/float64 tensors, with compiling not
+    known to fail (:func:`ramda_compiled_` also needs them contiguous)."""
     kind = _kind(reg)
     return (
         kind is not None
