@@ -32,7 +32,6 @@ in the kernel's view run the same Python kernels eagerly (dynamo would specializ
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import numpy as np
@@ -198,12 +197,6 @@ def _run(name: str, args: tuple[Any, ...], regular: bool) -> Any:
     return (_compiled(name) if regular else _KERNELS[name])(*args)
 
 
-def _alias(t: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """A contiguous alias of ``t``'s storage with ``shape`` that is not a view (see ``_fused._flat``)."""
-    strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
-    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), shape, strides)
-
-
 def supports(reg: Regularizer | None, params: list[Tensor]) -> bool:
     """True when :func:`ramda_compiled_` covers this bucket's regularizer and tensors: no regularizer, an
     exact ``L1`` or ``GroupLasso(solver="newton")``, on CPU float32/float64 tensors, with compiling not
@@ -267,7 +260,7 @@ def ramda_compiled_(
         for p, g, w0, v, u, x in zip(params, grads, initial_points, grad_sums, grad_sq_sums, prox_points):
             n = p.numel()
             if n:
-                flat = [_alias(t, (n,)) for t in (p, g, w0, v, u, x)]
+                flat = [_fused.alias(t, (n,)) for t in (p, g, w0, v, u, x)]
                 _run("elementwise", (*flat, sc), n >= 2)
         if info is not None and lam > 0:  # what the eager prox_multi reports: a closed form
             info["inner_iters"] = int(info.get("inner_iters", 0))
@@ -331,12 +324,12 @@ def _group_step(
     n = p.numel()
     axis, shape, n_groups = _layout(p, reg.dim)
     regular = min(shape) >= 2
-    x2, pb2, pz2 = (_alias(t, shape) for t in (x, *tensors[6:]))
+    x2, pb2, pz2 = (_fused.alias(t, shape) for t in (x, *tensors[6:]))
     if norms.numel() != n_groups:  # no cached ‖Ŵ_g‖ (first step, or a state from the eager path)
         dims = (0, 2) if axis == 2 else axis
         norms.resize_(n_groups).copy_(torch.linalg.vector_norm(x2, dim=dims))
     x0n = norms.double().numpy()
-    _run("prep", (*(_alias(t, (n,)) for t in (*tensors[1:5], *tensors[6:])), sc_prep), n >= 2)
+    _run("prep", (*(_fused.alias(t, (n,)) for t in (*tensors[1:5], *tensors[6:])), sc_prep), n >= 2)
     thr = np.full(n_groups, float(cap(tau * group_weight(n // n_groups, reg.weighting), p)))
     tiny = float(np.finfo(np.float64).tiny)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -382,7 +375,7 @@ def _group_step(
     c_t = torch.from_numpy(cv).to(p.dtype)
     if axis == 2:  # the pointwise final pass runs fastest as [out, in·k] with one c per column
         shape, c_t, axis = (shape[0], shape[1] * shape[2]), c_t.repeat_interleave(shape[2]), 0
-    f_args = (*(_alias(t, shape) for t in (p, x, *tensors[6:])), c_t, sc_final, axis)
+    f_args = (*(_fused.alias(t, shape) for t in (p, x, *tensors[6:])), c_t, sc_final, axis)
     _run("final", f_args, regular)
     with np.errstate(divide="ignore"):
         norms.copy_(torch.from_numpy(np.where(alive, thr / cv, 0.0)))  # ‖Ŵ_g‖ = τw/c: the next warm start

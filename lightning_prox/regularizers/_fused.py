@@ -25,6 +25,7 @@ the fast paths with the for-loop reference within 1e-6.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Any
 
@@ -221,10 +222,16 @@ def _run_compiled(name: str, calls: list[tuple[Any, ...]]) -> bool:
     return True
 
 
+def alias(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A contiguous alias of contiguous ``t``'s storage with ``shape`` that is not a view: dynamo guards on
+    a view's base (its rank and strides), which would recompile a kernel for every new base layout."""
+    strides = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), shape, strides)
+
+
 def _flat(t: Tensor) -> Tensor:
-    """A 1-D alias of contiguous ``t`` that is not a view: dynamo guards on a view's base (its rank
-    and strides), which would recompile the kernel for every new base layout."""
-    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+    """A 1-D :func:`alias` of contiguous ``t``."""
+    return alias(t, (t.numel(),))
 
 
 def compiled_adam_l1_(
