@@ -1,0 +1,126 @@
+"""Build and load the library's C++ CPU kernels (``*.cpp`` next to this file) with the system compiler.
+
+A kernel source is plain C++ with a C ABI (no torch headers): it compiles in a couple of seconds with
+the compiler that ``torch.compile``'s CPU backend needs anyway, and is called through :mod:`ctypes`
+with the data pointers of contiguous tensors (ctypes releases the GIL during the call). Builds are
+cached on disk by a hash of the source, the compiler and its flags (``$LIGHTNING_PROX_CACHE_DIR``, else
+``$XDG_CACHE_HOME/lightning_prox`` or ``~/.cache/lightning_prox``), so a process pays for a build once
+per machine; concurrent builds (DDP ranks) each write a private file and rename it into place.
+
+The instruction set follows torch's own CPU dispatch (``torch.backends.cpu.get_cpu_capability()``), so
+a cache shared by machines of different CPUs keeps one library per instruction set. OpenMP is used when
+the compiler has it. When no compiler works, :func:`load` returns ``None`` after one warning and the
+callers run their eager paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["load"]
+
+_BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-trapping-math", "-fno-math-errno")
+# -fno-trapping-math lets the compiler if-convert (and so vectorize) selects around floating-point ops;
+# results are IEEE as without it (no -ffast-math: inf and NaN keep their meaning, no reassociation)
+_ISA_FLAGS = {
+    "AVX2": ("-mavx2", "-mfma"),
+    "AVX512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"),
+}
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return cxx
+    for name in ("g++", "c++", "clang++"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LIGHTNING_PROX_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "lightning_prox"
+
+
+def _uid() -> int:
+    return getattr(os, "getuid", lambda: 0)()
+
+
+def _isa_flags() -> tuple[str, ...]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ()
+    return _ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())
+
+
+def _build(cxx: str, src: Path, flags: tuple[str, ...], out_dir: Path) -> Path:
+    """Compile ``src`` into ``out_dir`` (cached by source, compiler and flags); raises on failure."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(
+        b"\0".join(x.encode() for x in (src.read_text(), cxx, version, " ".join(flags), platform.machine()))
+    ).hexdigest()[:20]
+    target = out_dir / f"{src.stem}-{key}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        res = subprocess.run([cxx, *flags, str(src), "-o", tmp], capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cxx} exited with {res.returncode}: {res.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def load(source: str) -> ctypes.CDLL | None:
+    """The compiled library of the C++ file ``source`` (next to this module), or ``None`` (with one
+    warning) when it cannot be built or loaded here. Cached per process.
+
+    Example:
+        >>> lib = load("_ramda_kernels.cpp")  # builds once per machine (about 3 s), then loads from cache
+        >>> lib is None or hasattr(lib, "lp_ramda_cbrt_f32")
+        True
+    """
+    src = Path(__file__).with_name(source)
+    cxx = _compiler()
+    if cxx is None:
+        warnings.warn(
+            f"no C++ compiler found (set CXX) for {source}; using the eager path",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    flags = (*_BASE_FLAGS, *_isa_flags())
+    errors = []
+    for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang) the passes run on one thread
+        for out_dir in (_cache_dir() / "native", Path(tempfile.gettempdir()) / f"lightning_prox-{_uid()}"):
+            try:
+                return ctypes.CDLL(str(_build(cxx, src, (*flags, *extra), out_dir)))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                errors.append(repr(err))
+    warnings.warn(
+        f"building {source} failed ({'; '.join(errors)[-3000:]}); using the eager path",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return None

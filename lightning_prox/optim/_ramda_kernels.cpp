@@ -1,0 +1,355 @@
+// RAMDA's CPU step as a few memory passes per tensor (lightning_prox.optim._ramda_compiled drives them).
+//
+// Built at first use by lightning_prox._native with the system C++ compiler (as torch.compile's CPU
+// backend is) and loaded with ctypes: plain C ABI, raw pointers to contiguous tensors, no torch headers
+// (a build takes about a second). Every function exists for float (_f32) and double (_f64).
+//
+// Per element, with s = η√t, ε, c_m (momentum weight) and τ = α·λ:
+//   V += s·g;  U += s·g²;  P = ∛U + ε;  z = W0 − V/P
+//   elementwise (no regularizer / L1):  Ŵ = z − clamp(z, −τ/P, τ/P);  W ← lerp(W, Ŵ, c_m)
+//   group lasso: Ŵ = P⊙z/(P + c_g) with the root c_g of c‖P⊙z/(P + c)‖ = τ·w_g found by the caller;
+//     group_prep_first  stores P and P⊙z and returns per group Σq², Σq²/(P + c) (q = P⊙z/(P + c), at the
+//                       caller's warm start c), ‖P⊙z‖², max P and min P;
+//     group_secular     returns Σq², Σq²/(P + c) at new c;
+//     group_final       writes Ŵ and W ← lerp(W, Ŵ, c_m).
+//
+// Layouts of a tensor viewed as [R, N] (row-major): "cols" (dim="in": a group per input channel, the
+// columns j with j / K = g, K the kernel size) and "rows" (dim="out": a group per row). The loops walk
+// memory contiguously in both and GCC/Clang vectorize them (-O3, -fno-trapping-math lets the selects be
+// if-converted). Sums run in T over at most kBlock terms per accumulator and are added up in double, so a
+// float32 group of a million elements sums as accurately as a short one. The row split over OpenMP
+// threads is fixed by the thread count: a given thread count gives the same bits every run.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+constexpr int64_t kBlock = 64;     // rows summed in T before a flush into double ("cols")
+constexpr int64_t kChunk = 256;    // lanes of a row's partial sums ("rows")
+constexpr int64_t kSerial = 1 << 16;  // below this many elements one thread runs the pass
+
+template <typename T> struct Cbrt;
+template <> struct Cbrt<float> {
+  using I = int32_t;
+  static constexpr float up = 16777216.0f, down = 0.00390625f;  // 2^24, 2^-8
+  static constexpr float magic = 1419967118.0f;                 // round(4/3·2^23·(127 − 0.0450465))
+  static constexpr float tiny = 1.17549435082228750797e-38f;
+};
+template <> struct Cbrt<double> {
+  using I = int64_t;
+  static constexpr double up = 18014398509481984.0, down = 3.814697265625e-06;  // 2^54, 2^-18
+  static constexpr double magic = 6142639396532537344.0;  // round(4/3·2^52·(1023 − 0.0450465))
+  static constexpr double tiny = 2.2250738585072013831e-308;
+};
+
+// ∛u for u ≥ 0 = u·r² with r ≈ u^{-1/3}: a first guess from the bit pattern (r's bits ≈ K − bits(u)/3,
+// in floating point: SIMD has no integer division), Newton r ← r(4 − u r³)/3 (no division), then one
+// Newton correction of y itself. ≤ 1 ulp in float32; subnormals are scaled into the normal range; 0 → 0.
+template <typename T> inline T cbrt_(T u) {
+  using C = Cbrt<T>;
+  using I = typename C::I;
+  const bool small = u < C::tiny;
+  T us = small ? u * C::up : u;
+  us = std::max(us, C::tiny);
+  I bits;
+  std::memcpy(&bits, &us, sizeof(T));
+  const I guess = static_cast<I>(C::magic - static_cast<T>(bits) * (T(1) / T(3)));
+  T r;
+  std::memcpy(&r, &guess, sizeof(T));
+  r = r * (T(4) - us * (r * r * r)) * (T(1) / T(3));
+  r = r * (T(4) - us * (r * r * r)) * (T(1) / T(3));
+  if constexpr (sizeof(T) == 8) r = r * (T(4) - us * (r * r * r)) * (T(1) / T(3));
+  T y = us * r * r;
+  y = y + (us - y * y * y) * (r * r) * (T(1) / T(3));
+  y = small ? y * C::down : y;
+  return u > T(0) ? y : T(0);
+}
+
+// torch.lerp's formula (weight < 0.5: a + w(b − a), else b − (b − a)(1 − w)): the eager step's rounding
+template <typename T> inline T lerp_(T a, T b, T w) {
+  return w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
+}
+
+inline int threads_for(int64_t n, int nthreads) { return n < kSerial ? 1 : std::max(nthreads, 1); }
+
+// -- row kernels: one contiguous run of n elements; restrict pointers so that they vectorize ----------
+// prep + first sums. ScalarC: one c for the whole run (rows layout), else c[j] per column.
+template <typename T, bool ScalarC>
+inline void prep_first_row(int64_t n, const T* __restrict g, const T* __restrict w0, T* __restrict v,
+                           T* __restrict u, T* __restrict p_out, T* __restrict pz_out, T s, T eps,
+                           const T* __restrict c, T* __restrict a2, T* __restrict a3, T* __restrict aq,
+                           T* __restrict mx, T* __restrict mn) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T gj = g[j];
+    const T vj = v[j] + s * gj;
+    const T uj = u[j] + s * gj * gj;
+    v[j] = vj;
+    u[j] = uj;
+    const T P = cbrt_(uj) + eps;
+    const T pz = P * (w0[j] - vj / P);
+    p_out[j] = P;
+    pz_out[j] = pz;
+    const T r = T(1) / (P + (ScalarC ? c[0] : c[j]));
+    const T q = pz * r;
+    const T q2 = q * q;
+    a2[j] += q2;
+    a3[j] += q2 * r;
+    aq[j] += pz * pz;
+    mx[j] = std::max(mx[j], P);
+    mn[j] = std::min(mn[j], P);
+  }
+}
+
+template <typename T, bool ScalarC>
+inline void secular_row(int64_t n, const T* __restrict P, const T* __restrict pz, const T* __restrict c,
+                        T* __restrict a2, T* __restrict a3) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T r = T(1) / (P[j] + (ScalarC ? c[0] : c[j]));
+    const T q = pz[j] * r;
+    const T q2 = q * q;
+    a2[j] += q2;
+    a3[j] += q2 * r;
+  }
+}
+
+template <typename T, bool ScalarC>
+inline void final_row(int64_t n, const T* __restrict P, const T* __restrict pz, const T* __restrict c,
+                      T* __restrict w, T* __restrict x, T cm) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T xn = pz[j] / (P[j] + (ScalarC ? c[0] : c[j]));  // c = inf (screened): exactly 0
+    x[j] = xn;
+    w[j] = lerp_(w[j], xn, cm);
+  }
+}
+
+template <typename T>
+inline void elementwise_row(int64_t n, T* __restrict w, const T* __restrict g, const T* __restrict w0,
+                            T* __restrict v, T* __restrict u, T* __restrict x, T s, T eps, T cm, T tau) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T gj = g[j];
+    const T vj = v[j] + s * gj;
+    const T uj = u[j] + s * gj * gj;
+    v[j] = vj;
+    u[j] = uj;
+    const T P = cbrt_(uj) + eps;
+    const T z = w0[j] - vj / P;
+    const T t = tau / P;
+    const T xn = z - std::min(std::max(z, -t), t);  // soft thresholding as prox_l1: |z| ≤ t → +0
+    x[j] = xn;
+    w[j] = lerp_(w[j], xn, cm);
+  }
+}
+
+// Per-group results: nacc double sums and (with minmax) max/min P.
+struct Out {
+  double* s2;
+  double* s3;
+  double* sq;  // null: not wanted
+  double* mx;  // null: not wanted
+  double* mn;
+};
+
+// One pass over [R, N] in the "cols" layout. row(r, a2, a3, aq, mx, mn) adds row r into the T
+// accumulators (length N); groups g = j / K.
+template <typename T, typename Row>
+void cols_pass(int64_t R, int64_t N, int64_t K, int nthreads, const Out& out, Row row) {
+  const int nt = threads_for(R * N, nthreads);
+  const int nacc = out.sq ? 3 : 2;
+  const bool minmax = out.mx != nullptr;
+  std::vector<double> tot(static_cast<size_t>(nt) * nacc * N, 0.0);
+  std::vector<T> ext(minmax ? static_cast<size_t>(nt) * 2 * N : 0);
+#pragma omp parallel num_threads(nt)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    const int64_t r_lo = R * tid / nt, r_hi = R * (tid + 1) / nt;
+    std::vector<T> acc(static_cast<size_t>(3) * N);
+    T* a2 = acc.data();
+    T* a3 = a2 + N;
+    T* aq = a3 + N;
+    T* mx = minmax ? ext.data() + static_cast<size_t>(tid) * 2 * N : nullptr;
+    T* mn = minmax ? mx + N : nullptr;
+    if (minmax) {
+      std::fill(mx, mx + N, -INFINITY);
+      std::fill(mn, mn + N, INFINITY);
+    }
+    double* t = tot.data() + static_cast<size_t>(tid) * nacc * N;
+    for (int64_t b = r_lo; b < r_hi; b += kBlock) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t r = b; r < std::min(b + kBlock, r_hi); ++r) row(r, a2, a3, aq, mx, mn);
+      for (int k = 0; k < nacc; ++k)
+        for (int64_t j = 0; j < N; ++j) t[k * N + j] += static_cast<double>(acc[k * N + j]);
+    }
+  }
+  const int64_t G = N / K;
+  double* dst[3] = {out.s2, out.s3, out.sq};
+  for (int k = 0; k < nacc; ++k)
+    for (int64_t grp = 0; grp < G; ++grp) {
+      double sum = 0.0;
+      for (int th = 0; th < nt; ++th)  // threads in order: the same bits for the same thread count
+        for (int64_t j = grp * K; j < (grp + 1) * K; ++j) sum += tot[(static_cast<size_t>(th) * nacc + k) * N + j];
+      dst[k][grp] = sum;
+    }
+  if (minmax)
+    for (int64_t grp = 0; grp < G; ++grp) {
+      T hi = -INFINITY, lo = INFINITY;
+      for (int th = 0; th < nt; ++th)
+        for (int64_t j = grp * K; j < (grp + 1) * K; ++j) {
+          hi = std::max(hi, ext[static_cast<size_t>(th) * 2 * N + j]);
+          lo = std::min(lo, ext[static_cast<size_t>(th) * 2 * N + N + j]);
+        }
+      out.mx[grp] = hi;
+      out.mn[grp] = lo;
+    }
+}
+
+// One pass over [R, N] in the "rows" layout: group r = row r. seg(r, j0, n, a2, a3, aq, mx, mn) adds
+// elements j0..j0+n of row r into the accumulators (length ≥ n, lane j − j0).
+template <typename T, typename Seg>
+void rows_pass(int64_t R, int64_t N, int nthreads, const Out& out, Seg seg) {
+  const int nt = threads_for(R * N, nthreads);
+  const int nacc = out.sq ? 3 : 2;
+  const bool minmax = out.mx != nullptr;
+  const int64_t L = std::min(kChunk, N);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> acc(static_cast<size_t>(5) * L);
+    T* a2 = acc.data();
+    T* a3 = a2 + L;
+    T* aq = a3 + L;
+    T* mx = aq + L;
+    T* mn = mx + L;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+      std::fill(a2, a2 + 3 * L, T(0));
+      std::fill(mx, mx + L, -INFINITY);
+      std::fill(mn, mn + L, INFINITY);
+      // lanes of L partial sums hold ⌈N/L⌉ terms each (kChunk = 256: ≤ 64 terms for rows up to 16384)
+      for (int64_t j0 = 0; j0 < N; j0 += L) seg(r, j0, std::min(L, N - j0), a2, a3, aq, mx, mn);
+      double sums[3] = {0.0, 0.0, 0.0};
+      for (int k = 0; k < nacc; ++k)
+        for (int64_t l = 0; l < L; ++l) sums[k] += static_cast<double>(a2[k * L + l]);
+      out.s2[r] = sums[0];
+      out.s3[r] = sums[1];
+      if (out.sq) out.sq[r] = sums[2];
+      if (minmax) {
+        out.mx[r] = *std::max_element(mx, mx + L);
+        out.mn[r] = *std::min_element(mn, mn + L);
+      }
+    }
+  }
+}
+
+// c per group (double, from the caller's root search) → T per column ("cols") or per row ("rows")
+template <typename T> std::vector<T> per_column(const double* c, int64_t N, int64_t K) {
+  std::vector<T> cc(N);
+  for (int64_t j = 0; j < N; ++j) cc[j] = static_cast<T>(c[j / K]);
+  return cc;
+}
+
+template <typename T>
+void group_prep_first(int rows, int64_t R, int64_t N, int64_t K, const T* g, const T* w0, T* v, T* u, T* P,
+                      T* pz, double s_, double eps_, const double* c, const Out& out, int nthreads) {
+  const T s = static_cast<T>(s_), eps = static_cast<T>(eps_);
+  if (rows) {
+    rows_pass<T>(R, N, nthreads, out, [&](int64_t r, int64_t j0, int64_t n, T* a2, T* a3, T* aq, T* mx, T* mn) {
+      const int64_t o = r * N + j0;
+      const T cr = static_cast<T>(c[r]);
+      prep_first_row<T, true>(n, g + o, w0 + o, v + o, u + o, P + o, pz + o, s, eps, &cr, a2, a3, aq, mx, mn);
+    });
+    return;
+  }
+  const std::vector<T> cc = per_column<T>(c, N, K);
+  cols_pass<T>(R, N, K, nthreads, out, [&](int64_t r, T* a2, T* a3, T* aq, T* mx, T* mn) {
+    const int64_t o = r * N;
+    prep_first_row<T, false>(N, g + o, w0 + o, v + o, u + o, P + o, pz + o, s, eps, cc.data(), a2, a3, aq, mx, mn);
+  });
+}
+
+template <typename T>
+void group_secular(int rows, int64_t R, int64_t N, int64_t K, const T* P, const T* pz, const double* c,
+                   const Out& out, int nthreads) {
+  if (rows) {
+    rows_pass<T>(R, N, nthreads, out, [&](int64_t r, int64_t j0, int64_t n, T* a2, T* a3, T*, T*, T*) {
+      const int64_t o = r * N + j0;
+      const T cr = static_cast<T>(c[r]);
+      secular_row<T, true>(n, P + o, pz + o, &cr, a2, a3);
+    });
+    return;
+  }
+  const std::vector<T> cc = per_column<T>(c, N, K);
+  cols_pass<T>(R, N, K, nthreads, out, [&](int64_t r, T* a2, T* a3, T*, T*, T*) {
+    secular_row<T, false>(N, P + r * N, pz + r * N, cc.data(), a2, a3);
+  });
+}
+
+template <typename T>
+void group_final(int rows, int64_t R, int64_t N, int64_t K, const T* P, const T* pz, const double* c, T* w,
+                 T* x, double cm_, int nthreads) {
+  const T cm = static_cast<T>(cm_);
+  const int nt = threads_for(R * N, nthreads);
+  const std::vector<T> cc = rows ? std::vector<T>() : per_column<T>(c, N, K);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t o = r * N;
+    if (rows) {
+      const T cr = static_cast<T>(c[r]);
+      final_row<T, true>(N, P + o, pz + o, &cr, w + o, x + o, cm);
+    } else {
+      final_row<T, false>(N, P + o, pz + o, cc.data(), w + o, x + o, cm);
+    }
+  }
+}
+
+template <typename T>
+void elementwise(int64_t n, T* w, const T* g, const T* w0, T* v, T* u, T* x, double s, double eps, double cm,
+                 double tau, int nthreads) {
+  const int nt = threads_for(n, nthreads);
+  const int64_t step = 1 << 14;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t a = 0; a < n; a += step) {
+    const int64_t m = std::min(step, n - a);
+    elementwise_row<T>(m, w + a, g + a, w0 + a, v + a, u + a, x + a, static_cast<T>(s), static_cast<T>(eps),
+                       static_cast<T>(cm), static_cast<T>(tau));
+  }
+}
+
+template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
+  for (int64_t j = 0; j < n; ++j) y[j] = cbrt_(u[j]);
+}
+
+}  // namespace
+
+#define LP_EXPORT(T, SUF)                                                                                    \
+  extern "C" void lp_ramda_elementwise_##SUF(int64_t n, T* w, const T* g, const T* w0, T* v, T* u, T* x,     \
+                                             double s, double eps, double cm, double tau, int nthreads) {   \
+    elementwise<T>(n, w, g, w0, v, u, x, s, eps, cm, tau, nthreads);                                         \
+  }                                                                                                          \
+  extern "C" void lp_ramda_group_prep_first_##SUF(int rows, int64_t R, int64_t N, int64_t K, const T* g,     \
+                                                  const T* w0, T* v, T* u, T* P, T* pz, double s,           \
+                                                  double eps, const double* c, double* s2, double* s3,      \
+                                                  double* sq, double* mx, double* mn, int nthreads) {       \
+    group_prep_first<T>(rows, R, N, K, g, w0, v, u, P, pz, s, eps, c, Out{s2, s3, sq, mx, mn}, nthreads);    \
+  }                                                                                                          \
+  extern "C" void lp_ramda_group_secular_##SUF(int rows, int64_t R, int64_t N, int64_t K, const T* P,        \
+                                               const T* pz, const double* c, double* s2, double* s3,        \
+                                               int nthreads) {                                              \
+    group_secular<T>(rows, R, N, K, P, pz, c, Out{s2, s3, nullptr, nullptr, nullptr}, nthreads);             \
+  }                                                                                                          \
+  extern "C" void lp_ramda_group_final_##SUF(int rows, int64_t R, int64_t N, int64_t K, const T* P,          \
+                                             const T* pz, const double* c, T* w, T* x, double cm,           \
+                                             int nthreads) {                                                \
+    group_final<T>(rows, R, N, K, P, pz, c, w, x, cm, nthreads);                                             \
+  }                                                                                                          \
+  extern "C" void lp_ramda_cbrt_##SUF(int64_t n, const T* u, T* y) { cbrt_array<T>(n, u, y); }
+
+LP_EXPORT(float, f32)
+LP_EXPORT(double, f64)
