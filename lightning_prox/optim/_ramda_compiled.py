@@ -165,38 +165,26 @@ def ramda_compiled_(
     assert isinstance(regularizer, GroupLasso)
     for p in params:
         check_groupable(p, regularizer.dim)  # the eager solver's error, before anything changes
-    tau = alpha * regularizer.lam
-    iters, screened = 0, 0
     pbufs = scratch.views(params)  # P of every tensor, in one reused flat buffer
     pzbufs = scratch.views(params, slot=1)  # P⊙z
     norms = prox_point_norms if prox_point_norms is not None else [p.new_empty(0) for p in params]
-    for p, g, w0, v, u, x, pbuf, pzbuf, nrm in zip(
-        params, grads, initial_points, grad_sums, grad_sq_sums, prox_points, pbufs, pzbufs, norms
-    ):
-        if p.numel() == 0:
-            continue
-        j, n_scr = _group_step(
-            (p, g, w0, v, u, x, pbuf, pzbuf),
-            nrm,
-            regularizer,
-            tau,
-            s,
-            eps,
-            c,
-            max_inner_iters,
-            inner_rtol,
-            threads,
+    rows = zip(params, grads, initial_points, grad_sums, grad_sq_sums, prox_points, pbufs, pzbufs, norms)
+    rows = [r for r in rows if r[0].numel()]
+    iters, screened = (
+        _group_bucket(
+            rows, regularizer, alpha * regularizer.lam, s, eps, c, max_inner_iters, inner_rtol, threads
         )
-        iters, screened = max(iters, j), screened + n_scr
+        if rows
+        else (0, 0)
+    )
     if info is not None:
         info["inner_iters"] = max(int(info.get("inner_iters", 0)), iters)
         info["screened"] = int(info.get("screened", 0)) + screened
     return True
 
 
-def _group_step(
-    tensors: tuple[Tensor, ...],
-    norms: Tensor,
+def _group_bucket(
+    rows: list[tuple[Tensor, ...]],
     reg: GroupLasso,
     tau: float,
     s: float,
@@ -206,78 +194,100 @@ def _group_step(
     rtol: float,
     threads: int,
 ) -> tuple[int, int]:
-    """Prep, Newton and final passes of one tensor; returns (iterations, screened groups).
+    """Prep, Newton and final passes of every tensor of a bucket; returns (iterations, screened groups).
+
+    ``rows``: per tensor (W, g, W0, V, U, Ŵ, P buffer, P⊙z buffer, cached ‖Ŵ_g‖). The root search runs on
+    the groups of all tensors at once (one set of numpy operations per iteration, not one per tensor);
+    each tensor keeps its own iteration count and stop test, as the eager solver's per-tensor loop, and
+    a pass runs only over tensors still iterating.
 
     The prep pass returns the secular sums at the warm start c = τw/‖Ŵ_{t−1,g}‖ together with
     ‖P⊙z‖², max P and min P per group: screening, the root bracket and the first Newton step come out
     of it. A warm start outside its bracket (rare) is clamped and evaluated again, as the eager solver
     does, so both take the same iterations.
     """
-    p, g, w0, v, u, x, pbuf, pzbuf = tensors
-    dtype = p.dtype
-    rows, R, N, K, n_groups = _layout(p, reg.dim)
-    if norms.numel() != n_groups:  # no cached ‖Ŵ_g‖ (first step, or a state from the eager path)
-        xv = x.view(R, N) if rows else x.view(R, n_groups, K)
-        norms.resize_(n_groups).copy_(torch.linalg.vector_norm(xv, dim=1 if rows else (0, 2)))
-    x0n = norms.double().numpy()
-    thr = np.full(n_groups, float(cap(tau * group_weight(p.numel() // n_groups, reg.weighting), p)))
+    dtype = rows[0][0].dtype
+    layouts = [_layout(r[0], reg.dim) for r in rows]
+    sizes = np.array([lay[4] for lay in layouts])
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    starts = offs[:-1]
+    for (*_, x, _pb, _pz, nrm), (lay_rows, R, N, K, n_groups) in zip(rows, layouts):
+        if nrm.numel() != n_groups:  # no cached ‖Ŵ_g‖ (first step, or a state from the eager path)
+            xv = x.view(R, N) if lay_rows else x.view(R, n_groups, K)
+            nrm.resize_(n_groups).copy_(torch.linalg.vector_norm(xv, dim=1 if lay_rows else (0, 2)))
+    x0n = torch.cat([r[8].double() for r in rows]).numpy()
+    thr_t = [
+        float(cap(tau * group_weight(r[0].numel() // n, reg.weighting), r[0])) for r, n in zip(rows, sizes)
+    ]
+    thr = np.repeat(thr_t, sizes)
     tiny = float(np.finfo(np.float64).tiny)
+    tol = max(rtol, 16 * float(torch.finfo(dtype).eps))
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         warm = thr / np.maximum(x0n, tiny)  # a solution x0 has c = τw/‖x0‖
-    cv = np.ascontiguousarray(np.where(x0n > 0, warm, 1.0))
-    s2, s3, pz_sq, mx, mn = (np.empty(n_groups) for _ in range(5))
-    shape = (rows, R, N, K)
-    _kernel("group_prep_first", dtype)(
-        *shape,
-        *(t.data_ptr() for t in (g, w0, v, u, pbuf, pzbuf)),
-        s,
-        eps,
-        _ptr(cv),
-        *map(_ptr, (s2, s3, pz_sq, mx, mn)),
-        threads,
-    )
-    secular = _kernel("group_secular", dtype)
+    cv = np.where(x0n > 0, warm, 1.0)
+    s2, s3, pz_sq, mx, mn = (np.empty(offs[-1]) for _ in range(5))
+    prep = _kernel("group_prep_first", dtype)
+    for (_p, g, w0, v, u, _x, pbuf, pzbuf, _n), lay, o in zip(rows, layouts, starts):
+        ptrs = (t.data_ptr() for t in (g, w0, v, u, pbuf, pzbuf))
+        prep(*lay[:4], *ptrs, s, eps, *(_ptr(a, o) for a in (cv, s2, s3, pz_sq, mx, mn)), threads)
     norm = np.sqrt(pz_sq)
     alive = norm > thr  # zero iff ‖P⊙z‖ ≤ α·λ·w_g (ties → zero)
-    n_screened = int(n_groups - alive.sum())
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         gap = np.maximum(norm - thr, tiny)
         hi = np.where(alive, thr * mx / gap, 1.0)  # root bracket τw·[min P, max P]/(‖P⊙z‖ − τw)
         lo = np.maximum(np.where(alive, thr * mn / gap, 1.0), tiny)
-    tol = max(rtol, 16 * float(torch.finfo(dtype).eps))
-    j = 1  # the prep pass was the first evaluation
-    if not alive.any() or ((mn == mx) | ~alive).all():  # all zero, or closed form (uniform P)
-        cv, j = hi, 0
-    else:
-        start = np.where((x0n > 0) & alive, np.minimum(np.maximum(warm, lo), hi), np.sqrt(lo) * np.sqrt(hi))
-        done, prev = ~alive, np.full_like(cv, np.inf)
-        evaluate = bool(
-            ((start != cv) & alive).any()
-        )  # a warm start outside its bracket: start where eager does
-        if evaluate:
-            cv = np.ascontiguousarray(start)
-        while True:
-            if evaluate:
-                secular(*shape, pbuf.data_ptr(), pzbuf.data_ptr(), _ptr(cv), _ptr(s2), _ptr(s3), threads)
-            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # inf steps are rejected
-                cv, lo, hi, done, prev = _newton_update(
-                    _NP_OPS, cv, s2, s3, lo, hi, thr, done, prev, tol, tiny
-                )
-            cv = np.ascontiguousarray(cv)
-            if j >= max_iters or (j >= min(2, max_iters) and bool(done.all())):
-                break
-            j, evaluate = j + 1, True
-    cv = np.ascontiguousarray(np.where(alive, cv, np.inf))
-    _kernel("group_final", dtype)(
-        *shape, pbuf.data_ptr(), pzbuf.data_ptr(), _ptr(cv), p.data_ptr(), x.data_ptr(), momentum, threads
-    )
+    # per tensor: all groups zero or of uniform P → the closed form c = hi, no iteration
+    closed = np.logical_and.reduceat((mn == mx) | ~alive, starts)
+    start = np.where((x0n > 0) & alive, np.minimum(np.maximum(warm, lo), hi), np.sqrt(lo) * np.sqrt(hi))
+    # a warm start outside its bracket: that tensor starts where the eager solver does, evaluated again
+    evaluate = np.logical_or.reduceat((start != cv) & alive, starts) & ~closed
+    cv = np.where(np.repeat(evaluate, sizes), start, np.where(np.repeat(closed, sizes), hi, cv))
+    done, prev = ~alive, np.full_like(cv, np.inf)
+    j = np.where(closed, 0, 1)  # the prep pass was the first evaluation
+    active = ~closed
+    secular = _kernel("group_secular", dtype)
+    while active.any():
+        for i in np.flatnonzero(evaluate):
+            pb, pz = rows[i][6].data_ptr(), rows[i][7].data_ptr()
+            secular(
+                *layouts[i][:4],
+                pb,
+                pz,
+                _ptr(cv, starts[i]),
+                _ptr(s2, starts[i]),
+                _ptr(s3, starts[i]),
+                threads,
+            )
+        mask = np.repeat(active, sizes)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # inf steps are rejected
+            new = _newton_update(_NP_OPS, cv, s2, s3, lo, hi, thr, done, prev, tol, tiny)
+        cv, lo, hi, done, prev = (np.where(mask, a, b) for a, b in zip(new, (cv, lo, hi, done, prev)))
+        stop = (j >= max_iters) | ((j >= min(2, max_iters)) & np.logical_and.reduceat(done, starts))
+        active &= ~stop
+        j = np.where(active, j + 1, j)
+        evaluate = active
+    cv = np.where(alive, cv, np.inf)  # screened groups: Ŵ = P⊙z/(P + inf) = 0 exactly
+    final = _kernel("group_final", dtype)
     with np.errstate(divide="ignore"):
-        norms.copy_(torch.from_numpy(np.where(alive, thr / cv, 0.0)))  # ‖Ŵ_g‖ = τw/c: the next warm start
-    return j, n_screened
+        new_norms = torch.from_numpy(np.where(alive, thr / cv, 0.0))  # ‖Ŵ_g‖ = τw/c: the next warm start
+    for (p, _g, _w0, _v, _u, x, pbuf, pzbuf, nrm), lay, o, n in zip(rows, layouts, starts, sizes):
+        final(
+            *lay[:4],
+            pbuf.data_ptr(),
+            pzbuf.data_ptr(),
+            _ptr(cv, o),
+            p.data_ptr(),
+            x.data_ptr(),
+            momentum,
+            threads,
+        )
+        nrm.copy_(new_norms[o : o + n])
+    return int(j.max()), int((~alive).sum())
 
 
-def _ptr(a: np.ndarray) -> int:
-    return a.ctypes.data
+def _ptr(a: np.ndarray, offset: int = 0) -> int:
+    """The address of ``a[offset]`` (a contiguous float64 array)."""
+    return a.__array_interface__["data"][0] + 8 * int(offset)
 
 
 def _layout(p: Tensor, dim: str) -> tuple[int, int, int, int, int]:

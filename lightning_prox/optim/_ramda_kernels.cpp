@@ -55,8 +55,9 @@ template <typename T> inline T cbrt_(T u) {
   using C = Cbrt<T>;
   using I = typename C::I;
   const bool small = u < C::tiny;
-  T us = small ? u * C::up : u;
-  us = std::max(us, C::tiny);
+  // a select of constants, not of two computed values (compilers would run the whole root twice and
+  // blend); u = 0 runs on 0 (finite all the way: its guess is K) and is replaced by 0 at the end
+  const T us = u * (small ? C::up : T(1));
   I bits;
   std::memcpy(&bits, &us, sizeof(T));
   const I guess = static_cast<I>(C::magic - static_cast<T>(bits) * (T(1) / T(3)));
@@ -67,7 +68,7 @@ template <typename T> inline T cbrt_(T u) {
   if constexpr (sizeof(T) == 8) r = r * (T(4) - us * (r * r * r)) * (T(1) / T(3));
   T y = us * r * r;
   y = y + (us - y * y * y) * (r * r) * (T(1) / T(3));
-  y = small ? y * C::down : y;
+  y = y * (small ? C::down : T(1));
   return u > T(0) ? y : T(0);
 }
 
@@ -92,7 +93,7 @@ inline void prep_first_row(int64_t n, const T* __restrict g, const T* __restrict
     v[j] = vj;
     u[j] = uj;
     const T P = cbrt_(uj) + eps;
-    const T pz = P * (w0[j] - vj / P);
+    const T pz = P * w0[j] - vj;  // P⊙(W0 − V/P) without a division
     p_out[j] = P;
     pz_out[j] = pz;
     const T r = T(1) / (P + (ScalarC ? c[0] : c[j]));
@@ -137,9 +138,9 @@ inline void elementwise_row(int64_t n, T* __restrict w, const T* __restrict g, c
     const T uj = u[j] + s * gj * gj;
     v[j] = vj;
     u[j] = uj;
-    const T P = cbrt_(uj) + eps;
-    const T z = w0[j] - vj / P;
-    const T t = tau / P;
+    const T rp = T(1) / (cbrt_(uj) + eps);  // one division for z and the threshold
+    const T z = w0[j] - vj * rp;
+    const T t = tau * rp;
     const T xn = z - std::min(std::max(z, -t), t);  // soft thresholding as prox_l1: |z| ≤ t → +0
     x[j] = xn;
     w[j] = lerp_(w[j], xn, cm);
