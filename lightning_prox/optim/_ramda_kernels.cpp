@@ -31,7 +31,7 @@
 namespace {
 
 constexpr int64_t kBlock = 64;     // rows summed in T before a flush into double ("cols")
-constexpr int64_t kChunk = 256;    // lanes of a row's partial sums ("rows")
+constexpr int64_t kLanes = 64;     // lanes of a row's partial sums ("rows")
 constexpr int64_t kSerial = 1 << 16;  // below this many elements one thread runs the pass
 
 template <typename T> struct Cbrt;
@@ -212,17 +212,29 @@ void cols_pass(int64_t R, int64_t N, int64_t K, int nthreads, const Out& out, Ro
     }
 }
 
+// Σ x[0..n) in 8 interleaved partial sums (independent adds, not one latency-bound chain)
+inline double tree_sum(const double* x, int64_t n) {
+  double part[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  int64_t l = 0;
+  for (; l + 8 <= n; l += 8)
+    for (int q = 0; q < 8; ++q) part[q] += x[l + q];
+  for (; l < n; ++l) part[l & 7] += x[l];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 // One pass over [R, N] in the "rows" layout: group r = row r. seg(r, j0, n, a2, a3, aq, mx, mn) adds
-// elements j0..j0+n of row r into the accumulators (length ≥ n, lane j − j0).
+// elements j0..j0+n of row r into the accumulators (lane j − j0). A row runs as runs of kLanes elements
+// into kLanes float lanes, flushed into double lanes every kBlock runs; short rows pay little set-up.
 template <typename T, typename Seg>
 void rows_pass(int64_t R, int64_t N, int nthreads, const Out& out, Seg seg) {
   const int nt = threads_for(R * N, nthreads);
   const int nacc = out.sq ? 3 : 2;
   const bool minmax = out.mx != nullptr;
-  const int64_t L = std::min(kChunk, N);
+  const int64_t L = std::min(kLanes, N);
 #pragma omp parallel num_threads(nt)
   {
     std::vector<T> acc(static_cast<size_t>(5) * L);
+    std::vector<double> lanes(static_cast<size_t>(3) * L);
     T* a2 = acc.data();
     T* a3 = a2 + L;
     T* aq = a3 + L;
@@ -233,11 +245,18 @@ void rows_pass(int64_t R, int64_t N, int nthreads, const Out& out, Seg seg) {
       std::fill(a2, a2 + 3 * L, T(0));
       std::fill(mx, mx + L, -INFINITY);
       std::fill(mn, mn + L, INFINITY);
-      // lanes of L partial sums hold ⌈N/L⌉ terms each (kChunk = 256: ≤ 64 terms for rows up to 16384)
-      for (int64_t j0 = 0; j0 < N; j0 += L) seg(r, j0, std::min(L, N - j0), a2, a3, aq, mx, mn);
-      double sums[3] = {0.0, 0.0, 0.0};
-      for (int k = 0; k < nacc; ++k)
-        for (int64_t l = 0; l < L; ++l) sums[k] += static_cast<double>(a2[k * L + l]);
+      std::fill(lanes.begin(), lanes.end(), 0.0);
+      int64_t runs = 0;
+      for (int64_t j0 = 0; j0 < N; j0 += L) {
+        seg(r, j0, std::min(L, N - j0), a2, a3, aq, mx, mn);
+        if (++runs == kBlock || j0 + L >= N) {
+          for (int64_t l = 0; l < nacc * L; ++l) lanes[l] += static_cast<double>(a2[l]);
+          std::fill(a2, a2 + 3 * L, T(0));
+          runs = 0;
+        }
+      }
+      double sums[3];
+      for (int k = 0; k < nacc; ++k) sums[k] = tree_sum(lanes.data() + k * L, L);
       out.s2[r] = sums[0];
       out.s3[r] = sums[1];
       if (out.sq) out.sq[r] = sums[2];
