@@ -50,7 +50,7 @@ def _run_ddp(out: Path, optimizer: str) -> None:
     assert proc.returncode == 0, log.decode()[-3000:]
 
 
-@pytest.mark.parametrize("optimizer", ["ProxGen", "ProxSGD"])
+@pytest.mark.parametrize("optimizer", ["ProxGen", "ProxSGD", "RAMDA"])
 def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path, optimizer):
     _run_ddp(tmp_path, optimizer)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -74,6 +74,9 @@ def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path, optimizer):
         torch.testing.assert_close(r0["params"][name], p, rtol=0, atol=1e-5, msg=f"DDP vs 1 process: {name}")
         zeros += int((p == 0).sum()) if name.endswith("weight") else 0
     assert zeros > 0  # the prox produced exact zeros, so the comparison covers the thresholding too
+    if optimizer == "RAMDA":  # the native kernels ran (only they keep the group norms of Ŵ) on both ranks
+        for r in (r0, r1):
+            assert any(s.get("prox_point_norms", torch.empty(0)).numel() for s in r["opt_state"].values())
     for k, s in ref["opt_state"].items():
         for n, t in s.items():
             assert torch.equal(r0["opt_state"][k][n], r1["opt_state"][k][n])

@@ -18,15 +18,21 @@ import torch
 def fit(out_dir: str, devices: int, batch_size: int, optimizer: str) -> None:
     from lightning_prox.data import DigitsDataModule
     from lightning_prox.models import ImageClassifier
-    from lightning_prox.optim import ProxGen, ProxSGD
-    from lightning_prox.regularizers import L1
+    from lightning_prox.optim import RAMDA, ProxGen, ProxSGD
+    from lightning_prox.regularizers import L1, GroupLasso
 
-    opt, lam = {
-        "ProxGen": (functools.partial(ProxGen, lr=1e-2), 1e-3),
-        "ProxSGD": (functools.partial(ProxSGD, lr=0.1, momentum=0.9), 3e-2),
+    opt, reg = {
+        "ProxGen": (functools.partial(ProxGen, lr=1e-2), L1(1e-3)),
+        "ProxSGD": (functools.partial(ProxSGD, lr=0.1, momentum=0.9), L1(3e-2)),
+        # the native kernels (built on first use: in a fresh CI run both ranks build them at once); c = 1
+        # so that the parameters are the prox points, with their exact zero groups
+        "RAMDA": (
+            functools.partial(RAMDA, lr=1e-2, momentum=1.0, implementation="compiled"),
+            GroupLasso(1e-2, dim="in"),
+        ),
     }[optimizer]
     pl.seed_everything(0)
-    model = ImageClassifier("mlp", hidden=(16,), optimizer=opt, regularizer=L1(lam), sparsity_table=False)
+    model = ImageClassifier("mlp", hidden=(16,), optimizer=opt, regularizer=reg, sparsity_table=False)
     dm = DigitsDataModule(
         batch_size=batch_size, val_fraction=0.0, test_fraction=0.0, shuffle=False, max_samples=256
     )
