@@ -227,9 +227,10 @@ def _group_bucket(
     cv = np.where(x0n > 0, warm, 1.0)
     s2, s3, pz_sq, mx, mn = (np.empty(offs[-1]) for _ in range(5))
     prep = _kernel("group_prep_first", dtype)
+    bases = [_addr(a) for a in (cv, s2, s3, pz_sq, mx, mn)]  # float64 arrays: group g at base + 8g
     for (_p, g, w0, v, u, _x, pbuf, pzbuf, _n), lay, o in zip(rows, layouts, starts):
         ptrs = (t.data_ptr() for t in (g, w0, v, u, pbuf, pzbuf))
-        prep(*lay[:4], *ptrs, s, eps, *(_ptr(a, o) for a in (cv, s2, s3, pz_sq, mx, mn)), threads)
+        prep(*lay[:4], *ptrs, s, eps, *(b + 8 * int(o) for b in bases), threads)
     norm = np.sqrt(pz_sq)
     alive = norm > thr  # zero iff ‖P⊙z‖ ≤ α·λ·w_g (ties → zero)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -247,17 +248,10 @@ def _group_bucket(
     active = ~closed
     secular = _kernel("group_secular", dtype)
     while active.any():
+        at = (_addr(cv), bases[1], bases[2])
         for i in np.flatnonzero(evaluate):
             pb, pz = rows[i][6].data_ptr(), rows[i][7].data_ptr()
-            secular(
-                *layouts[i][:4],
-                pb,
-                pz,
-                _ptr(cv, starts[i]),
-                _ptr(s2, starts[i]),
-                _ptr(s3, starts[i]),
-                threads,
-            )
+            secular(*layouts[i][:4], pb, pz, *(b + 8 * int(starts[i]) for b in at), threads)
         mask = np.repeat(active, sizes)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # inf steps are rejected
             new = _newton_update(_NP_OPS, cv, s2, s3, lo, hi, thr, done, prev, tol, tiny)
@@ -267,7 +261,7 @@ def _group_bucket(
         j = np.where(active, j + 1, j)
         evaluate = active
     cv = np.where(alive, cv, np.inf)  # screened groups: Ŵ = P⊙z/(P + inf) = 0 exactly
-    final = _kernel("group_final", dtype)
+    final, cv_addr = _kernel("group_final", dtype), _addr(cv)
     with np.errstate(divide="ignore"):
         new_norms = torch.from_numpy(np.where(alive, thr / cv, 0.0))  # ‖Ŵ_g‖ = τw/c: the next warm start
     for (p, _g, _w0, _v, _u, x, pbuf, pzbuf, nrm), lay, o, n in zip(rows, layouts, starts, sizes):
@@ -275,7 +269,7 @@ def _group_bucket(
             *lay[:4],
             pbuf.data_ptr(),
             pzbuf.data_ptr(),
-            _ptr(cv, o),
+            cv_addr + 8 * int(o),
             p.data_ptr(),
             x.data_ptr(),
             momentum,
@@ -285,9 +279,9 @@ def _group_bucket(
     return int(j.max()), int((~alive).sum())
 
 
-def _ptr(a: np.ndarray, offset: int = 0) -> int:
-    """The address of ``a[offset]`` (a contiguous float64 array)."""
-    return a.__array_interface__["data"][0] + 8 * int(offset)
+def _addr(a: np.ndarray) -> int:
+    """The address of contiguous ``a``'s first element (ctypes' ``a.ctypes.data`` costs ~10 µs a call)."""
+    return a.__array_interface__["data"][0]
 
 
 def _layout(p: Tensor, dim: str) -> tuple[int, int, int, int, int]:
