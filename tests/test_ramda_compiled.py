@@ -6,6 +6,8 @@ The C++ kernels build once per machine (a few seconds, cached on disk); every te
 """
 
 import io
+import os
+import tempfile
 import warnings
 
 import pytest
@@ -172,6 +174,24 @@ def test_native_build_is_cached_on_disk(monkeypatch, tmp_path):
         assert sorted((tmp_path / "native").glob("*")) == built and built[0].stat().st_mtime_ns == stamp
     finally:
         _native.load.cache_clear()
+
+
+def test_native_fallback_cache_must_be_private(monkeypatch, tmp_path):
+    """A read-only cache directory falls back to a per-user temporary one, which is refused when others
+    can write to it (a library found there would be loaded and run)."""
+    if not hasattr(os, "getuid"):
+        pytest.skip("POSIX only")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shared = tmp_path / f"lightning_prox-{os.getuid()}"
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o777)
+    with pytest.raises(RuntimeError, match="not private"):
+        _native._private_tmp_dir()
+    shared.chmod(0o700)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(blocker))  # the cache cannot be created there
+    assert _native._out_dir() == shared
 
 
 @pytest.mark.parametrize("dim", ["in", "out"])

@@ -58,8 +58,27 @@ def _cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "lightning_prox"
 
 
-def _uid() -> int:
-    return getattr(os, "getuid", lambda: 0)()
+def _out_dir() -> Path:
+    """The cache directory (created), or the private temporary one when it is not writable."""
+    path = _cache_dir() / "native"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    return _private_tmp_dir()
+
+
+def _private_tmp_dir() -> Path:
+    """The fallback cache in the shared temporary directory: ours alone (created 0700, owned by this
+    user, not group/world-writable), since a library found there is loaded and run."""
+    path = Path(tempfile.gettempdir()) / f"lightning_prox-{getattr(os, 'getuid', lambda: 0)()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.stat()
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        raise RuntimeError(f"{path} is not private to this user; not loading code from it")
+    return path
 
 
 def _isa_flags() -> tuple[str, ...]:
@@ -77,7 +96,6 @@ def _build(cxx: str, src: Path, flags: tuple[str, ...], out_dir: Path) -> Path:
     target = out_dir / f"{src.stem}-{key}.so"
     if target.exists():
         return target
-    out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
@@ -112,12 +130,15 @@ def load(source: str) -> ctypes.CDLL | None:
         return None
     flags = (*_BASE_FLAGS, *_isa_flags())
     errors = []
-    for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang) the passes run on one thread
-        for out_dir in (_cache_dir() / "native", Path(tempfile.gettempdir()) / f"lightning_prox-{_uid()}"):
+    try:
+        out_dir = _out_dir()
+        for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang) the passes run on one thread
             try:
                 return ctypes.CDLL(str(_build(cxx, src, (*flags, *extra), out_dir)))
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 errors.append(repr(err))
+    except (OSError, RuntimeError) as err:
+        errors.append(repr(err))
     warnings.warn(
         f"building {source} failed ({'; '.join(errors)[-3000:]}); using the eager path",
         RuntimeWarning,
