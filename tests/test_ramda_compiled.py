@@ -246,6 +246,20 @@ def test_compiled_step_does_not_touch_the_global_rng(monkeypatch):
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_compiled_step_bumps_autograd_versions(monkeypatch):
+    """The kernels write through raw pointers; autograd still sees the in-place update of W, as with a
+    torch op: a backward through a graph that saved the old W raises instead of using the new values."""
+    calls = _require_compiled(monkeypatch)
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    opt = RAMDA([w], regularizer=GroupLasso(0.01, dim="in"), implementation="compiled")
+    loss = (w * w).sum()  # saves w for backward
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert calls
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_compiled_path_rejects_ungroupable_tensors_before_any_change():
     w = torch.nn.Parameter(torch.randn(5))
     opt = RAMDA([w], regularizer=GroupLasso(0.1, dim="in"), implementation="compiled")

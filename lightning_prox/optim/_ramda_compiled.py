@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
@@ -152,6 +153,9 @@ def ramda_compiled_(
     if not all(t.is_contiguous() and t.dtype == dtype for t in tensors):
         return False
     threads = torch.get_num_threads()
+    # the kernels write through raw pointers: tell autograd, as an in-place torch op would (a graph that
+    # saved W for backward then fails loudly instead of using the new values)
+    increment_version([*params, *grad_sums, *grad_sq_sums, *prox_points])
     if _kind(regularizer) == "elementwise":
         tau = 0.0 if regularizer is None else alpha * regularizer.lam  # soft thresholding at 0: identity
         kernel = _kernel("elementwise", dtype)
