@@ -79,6 +79,13 @@ template <typename T> inline T lerp_(T a, T b, T w) {
 
 inline int threads_for(int64_t n, int nthreads) { return n < kSerial ? 1 : std::max(nthreads, 1); }
 
+// V += s·g, U += s·g² (in place); returns P = ∛U + ε
+template <typename T> inline T accumulate_(T g, T& v, T& u, T s, T eps) {
+  v += s * g;
+  u += s * g * g;
+  return cbrt_(u) + eps;
+}
+
 // -- row kernels: one contiguous run of n elements; restrict pointers so that they vectorize ----------
 // prep + first sums. ScalarC: one c for the whole run (rows layout), else c[j] per column.
 template <typename T, bool ScalarC>
@@ -87,13 +94,8 @@ inline void prep_first_row(int64_t n, const T* __restrict g, const T* __restrict
                            const T* __restrict c, T* __restrict a2, T* __restrict a3, T* __restrict aq,
                            T* __restrict mx, T* __restrict mn) {
   for (int64_t j = 0; j < n; ++j) {
-    const T gj = g[j];
-    const T vj = v[j] + s * gj;
-    const T uj = u[j] + s * gj * gj;
-    v[j] = vj;
-    u[j] = uj;
-    const T P = cbrt_(uj) + eps;
-    const T pz = P * w0[j] - vj;  // P⊙(W0 − V/P) without a division
+    const T P = accumulate_(g[j], v[j], u[j], s, eps);
+    const T pz = P * w0[j] - v[j];  // P⊙(W0 − V/P) without a division
     p_out[j] = P;
     pz_out[j] = pz;
     const T r = T(1) / (P + (ScalarC ? c[0] : c[j]));
@@ -133,13 +135,8 @@ template <typename T>
 inline void elementwise_row(int64_t n, T* __restrict w, const T* __restrict g, const T* __restrict w0,
                             T* __restrict v, T* __restrict u, T* __restrict x, T s, T eps, T cm, T tau) {
   for (int64_t j = 0; j < n; ++j) {
-    const T gj = g[j];
-    const T vj = v[j] + s * gj;
-    const T uj = u[j] + s * gj * gj;
-    v[j] = vj;
-    u[j] = uj;
-    const T rp = T(1) / (cbrt_(uj) + eps);  // one division for z and the threshold
-    const T z = w0[j] - vj * rp;
+    const T rp = T(1) / accumulate_(g[j], v[j], u[j], s, eps);  // one division for z and the threshold
+    const T z = w0[j] - v[j] * rp;
     const T t = tau * rp;
     const T xn = z - std::min(std::max(z, -t), t);  // soft thresholding as prox_l1: |z| ≤ t → +0
     x[j] = xn;
