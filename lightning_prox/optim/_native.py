@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -89,7 +90,8 @@ def _isa_flags() -> tuple[str, ...]:
 
 def _build(cxx: str, src: Path, flags: tuple[str, ...], out_dir: Path) -> Path:
     """Compile ``src`` into ``out_dir`` (cached by source, compiler and flags); raises on failure."""
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    cmd = shlex.split(cxx)  # CXX may carry a launcher or flags, e.g. "ccache g++"
+    version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(
         b"\0".join(x.encode() for x in (src.read_text(), cxx, version, " ".join(flags), platform.machine()))
     ).hexdigest()[:20]
@@ -99,7 +101,7 @@ def _build(cxx: str, src: Path, flags: tuple[str, ...], out_dir: Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        res = subprocess.run([cxx, *flags, str(src), "-o", tmp], capture_output=True, text=True, timeout=600)
+        res = subprocess.run([*cmd, *flags, str(src), "-o", tmp], capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             raise RuntimeError(f"{cxx} exited with {res.returncode}: {res.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
