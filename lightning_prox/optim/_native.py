@@ -4,8 +4,8 @@ A kernel source is plain C++ with a C ABI (no torch headers): it compiles in a c
 the compiler that ``torch.compile``'s CPU backend needs anyway, and is called through :mod:`ctypes`
 with the data pointers of contiguous tensors (ctypes releases the GIL during the call). Builds are
 cached on disk by a hash of the source, the compiler and its flags (``$LIGHTNING_PROX_CACHE_DIR``, else
-``$XDG_CACHE_HOME/lightning_prox`` or ``~/.cache/lightning_prox``), so a process pays for a build once
-per machine; concurrent builds (DDP ranks) each write a private file and rename it into place.
+``$XDG_CACHE_HOME/lightning_prox`` or ``~/.cache/lightning_prox``; when that is not writable, a
+directory of the temporary one that only this user can write), so a build is paid once per machine; concurrent builds (DDP ranks) each write a private file and rename it into place.
 
 The instruction set follows torch's own CPU dispatch (``torch.backends.cpu.get_cpu_capability()``), so
 a cache shared by machines of different CPUs keeps one library per instruction set. OpenMP is used when

@@ -1,8 +1,8 @@
 // RAMDA's CPU step as a few memory passes per tensor (lightning_prox.optim._ramda_compiled drives them).
 //
-// Built at first use by lightning_prox._native with the system C++ compiler (as torch.compile's CPU
+// Built at first use by lightning_prox.optim._native with the system C++ compiler (as torch.compile's CPU
 // backend is) and loaded with ctypes: plain C ABI, raw pointers to contiguous tensors, no torch headers
-// (a build takes about a second). Every function exists for float (_f32) and double (_f64).
+// (a build takes about 3 s). Every function exists for float (_f32) and double (_f64).
 //
 // Per element, with s = η√t, ε, c_m (momentum weight) and τ = α·λ:
 //   V += s·g;  U += s·g²;  P = ∛U + ε;  z = W0 − V/P
