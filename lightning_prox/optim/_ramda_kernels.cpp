@@ -265,7 +265,7 @@ void rows_pass(int64_t R, int64_t N, int nthreads, const Out& out, Seg seg) {
   }
 }
 
-// c per group (double, from the caller's root search) → T per column ("cols") or per row ("rows")
+// c per group (double, from the caller's root search) → T per column ("cols"; "rows" reads c[r] as is)
 template <typename T> std::vector<T> per_column(const double* c, int64_t N, int64_t K) {
   std::vector<T> cc(N);
   for (int64_t j = 0; j < N; ++j) cc[j] = static_cast<T>(c[j / K]);
