@@ -123,7 +123,10 @@ class ProxMixin:
 
     Checkpoints stay loadable with ``torch.load(weights_only=True)``: objects in the saved
     hyperparameters are written as ``class_path``/``init_args`` dicts, and the RNG states (torch,
-    CUDA, Python, NumPy) are stored as plain data and restored, so that a resumed run continues exactly.
+    CUDA, Python, NumPy) are stored as plain data. They are restored only when a fit resumes
+    (``Trainer.fit(ckpt_path=...)``), so that the resumed run continues exactly; an inference load
+    (``load_from_checkpoint``, ``Trainer.validate/test(ckpt_path=...)``) leaves the caller's RNGs as
+    they were.
 
     Args:
         optimizer: callable ``params -> Optimizer``: an optimizer class, a ``functools.partial`` of one,
@@ -323,29 +326,30 @@ class ProxMixin:
         return total
 
     # -- checkpoints: plain data only, exact resume -------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> Any:
+        """``LightningModule.load_from_checkpoint`` that leaves the caller's RNGs as they were.
+
+        Building the model draws its initial weights from torch's global RNG before the checkpoint's
+        weights replace them; those draws are undone, so loading a model for inference does not
+        change the random numbers the caller draws next (torch, CUDA, Python, NumPy).
+        """
+        state = _rng_state()
+        try:
+            return super().load_from_checkpoint(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            _set_rng_state(state)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = _to_config(dict(checkpoint["hyper_parameters"]))
-        state: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        py = random.getstate()
-        state["python"] = [py[0], list(py[1]), py[2]]
-        npst = np.random.get_state()  # noqa: NPY002  (the global state that seed_everything seeds)
-        state["numpy"] = [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]
-        checkpoint["prox_rng_state"] = state
+        checkpoint["prox_rng_state"] = _rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("prox_rng_state")
-        if not state or not self.prox_restore_rng_state:
-            return
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        py = state["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-        npst = state["numpy"]
-        np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), *npst[2:]))  # noqa: NPY002
+        if not state or not self.prox_restore_rng_state or not _resuming_fit(self):
+            return  # an inference load (load_from_checkpoint, validate/test) leaves the caller's RNGs alone
+        _set_rng_state(state)
 
     # -- report ---------------------------------------------------------------------------------
     def sparsity_rows(self) -> list[dict[str, Any]]:
@@ -362,6 +366,54 @@ class ProxMixin:
     def on_fit_end(self) -> None:
         if self._prox_sparsity_table and self._prox_regularizer is not None:
             _print_table(self.sparsity_rows(), self._prox_regularizer)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNG states (torch, CUDA when initialized, Python, NumPy) as plain data."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    py = random.getstate()
+    state["python"] = [py[0], list(py[1]), py[2]]
+    npst = np.random.get_state()  # noqa: NPY002  (the global state that seed_everything seeds)
+    state["numpy"] = [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), *npst[2:]))  # noqa: NPY002
+
+
+def _resuming_fit(module: Any) -> bool:
+    """Whether ``module`` is being restored by ``Trainer.fit(ckpt_path=...)`` (not an inference load)."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return False
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    return trainer.state.fn == TrainerFn.FITTING
+
+
+def _enable_regularizer_subclasses() -> None:
+    """Let jsonargparse accept any ``Regularizer`` subclass by ``class_path``.
+
+    LightningCLI checkpoints store an instantiator that rebuilds the model through jsonargparse, so
+    ``load_from_checkpoint`` in a fresh process needs this setting as much as the CLI does.
+    """
+    try:
+        from jsonargparse import set_parsing_settings
+    except ImportError:  # pragma: no cover - jsonargparse is optional outside the CLI
+        return
+    set_parsing_settings(subclasses_enabled=[Regularizer])
+
+
+_enable_regularizer_subclasses()
 
 
 def _zero_subgradient_at_zero(p: Tensor) -> Tensor:
