@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import inspect
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -31,8 +30,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
+from .layer_rules import LayerRule, _takes_regularizer, param_groups_from_rules, resolve_regularizer
 from .regularizers import Regularizer, as_regularizer
-from .structure import param_groups_regularized, select_parameters, tensor_stats
 
 __all__ = ["ProxMixin"]
 
@@ -49,17 +48,7 @@ def _import(class_path: str) -> Any:
 
 def _resolve_regularizer(reg: Any) -> Regularizer | None:
     """A Regularizer, ``None``, a spec dict (``{"name": ..., "lam": ...}``) or a class_path dict."""
-    if isinstance(reg, Mapping) and "class_path" in reg:
-        cls = _import(reg["class_path"])
-        if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
-            raise ValueError(
-                f"regularizer class_path {reg['class_path']!r} is not a lightning_prox.regularizers.Regularizer"
-            )
-        return cls(**dict(reg.get("init_args") or {}))
-    try:
-        return as_regularizer(reg)
-    except ValueError as err:
-        raise ValueError(f"regularizer: {err}") from None
+    return resolve_regularizer(reg, "regularizer")
 
 
 def _optimizer_class(opt: Any) -> type | None:
@@ -109,17 +98,30 @@ def _to_config(obj: Any) -> Any:
 
 
 class ProxMixin:
-    """Mixin for a ``LightningModule``: proximal optimizer, regularized param groups, LR scheduler.
+    """Mixin for a ``LightningModule``: proximal optimizer, per-layer regularized param groups, LR scheduler.
 
     Put it before ``LightningModule`` in the bases and pass the arguments to ``super().__init__``.
     ``configure_optimizers`` then returns ``optimizer(param_groups)`` (and the scheduler), where the
-    selected weights carry ``regularizer`` and every other parameter none.
+    selected weights carry their regularizer and every other parameter none.
+
+    Which weights get which regularizer: ``rules`` (an ordered list, first match wins, see
+    :class:`~lightning_prox.layer_rules.LayerRule`), then ``regularizer`` on the default selection
+    (conv, linear and RNN weights, adjusted by ``include_types``/``include``/``exclude``); everything
+    else is trained plainly. ``exclude_ends=True`` leaves the first conv and the classifier dense.
+
+    **Your own** ``configure_optimizers``: define it in your class and build the optimizer from
+    :meth:`prox_param_groups` (the groups above) with a ``lightning_prox.optim`` optimizer, e.g.
+    ``ProxGen(self.prox_param_groups(), lr=1e-3)`` plus any scheduler, or with
+    :func:`~lightning_prox.layer_rules.create_prox_optimizer`. An optimizer whose param groups carry no
+    regularizer while one is configured raises at fit start (the regularizer would be ignored), and a
+    ``configure_optimizers`` of a base class that ProxMixin would override raises at construction;
+    both messages say what to do.
 
     With ``penalty_mode="subgradient"`` (the papers' subgradient baselines, e.g. "Sub-Adam"), the
-    optimizer gets no regularizer and :math:`R(\\theta)` — ``regularizer.value`` summed over the selected
+    optimizer gets no regularizer and :math:`R(\\theta)` — each group's regularizer value summed over its
     weights at the current ``group["lam"]`` — is added to the loss returned by ``training_step`` (and
-    logged as ``train/penalty``); at exact zeros the subgradient used is 0. With manual optimization,
-    add :meth:`prox_penalty` yourself.
+    logged as ``train/penalty``); at exact zeros the subgradient used is 0. Any torch optimizer works
+    then, your own included. With manual optimization, add :meth:`prox_penalty` yourself.
 
     Checkpoints stay loadable with ``torch.load(weights_only=True)``: objects in the saved
     hyperparameters are written as ``class_path``/``init_args`` dicts, and the RNG states (torch,
@@ -130,18 +132,25 @@ class ProxMixin:
 
     Args:
         optimizer: callable ``params -> Optimizer``: an optimizer class, a ``functools.partial`` of one,
-            or, from YAML, ``class_path``/``init_args``. ``None`` = ``ProxGen(lr=1e-3)``. In
+            or, from YAML, ``class_path``/``init_args``. ``None`` (the default) means
+            ``ProxGen(lr=1e-3)``, proximal Adam (a message says so when training starts). In
             ``"prox"`` mode it must take ``regularizer`` (a ``lightning_prox.optim`` class) whenever
-            a regularizer is given.
-        regularizer: the regularizer of the selected weights (``None``: no regularization).
+            a regularizer is given. A ``regularizer`` given to the optimizer itself (e.g. YAML
+            ``optimizer.init_args.regularizer``) is used as ``regularizer`` when that is not set.
+        regularizer: the regularizer of the default selection (``None``: none).
         lr_scheduler: callable ``optimizer -> LRScheduler`` (e.g. ``MultiStepLR`` from YAML);
             stepped every epoch, ``ReduceLROnPlateau`` monitors ``val/loss``.
-        include_types: module class names whose weights are regularized (default: conv, linear,
+        include_types: module class names whose weights ``regularizer`` takes (default: conv, linear,
             LSTM/GRU/RNN, see :data:`lightning_prox.structure.DEFAULT_REGULARIZED_TYPES`).
-        include: regexes of parameter names to regularize in addition (e.g. ``"bias$"``).
+        include: regexes of parameter names ``regularizer`` takes in addition (e.g. ``"bias$"``).
         exclude: regexes of parameter names never to regularize (e.g. ``"^net\\.fc\\."``).
         penalty_mode: ``"prox"`` (proximal step inside the optimizer) or ``"subgradient"``.
-        sparsity_table: print the per-layer sparsity of the regularized weights when ``fit`` ends.
+        sparsity_table: print the per-layer sparsity of the regularized weights when ``fit`` ends
+            (only when no :class:`~lightning_prox.callbacks.SparsityMonitor` prints its own).
+        rules: per-layer rules, dicts (YAML) or ``LayerRule`` objects with ``params`` (name regexes),
+            ``types`` (module class names), ``regularizer``, ``lam``, ``lr``, ``weight_decay``.
+        exclude_ends: leave the first conv and the classifier unregularized (timm's
+            ``pretrained_cfg`` or the network's ``prox_ends`` names them).
 
     Example:
         >>> import lightning.pytorch as pl
@@ -169,8 +178,11 @@ class ProxMixin:
         exclude: Sequence[str] | str | None = None,
         penalty_mode: PenaltyMode = "prox",
         sparsity_table: bool = True,
+        rules: Sequence[LayerRule | Mapping[str, Any]] | None = None,
+        exclude_ends: bool = False,
         **kwargs: Any,
     ) -> None:
+        _check_shadowed_configure_optimizers(type(self))
         super().__init__(*args, **kwargs)
         self.configure_prox(
             optimizer=optimizer,
@@ -181,6 +193,8 @@ class ProxMixin:
             exclude=exclude,
             penalty_mode=penalty_mode,
             sparsity_table=sparsity_table,
+            rules=rules,
+            exclude_ends=exclude_ends,
         )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -188,6 +202,9 @@ class ProxMixin:
         step = cls.__dict__.get("training_step")
         if step is not None and not getattr(step, "_prox_wrapped", False):
             cls.training_step = _with_penalty(step)  # type: ignore[method-assign]
+        configure = cls.__dict__.get("configure_optimizers")
+        if configure is not None and not getattr(configure, "_prox_wrapped", False):
+            cls.configure_optimizers = _with_optimizer_check(configure)  # type: ignore[method-assign]
 
     # -- configuration ----------------------------------------------------------------------------
     def configure_prox(
@@ -200,32 +217,48 @@ class ProxMixin:
         exclude: Sequence[str] | str | None = None,
         penalty_mode: PenaltyMode = "prox",
         sparsity_table: bool = True,
+        rules: Sequence[LayerRule | Mapping[str, Any]] | None = None,
+        exclude_ends: bool = False,
     ) -> None:
         """(Re)set the proximal configuration; validated here, before any training."""
         if penalty_mode not in ("prox", "subgradient"):
             raise ValueError(f"penalty_mode must be 'prox' or 'subgradient', got {penalty_mode!r}")
         reg = _resolve_regularizer(regularizer)
-        if penalty_mode == "subgradient" and reg is not None:
-            probe = torch.linspace(-1.0, 1.0, 12).reshape(3, 4).requires_grad_()
-            if not reg.with_lam(max(reg.lam, 1.0)).value(probe).requires_grad:
-                raise ValueError(
-                    f"regularizer {reg!r} has no useful subgradient (its value is piecewise constant), "
-                    "so penalty_mode='subgradient' cannot train it; use penalty_mode='prox'"
-                )
-        self._prox_optimizer = _resolve_callable(optimizer, "optimizer")
+        factory = _resolve_callable(optimizer, "optimizer")
+        factory, reg = _take_optimizer_regularizer(factory, reg)
+        parsed = [LayerRule.from_config(r, i) for i, r in enumerate(rules or ())]
+        regs = [r for r in [reg, *(rule.regularizer for rule in parsed)] if r is not None]
+        if penalty_mode == "subgradient":
+            for r in regs:
+                probe = torch.linspace(-1.0, 1.0, 12).reshape(3, 4).requires_grad_()
+                if not r.with_lam(max(r.lam, 1.0)).value(probe).requires_grad:
+                    raise ValueError(
+                        f"regularizer {r!r} has no useful subgradient (its value is piecewise constant), "
+                        "so penalty_mode='subgradient' cannot train it; use penalty_mode='prox'"
+                    )
+        elif regs and factory is not None and not _takes_regularizer(factory):
+            cls = _optimizer_class(factory)
+            raise ValueError(
+                f"optimizer {getattr(cls, '__qualname__', cls)} does not apply a proximal step, so the "
+                f"regularizer {regs[0]!r} would be ignored; use a lightning_prox.optim optimizer "
+                "(ProxGen, ProxSGD, RMDA, RAMDA) or penalty_mode='subgradient'"
+            )
+        self._prox_optimizer = factory
         self._prox_regularizer = reg
+        self._prox_rules = parsed
         self._prox_lr_scheduler = _resolve_callable(lr_scheduler, "lr_scheduler")
         self._prox_selection = {
             "include_types": None if include_types is None else list(include_types),
             "include": include,
             "exclude": exclude,
+            "exclude_ends": bool(exclude_ends),
         }
         self._prox_penalty_mode = penalty_mode
         self._prox_sparsity_table = bool(sparsity_table)
 
     @property
     def regularizer(self) -> Regularizer | None:
-        """The regularizer given at construction (its ``lam`` is the initial strength)."""
+        """The regularizer of the default selection (its ``lam`` is the initial strength)."""
         return self._prox_regularizer
 
     @regularizer.setter
@@ -238,34 +271,47 @@ class ProxMixin:
         return self._prox_penalty_mode
 
     def prox_param_groups(self) -> list[dict[str, Any]]:
-        """Param groups: the selected weights with the regularizer, then every other parameter.
+        """Param groups: one per matching rule, the default selection with ``regularizer``, the rest plain.
 
-        Raises ``ValueError`` naming the parameter when the regularizer cannot apply to it (e.g. a
-        group lasso on a 1-d tensor selected by ``include``).
+        Each group has ``"params"``, ``"param_names"`` and ``"regularizer"`` (a ``Regularizer`` or
+        ``None``; a rule's ``lam`` already applied), plus a rule's ``"lr"``/``"weight_decay"``. Build
+        your optimizer from them in your own ``configure_optimizers``. Raises ``ValueError`` naming
+        the parameter when a regularizer cannot apply to it (e.g. a group lasso on a 1-d tensor
+        selected by ``include``), or the rule that matches nothing.
         """
-        reg = self._prox_regularizer
-        select_parameters(self, **self._prox_selection)  # type: ignore[arg-type]  # bad regex/type: as is
         try:
-            groups = param_groups_regularized(self, reg, **self._prox_selection)  # type: ignore[arg-type]
+            return param_groups_from_rules(
+                self,  # type: ignore[arg-type]
+                self._prox_rules,
+                regularizer=self._prox_regularizer,
+                **self._prox_selection,
+            )
         except ValueError as err:
+            msg = str(err)
+            if msg.startswith(("rules[", "include", "exclude", "regularizer")):
+                raise
             raise ValueError(
-                f"regularizer {reg!r}: {err} (model parameter selection: {self._prox_selection})"
+                f"regularizer {self._prox_regularizer!r}: {err} (model parameter selection: "
+                f"{self._prox_selection})"
             ) from None
-        return groups
 
     def regularized_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) pairs that the regularizer applies to."""
-        named = dict(self.named_parameters())  # type: ignore[attr-defined]
+        """(name, parameter) pairs that a regularizer applies to."""
+        return [(n, p) for n, p, _ in self._regularized_with_regularizer()]
+
+    def _regularized_with_regularizer(self) -> list[tuple[str, nn.Parameter, Regularizer]]:
         out = []
         for g in self.prox_param_groups():
             if g["regularizer"] is not None:
-                out += [(n, named[n]) for n in g["param_names"]]
+                out += [(n, p, g["regularizer"]) for n, p in zip(g["param_names"], g["params"])]
         return out
+
+    def _prox_has_regularizer(self) -> bool:
+        return self._prox_regularizer is not None or any(r.regularizer is not None for r in self._prox_rules)
 
     def configure_optimizers(self) -> Any:
         """``optimizer(param_groups)`` and, when given, the LR scheduler (stepped each epoch)."""
         groups = self.prox_param_groups()
-        reg = self._prox_regularizer
         if self._prox_penalty_mode == "subgradient":
             for g in groups:
                 if g["regularizer"] is not None:
@@ -274,24 +320,20 @@ class ProxMixin:
                 del g["regularizer"]
         factory = self._prox_optimizer
         if factory is None:
+            from lightning.pytorch.utilities import rank_zero_info
+
             from .optim import ProxGen  # type: ignore[attr-defined]
 
+            rank_zero_info("ProxMixin: optimizer=None, training with ProxGen(lr=1e-3) (proximal Adam)")
             factory = functools.partial(ProxGen, lr=1e-3)
-        if self._prox_penalty_mode == "prox" and reg is None:
-            cls = _optimizer_class(factory)
-            if cls is not None and "regularizer" not in inspect.signature(cls).parameters:
+        if self._prox_penalty_mode == "prox" and not any(g["regularizer"] is not None for g in groups):
+            if not _takes_regularizer(factory):
                 for g in groups:  # plain torch optimizer, nothing to regularize: keep groups clean
                     g.pop("regularizer", None)
         optimizer = factory(groups)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer callable returned {type(optimizer).__name__}, not a torch Optimizer")
-        for g in optimizer.param_groups:
-            if isinstance(g.get("regularizer"), Regularizer):
-                raise ValueError(
-                    f"optimizer {type(optimizer).__name__} does not apply a proximal step (it left the "
-                    f"regularizer {g['regularizer']!r} in its param groups); use a lightning_prox.optim "
-                    "optimizer (ProxGen, ProxSGD, ...) or penalty_mode='subgradient'"
-                )
+        _check_optimizers(self, [optimizer], "the optimizer argument")
         if self._prox_lr_scheduler is None:
             return optimizer
         scheduler = self._prox_lr_scheduler(optimizer)
@@ -302,28 +344,31 @@ class ProxMixin:
 
     # -- subgradient baseline ---------------------------------------------------------------------
     def prox_penalty(self) -> Tensor:
-        """R(θ) summed over the regularized weights at the optimizer's current ``group["lam"]``."""
-        reg = self._prox_regularizer
-        named = dict(self.named_parameters())  # type: ignore[attr-defined]
+        """R(θ): every group's regularizer summed over its weights at the optimizer's ``group["lam"]``.
+
+        Reads the Trainer's optimizer groups (``"penalty"`` specs and ``"lam"``); when none carries a
+        regularizer (your own ``configure_optimizers`` over ``self.parameters()``), the configured
+        selection and rules at their initial strengths.
+        """
         trainer = getattr(self, "_trainer", None)
         opts = trainer.optimizers if trainer is not None else []
-        total: Tensor | None = None
-        if opts:
-            for g in opts[0].param_groups:
+        terms: list[Tensor] = []
+        for opt in opts:
+            for g in opt.param_groups:
                 spec = g.get("penalty", g.get("regularizer"))
-                if spec is None or reg is None:
+                if spec is None:
                     continue
-                r = reg.with_lam(float(g.get("lam", reg.lam)))
-                for p in g["params"]:
-                    v = r.value(_zero_subgradient_at_zero(p))
-                    total = v if total is None else total + v
-        elif reg is not None:
-            for n, _ in self.regularized_parameters():
-                v = reg.value(_zero_subgradient_at_zero(named[n]))
-                total = v if total is None else total + v
-        if total is None:
+                r = spec if isinstance(spec, Regularizer) else as_regularizer({**spec, "lam": 0.0})
+                assert r is not None
+                r = r.with_lam(float(g.get("lam", r.lam)))
+                terms += [r.value(_zero_subgradient_at_zero(p)) for p in g["params"]]
+        if not terms:
+            terms = [
+                r.value(_zero_subgradient_at_zero(p)) for _, p, r in self._regularized_with_regularizer()
+            ]
+        if not terms:
             return torch.zeros((), device=self.device)  # type: ignore[attr-defined]
-        return total
+        return torch.stack(terms).sum()
 
     # -- checkpoints: plain data only, exact resume -------------------------------------------------
     @classmethod
@@ -352,20 +397,127 @@ class ProxMixin:
         _set_rng_state(state)
 
     # -- report ---------------------------------------------------------------------------------
+    def _prox_spec_groups(self) -> list[dict[str, Any]]:
+        """Param groups with plain-data specs: the live optimizer's when training, else the configured ones."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.optimizers:
+            return [g for opt in trainer.optimizers for g in opt.param_groups]
+        groups = []
+        for g in self.prox_param_groups():
+            reg = g["regularizer"]
+            spec = None if reg is None else reg.spec()
+            groups.append(
+                {"params": g["params"], "regularizer": spec, "lam": None if reg is None else reg.lam}
+            )
+        return groups
+
     def sparsity_rows(self) -> list[dict[str, Any]]:
-        """Per regularized weight: name, shape, exact zeros, and zero groups for grouped regularizers."""
-        reg = self._prox_regularizer
-        dim = getattr(reg, "dim", None) if reg is not None else None
-        rows = []
-        for name, p in self.regularized_parameters():
-            d = dim if dim in ("in", "out") and p.ndim >= (2 if dim == "in" else 1) else None
-            s = {k: int(v) for k, v in tensor_stats(p.detach(), d).items()}
-            rows.append({"name": name, "shape": tuple(p.shape), **s})
-        return rows
+        """One row per regularized weight, as :class:`~lightning_prox.callbacks.SparsityMonitor` counts it:
+        ``name``, ``shape``, ``regularizer`` (its name and λ), ``groups``/``zero_groups`` (``None`` when
+        ungrouped), ``unstructured`` (exact-zero fraction) and ``group``."""
+        from .callbacks._counting import count, monitored_tensors
+
+        entries = monitored_tensors(self._prox_spec_groups(), self.named_parameters())  # type: ignore[attr-defined]
+        entries = [e for e in entries if e.regularizer != "none"]
+        return count(entries)[1] if entries else []
 
     def on_fit_end(self) -> None:
-        if self._prox_sparsity_table and self._prox_regularizer is not None:
-            _print_table(self.sparsity_rows(), self._prox_regularizer)
+        if not self._prox_sparsity_table or not self._prox_has_regularizer():
+            return
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and any(getattr(cb, "prints_table", False) for cb in trainer.callbacks):
+            return  # a SparsityMonitor prints the one end-of-fit table
+        _print_table(self._prox_spec_groups(), self.named_parameters())  # type: ignore[attr-defined]
+
+
+def _take_optimizer_regularizer(factory: Any, reg: Regularizer | None) -> tuple[Any, Regularizer | None]:
+    """Move a ``regularizer`` given to the optimizer (``functools.partial`` keyword) to the mixin.
+
+    The mixin's param groups each carry their own ``"regularizer"`` (``None`` for plain ones), which
+    overrides an optimizer-wide default, so an optimizer-level regularizer would silently do nothing.
+    """
+    if not isinstance(factory, functools.partial) or factory.keywords.get("regularizer") is None:
+        return factory, reg
+    opt_reg = _resolve_regularizer(factory.keywords["regularizer"])
+    if reg is not None and opt_reg != reg:
+        raise ValueError(
+            f"the regularizer is given twice, to the model ({reg!r}) and to the optimizer ({opt_reg!r}); "
+            "give it once, as the model's regularizer (YAML: model.init_args.regularizer)"
+        )
+    keywords = {k: v for k, v in factory.keywords.items() if k != "regularizer"}
+    return functools.partial(factory.func, *factory.args, **keywords), opt_reg
+
+
+def _is_lightning_class(cls: type) -> bool:
+    return cls.__module__.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_prox")
+
+
+def _check_shadowed_configure_optimizers(cls: type) -> None:
+    """Refuse a ``configure_optimizers`` of a base class after ProxMixin that the mixin would override."""
+    mro = cls.__mro__
+    owner = next((c for c in mro if "configure_optimizers" in c.__dict__), None)
+    if owner is not ProxMixin:
+        return  # the class (or a subclass of the mixin) defines its own: that one runs
+    after = mro[mro.index(ProxMixin) + 1 :]
+    user = next(
+        (c for c in after if "configure_optimizers" in c.__dict__ and not _is_lightning_class(c)), None
+    )
+    if user is None:
+        return
+    raise TypeError(
+        f"{cls.__qualname__}: ProxMixin's configure_optimizers would silently replace "
+        f"{user.__qualname__}.configure_optimizers (its optimizer and scheduler). Say which one runs by "
+        f"defining configure_optimizers in {cls.__qualname__}: to keep yours with the regularizer, build "
+        "the optimizer from self.prox_param_groups() with a lightning_prox.optim optimizer (e.g. "
+        "`ProxGen(self.prox_param_groups(), lr=1e-3)`, or lightning_prox.layer_rules.create_prox_optimizer"
+        "(self, ...)) and return it with your scheduler; to use the mixin's optimizer= and lr_scheduler= "
+        "arguments, `return ProxMixin.configure_optimizers(self)`"
+    )
+
+
+def _optimizers_of(out: Any) -> list[torch.optim.Optimizer]:
+    """The optimizers in any return value of ``configure_optimizers``."""
+    if isinstance(out, torch.optim.Optimizer):
+        return [out]
+    if isinstance(out, Mapping):
+        return _optimizers_of(out.get("optimizer"))
+    if isinstance(out, (list, tuple)):
+        return [o for item in out for o in _optimizers_of(item)]
+    return []
+
+
+def _check_optimizers(module: ProxMixin, optimizers: Sequence[torch.optim.Optimizer], where: str) -> None:
+    """Raise when a configured regularizer would not be applied by ``optimizers``."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            if isinstance(g.get("regularizer"), Regularizer):
+                raise ValueError(
+                    f"{where}: {type(opt).__name__} does not apply a proximal step (it left the regularizer "
+                    f"{g['regularizer']!r} in its param groups); use a lightning_prox.optim optimizer "
+                    "(ProxGen, ProxSGD, RMDA, RAMDA) or penalty_mode='subgradient'"
+                )
+    if module._prox_penalty_mode != "prox" or not module._prox_has_regularizer() or not optimizers:
+        return
+    if not any(g.get("regularizer") is not None for opt in optimizers for g in opt.param_groups):
+        names = ", ".join(type(o).__name__ for o in optimizers)
+        raise ValueError(
+            f"{where} returned {names} with no regularized param group, so the configured regularizer "
+            f"{module._prox_regularizer or module._prox_rules[0].regularizer!r} would be ignored; build the "
+            "optimizer from self.prox_param_groups() with a lightning_prox.optim optimizer (e.g. "
+            "`ProxGen(self.prox_param_groups(), lr=1e-3)`), or use penalty_mode='subgradient' to keep a "
+            "plain torch optimizer, or drop the regularizer"
+        )
+
+
+def _with_optimizer_check(configure: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(configure)
+    def configure_optimizers(self: ProxMixin) -> Any:
+        out = configure(self)
+        _check_optimizers(self, _optimizers_of(out), f"{type(self).__qualname__}.configure_optimizers")
+        return out
+
+    configure_optimizers._prox_wrapped = True  # type: ignore[attr-defined]
+    return configure_optimizers
 
 
 def _rng_state() -> dict[str, Any]:
@@ -449,20 +601,14 @@ def _with_penalty(step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @rank_zero_only
-def _print_table(rows: list[dict[str, Any]], reg: Regularizer) -> None:
+def _print_table(groups: list[dict[str, Any]], named_parameters: Any) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"sparsity of the regularized weights ({reg!r})")
-    for col in ("parameter", "shape", "zeros", "zero groups"):
-        table.add_column(col, justify="left" if col == "parameter" else "right")
-    zeros = numel = zg = ng = 0
-    for r in rows:
-        groups = f"{r['zero_groups']}/{r['groups']}" if "groups" in r else "-"
-        table.add_row(
-            r["name"], "x".join(map(str, r["shape"])), f"{100 * r['zeros'] / max(r['numel'], 1):.1f}%", groups
-        )
-        zeros, numel = zeros + r["zeros"], numel + r["numel"]
-        zg, ng = zg + r.get("zero_groups", 0), ng + r.get("groups", 0)
-    table.add_row("total", str(numel), f"{100 * zeros / max(numel, 1):.1f}%", f"{zg}/{ng}" if ng else "-")
-    Console().print(table)
+    from .callbacks._counting import count, label_with_lam, monitored_tensors
+    from .callbacks._dashboard import sparsity_table
+
+    entries = [e for e in monitored_tensors(groups, named_parameters) if e.regularizer != "none"]
+    label_with_lam(entries, groups)
+    if entries:
+        totals, rows = count(entries)
+        Console().print(sparsity_table(rows, totals))

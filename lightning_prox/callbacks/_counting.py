@@ -11,7 +11,15 @@ from torch import Tensor
 from ..structure import STAT_KEYS, UnitPair, sparsity_ratios, tensor_stats, unit_stats
 from ._groups import group_spec
 
-__all__ = ["GLOBAL_KEYS", "Monitored", "count", "monitored_pairs", "monitored_tensors", "sparsity_metrics"]
+__all__ = [
+    "GLOBAL_KEYS",
+    "Monitored",
+    "count",
+    "label_with_lam",
+    "monitored_pairs",
+    "monitored_tensors",
+    "sparsity_metrics",
+]
 
 #: the global ratios logged as ``sparsity/<key>`` (those that apply)
 GLOBAL_KEYS = ("unstructured", "group", "group_weighted", "low_rank", "active_units")
@@ -58,6 +66,23 @@ def monitored_tensors(
             rank = "Nuclear" in reg_name and p.ndim >= 2
             out.append(Monitored(names.get(id(p), f"param{len(out)}"), p, dim, rank, reg_name))
     return out
+
+
+def label_with_lam(tensors: Sequence[Monitored], param_groups: Sequence[dict[str, Any]]) -> None:
+    """Append each group's strength to its tensors' regularizer names (``"L1 λ=0.0001"``), in place.
+
+    Example:
+        >>> w = torch.zeros(3, 4)
+        >>> groups = [{"params": [w], "regularizer": {"name": "L1"}, "lam": 1e-4}]
+        >>> entries = monitored_tensors(groups, [("w", w)]); label_with_lam(entries, groups)
+        >>> entries[0].regularizer
+        'L1 λ=0.0001'
+    """
+    lam = {id(p): g.get("lam") for g in param_groups if group_spec(g) is not None for p in g["params"]}
+    for t in tensors:
+        value = lam.get(id(t.param))
+        if value is not None and t.regularizer != "none":
+            t.regularizer = f"{t.regularizer} λ={float(value):.3g}"
 
 
 def monitored_pairs(pairs: Iterable[UnitPair], tensors: Sequence[Monitored]) -> list[UnitPair]:

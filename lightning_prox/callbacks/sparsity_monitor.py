@@ -19,7 +19,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from ..structure import UnitPair, group_reduce_dims, unit_pairs
-from ._counting import GLOBAL_KEYS, Monitored, count, monitored_pairs, monitored_tensors, sparsity_metrics
+from ._counting import (
+    GLOBAL_KEYS,
+    Monitored,
+    count,
+    label_with_lam,
+    monitored_pairs,
+    monitored_tensors,
+    sparsity_metrics,
+)
 from ._dashboard import custom_scalars_layout, history_image, sparsity_table
 
 __all__ = ["SparsityMonitor"]
@@ -119,6 +127,11 @@ class SparsityMonitor(Callback):
         self._pairs: list[UnitPair] = []
 
     @property
+    def prints_table(self) -> bool:
+        """Whether this callback prints the end-of-fit table (``ProxMixin`` then prints none)."""
+        return bool(self.table)
+
+    @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(
@@ -128,7 +141,9 @@ class SparsityMonitor(Callback):
     # -- what is monitored ------------------------------------------------------------------------
     def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Monitored]:
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        return monitored_tensors(groups, pl_module.named_parameters(), self.group_dim)
+        entries = monitored_tensors(groups, pl_module.named_parameters(), self.group_dim)
+        label_with_lam(entries, groups)
+        return entries
 
     def _every(self, trainer: pl.Trainer) -> int:
         return (

@@ -97,11 +97,25 @@ def build_backbone(
 
 
 class ImageClassifier(ProxMixin, pl.LightningModule):
-    """Image classifier trained with a proximal optimizer (or any torch optimizer).
+    r"""Image classifier trained with a proximal optimizer (or any torch optimizer).
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
     The proximal arguments (``optimizer``, ``regularizer``, ``lr_scheduler``, parameter selection,
-    ``penalty_mode``) are those of :class:`~lightning_prox.module.ProxMixin`.
+    ``rules``, ``exclude_ends``, ``penalty_mode``) are those of :class:`~lightning_prox.module.ProxMixin`;
+    ``optimizer=None`` trains with ``ProxGen(lr=1e-3)``. Per-layer rules from YAML, e.g. a group lasso on
+    the convs with its own λ, L1 on the rest, the first conv and the classifier dense:
+
+    .. code-block:: yaml
+
+        model:
+          init_args:
+            exclude_ends: true
+            rules:
+              - types: [Conv2d]
+                regularizer: {class_path: lightning_prox.regularizers.GroupLasso, init_args: {dim: in}}
+                lam: 1.0e-3
+              - params: ['\.weight$']
+                regularizer: {class_path: lightning_prox.regularizers.L1, init_args: {lam: 1.0e-4}}
 
     Args:
         backbone: ``"mlp"``, ``"lenet"``, a CIFAR ResNet (``"resnet20"``/``32``/``44``/``56``/``110``,
@@ -123,8 +137,9 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
         >>> from functools import partial
         >>> import torch
         >>> from lightning_prox.regularizers import L1
+        >>> from lightning_prox.optim import ProxSGD
         >>> model = ImageClassifier("mlp", num_classes=10, in_chans=1, img_size=8,
-        ...                         optimizer=partial(torch.optim.SGD, lr=0.1), regularizer=L1(1e-4))
+        ...                         optimizer=partial(ProxSGD, lr=0.1), regularizer=L1(1e-4))
         >>> model(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 10])
     """
@@ -149,6 +164,8 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
         exclude: list[str] | None = None,
         penalty_mode: Literal["prox", "subgradient"] = "prox",
         sparsity_table: bool = True,
+        rules: list[dict[str, Any]] | None = None,
+        exclude_ends: bool = False,
     ) -> None:
         super().__init__(
             optimizer=optimizer,
@@ -159,6 +176,8 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
             exclude=exclude,
             penalty_mode=penalty_mode,
             sparsity_table=sparsity_table,
+            rules=rules,
+            exclude_ends=exclude_ends,
         )
         self.save_hyperparameters()
         self.net = build_backbone(

@@ -42,6 +42,8 @@ class MLP(nn.Module):
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        #: the input and output layers (``exclude_ends=True`` leaves them dense)
+        self.prox_ends = {"first_conv": "net.1", "classifier": f"net.{len(layers) - 1}"}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -90,6 +92,8 @@ class LeNet(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
         )
+        #: the first conv and the output layer (``exclude_ends=True`` leaves them dense)
+        self.prox_ends = {"first_conv": "features.0", "classifier": "classifier.3"}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

@@ -117,6 +117,8 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
+        #: the stem conv and the classifier (``exclude_ends=True`` leaves them dense)
+        self.prox_ends = {"first_conv": "conv1", "classifier": "fc"}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
