@@ -168,8 +168,8 @@ def test_logs_only_every_n_steps_and_counts_only_then(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path, [SparsityMonitor(every_n_steps=4, table=False)], max_epochs=3)
     trainer.fit(_Net(), _loader())  # 9 steps
     steps = [int(r["step"]) for r in _csv(trainer.logger.log_dir) if r.get("sparsity/unstructured")]
-    assert steps == [0, 4, 8, 9]  # start, every 4 steps, end of training
-    assert len(calls) == 4  # no counting (and no host read) on the other steps
+    assert steps == [0, 3, 4, 6, 8, 9]  # start, every 4 steps, each epoch's last step (3 batches an epoch)
+    assert len(calls) == 6  # no counting (and no host read) on the other steps
 
 
 def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_path, capsys):
@@ -196,7 +196,10 @@ def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_pa
     layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     assert layout.category[0].title == "Sparsity"
     charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
-    assert "sparsity/group_weighted" in charts["global"]
+    assert "^sparsity/group_weighted$" in charts["zero fractions (global)"]
+    assert "^sparsity/active_units$" not in charts["zero fractions (global)"]  # a dense fraction: own chart
+    assert charts["λ (regularization strength)"] == ["^prox/lambda"]
+    assert not any("quantization" in t for t in charts)  # no HardQuantization: no always-empty chart
     # the logged final value is the exact count on the trained weights
     final = ea.Scalars("sparsity/group")[-1]
     assert final.step == trainer.global_step
@@ -291,3 +294,88 @@ def test_quickstart_event_files_have_the_dashboard(tmp_path, monkeypatch):
     assert "custom_scalars__config__" in tags["tensors"]
     assert tags["histograms"] and all(t.startswith("group_norms/") for t in tags["histograms"])
     assert "sparsity/layer_history" in tags["images"]
+
+
+# -- metrics into Lightning, resume, collapse guard --------------------------------------------------
+class _Recorder(pl.Callback):
+    """Records the callback metric each epoch, after the monitor and before ModelCheckpoint decides."""
+
+    def __init__(self, key):
+        self.key, self.values = key, []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.values.append(float(trainer.callback_metrics[self.key]))
+
+
+def test_model_checkpoint_on_a_sparsity_metric_keeps_the_right_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_prox.structure import tensor_stats
+
+    pl.seed_everything(0)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ck",
+        monitor="sparsity/group",
+        mode="max",
+        save_top_k=1,
+        filename="{epoch}-{sparsity/group:.4f}",
+        auto_insert_metric_name=False,
+    )
+    rec = _Recorder("sparsity/group")
+    net = _Net(lam=0.2)  # group sparsity goes up and down again: the best is not the last epoch
+    trainer = _trainer(tmp_path, [SparsityMonitor(table=False), rec, ckpt], max_epochs=5)
+    trainer.fit(net, _loader())
+    best = max(range(5), key=lambda i: (rec.values[i], -i))  # ties: ModelCheckpoint keeps the first
+    assert 0 < best < 4 and rec.values[-1] < rec.values[best], rec.values
+    assert float(ckpt.best_model_score) == pytest.approx(rec.values[best])
+    (kept,) = (tmp_path / "ck").glob("*.ckpt")
+    assert kept.name == f"{best}-{rec.values[best]:.4f}.ckpt"
+    state = torch.load(kept, weights_only=True)["state_dict"]
+    conv = tensor_stats(state["conv.weight"], "in")
+    fc = tensor_stats(state["fc.weight"], None)
+    assert "zero_groups" not in fc
+    assert int(conv["zero_groups"]) / int(conv["groups"]) == pytest.approx(rec.values[best])
+    assert "sparsity/group" in trainer.progress_bar_metrics
+
+
+def test_early_stopping_on_a_sparsity_metric(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    pl.seed_everything(0)
+    stop = EarlyStopping(monitor="sparsity/unstructured", mode="max", patience=0, stopping_threshold=0.0)
+    trainer = _trainer(tmp_path, [SparsityMonitor(table=False), stop], max_epochs=5)
+    trainer.fit(_Net(lam=0.03), _loader())
+    assert trainer.current_epoch < 5 and stop.stopped_epoch >= 0  # the threshold was met: stopped early
+
+
+def _history_run(tmp_path, epochs, ckpt_path=None):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0)
+    mon = SparsityMonitor(table=False, every_n_steps=2)
+    cb = ModelCheckpoint(dirpath=tmp_path / "ck", filename="{epoch}", save_top_k=-1)
+    trainer = _trainer(tmp_path, [mon, cb], max_epochs=epochs)
+    trainer.fit(_Net(lam=0.02), _loader(), ckpt_path=ckpt_path)
+    steps = [int(r["step"]) for r in _csv(trainer.logger.log_dir) if r.get("sparsity/unstructured")]
+    return mon, steps
+
+
+def test_history_and_logged_points_are_the_same_with_and_without_a_resume(tmp_path):
+    straight, steps_straight = _history_run(tmp_path / "a", 3)
+    _, steps_first = _history_run(tmp_path / "b", 1)
+    resumed, steps_resumed = _history_run(tmp_path / "c", 3, str(tmp_path / "b" / "ck" / "epoch=0.ckpt"))
+    assert steps_straight == [0, 2, 3, 4, 6, 8, 9]
+    assert steps_first + steps_resumed == steps_straight  # no duplicate point at the resume
+    assert resumed.history == straight.history and resumed.history_names == straight.history_names
+
+
+def test_collapse_guard_warns_once_per_layer_naming_lam_and_step(tmp_path):
+    pl.seed_everything(0)
+    with pytest.warns(
+        UserWarning, match=r"conv\.weight \(GroupLasso λ=50\) is entirely zero at step 1 with lam=50"
+    ) as rec:
+        _trainer(tmp_path, [SparsityMonitor(table=False)], max_epochs=2).fit(_Net(lam=50.0), _loader())
+    messages = [str(w.message) for w in rec if "SparsityMonitor" in str(w.message)]
+    assert sum("conv.weight" in m for m in messages) == 1  # once, not every logged step
+    assert sum("fc.weight" in m for m in messages) == 1
+    assert sum("the model has collapsed" in m for m in messages) == 1

@@ -9,44 +9,102 @@ import numpy as np
 
 __all__ = ["custom_scalars_layout", "history_image", "sparsity_table"]
 
-# two-colour ramp: dense = dark blue, exactly sparse = yellow
-_DENSE = np.array([38, 24, 96], dtype=np.float64)
-_SPARSE = np.array([250, 230, 40], dtype=np.float64)
+# viridis (perceptual, colour-blind safe): 9 anchors interpolated linearly; 0 = dense, 1 = all zero
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 144, 141],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
+    ],
+    dtype=np.float64,
+)
 
 
-def custom_scalars_layout(global_tags: Sequence[str]) -> dict[str, Any]:
-    """The "Sparsity" dashboard: global curves, per-layer curves (regexes), λ and quantization error.
+def _viridis(x: np.ndarray) -> np.ndarray:
+    pos = np.clip(x, 0.0, 1.0) * (len(_VIRIDIS) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_VIRIDIS) - 2)
+    frac = (pos - lo)[..., None]
+    return _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
+
+
+def custom_scalars_layout(global_tags: Sequence[str], kinds: Sequence[str] = ()) -> dict[str, Any]:
+    """The "Sparsity" dashboard: one quantity scale per chart, only the charts that apply.
+
+    ``global_tags`` are the zero-fraction tags that apply (``sparsity/unstructured``, ...);
+    ``sparsity/active_units`` (a dense fraction) gets its own chart. ``kinds`` adds charts:
+    ``"groups"``, ``"low_rank"``, ``"active_units"`` (per layer), ``"lambda"`` (λ), ``"quant"``
+    (quantization error), ``"tradeoff"`` (validation metric against sparsity).
 
     Example:
-        >>> sorted(custom_scalars_layout(["sparsity/unstructured"])["Sparsity"])
-        ['global', 'per layer: active units', 'per layer: group', 'per layer: low rank', 'per layer: unstructured', 'λ and quantization']
+        >>> sorted(custom_scalars_layout(["sparsity/unstructured", "sparsity/active_units"], ["lambda"])["Sparsity"])
+        ['active units (global, fraction alive)', 'exact zeros per layer', 'zero fractions (global)', 'λ (regularization strength)']
     """
-    return {
-        "Sparsity": {
-            "global": ["Multiline", list(global_tags)],
-            "per layer: unstructured": ["Multiline", [r"sparsity/layer/[^/]+$"]],
-            "per layer: group": ["Multiline", [r"sparsity/layer/.+/group$"]],
-            "per layer: low rank": ["Multiline", [r"sparsity/layer/.+/low_rank$"]],
-            "per layer: active units": ["Multiline", [r"sparsity/layer/.+/active_units$"]],
-            "λ and quantization": ["Multiline", [r"prox/lambda.*", r"quant/error"]],
-        }
+    zero_tags = [t for t in global_tags if t != "sparsity/active_units"]
+    charts: dict[str, Any] = {
+        "zero fractions (global)": ["Multiline", [f"^{t}$" for t in zero_tags]],
+        "exact zeros per layer": ["Multiline", [r"^sparsity/layer/[^/]+$"]],
     }
+    if "sparsity/active_units" in global_tags:
+        charts["active units (global, fraction alive)"] = ["Multiline", [r"^sparsity/active_units$"]]
+    optional = {
+        "groups": ("zero groups per layer", [r"^sparsity/layer/.+/group$"]),
+        "low_rank": ("rank deficit per layer", [r"^sparsity/layer/.+/low_rank$"]),
+        "active_units": ("active units per layer (fraction alive)", [r"^sparsity/layer/.+/active_units$"]),
+        "lambda": ("λ (regularization strength)", [r"^prox/lambda"]),
+        "quant": ("quantization error (mean squared distance to the levels)", [r"^quant/error$"]),
+        "tradeoff": ("validation metric vs sparsity (x axis: sparsity × 10⁴)", [r"^tradeoff/"]),
+    }
+    for kind in kinds:
+        if kind in optional:
+            title, tags = optional[kind]
+            charts[title] = ["Multiline", tags]
+    return {"Sparsity": charts}
 
 
-def history_image(history: Sequence[Sequence[float]], cell: int = 6) -> np.ndarray:
-    """An RGB uint8 image ``[H, W, 3]``: one row per layer, one column per logged point, colour = sparsity.
+def history_image(
+    history: Sequence[Sequence[float]], names: Sequence[str] = (), cell: int = 14, width: int = 480
+) -> np.ndarray:
+    """An RGB uint8 image ``[H, W, 3]`` of the per-layer sparsity over time (viridis, 0 = dense).
+
+    One row per layer (labelled with its short name on the left), one column per logged point
+    stretched to about ``width`` pixels (x axis: logged points, oldest left), and a colour bar from 0 to
+    1 at the bottom.
 
     Example:
-        >>> history_image([[0.0, 1.0], [0.5, 0.5]], cell=2).shape
-        (4, 2, 3)
+        >>> history_image([[0.0, 1.0], [0.5, 0.5]], ["a.weight", "b.weight"]).shape[2]
+        3
     """
+    from PIL import Image, ImageDraw
+
     h = np.asarray(history, dtype=np.float64).T  # [layers, time]
     if h.size == 0:
         return np.zeros((cell, cell, 3), dtype=np.uint8)
-    h = np.clip(h, 0.0, 1.0)
-    rgb = _DENSE + h[..., None] * (_SPARSE - _DENSE)
-    rgb = np.repeat(np.repeat(rgb, cell, axis=0), max(1, cell // 2), axis=1)
-    return rgb.round().astype(np.uint8)
+    layers, points = h.shape
+    labels = short_names(list(names)) if len(names) == layers else [str(i) for i in range(layers)]
+    label_w = 8 + 6 * max(len(t) for t in labels)
+    reps = max(1, width // points)
+    heat = np.repeat(np.repeat(_viridis(h), cell, axis=0), reps, axis=1)
+    plot_w = heat.shape[1]
+    bar_h, margin = 10, 22
+    img = Image.new("RGB", (label_w + plot_w + 8, layers * cell + margin + bar_h + 16), (255, 255, 255))
+    img.paste(Image.fromarray(heat.round().astype(np.uint8)), (label_w, 0))
+    draw = ImageDraw.Draw(img)
+    for i, text in enumerate(labels):
+        draw.text((4, i * cell + max(0, (cell - 10) // 2)), text, fill=(0, 0, 0))
+    y = layers * cell + 4
+    draw.text((label_w, y), f"logged points 1..{points}  (colour: zero fraction)", fill=(0, 0, 0))
+    ramp = _viridis(np.linspace(0.0, 1.0, plot_w))[None].repeat(bar_h, axis=0)
+    y_bar = y + margin - 6
+    img.paste(Image.fromarray(ramp.round().astype(np.uint8)), (label_w, y_bar))
+    draw.text((4, y_bar), "0 dense", fill=(0, 0, 0))
+    draw.text((label_w + plot_w - 30, y_bar + bar_h + 1), "1 zero", fill=(0, 0, 0))
+    return np.asarray(img, dtype=np.uint8)
 
 
 def short_names(names: Sequence[str], width: int = 24) -> list[str]:

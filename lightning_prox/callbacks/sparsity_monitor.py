@@ -9,13 +9,14 @@ sparsity digest 003 §3.2, active units digest 004.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from ..structure import UnitPair, group_reduce_dims, unit_pairs
@@ -62,8 +63,19 @@ class SparsityMonitor(Callback):
     ``sparsity/layer/<param name>`` (exact zeros), ``sparsity/layer/<param name>/group`` and
     ``.../low_rank``, per unit pair ``sparsity/layer/<first weight's name>/active_units`` are written with
     ``logger.log_metrics`` every ``every_n_steps`` optimizer steps (default: the Trainer's
-    ``log_every_n_steps``; ``logging_interval="epoch"``: at each epoch end), at the start and at the end
-    of training. Steps that are not logged cost one integer comparison: no tensor work, no host sync.
+    ``log_every_n_steps``), after the last training batch of every epoch (before validation and
+    checkpointing, so that a checkpoint holds it), at the start and at the end of training
+    (``logging_interval="epoch"``: each epoch's last batch, start and end only). Steps that are not
+    logged cost one integer comparison: no tensor work, no host sync. The global metrics also go into
+    ``trainer.callback_metrics`` (so ``ModelCheckpoint(monitor="sparsity/group", mode="max")``,
+    ``EarlyStopping`` and checkpoint filenames such as ``"{epoch}-{sparsity/group:.3f}"`` can use them),
+    refreshed at every logged step and before every validation, on every rank; the headline one is
+    shown in the progress bar. The history and the logged points are the same with and without a
+    resume: the last logged step is part of :meth:`state_dict`, and a resumed fit logs no extra point.
+
+    **Collapse guard**: when a monitored layer becomes entirely zero, or the whole model (every
+    monitored weight zero, or no active unit left), a ``UserWarning`` names the layer, its λ and the
+    step, once per layer, on rank 0.
     On a logged step the counts of all tensors are stacked and read back once. Under DDP the weights
     are replicated, so global rank 0 counts (exactly what a single process counts) and the loggers
     write once.
@@ -85,6 +97,9 @@ class SparsityMonitor(Callback):
         image: write the per-layer history image (TensorBoard).
         table: print the per-layer table at the end of fit.
         active_units: trace the model for unit pairs and log ``active_units``.
+        prog_bar: show ``sparsity/group`` (else ``sparsity/unstructured``) in the progress bar.
+        tradeoff_metric: validation metric plotted against the global sparsity (TensorBoard
+            ``tradeoff/...``; ``None``: off).
 
     Example:
         >>> SparsityMonitor(every_n_steps=10).every_n_steps
@@ -101,6 +116,8 @@ class SparsityMonitor(Callback):
         image: bool = True,
         table: bool = True,
         active_units: bool = True,
+        prog_bar: bool = True,
+        tradeoff_metric: str | None = "val/acc",
     ) -> None:
         if logging_interval not in ("step", "epoch"):
             raise ValueError(f"logging_interval must be 'step' or 'epoch', got {logging_interval!r}")
@@ -122,7 +139,11 @@ class SparsityMonitor(Callback):
         self.active_units = active_units
         self.history: list[list[float]] = []  # per logged point, one value per monitored tensor
         self.history_names: list[str] = []
+        self.prog_bar = prog_bar
+        self.tradeoff_metric = tradeoff_metric
         self._last_step = -1
+        self._collapsed: set[str] = set()
+        self._lam_of: dict[str, Any] = {}
         self._entries: list[Monitored] = []
         self._pairs: list[UnitPair] = []
 
@@ -143,6 +164,12 @@ class SparsityMonitor(Callback):
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
         entries = monitored_tensors(groups, pl_module.named_parameters(), self.group_dim)
         label_with_lam(entries, groups)
+        group_of = {id(p): g for g in groups for p in g["params"]}
+        self._lam_of = {
+            e.name: functools.partial(dict.get, group_of[id(e.param)], "lam", 0.0)
+            for e in entries
+            if id(e.param) in group_of and e.regularizer != "none"
+        }
         return entries
 
     def _every(self, trainer: pl.Trainer) -> int:
@@ -164,9 +191,13 @@ class SparsityMonitor(Callback):
         if step == self._last_step or trainer.sanity_checking:
             return
         self._last_step = step
-        if not trainer.is_global_zero or not self._entries:
+        if not self._entries:
             return
         totals, rows = self.compute()
+        self._publish(trainer, totals)
+        if not trainer.is_global_zero:
+            return
+        self._guard(trainer, totals, rows)
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics(totals, rows), step=step)
         rows = [r for r in rows if "unstructured" in r]
@@ -177,30 +208,118 @@ class SparsityMonitor(Callback):
         if len(self.history) > 1024:  # keep the image bounded: drop every other column
             self.history = self.history[::2]
 
+    def _publish(self, trainer: pl.Trainer, totals: dict[str, float]) -> None:
+        """Global metrics into ``trainer.callback_metrics`` (ModelCheckpoint, EarlyStopping, filenames)
+        and the headline one into the progress bar, on every rank (the weights are replicated)."""
+        metrics = {f"sparsity/{k}": v for k, v in totals.items() if k in GLOBAL_KEYS}
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        if self.prog_bar:
+            key = "sparsity/group" if "sparsity/group" in metrics else "sparsity/unstructured"
+            if key in metrics:
+                trainer.progress_bar_metrics[key] = metrics[key]
+
+    def _guard(self, trainer: pl.Trainer, totals: dict[str, float], rows: list[dict[str, Any]]) -> None:
+        """Warn once per layer (and once for the model) when the regularizer has removed everything."""
+        step = trainer.global_step
+        for r in rows:
+            if "unstructured" not in r or r["unstructured"] < 1.0 or r["name"] in self._collapsed:
+                continue
+            self._collapsed.add(r["name"])
+            lam = self._lam_of.get(r["name"])
+            rank_zero_warn(
+                f"SparsityMonitor: {r['name']} ({r['regularizer']}) is entirely zero at step {step}"
+                f"{'' if lam is None else f' with lam={float(lam()):.3g}'}: the layer passes no signal on. "
+                "Lower its lam (or start the λ schedule later) unless removing the layer is intended.",
+                category=UserWarning,
+            )
+        dead = totals.get("unstructured", 0.0) >= 1.0 or totals.get("active_units", 1.0) <= 0.0
+        if dead and "<model>" not in self._collapsed:
+            self._collapsed.add("<model>")
+            lams = sorted({round(float(f()), 12) for f in self._lam_of.values()})
+            rank_zero_warn(
+                f"SparsityMonitor: the model has collapsed at step {step} (exact-zero fraction "
+                f"{totals.get('unstructured', 0.0):.3f}, active units {totals.get('active_units', 1.0):.3f}, "
+                f"lam {lams}): its predictions no longer depend on the input. Lower lam.",
+                category=UserWarning,
+            )
+
+    def _chart_kinds(self, trainer: pl.Trainer) -> list[str]:
+        kinds = []
+        if any(e.dim is not None for e in self._entries):
+            kinds.append("groups")
+        if any(e.rank for e in self._entries):
+            kinds.append("low_rank")
+        if self._pairs:
+            kinds.append("active_units")
+        if any(hasattr(cb, "last_lams") for cb in trainer.callbacks):
+            kinds.append("lambda")
+        if any(hasattr(cb, "table_notes") for cb in trainer.callbacks):
+            kinds.append("quant")
+        if self.tradeoff_metric is not None:
+            kinds.append("tradeoff")
+        return kinds
+
+    def _log_tradeoff(self, trainer: pl.Trainer) -> None:
+        """``tradeoff/<metric>`` at x = sparsity × 10⁴: the accuracy-versus-sparsity view in TensorBoard."""
+        metric = trainer.callback_metrics.get(self.tradeoff_metric) if self.tradeoff_metric else None
+        if metric is None or not self._entries or not trainer.is_global_zero:
+            return
+        totals = self.compute()[0]
+        x = totals.get("group", totals.get("unstructured"))
+        if x is None:
+            return
+        tag = f"tradeoff/{self.tradeoff_metric.replace('/', '_')}_vs_sparsity"
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_scalar(tag, float(metric), round(1e4 * x))
+
+    def _publish_now(self, trainer: pl.Trainer) -> None:
+        if self._entries and not trainer.sanity_checking:
+            self._publish(trainer, self.compute()[0])
+
     # -- hooks ------------------------------------------------------------------------------------
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._entries = self._collect(trainer, pl_module)
         self._pairs = monitored_pairs(unit_pairs(pl_module), self._entries) if self.active_units else []
-        self._last_step = -1
         if trainer.is_global_zero:
             tags = [f"sparsity/{k}" for k in GLOBAL_KEYS]
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_custom_scalars(custom_scalars_layout(tags))
-        self._log(trainer)
+                    logger.experiment.add_custom_scalars(
+                        custom_scalars_layout(tags, self._chart_kinds(trainer))
+                    )
+        if trainer.global_step == 0:
+            self._last_step, self._collapsed = -1, set()
+            self._log(trainer)
+        else:  # resumed: the point at this step is in the restored history already
+            self._publish_now(trainer)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.logging_interval == "step" and trainer.global_step % self._every(trainer) == 0:
+        # the epoch's last point is taken here, before validation and ModelCheckpoint run
+        last = (
+            batch_idx + 1 >= trainer.num_training_batches
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        )
+        if last or (self.logging_interval == "step" and trainer.global_step % self._every(trainer) == 0):
             self._log(trainer)
 
     @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._publish_now(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._log_tradeoff(trainer)
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.logging_interval == "epoch":
-            self._log(trainer)
+        self._log(trainer)
         if trainer.is_global_zero and (self.histograms or self.image):
             self._write_tensorboard(trainer)
 
@@ -208,16 +327,21 @@ class SparsityMonitor(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer)
         if self.table:
-            self._print_table()
+            self._print_table(trainer)
 
     @rank_zero_only
-    def _print_table(self) -> None:
+    def _print_table(self, trainer: pl.Trainer) -> None:
         from rich.console import Console
 
         totals, rows = self.compute()
         rows = [r for r in rows if "unstructured" in r]
+        notes: dict[str, str] = {}
+        for cb in trainer.callbacks:
+            describe = getattr(cb, "table_notes", None)
+            if callable(describe):
+                notes.update(describe(trainer))
         if rows:
-            Console().print(sparsity_table(rows, totals))
+            Console().print(sparsity_table(rows, totals, notes))
 
     @torch.no_grad()
     def _write_tensorboard(self, trainer: pl.Trainer) -> None:
@@ -237,15 +361,25 @@ class SparsityMonitor(Callback):
                     writer.add_histogram(f"group_norms/{e.name}", norms.cpu(), step)
             if self.image and self.history:
                 writer.add_image(
-                    "sparsity/layer_history", history_image(self.history), step, dataformats="HWC"
+                    "sparsity/layer_history",
+                    history_image(self.history, self.history_names),
+                    step,
+                    dataformats="HWC",
                 )
 
     # -- checkpointing ----------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [list(h) for h in self.history], "history_names": list(self.history_names)}
+        return {
+            "history": [list(h) for h in self.history],
+            "history_names": list(self.history_names),
+            "last_step": self._last_step,
+            "collapsed": sorted(self._collapsed),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [[float(v) for v in h] for h in state_dict.get("history", [])]
         self.history_names = [str(n) for n in state_dict.get("history_names", [])]
+        self._last_step = int(state_dict.get("last_step", -1))
+        self._collapsed = {str(n) for n in state_dict.get("collapsed", [])}
