@@ -159,3 +159,120 @@ def test_bad_selection_regex_names_its_key(capsys):
         main(["fit", "--config", str(QUICKSTART), "--model.init_args.exclude=[(]"])
     assert exc.value.code == 2
     assert "model.init_args.exclude" in capsys.readouterr().err
+
+
+# -- every mistake: exit 2 and one line naming the key ---------------------------------------------
+def _run_err(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(QUICKSTART), "--trainer.logger=false", *args])
+    err = capsys.readouterr().err
+    return exc.value.code, [line for line in err.splitlines() if line.startswith("error:")], err
+
+
+@pytest.mark.parametrize(
+    ("arg", "key", "words"),
+    [
+        (
+            "--model.init_args.regularizer.init_args.lam=-1",
+            "model.init_args.regularizer.init_args.lam",
+            "lam must",
+        ),
+        ("--model.init_args.backbone=resnet1800", "model.init_args.backbone", "resnet1800"),
+        ("--model.init_args.optimizer=torch.optim.Adam", "model.init_args.optimizer", "Adam does not apply"),
+        ("--data.init_args.batch_size=0", "data.init_args.batch_size", "batch_size must"),
+        (
+            "--model.init_args.optimizer.init_args.regularizer=lightning_prox.regularizers.L1",
+            "model.init_args.regularizer",
+            "given twice",
+        ),
+        (
+            "--model.init_args.rules=[{params: nope, regularizer: null}]",
+            "model.init_args.rules",
+            "matches no",
+        ),
+        ("--trainer.enable_checkpointing=false", "trainer", "ModelCheckpoint"),
+    ],
+    ids=[
+        "negative-lam",
+        "backbone-typo",
+        "adam-with-regularizer",
+        "batch-size",
+        "reg-twice",
+        "rule",
+        "trainer",
+    ],
+)
+def test_every_mistake_exits_2_with_one_error_line_naming_the_key(tmp_path, capsys, arg, key, words):
+    code, lines, err = _run_err(capsys, arg)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: ") and words in lines[0], err
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_optimizer_level_regularizer_is_applied():
+    cli = ProxCLI(
+        [
+            "--config",
+            str(QUICKSTART),
+            "--model.init_args.regularizer=null",
+            "--model.init_args.optimizer.init_args.regularizer=lightning_prox.regularizers.L1",
+            "--model.init_args.optimizer.init_args.regularizer.init_args.lam=0.01",
+            "--trainer.logger=false",
+        ],
+        run=False,
+    )
+    from lightning_prox.regularizers import L1
+
+    assert cli.model.regularizer == L1(0.01)
+    opt = cli.model.configure_optimizers()
+    assert opt.param_groups[0]["regularizer"]["name"] == "L1" and opt.param_groups[0]["lam"] == 0.01
+    assert opt.defaults["regularizer"] is None
+
+
+def test_offline_download_says_where_to_put_the_files(tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    recipe = RECIPES[0].parent / "proxgen_cifar10_vgg16_l1.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(recipe), "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exc.value.code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: data.init_args.data_dir: CIFAR10DataModule")
+    assert "cifar-10-python.tar.gz" in lines[0] and str(tmp_path / "data") in lines[0]
+
+
+def test_short_class_names_in_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--model.optimizer.help", "ProxGen"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "--optimizer.lr" in out and "--optimizer.preconditioner" in out
+
+
+def test_help_shows_an_example_and_the_recipes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "lightning-prox fit --config recipes/quickstart.yaml" in out
+    assert all(f"recipes/{r.name}" in out for r in RECIPES)
+
+
+def test_a_listed_callbacks_argument_can_be_overridden_from_the_command_line(capsys):
+    recipe = str(RECIPES[0].parent / "proxquant_revised.yaml")
+    cli = ProxCLI(
+        ["--config", recipe, "--trainer.callbacks.HardQuantization.epoch=3", "--trainer.logger=false"],
+        run=False,
+    )
+    (hq,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "HardQuantization"]
+    assert hq.epoch == 3
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(QUICKSTART), "--trainer.callbacks.HardQuantization.epoch=3"])
+    assert exc.value.code == 2
+    assert "error: trainer.callbacks.HardQuantization.epoch: no HardQuantization" in capsys.readouterr().err

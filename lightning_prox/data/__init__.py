@@ -5,6 +5,7 @@ from .digits import DigitsDataModule
 from .vision import (
     CIFAR10DataModule,
     CIFAR100DataModule,
+    DataUnavailableError,
     FashionMNISTDataModule,
     MNISTDataModule,
     SVHNDataModule,
@@ -14,6 +15,7 @@ from .vision import (
 __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "DataUnavailableError",
     "DigitsDataModule",
     "EpochShuffleSampler",
     "FashionMNISTDataModule",

@@ -19,6 +19,7 @@ from torchvision import transforms as T
 from ._common import check_common, distributed_info, make_loader
 
 __all__ = [
+    "DataUnavailableError",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "FashionMNISTDataModule",
@@ -26,6 +27,14 @@ __all__ = [
     "SVHNDataModule",
     "VisionDataModule",
 ]
+
+
+class DataUnavailableError(RuntimeError):
+    """The data set's files are missing and cannot be downloaded; the message says where to put them."""
+
+    #: the ``lightning-prox`` command reports this as a configuration error (exit status 2)
+    prox_config_error = True
+    prox_key = "data.init_args.data_dir"
 
 
 class _CIFAR10Files(datasets.CIFAR10):
@@ -113,6 +122,19 @@ class VisionDataModule(pl.LightningDataModule):
         """Train-time augmentations applied before ``ToTensor`` (standard for the data set)."""
         return []
 
+    def files_hint(self) -> str:
+        """Where the files go when they must be put in place by hand (no network)."""
+        return f"the data set's files into {os.path.abspath(self.data_dir)}"
+
+    def _unavailable(self, err: BaseException, downloading: bool) -> DataUnavailableError:
+        what = "cannot be downloaded" if downloading else "are not there"
+        reason = getattr(err, "reason", None) or err
+        return DataUnavailableError(
+            f"{type(self).__name__}: the files {what} ({type(err).__name__}: {reason}); put "
+            f"{self.files_hint()} (data_dir={self.data_dir!r}, data.init_args.data_dir) and run again"
+            + ("" if downloading else ", or set download=True with network access")
+        )
+
     # -- transforms ---------------------------------------------------------------------------------
     def eval_transform(self) -> Any:
         return T.Compose([T.ToTensor(), T.Normalize(self.mean, self.std)])
@@ -125,13 +147,22 @@ class VisionDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.download:
             for train in (True, False):
-                self.make_dataset(train, None, download=True)
+                try:
+                    self.make_dataset(train, None, download=True)
+                except (
+                    OSError,
+                    RuntimeError,
+                ) as err:  # URLError is an OSError; torchvision raises RuntimeError
+                    raise self._unavailable(err, downloading=True) from err
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
-        train = self.make_dataset(True, self.train_transform())
-        test = self.make_dataset(False, self.eval_transform())
+        try:
+            train = self.make_dataset(True, self.train_transform())
+            test = self.make_dataset(False, self.eval_transform())
+        except (OSError, RuntimeError) as err:
+            raise self._unavailable(err, downloading=False) from err
         n = len(train)  # type: ignore[arg-type]
         if self.val_size >= n:
             raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({n} images)")
@@ -184,6 +215,11 @@ class CIFAR10DataModule(VisionDataModule):
         cls = self._cls if self.verify_integrity or download else self._cls_files
         return cls(self.data_dir, train=train, transform=transform, download=download)
 
+    def files_hint(self) -> str:
+        c = self._cls
+        root = os.path.abspath(self.data_dir)
+        return f"{c.filename} (from {c.url}) or its extracted folder {c.base_folder}/ into {root}"
+
     def augmentations(self) -> list[Any]:
         return [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
 
@@ -211,6 +247,11 @@ class MNISTDataModule(VisionDataModule):
     def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
         return self._cls(self.data_dir, train=train, transform=transform, download=download)
 
+    def files_hint(self) -> str:
+        files = ", ".join(f for f, _ in self._cls.resources)
+        folder = os.path.join(os.path.abspath(self.data_dir), self._cls.__name__, "raw")
+        return f"{files} (from {self._cls.mirrors[0]}) into {folder}"
+
     def augmentations(self) -> list[Any]:
         return [T.RandomCrop(28, padding=2)]
 
@@ -236,6 +277,11 @@ class SVHNDataModule(VisionDataModule):
     def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
         cls = datasets.SVHN if self.verify_integrity or download else _SVHNFiles
         return cls(self.data_dir, split="train" if train else "test", transform=transform, download=download)
+
+    def files_hint(self) -> str:
+        urls = [datasets.SVHN.split_list[k][0] for k in ("train", "test")]
+        files = ", ".join(datasets.SVHN.split_list[k][1] for k in ("train", "test"))
+        return f"{files} (from {', '.join(urls)}) into {os.path.abspath(self.data_dir)}"
 
     def augmentations(self) -> list[Any]:
         return [T.RandomCrop(32, padding=4)]
