@@ -402,7 +402,9 @@ def _takes_regularizer(factory: Any) -> bool:
     """Whether an optimizer class (or ``functools.partial`` of one) applies a proximal step."""
     while isinstance(factory, functools.partial):
         # LightningCLI's callables are partial(call_without_instantiate_context, instantiator, cls, ...)
-        factory = next((a for a in (factory.func, *factory.args) if isinstance(a, (type, functools.partial))), None)
+        factory = next(
+            (a for a in (factory.func, *factory.args) if isinstance(a, (type, functools.partial))), None
+        )
     if not isinstance(factory, type):
         return True  # an arbitrary callable: checked on the optimizer it returns
     import inspect
