@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -124,3 +125,37 @@ def test_in_process_load_keeps_rngs_and_fit_resume_restores_them(tmp_path):
     resumed, _ = _fit(tmp_path / "c", 2, ckpt_path=str(ckpt))
     for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{n} differs after resume"
+
+
+def _fit_steps(tmp: Path, ckpt_path: str | None = None, shuffle: bool = True):
+    pl.seed_everything(0)
+    model = ImageClassifier(
+        "mlp", hidden=(16,), drop_rate=0.3, regularizer=GroupLasso(1e-3), sparsity_table=False
+    )
+    trainer = quiet_trainer(
+        max_epochs=2,
+        deterministic=True,
+        default_root_dir=tmp,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp, filename="{step}", every_n_train_steps=3, save_top_k=-1)],
+        num_sanity_val_steps=0,
+    )
+    dm = DigitsDataModule(batch_size=32, max_samples=320, seed=5, shuffle=shuffle)  # 7 batches an epoch
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return model, trainer
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_mid_epoch_resume_from_a_step_checkpoint_is_bit_exact(tmp_path, shuffle, recwarn):
+    straight, t_straight = _fit_steps(tmp_path / "a", shuffle=shuffle)
+    for step in (3, 9):  # inside epoch 0 and inside epoch 1
+        ckpt = tmp_path / "a" / f"step={step}.ckpt"
+        state = torch.load(ckpt, weights_only=True)
+        assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": step // 7, "batches": step % 7}]
+        resumed, t_resumed = _fit_steps(tmp_path / f"r{step}", ckpt_path=str(ckpt), shuffle=shuffle)
+        assert t_resumed.global_step == t_straight.global_step == 14
+        for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+            assert torch.equal(a, b), f"{n} differs after resuming from step {step}"
+        sa, sb = t_straight.optimizers[0].state_dict()["state"], t_resumed.optimizers[0].state_dict()["state"]
+        assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa if "exp_avg" in sa[k])
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]

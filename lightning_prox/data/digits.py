@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ._common import check_common, distributed_info, make_loader
+from ._common import check_common, consumed_batches, distributed_info, make_loader
 
 __all__ = ["DigitsDataModule"]
 
@@ -87,6 +87,10 @@ class DigitsDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(x[idx_val], y[idx_val])
         self.test_set = TensorDataset(x[idx_test], y[idx_test])
 
+    def _progress(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else consumed_batches(trainer)
+
     def _distributed(self) -> tuple[int, int] | None:
         return distributed_info(getattr(self, "trainer", None))
 
@@ -100,6 +104,7 @@ class DigitsDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             distributed=self._distributed(),
             drop_last=self.drop_last,
+            progress=self._progress,
         )
 
     def _eval_loader(self, ds: TensorDataset) -> DataLoader:

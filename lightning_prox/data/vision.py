@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from ._common import check_common, distributed_info, make_loader
+from ._common import check_common, consumed_batches, distributed_info, make_loader
 
 __all__ = [
     "DataUnavailableError",
@@ -174,6 +174,10 @@ class VisionDataModule(pl.LightningDataModule):
             self.train_set, self.val_set = train, test
         self.test_set: Dataset = test
 
+    def _progress(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else consumed_batches(trainer)
+
     def _distributed(self) -> tuple[int, int] | None:
         return distributed_info(getattr(self, "trainer", None))
 
@@ -188,6 +192,7 @@ class VisionDataModule(pl.LightningDataModule):
             distributed=self._distributed() if train else None,
             drop_last=self.drop_last,
             pin_memory=self.pin_memory,
+            progress=self._progress if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:
