@@ -151,7 +151,9 @@ def test_mid_epoch_resume_from_a_step_checkpoint_is_bit_exact(tmp_path, shuffle,
     for step in (3, 9):  # inside epoch 0 and inside epoch 1
         ckpt = tmp_path / "a" / f"step={step}.ckpt"
         state = torch.load(ckpt, weights_only=True)
-        assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": step // 7, "batches": step % 7}]
+        assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+            {"epoch": step // 7, "batches": step % 7}
+        ]
         resumed, t_resumed = _fit_steps(tmp_path / f"r{step}", ckpt_path=str(ckpt), shuffle=shuffle)
         assert t_resumed.global_step == t_straight.global_step == 14
         for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
