@@ -247,3 +247,68 @@ def test_ddp_freeze_matches_single_process(tmp_path):
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=0)  # same signs as one process
     for name in ("bn.weight", "bn.bias", "fc.bias"):
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
+
+
+# -- weight averaging and a freeze that finds nothing ---------------------------------------------
+def _on_levels(model):
+    w = torch.cat([model.conv.weight.flatten(), model.fc.weight.flatten()])
+    return int(((w != 1) & (w != -1)).sum())
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.999])
+def test_ema_weight_averaging_ends_with_only_level_values(tmp_path, decay, recwarn):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    pl.seed_everything(0)
+    model = _BinNet("preconditioned")
+    ema = EMAWeightAveraging(decay=decay)
+    trainer = _trainer(tmp_path, [HardQuantization(epoch=2), ema], max_epochs=4)
+    trainer.fit(model, _loader(), _loader())
+    assert _on_levels(model) == 0, "the averaged model handed back unquantized weights"
+    assert not [w for w in recwarn if "off their levels" in str(w.message)]  # exact, not repaired
+    # the weights really are the averaged ones (BN keeps training and is averaged, so it differs)
+    avg = dict(ema._average_model.module.named_parameters())
+    assert torch.equal(model.bn.weight, avg["bn.weight"]) and torch.equal(
+        model.conv.weight, avg["conv.weight"]
+    )
+
+
+def test_ema_without_hard_quantization_would_leave_weights_off_the_levels(tmp_path):
+    """The control: averaging after a plain projection (no callback) leaves weights off the levels."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    pl.seed_everything(0)
+    model = _BinNet("preconditioned")
+    _trainer(tmp_path, [EMAWeightAveraging(decay=0.9)], max_epochs=2).fit(model, _loader())
+    assert _on_levels(model) > 0
+
+
+class _SwapOptimizer(Callback):
+    """Replaces the optimizer by one without quantization groups at the start of an epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.strategy.optimizers = [torch.optim.SGD(pl_module.parameters(), lr=0.01)]
+
+
+@pytest.mark.parametrize("swap_epoch", [1, 2])  # before the freeze, and after it
+def test_freeze_without_a_quantization_group_in_the_live_optimizer_raises(tmp_path, swap_epoch):
+    pl.seed_everything(0)
+    hq = HardQuantization(epoch=2)
+    trainer = _trainer(tmp_path, [hq, _SwapOptimizer(swap_epoch)], max_epochs=4)
+    with pytest.raises(RuntimeError, match="no param group whose regularizer is one of"):
+        trainer.fit(_BinNet("preconditioned"), _loader())
+
+
+def test_table_notes_show_levels_and_the_freeze(tmp_path):
+    pl.seed_everything(0)
+    hq = HardQuantization(epoch=1)
+    trainer = _trainer(tmp_path, [hq], max_epochs=2)
+    trainer.fit(_BinNet("preconditioned"), _loader())
+    assert hq.table_notes(trainer) == {
+        "conv.weight": "100% on {-1,1} frozen",
+        "fc.weight": "100% on {-1,1} frozen",
+    }

@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -50,6 +51,12 @@ class HardQuantization(Callback):
     quantized in the checkpoint, so resuming after the freeze keeps them frozen and quantized, and
     resuming from a checkpoint written before the freeze (even one written during the freeze epoch)
     freezes at the same point.
+
+    With a weight-averaging callback (Lightning's ``EMAWeightAveraging`` / ``WeightAveraging``), the
+    averaged copies of the quantized tensors are set to the frozen values at the freeze, so the
+    averaged model that ends training holds only level values as well. A freeze (or a later step)
+    that finds no quantization group in the live optimizer raises instead of reporting success, and
+    at the end of fit tensors found off their levels are projected again, with a warning.
 
     Args:
         epoch: number of training epochs after which to quantize and freeze (≥ 1).
@@ -148,16 +155,95 @@ class HardQuantization(Callback):
         if self._frozen_ids is None:
             self._frozen_ids = {id(p) for p, _ in self.quantized_params(trainer)}
         frozen = self._frozen_ids
+        if not frozen:
+            raise RuntimeError(
+                f"HardQuantization(epoch={self.epoch}) is frozen but the live optimizer "
+                f"{type(optimizer).__name__} has no param group whose regularizer is one of "
+                f"{self.regularizer_names}, so nothing would stay quantized; keep the Quantization groups "
+                "in the optimizer (e.g. when swapping optimizers) or drop this callback"
+            )
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if id(p) in frozen:
                     p.grad = None
 
     def _freeze(self, trainer: pl.Trainer) -> None:
+        params = self.quantized_params(trainer)
+        if not params:
+            raise RuntimeError(
+                f"HardQuantization(epoch={self.epoch}): at the freeze the live optimizer(s) "
+                f"{[type(o).__name__ for o in trainer.optimizers]} have no param group whose regularizer is "
+                f"one of {self.regularizer_names}; nothing was quantized. Keep the Quantization groups in "
+                "the optimizer or drop this callback"
+            )
+        with torch.no_grad():
+            for p, levels in params:
+                p.copy_(nearest_level(p, levels))
+            self._sync_averaged(trainer, [p for p, _ in params])
+        self.frozen = True
+        self._frozen_ids = None
+
+    @staticmethod
+    def _averaged_models(trainer: pl.Trainer) -> list[torch.nn.Module]:
+        """The averaged copies of the model kept by weight-averaging callbacks (EMA, SWA)."""
+        out = []
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            avg = getattr(cb, "_average_model", None)  # lightning.pytorch.callbacks.WeightAveraging
+            module = getattr(avg, "module", None)
+            if isinstance(module, torch.nn.Module):
+                out.append(module)
+        return out
+
+    def _sync_averaged(self, trainer: pl.Trainer, params: list[Tensor]) -> None:
+        """Set the averaged copies of the quantized tensors to their frozen values.
+
+        From then on every average update mixes a frozen tensor with itself (``lerp(a, a, w) = a``
+        exactly), so the averaged model, which weight averaging copies into the model when training
+        ends, keeps exactly the level values.
+        """
+        models = self._averaged_models(trainer)
+        if not models:
+            return
+        names = {id(p): n for n, p in trainer.lightning_module.named_parameters()}
+        for module in models:
+            avg = dict(module.named_parameters())
+            for p in params:
+                name = names.get(id(p))
+                if name is None or name not in avg:
+                    raise RuntimeError(
+                        f"HardQuantization: the averaged model of a weight-averaging callback has no "
+                        f"parameter {name!r}; it cannot be kept quantized"
+                    )
+                avg[name].copy_(p.detach().to(avg[name].device, avg[name].dtype))
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After weight averaging copied its average in: the quantized tensors must still be on their levels."""
+        if not self.frozen:
+            return
+        off = []
         with torch.no_grad():
             for p, levels in self.quantized_params(trainer):
-                p.copy_(nearest_level(p, levels))
-        self.frozen = True
+                q = nearest_level(p, levels)
+                if not torch.equal(q, p):
+                    off.append(int((q != p).sum()))
+                    p.copy_(q)
+        if off:
+            rank_zero_warn(
+                f"HardQuantization: {sum(off)} quantized weights were off their levels at the end of fit "
+                "(another callback changed them after the freeze); they were projected again"
+            )
+
+    def table_notes(self, trainer: pl.Trainer) -> dict[str, str]:
+        """Per quantized tensor name: its levels, the share of weights on them and the freeze state."""
+        names = {id(p): n for n, p in trainer.lightning_module.named_parameters()}
+        notes = {}
+        for p, levels in self.quantized_params(trainer):
+            on = float((nearest_level(p.detach(), levels) == p.detach()).float().mean())
+            lv = ",".join(f"{v:g}" for v in levels)
+            state = "frozen" if self.frozen else f"freeze@{self.epoch}"
+            notes[names.get(id(p), "?")] = f"{100 * on:.0f}% on {{{lv}}} {state}"
+        return notes
 
     @override
     def state_dict(self) -> dict[str, Any]:
