@@ -12,7 +12,7 @@
 The mixin builds the param groups (:func:`lightning_prox.structure.param_groups_regularized`:
 conv/linear/LSTM weights regularized by default; biases, norm layers and embeddings not, unless named by
 ``include``), instantiates the optimizer and LR scheduler in ``configure_optimizers``, keeps checkpoints
-loadable with ``torch.load(weights_only=True)`` (DESIGN.md §4) and prints a per-layer sparsity table
+loadable with ``torch.load(weights_only=True)`` and prints a per-layer sparsity table
 when ``fit`` ends.
 """
 

@@ -1,4 +1,4 @@
-"""Reading the plain-data regularizer of a param group (DESIGN.md §4)."""
+"""Reading the plain-data regularizer of a param group."""
 
 from __future__ import annotations
 

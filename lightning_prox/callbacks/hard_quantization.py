@@ -1,10 +1,10 @@
 """Hard quantization at a set epoch (ProxQuant's "freeze epoch"), then training of the rest.
 
 Bai et al., "ProxQuant: Quantized Neural Networks via Proximal Operators" (ICLR 2019) and the revised
-ProxQuant of the ProxGen paper (digest 000 §3): after ``epoch`` epochs every quantization-regularized
+ProxQuant of Yun et al., "A General Family of Stochastic Proximal Gradient Methods for Deep Learning" (ProxGen, 2020): after ``epoch`` epochs every quantization-regularized
 tensor is projected onto its nearest levels and frozen; batch norms, biases and unquantized layers keep
 training. The reference code (``allenbai01/ProxQuant``, ``main_binary_reg.py``) does the same with
-``p.sign()`` and ``requires_grad = False`` when ``epoch + 1 == freeze_epoch`` (digest 000 §8).
+``p.sign()`` and ``requires_grad = False`` when ``epoch + 1 == freeze_epoch``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """λ schedules (ProxQuant homotopy, step, cosine, warmup) that write ``group["lam"]``.
 
-The regularizer objects stay fixed (STYLE.md principle 9); only the plain number ``group["lam"]`` of each
+The regularizer objects stay fixed; only the plain number ``group["lam"]`` of each
 regularized param group changes, the way LR schedulers write ``group["lr"]``. Homotopy: Bai et al.,
-"ProxQuant" (ICLR 2019) and digest 000 §3 (λ_epoch = λ·epoch).
+"ProxQuant" (ICLR 2019) (λ_epoch = λ·epoch).
 """
 
 from __future__ import annotations

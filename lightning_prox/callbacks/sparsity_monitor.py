@@ -3,8 +3,7 @@ Trainer's loggers.
 
 Counting is done by pure functions (``tensor_stats`` and ``sparsity_ratios`` of
 :mod:`lightning_prox.structure`, stacked by ``callbacks/_counting.py``); this callback only decides when
-to count and where to write (STYLE.md principles 10 and 12). Definitions: DESIGN.md §5, weighted group
-sparsity digest 003 §3.2, active units digest 004.
+to count and where to write. Weighted group sparsity as in the RAMDA paper (Huang et al.); active units as in PathProx (Yang et al.).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ class SparsityMonitor(Callback):
     Trainer); when no group is regularized, every parameter with ``ndim >= 2``. Groups follow each
     tensor's regularizer: a spec with ``"dim"`` (``GroupLasso``) groups by that dim, ``NuclearNorm``
     counts the rank; elementwise regularizers count exact zeros only unless ``group_dim`` is given.
-    With additive counts summed over tensors (DESIGN.md §5, digest 003 §3.2):
+    With additive counts summed over tensors:
 
     .. math::
 
@@ -51,7 +50,7 @@ class SparsityMonitor(Callback):
         \text{low\_rank} = 1 - \frac{\sum \operatorname{rank}}{\sum \min(m, n)}, \quad
         \text{active\_units} = \frac{\#\{k: \lVert w_k \rVert \, \lVert v_k \rVert > 0\}}{\#k}.
 
-    Active units (digest 004) are the hidden units between two consecutive linear/conv weights
+    Active units are the hidden units between two consecutive linear/conv weights
     (:func:`~lightning_prox.structure.unit_pairs`, found once at the start of training by tracing the
     model; residual streams have none) of which at least one is monitored: unit ``k`` has input weights
     ``w_k`` (filter/row ``k`` of the first) and output weights ``v_k`` (input slice ``k`` of the next),

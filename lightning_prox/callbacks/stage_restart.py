@@ -1,4 +1,4 @@
-"""Stage-wise schedule of RMDA/RAMDA: lr drops, restarts and the final-stage momentum ramp (digest 003 §1.1)."""
+"""Stage-wise schedule of RMDA/RAMDA: lr drops, restarts and the final-stage momentum ramp."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def stage_index(counter: int, milestones: Sequence[int]) -> int:
 
 
 def final_stage_momentum(c0: float, i: int) -> float:
-    """c = min(c0·√i, 1) for the i-th training step (i ≥ 1) of the final stage (digest 003 §1.1).
+    """c = min(c0·√i, 1) for the i-th training step (i ≥ 1) of the final stage.
 
     Example:
         >>> [final_stage_momentum(0.1, i) for i in (1, 4, 100, 200)]
@@ -51,7 +51,7 @@ class StageRestart(Callback):
 
     and on entering each stage every optimizer with a ``restart`` method (:class:`~lightning_prox.optim.RMDA`,
     :class:`~lightning_prox.optim.RAMDA`) is restarted with ``restart(eps_factor=eps_gamma)``:
-    t → 0, W_0 ← W, V, U, α ← 0, ε ← ε·eps_gamma (digest 003 §1.1, supplement D). η_0 and c_0 are every
+    t → 0, W_0 ← W, V, U, α ← 0, ε ← ε·eps_gamma (Huang, Chen & Lee, ICLR 2022, and the RAMDA paper, supplement D). η_0 and c_0 are every
     param group's ``lr`` and ``momentum`` when training starts; c is written only for optimizers with a
     ``restart`` method. The lr and c are pure functions of the counters (plus the step at which the
     final stage began, kept in :meth:`state_dict`), so resuming from a checkpoint continues exactly.

@@ -8,7 +8,7 @@ Shortcuts where the shape changes (the first block of stages 2 and 3):
 
 - ``"B"`` (default): a 1x1 stride-2 conv and batch norm, in a submodule named ``downsample``. This is
   the CIFAR ResNet of the ProxQuant code (``allenbai01/ProxQuant``, ``models/resnet.py``), which
-  leaves the ``downsample`` convs full precision (digest 000 §8), so the recipes exclude them by name.
+  leaves the ``downsample`` convs full precision, so the recipes exclude them by name.
 - ``"A"``: He et al.'s parameter-free shortcut, the input subsampled by 2 and zero-padded with the new
   channels (no ``downsample`` module).
 
