@@ -1,6 +1,8 @@
 """Lasso support recovery: ProxGen vs the two-stage Prox-SGD of Yang et al. (ProxGen paper, Study 1).
 
-Digest 000 §5.4 (paper Figure 4): p = 500 features, n = 100 samples, 10 nonzero coefficients of
+Yun, Lozano & Yang, "A Unified Framework for Proximal Methods" (ICLR 2021 submission,
+arXiv:2007.07484), Section 5, Study 1 and Figure 4; the two-stage method is Prox-SGD of Yang et al.
+(ICLR 2020). Set-up: p = 500 features, n = 100 samples, 10 nonzero coefficients of
 value ±1 at random positions, X with i.i.d. N(0, 1) entries, y = Xθ* + e with e ~ N(0, 0.05²).
 Both methods use the Adam preconditioner (betas 0.9/0.999, bias correction on), the same λ, the
 same learning rate and the same minibatch sequence; loss f(θ) = ‖X_B θ − y_B‖² / (2|B|) on

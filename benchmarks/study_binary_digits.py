@@ -5,8 +5,8 @@ A small MLP (64 → 256 → 256 → 10, batch norm after every layer) has all th
 
 - **BinaryConnect** (Courbariaux et al. 2015), the STE baseline: latent real weights, the forward pass
   uses sign(w), gradients pass straight through, latent weights are clipped to [-1, 1] after every step.
-- **ProxQuant** (Bai et al. 2019): ``ProxGen(prox_metric="euclidean")`` + ``Quantization(λ)``.
-- **revised ProxQuant** (ProxGen paper, digest 000 §3): ``ProxGen(prox_metric="preconditioned")``.
+- **ProxQuant** (Bai, Wang & Liberty, ICLR 2019): ``ProxGen(prox_metric="euclidean")`` + ``Quantization(λ)``.
+- **revised ProxQuant** (Yun, Lozano & Yang, ICLR 2021 submission, Section 2, Table 2): ``ProxGen(prox_metric="preconditioned")``.
 
 Both ProxQuant variants use the homotopy λ_epoch = λ·epoch (``RegularizationScheduler``) and are
 hard-quantized and frozen after ``--freeze`` epochs (``HardQuantization``); batch norms keep training.

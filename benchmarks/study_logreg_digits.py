@@ -1,6 +1,7 @@
 """Study: group-lasso logistic regression on scikit-learn's digits with ProxSGD, ProxGen, RMDA and RAMDA.
 
-The RAMDA paper's LogReg/MNIST setting (digest 003 Table 7, code supplement C, D, F): 500 epochs, batch
+The LogReg/MNIST setting of Huang & Lee (NeurIPS 2024), Appendix C, Table 7, with the hyperparameters of
+the authors' experiment scripts (ismoptgroup/ramda_exp): 500 epochs, batch
 128, milestones 100/200/300/400 (lr × 0.1; RMDA/RAMDA restarted, RAMDA's ε × 0.1), lr 0.1 / 1e-3 / 0.1 /
 1e-2, c0 = 0.1 (RMDA) / 0.01 (RAMDA), ProxSGD with the authors' averaged momentum
 buf ← 0.9·buf + 0.1·g (``momentum=0.9, dampening=0.9``), input-feature groups (w_g = √10), initialized
