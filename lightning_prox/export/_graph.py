@@ -163,11 +163,31 @@ class GroupPlan:
     kept_constant: int = 0
 
 
+def _owner(dg: Any, owners: dict[Any, str], node: Any) -> str | None:
+    """The module that ran ``node``'s op, or else the nearest downstream one (ops inside e.g. einsum
+    are not seen one by one, only the op's final output is)."""
+    frontier, seen = [node], set()
+    while frontier:
+        nxt = []
+        for n in frontier:
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            owner = owners.get(n.grad_fn)
+            if owner:
+                return owner
+            nxt.extend(n.outputs)
+        frontier = nxt
+        if len(seen) > 64:
+            break
+    return None
+
+
 def _name(dg: Any, owners: dict[Any, str], node: Any) -> str:
     name = dg._module2name.get(node.module)
     if name:
         return name
-    owner = owners.get(node.grad_fn)
+    owner = _owner(dg, owners, node)
     op = _op_name(node.grad_fn)
     return f"{op} in {owner!r}" if owner else f"{op} (a functional op at the top level)"
 
@@ -265,13 +285,13 @@ def foldable(module: nn.Module) -> bool:
     return False
 
 
-def constant_values(x: Tensor, module: nn.Module, idxs: Tensor) -> Tensor | None:
-    """Per input index the value it takes everywhere in ``x`` (batch and space), or None if not constant."""
+def constant_values(x: Tensor, module: nn.Module, idxs: Tensor) -> tuple[Tensor, Tensor]:
+    """Per input index of ``module``: the value it takes at the first position, and whether it takes
+    that same finite value everywhere in ``x`` (every sample, every position)."""
     if isinstance(module, nn.Linear):
         cols = x.index_select(-1, idxs).reshape(-1, len(idxs))
     else:
         cols = x.index_select(1, idxs).transpose(0, 1).reshape(len(idxs), -1).T
-    first = cols[:1]
-    if not bool(torch.isfinite(first).all()) or not bool((cols == first).all()):
-        return None
-    return first[0]
+    first = cols[0]
+    ok = torch.isfinite(first) & (cols == first).all(0)
+    return first, ok

@@ -47,7 +47,9 @@ def _rel_diff(a: Tensor, b: Tensor) -> float:
     return float((a64 - b64).abs().max() / scale) if a64.numel() else 0.0
 
 
-def _record_module_outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[list[str], dict[str, Tensor]]:
+def _record_module_outputs(
+    model: nn.Module, inputs: tuple[Tensor, ...]
+) -> tuple[list[str], dict[str, Tensor]]:
     order: list[str] = []
     outs: dict[str, Tensor] = {}
 
@@ -63,7 +65,7 @@ def _record_module_outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tupl
     try:
         with torch.no_grad():
             model(*inputs)
-    except Exception:  # noqa: BLE001 - the caller reports the failure of the whole forward
+    except Exception:
         pass
     finally:
         for h in handles:
@@ -71,7 +73,9 @@ def _record_module_outputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tupl
     return order, outs
 
 
-def _first_divergence(reference: nn.Module, compact: nn.Module, inputs: tuple[Tensor, ...], rtol: float) -> str:
+def _first_divergence(
+    reference: nn.Module, compact: nn.Module, inputs: tuple[Tensor, ...], rtol: float
+) -> str:
     """Name of the first module (in execution order) whose same-shaped output differs beyond ``rtol``."""
     order, ref = _record_module_outputs(reference, inputs)
     _, got = _record_module_outputs(compact, inputs)
@@ -149,10 +153,11 @@ def _decide(
             if not bool(mask.any()):
                 continue
             calls = seen.get(cons.module, [])
-            vals = constant_values(calls[0], cons.module, cons.idxs) if len(calls) == 1 else None
+            # a module called more than once (shared weights) sees several inputs: not folded
+            vals, ok = constant_values(calls[0], cons.module, cons.idxs) if len(calls) == 1 else (None, None)
             for j in torch.nonzero(mask).flatten().tolist():
                 r = int(cons.roots[j])
-                if vals is None:
+                if vals is None or not bool(ok[j]):
                     const_ok[r] = False
                 else:
                     values.setdefault(r, []).append((cons, cons.idxs[j], vals[j]))
@@ -193,7 +198,9 @@ def _decide(
             keep = next((r for r in remove if r not in folds), remove[0])
             remove.remove(keep)
             folds.pop(keep, None)
-            plan.notes.append(f"{plan.root_name}: every channel is removable; kept channel {keep} so that the layer exists")
+            plan.notes.append(
+                f"{plan.root_name}: every channel is removable; kept channel {keep} so that the layer exists"
+            )
         for r, layer in kept_const:
             plan.notes.append(
                 f"{plan.root_name}: channel {r} is a nonzero constant (zero filter, then a bias) that feeds "
@@ -303,7 +310,7 @@ def export_compact(
         with owners, torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dg = tp.DependencyGraph().build_dependency(work, example_inputs=inputs, verbose=False)
-    except Exception as err:  # noqa: BLE001 - re-raised with what to do
+    except Exception as err:
         raise ExportError(
             f"Torch-Pruning could not trace {type(model).__name__} on example_inputs: {err}"
         ) from err
@@ -316,7 +323,9 @@ def export_compact(
         _fold(plan)
     for plan in plans:
         if plan.remove:
-            dg.get_pruning_group(plan.root, plan.handler, idxs=sorted(plan.remove)).prune(record_history=False)
+            dg.get_pruning_group(plan.root, plan.handler, idxs=sorted(plan.remove)).prune(
+                record_history=False
+            )
     for name, p in work.named_parameters():
         p.requires_grad_(grad_flags.get(name, True))
     work.zero_grad(set_to_none=True)
@@ -327,7 +336,7 @@ def export_compact(
         diff = max((_rel_diff(a, b) for a, b in zip(expected, got)), default=float("inf"))
         if len(got) != len(expected):
             diff = float("inf")
-    except Exception as err:  # noqa: BLE001 - a broken compact model is refused, naming where
+    except Exception as err:
         raise ExportError(
             f"the compact model fails to run ({err}); first differing layer: "
             f"{_first_divergence(reference, work, inputs, rtol)}. The model has a coupling the exporter "

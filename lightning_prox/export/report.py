@@ -84,7 +84,11 @@ def _batch_of(inputs: tuple[Tensor, ...], batch: int) -> tuple[Tensor, ...]:
 
 @torch.inference_mode()
 def measure_latency(
-    model: nn.Module, example_inputs: Tensor | Sequence[Tensor], batch: int = 1, runs: int = 30, warmup: int = 5
+    model: nn.Module,
+    example_inputs: Tensor | Sequence[Tensor],
+    batch: int = 1,
+    runs: int = 30,
+    warmup: int = 5,
 ) -> float:
     """Median wall time in milliseconds of one forward pass on CPU, in eval mode, of a batch of ``batch``.
 
@@ -97,7 +101,9 @@ def measure_latency(
         True
     """
     if runs < 1 or warmup < 0 or batch < 1:
-        raise ValueError(f"measure_latency needs runs >= 1, warmup >= 0, batch >= 1, got {runs}, {warmup}, {batch}")
+        raise ValueError(
+            f"measure_latency needs runs >= 1, warmup >= 0, batch >= 1, got {runs}, {warmup}, {batch}"
+        )
     m = copy.deepcopy(model).cpu().eval()
     x = _batch_of(tuple(t.detach().cpu() for t in _as_tuple(example_inputs)), batch)
     for _ in range(warmup):
@@ -188,7 +194,12 @@ class ExportReport:
             f"{ratios['file_bytes']:.2f}x",
         )
         for b, (before, after) in self.latency_ms.items():
-            t.add_row(f"CPU latency, batch {b}", f"{before:.3f} ms", f"{after:.3f} ms", f"{ratios[f'latency_batch{b}']:.2f}x")
+            t.add_row(
+                f"CPU latency, batch {b}",
+                f"{before:.3f} ms",
+                f"{after:.3f} ms",
+                f"{ratios[f'latency_batch{b}']:.2f}x",
+            )
         t.add_row("max relative output difference", "", f"{self.max_rel_diff:.1e}", "")
         return t
 
