@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from .regularizers import Regularizer, as_regularizer
-from .structure import DEFAULT_REGULARIZED_TYPES, select_parameters
+from .structure import DEFAULT_REGULARIZED_TYPES, _type_matches, select_parameters
+from .structure import _is_default_weight as _is_weight
 
 __all__ = [
     "LayerRule",
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 _RULE_KEYS = ("params", "types", "regularizer", "lam", "lr", "weight_decay")
-_RNN_WEIGHT = re.compile(r"^weight_(ih|hh)_l\d+(_reverse)?$")
 
 
 def _import(class_path: str) -> Any:
@@ -169,20 +169,6 @@ class LayerRule:
         if self.types is not None:
             parts.append(f"types={[t if isinstance(t, str) else t.__name__ for t in self.types]}")
         return ", ".join(parts) or "the default weights"
-
-
-def _type_matches(module: nn.Module, types: Sequence[type[nn.Module] | str]) -> bool:
-    for t in types:
-        if isinstance(t, str):
-            if type(module).__name__ == t or f"{type(module).__module__}.{type(module).__name__}" == t:
-                return True
-        elif isinstance(module, t):
-            return True
-    return False
-
-
-def _is_weight(module: nn.Module, local: str) -> bool:
-    return bool(_RNN_WEIGHT.match(local)) if isinstance(module, nn.RNNBase) else local == "weight"
 
 
 def model_ends(model: nn.Module) -> list[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -30,20 +29,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
-from .layer_rules import LayerRule, _takes_regularizer, param_groups_from_rules, resolve_regularizer
+from .layer_rules import LayerRule, _import, _takes_regularizer, param_groups_from_rules, resolve_regularizer
 from .regularizers import Regularizer, as_regularizer
 
 __all__ = ["ProxMixin"]
 
 PenaltyMode = Literal["prox", "subgradient"]
-
-
-def _import(class_path: str) -> Any:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"cannot import {class_path!r}: no such module or class") from None
 
 
 def _resolve_regularizer(reg: Any) -> Regularizer | None:
