@@ -437,3 +437,15 @@ def _check_fit(reg: Regularizer, group: dict[str, Any], i: int) -> None:
             if where not in msg:
                 msg = f"{where}: {msg}"
             raise ValueError(f"{msg} [regularizer {reg!r}]") from None
+
+
+def check_fused_devices(group: dict[str, Any]) -> None:
+    """``fused=True`` needs every parameter of ``group`` on CPU or CUDA (torch's fused kernels)."""
+    if group.get("fused"):
+        if group.get("foreach") is False:
+            raise ValueError("fused=True and foreach=False contradict each other; set at most one")
+        for p in group["params"]:
+            if p.device.type not in ("cpu", "cuda"):
+                raise ValueError(
+                    f"fused=True needs parameters on CPU or CUDA, got one on {p.device}; leave fused=None"
+                )

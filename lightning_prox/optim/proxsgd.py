@@ -26,10 +26,11 @@ from ._base import (
     _check_finite_doc,
     _implementation_doc,
     _torch_flags_doc,
+    check_fused_devices,
 )
 from ._common import group_regularizer
 from ._prox import prox_tensors_
-from .proxgen import Preconditioner, ProxGen
+from .proxgen import Preconditioner, ProxGen, _prox, _single_tensor_smooth
 
 __all__ = ["ProxSGD", "TwoStageProxSGD", "proxsgd"]
 
@@ -143,7 +144,7 @@ class ProxSGD(ProxOptimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         _check_hparams(group["momentum"], group["dampening"], group["nesterov"], group["weight_decay"])
-        _check_fused(group)
+        check_fused_devices(group)
 
     def _init_group(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor | None]:
         if group["momentum"] == 0:
@@ -197,17 +198,6 @@ class ProxSGD(ProxOptimizer):
 ProxSGD.__doc__ = (ProxSGD.__doc__ or "").replace("{check_finite}", _check_finite_doc)
 ProxSGD.__doc__ = ProxSGD.__doc__.replace("{implementation}", _implementation_doc)
 ProxSGD.__doc__ = ProxSGD.__doc__.replace("{torch_flags}", _torch_flags_doc)
-
-
-def _check_fused(group: dict[str, Any]) -> None:
-    if group.get("fused"):
-        if group.get("foreach") is False:
-            raise ValueError("fused=True and foreach=False contradict each other; set at most one")
-        for p in group["params"]:
-            if p.device.type not in ("cpu", "cuda"):
-                raise ValueError(
-                    f"fused=True needs parameters on CPU or CUDA, got one on {p.device}; leave fused=None"
-                )
 
 
 def _check_hparams(momentum: float, dampening: float, nesterov: bool, weight_decay: float) -> None:
@@ -413,7 +403,7 @@ def _multi_tensor_sgd(
 
 
 class TwoStageProxSGD(ProxGen):
-    r"""The two-stage Prox-SGD of Yang et al. (2020), the baseline of the ProxGen paper (digest 000 §1.4).
+    r"""The two-stage Prox-SGD of Yang et al. (2020), the baseline of the ProxGen paper (Yun et al., 2021, Section 4).
 
     .. math::
 
@@ -432,7 +422,8 @@ class TwoStageProxSGD(ProxGen):
     never leaves zero: the two failure modes of Figure 4 of the ProxGen paper, reproduced by
     ``benchmarks/lasso_support_recovery.py``. The arguments are :class:`ProxGen`'s (the default
     preconditioner is Adam's, as in the paper's lasso study); this update always runs the
-    per-tensor loop (it is a baseline, not a hot path).
+    per-tensor loop (it is a baseline, not a hot path). ``threshold_cap`` defaults to ``None``
+    (the method as published); ``lr = 0`` leaves the parameters where they are.
 
     Example:
         >>> import torch
@@ -445,8 +436,6 @@ class TwoStageProxSGD(ProxGen):
         tensor([0.5000, 0.0000])
     """
 
-    _two_stage = True
-
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -457,11 +446,11 @@ class TwoStageProxSGD(ProxGen):
         regularizer: Regularizer | None = None,
         preconditioner: Preconditioner = "adam",
         bias_correction: bool = True,
+        threshold_cap: float | None = None,
         *,
         check_finite: bool = True,
+        maximize: bool = False,
     ) -> None:
-        if not isinstance(lr, (int, float)) or not 0 < lr <= 1:
-            raise ValueError(f"lr must be in (0, 1] for the two-stage convex combination, got {lr!r}")
         super().__init__(
             params,
             lr=lr,
@@ -472,6 +461,47 @@ class TwoStageProxSGD(ProxGen):
             preconditioner=preconditioner,
             bias_correction=bias_correction,
             prox_metric="preconditioned",
+            threshold_cap=threshold_cap,
             check_finite=check_finite,
-            implementation="forloop",
+            implementation="eager",
+            maximize=maximize,
+            foreach=False,
         )
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        lr = group["lr"]
+        if not 0 <= lr <= 1:
+            raise ValueError(f"lr must be in [0, 1] for the two-stage convex combination, got {lr!r}")
+        super()._check_group(group)
+
+    def _smooth_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: tuple[list[Tensor], ...],
+        info: dict[str, Any],
+        *,
+        fuse_prox: bool,
+    ) -> Any:
+        exp_avgs, exp_avg_sqs, steps = state
+        hp = self._hparams(group)
+        if hp["weight_decay"] != 0:  # decay first, as in ProxGen; the combination starts after it
+            torch._foreach_mul_(params, 1 - hp["lr"] * hp["weight_decay"])
+        starts = [p.detach().clone() for p in params]
+        bucket = _single_tensor_smooth(
+            params, grads, exp_avgs, exp_avg_sqs, steps, lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+            eps=hp["eps"], weight_decay=0.0, preconditioner=hp["preconditioner"],
+            bias_correction=hp["bias_correction"], unit_step=True,
+        )  # fmt: skip
+        return starts, bucket
+
+    def _prox_step(
+        self, group: dict[str, Any], params: list[Tensor], state: Any, ctx: Any, info: dict[str, Any]
+    ) -> None:
+        starts, bucket = ctx
+        hp = self._hparams(group)
+        if hp["lr"] != 0:  # stage 1: the prox with unit step; with lr = 0 stage 2 discards it
+            _prox([bucket], **hp, info=info, scratch=self._scratch, step=1.0)
+        for p, start in zip(params, starts):
+            p.copy_(start.lerp_(p, hp["lr"]))  # stage 2
