@@ -1,9 +1,9 @@
-"""The shared table of optimizer cases driving the generic tests (STYLE.md principle 14).
+"""The shared table of optimizer cases driving the generic tests.
 
 ``OPTIMIZER_CASES`` holds ``(optimizer class, constructor kwargs, description)``: every entry runs
 through ``tests/test_optim_generic.py`` (objective goes down, exact resume through a
 ``weights_only`` checkpoint, param groups behave like separate optimizers, fast path == for-loop
-where the class has ``implementation=``). ``OPTIMIZER_ERROR_CASES`` holds
+where :data:`CAPABILITIES` declares a reference loop). ``OPTIMIZER_ERROR_CASES`` holds
 ``(class, kwargs, regex the ValueError must match)``. Append entries for new optimizers; kwargs
 must not contain ``params``. Helpers for small deterministic training problems live here too.
 """
@@ -52,15 +52,38 @@ OPTIMIZER_ERROR_CASES: list[tuple[type[torch.optim.Optimizer], dict[str, Any], s
     (ProxSGD, dict(lr=0.1, weight_decay=-1.0), r"weight_decay .*-1\.0"),
     (ProxSGD, dict(lr=0.1, implementation="cuda"), r"implementation .*'cuda'"),
     (ProxSGD, dict(lr=0.1, regularizer="L1"), r"regularizer must be"),
-    (ProxGen, dict(lr=0.0), r"lr must be .*0\.0"),
+    (ProxGen, dict(lr=-1e-3), r"lr must be .*-0\.001"),
+    (ProxGen, dict(lr=float("nan")), r"lr must be .*nan"),
+    (ProxGen, dict(threshold_cap=0.0), r"threshold_cap must be .*0\.0"),
     (ProxGen, dict(betas=(0.9, 1.0)), r"betas\[1\] must be in \[0, 1\), got 1\.0"),
     (ProxGen, dict(betas=(-0.1, 0.9)), r"betas\[0\] .*-0\.1"),
     (ProxGen, dict(eps=0.0), r"eps must be .*0\.0"),
     (ProxGen, dict(preconditioner="adamw"), r"preconditioner must be one of .*'adamw'"),
     (ProxGen, dict(prox_metric="l2"), r"prox_metric must be one of .*'l2'"),
-    (TwoStageProxSGD, dict(lr=1.5), r"lr must be in \(0, 1\] .*1\.5"),
-    (ProxGen, dict(regularizer=GroupLasso(0.1)), r"GroupLasso cannot regularize param group 0 tensor 0"),
+    (TwoStageProxSGD, dict(lr=1.5), r"lr must be in \[0, 1\] .*1\.5"),
+    (ProxGen, dict(regularizer=GroupLasso(0.1)), r"param group 0, tensor 0 \(shape \(2,\)\).*GroupLasso"),
 ]
+
+
+#: What each optimizer supports, declared (not guessed from signatures): ``reference_loop`` (a
+#: ``foreach=False`` per-tensor reference the fast path must match), ``native`` (kernels behind
+#: ``implementation="native"``), ``fused`` (``fused=True`` honoured), ``maximize`` (honoured),
+#: ``lr_zero_identity`` (``lr = 0`` leaves the parameters unchanged), ``metric_from_grads`` (the prox
+#: metric comes from gradient statistics).
+CAPABILITIES: dict[type[torch.optim.Optimizer], dict[str, bool]] = {
+    ProxSGD: dict(reference_loop=True, native=True, fused=True, maximize=True, lr_zero_identity=True,
+                  metric_from_grads=False),
+    ProxGen: dict(reference_loop=True, native=True, fused=True, maximize=True, lr_zero_identity=True,
+                  metric_from_grads=True),
+    TwoStageProxSGD: dict(reference_loop=False, native=False, fused=False, maximize=True,
+                          lr_zero_identity=True, metric_from_grads=True),
+    # RMDA/RAMDA are not on ProxOptimizer yet: their foreach/for-loop agreement is tested in
+    # tests/test_rmda.py and tests/test_ramda.py with their own switches
+    RMDA: dict(reference_loop=False, native=False, fused=False, maximize=False, lr_zero_identity=False,
+               metric_from_grads=False),
+    RAMDA: dict(reference_loop=False, native=True, fused=False, maximize=False, lr_zero_identity=False,
+                metric_from_grads=True),
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,15 +1,15 @@
-"""Generic optimizer tests driven by ``tests/cases.py`` (STYLE.md principle 14)."""
+"""Generic optimizer tests driven by ``tests/cases.py``."""
 
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 
 import pytest
 import torch
 
 from tests.cases import (
+    CAPABILITIES,
     OPTIMIZER_CASES,
     OPTIMIZER_ERROR_CASES,
     case_id,
@@ -21,7 +21,7 @@ from tests.cases import (
 
 
 def _has_impl(cls: type) -> bool:
-    return "implementation" in inspect.signature(cls.__init__).parameters
+    return CAPABILITIES[cls]["reference_loop"]
 
 
 @pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=case_id)
@@ -113,8 +113,8 @@ def test_fast_path_matches_forloop(case):
     cls, kwargs, _ = case
     ref = make_cnn()
     fast = copy.deepcopy(ref)
-    train(ref, cls(weight_groups(ref), **kwargs, implementation="forloop"), range(30))
-    train(fast, cls(weight_groups(fast), **kwargs, implementation="fast"), range(30))
+    train(ref, cls(weight_groups(ref), **kwargs, foreach=False), range(30))
+    train(fast, cls(weight_groups(fast), **kwargs, implementation="eager"), range(30))
     for (name, p), q in zip(ref.named_parameters(), fast.parameters()):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
         assert torch.equal(p == 0, q == 0), name

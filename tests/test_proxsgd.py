@@ -19,15 +19,17 @@ SGD_VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("implementation", ["fast", "forloop"])
+@pytest.mark.parametrize(
+    "impl", [{}, {"fused": False}, {"foreach": False}], ids=["fused", "foreach", "forloop"]
+)
 @pytest.mark.parametrize(
     "kw", SGD_VARIANTS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "plain"
 )
-def test_reduces_to_torch_sgd_100_steps(implementation, kw):
+def test_reduces_to_torch_sgd_100_steps(impl, kw):
     ref = make_cnn()
     ours = copy.deepcopy(ref)
     train(ref, torch.optim.SGD(ref.parameters(), lr=0.05, **kw), range(100))
-    train(ours, ProxSGD(ours.parameters(), lr=0.05, implementation=implementation, **kw), range(100))
+    train(ours, ProxSGD(ours.parameters(), lr=0.05, **impl, **kw), range(100))
     for pa, pb in zip(ref.parameters(), ours.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)
 
@@ -45,11 +47,13 @@ def _manual_proxsgd(theta, grads, *, lr, momentum, dampening, nesterov, wd, lam)
     return theta
 
 
-@pytest.mark.parametrize("implementation", ["fast", "forloop"])
+@pytest.mark.parametrize(
+    "impl", [{}, {"fused": False}, {"foreach": False}], ids=["fused", "foreach", "forloop"]
+)
 @pytest.mark.parametrize(
     "kw", SGD_VARIANTS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "plain"
 )
-def test_l1_matches_proximal_gradient_formula(implementation, kw):
+def test_l1_matches_proximal_gradient_formula(impl, kw):
     g = torch.Generator().manual_seed(5)
     theta0 = torch.randn(50, generator=g, dtype=torch.float64)
     grads = [torch.randn(50, generator=g, dtype=torch.float64) for _ in range(10)]
@@ -58,7 +62,7 @@ def test_l1_matches_proximal_gradient_formula(implementation, kw):
         nesterov=kw.get("nesterov", False), wd=kw.get("weight_decay", 0.0), lam=2.0,
     )  # fmt: skip
     w = torch.nn.Parameter(theta0.clone())
-    opt = ProxSGD([w], lr=0.1, regularizer=L1(2.0), implementation=implementation, **kw)
+    opt = ProxSGD([w], lr=0.1, regularizer=L1(2.0), **impl, **kw)
     for gr in grads:
         w.grad = gr.clone()
         opt.step()
@@ -172,7 +176,7 @@ def test_finite_gradients_whose_sum_overflows_pass_the_check():
     "implementation, kw",
     [
         ("auto", dict(momentum=0.5, dampening=0.3, weight_decay=1e-2)),
-        ("compiled", dict(momentum=0.9, nesterov=True, weight_decay=1e-3)),
+        ("native", dict(momentum=0.9, nesterov=True, weight_decay=1e-3)),
     ],
 )
 def test_compiled_sgd_l1_matches_forloop(implementation, kw, monkeypatch):
@@ -188,7 +192,7 @@ def test_compiled_sgd_l1_matches_forloop(implementation, kw, monkeypatch):
     comp = copy.deepcopy(ref)
     train(
         ref,
-        ProxSGD(weight_groups(ref, regularizer=L1(1e-2)), lr=0.05, **kw, implementation="forloop"),
+        ProxSGD(weight_groups(ref, regularizer=L1(1e-2)), lr=0.05, **kw, foreach=False),
         range(20),
     )
     train(

@@ -1,8 +1,18 @@
-"""Proximal optimizers (DESIGN.md §4): ``torch.optim.Optimizer`` subclasses, no Lightning imports."""
+"""Proximal optimizers: ``torch.optim.Optimizer`` subclasses on one base, no Lightning imports."""
 
+from ._base import ProxOptimizer, group_regularizer
 from .proxgen import ProxAdam, ProxGen
 from .proxsgd import ProxSGD, TwoStageProxSGD
 from .ramda import RAMDA
 from .rmda import RMDA
 
-__all__: list[str] = ["ProxAdam", "ProxGen", "ProxSGD", "RAMDA", "RMDA", "TwoStageProxSGD"]
+__all__: list[str] = [
+    "ProxAdam",
+    "ProxGen",
+    "ProxOptimizer",
+    "ProxSGD",
+    "RAMDA",
+    "RMDA",
+    "TwoStageProxSGD",
+    "group_regularizer",
+]

@@ -35,12 +35,12 @@ def prox_tensors_(
     Args:
         reg: the group's regularizer at its current strength (``None`` or ``lam == 0``: nothing to do).
         params: the points θ̂ (parameters after the smooth step), overwritten with the prox.
-        step: the prox step (the learning rate), a float > 0.
+        step: the prox step (the learning rate), a float ≥ 0 (0: nothing to do).
         metrics: ``None`` (Euclidean prox) or one positive diagonal metric per tensor.
         info: optional dict that receives solver statistics (e.g. ``"inner_iters"``).
         fast: use the fused in-place kernels where one exists (False: the regularizer's own ``prox``).
     """
-    if reg is None or reg.lam == 0.0 or not params:
+    if reg is None or reg.lam == 0.0 or step == 0 or not params:  # step 0: the prox is the identity
         return
     if fast and metrics is None and _fused.supports(reg, params):
         _fused.soft_threshold_(params, step * reg.lam)

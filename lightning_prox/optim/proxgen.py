@@ -1,15 +1,16 @@
 """ProxGen: stochastic proximal gradient with a diagonal preconditioner (proximal Adam, RMSprop, AdaGrad).
 
-Paper: "A Unified Framework for Proximal Methods" (ICLR 2021 submission, Algorithms 1 and 2; arXiv
-"A General Family of Stochastic Proximal Gradient Methods for Deep Learning"), digest
-``shared/research/seed_proxgen.md``. Reference implementation of the later version:
-``abcdxyzpqrst/proxgen`` (``opt.py``), used only as a numerical cross-check.
+Paper: Yun, Lozano and Yang (2021), "Adaptive Proximal Gradient Methods for Structured Neural
+Networks", NeurIPS (Algorithms 1 and 2; the arXiv version is "A General Family of Stochastic
+Proximal Gradient Methods for Deep Learning"). Reference implementation: ``abcdxyzpqrst/proxgen``
+(``opt.py``), used only as a numerical cross-check.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -18,36 +19,44 @@ from torch.optim import Optimizer
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
-from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
-from ._prox import check_group_params, prox_tensors_
-from ._stats import group_stats
+from . import _l1_kernels
+from ._base import (
+    Implementation,
+    ProxOptimizer,
+    _check_finite_doc,
+    _implementation_doc,
+    _torch_flags_doc,
+    check_fused_devices,
+)
+from ._common import group_regularizer
+from ._prox import prox_tensors_
 
 __all__ = ["ProxAdam", "ProxGen", "proxgen"]
 
 Preconditioner = Literal["adam", "rmsprop", "adagrad", "identity"]
 ProxMetric = Literal["preconditioned", "euclidean"]
-Implementation = Literal["auto", "fast", "forloop", "compiled"]
 
 _PRECONDITIONERS = ("adam", "rmsprop", "adagrad", "identity")
 _PROX_METRICS = ("preconditioned", "euclidean")
-_IMPLEMENTATIONS = ("auto", "fast", "forloop", "compiled")
+_HALF = (torch.float16, torch.bfloat16)
 #: ``implementation="auto"`` compiles the Adam + ℓ1 pass for a (device, dtype) bucket of a
-#: regularized group from this many elements on: there one fused pass saves ~40% of the step
-#: (docs/proxgen.md), while small models would only pay the seconds of compiling.
+#: regularized group from this many elements on: there one fused pass saves ~40% of the step,
+#: while small models would only pay the seconds of compiling.
 AUTO_COMPILE_NUMEL = 1 << 20
 
 
-class ProxGen(Optimizer):
+class ProxGen(ProxOptimizer):
     r"""ProxGen (proximal Adam / RMSprop / AdaGrad) with decoupled weight decay (ProxGenW).
 
     .. math::
 
         \begin{aligned}
         &\textbf{input: } \alpha \text{ (lr)},\ \rho, \beta \text{ (betas)},\ \delta \text{ (eps)},\
-            \zeta \text{ (weight\_decay)},\ R_\lambda \text{ (regularizer, } \lambda = \text{lam)} \\
+            \zeta \text{ (weight\_decay)},\ R_\lambda \text{ (regularizer, } \lambda = \text{lam)},\
+            \kappa \text{ (threshold\_cap)} \\
         &\textbf{initialize: } m_0 = 0 \text{ (exp\_avg)},\ v_0 = 0 \text{ (exp\_avg\_sq)} \\
         &\textbf{for } t = 1, 2, \dots: \\
-        &\quad g_t = \nabla f(\theta_{t-1}) \\
+        &\quad g_t = \pm\nabla f(\theta_{t-1}) \quad (-\text{ with maximize}) \\
         &\quad \tilde\theta_t = (1 - \alpha\zeta)\,\theta_{t-1}
             && \text{decoupled weight decay first (Alg. 2)} \\
         &\quad m_t = \rho\, m_{t-1} + (1-\rho)\, g_t, \qquad \hat m_t = m_t / (1-\rho^t) \\
@@ -59,36 +68,67 @@ class ProxGen(Optimizer):
             \end{cases} \\
         &\quad D_t = C_t + \delta \text{ (denom)}, \qquad
             \hat\theta_t = \tilde\theta_t - \alpha\, \hat m_t / D_t \\
-        &\quad \theta_t = \operatorname{prox}^{D_t}_{\alpha R_\lambda}(\hat\theta_t)
-            = \operatorname{argmin}_x\ \alpha R_\lambda(x) + \tfrac12 \textstyle\sum_i D_{t,i}(x_i - \hat\theta_{t,i})^2
+        &\quad \bar D_t = \max(D_t,\ \lambda / \kappa)
+            && \text{the prox metric (} \bar D_t = D_t \text{ when } \kappa = \text{None)} \\
+        &\quad \theta_t = \operatorname{prox}^{\bar D_t}_{\alpha R_\lambda}(\hat\theta_t)
+            = \operatorname{argmin}_x\ \alpha R_\lambda(x) + \tfrac12 \textstyle\sum_i
+            \bar D_{t,i}(x_i - \hat\theta_{t,i})^2
         \end{aligned}
 
-    With ``bias_correction=False`` the paper's raw statistics are used (:math:`\hat m_t = m_t`, no
-    :math:`1-\beta^t`; digest P1). ``prox_metric="euclidean"`` replaces :math:`D_t` by 1 in the prox
-    only (the original ProxQuant update, paper Table 2); ``"preconditioned"`` is ProxGen (with a
-    ``Quantization`` regularizer: revised ProxQuant). For ℓ1 the prox is soft thresholding at
-    :math:`\alpha\lambda / D_{t,i}` (paper Eq. 3).
+    With ``threshold_cap=None`` and the other defaults this is the update of the paper (Algorithm
+    2); ``bias_correction=False`` uses the raw statistics (:math:`\hat m_t = m_t`, no
+    :math:`1-\beta^t`). ``prox_metric="euclidean"`` replaces the metric by 1 in the prox only (the
+    original ProxQuant update of Bai, Wang and Liberty, 2019, as in Table 2 of the ProxGen paper);
+    ``"preconditioned"`` is ProxGen (with a ``Quantization`` regularizer: revised ProxQuant). For ℓ1
+    the prox is soft thresholding at :math:`\alpha\lambda / \bar D_{t,i}` (paper Eq. 3).
 
     With ``regularizer=None`` (or ``lam = 0``) the update is exactly ``torch.optim.AdamW`` (adam),
     ``torch.optim.RMSprop`` (rmsprop with ``betas=(0, alpha)``, ``weight_decay=0``) and
     ``torch.optim.Adagrad`` (adagrad with ``betas[0]=0``, ``weight_decay=0``).
 
+    **Coordinates with no or tiny gradient statistics (the metric floor).** Where :math:`v_t` is 0 or
+    tiny, :math:`D_t \approx \delta = 10^{-8}` and the paper's ℓ1 threshold
+    :math:`\alpha\lambda/D_t` is enormous: one step zeroes the coordinate. In a real network this
+    happens in two ways. (1) *Zero for now*: a block behind a zero-initialized norm layer (timm
+    ResNets' default ``zero_init_last=True``) gets exactly zero gradients at step 1 and tiny ones for
+    a few steps after; the paper's update zeroes 98% of a timm ``resnet18``'s conv weights at step 1,
+    for any λ, and they never recover. Single-sample statistics at t = 1 do the same to every
+    coordinate whose first gradient happens to be small. (2) *Never any gradient*: at 32×32 input a
+    timm ``resnet18``'s last stage runs at 1×1, so 8 of the 9 taps of its 3×3 convs only ever see
+    zero padding; these weights do not change the loss at all.
+
+    The default ``threshold_cap=1`` floors the prox metric at λ/κ = λ: the soft threshold is
+    :math:`\alpha \min(\lambda / D_{t,i}, \kappa)`, so the prox never moves a coordinate farther in
+    one step than κ·α, the distance Adam's own step moves it (|m̂/D| ≲ 1). Coordinates with ordinary
+    statistics (D > λ/κ) get exactly the paper's prox. Kind (1) coordinates shrink by at most α per
+    step until their gradient arrives and then follow the paper's update; kind (2) coordinates shrink
+    by α per step and reach zero after |θ|/α steps: they are dead weights, and zeroing them costs no
+    loss, but not in one step. ``threshold_cap=None`` is the paper-exact update (the floor only
+    applies to the adam/rmsprop/adagrad preconditioners under ``prox_metric="preconditioned"``; the
+    smooth step is never changed, so the reductions to the torch optimizers are exact either way).
+
+    **Numerics.** float16/bfloat16 parameters keep float16/bfloat16 state (as ``torch.optim.Adam``)
+    but the update, the metric, ε and the thresholds are computed in float32. A second moment that
+    overflows (|g| ≳ 1e19 in float32, ≳ 2e4 in float16) gives an infinite metric, which pins the
+    coordinate (zero step, zero threshold) instead of writing NaN. ``lr = 0`` is legal: the moments
+    update (as the torch parents do) and the prox with step 0 is the identity.
+
     .. note::
         Departures from / choices left open by the paper: :math:`C_t` is the square root of the
-        EMA (Appendix D, digest P2) and δ sits outside the root as in Adam; AdaGrad has no 1/t
-        factor (Section 2, not Appendix D); the first moment :math:`m_t` is used with every
+        EMA (Appendix D) and δ sits outside the root as in Adam; AdaGrad has no 1/t factor
+        (Section 2, not Appendix D); the first moment :math:`m_t` is used with every
         preconditioner (Algorithm 1), so rmsprop/adagrad reduce to their torch parents only with
         ``betas[0] = 0``; rmsprop never bias-corrects :math:`v_t` (that is what distinguishes it from
         adam); the identity preconditioner ignores ``eps``.
 
     Statistics: :meth:`prox_stats` returns, per param group, the mean effective threshold scale
-    :math:`\alpha\lambda\,\mathrm{mean}_i(1/D_{t,i})`, the exact-zero count and the number of
+    :math:`\alpha\lambda\,\mathrm{mean}_i(1/\bar D_{t,i})`, the exact-zero count and the number of
     inner iterations of an inexact prox; it is computed when called (after a step), not during it.
 
     Args:
         params: iterable of parameters or param-group dicts (a group may set its own
             ``regularizer``/``lam``, ``lr``, ``betas``, ``preconditioner``, ...).
-        lr: step size α > 0.
+        lr: step size α ≥ 0.
         betas: (ρ, β): the momentum of :math:`m_t` and the EMA factor of :math:`v_t`, each in [0, 1).
         eps: δ > 0 added to :math:`C_t`.
         weight_decay: decoupled weight decay ζ ≥ 0 (applied first, scaled by α).
@@ -96,22 +136,22 @@ class ProxGen(Optimizer):
         preconditioner: ``"adam"``, ``"rmsprop"``, ``"adagrad"`` or ``"identity"``.
         bias_correction: divide by :math:`1-\rho^t` and :math:`1-\beta^t` (adam) as Adam does.
         prox_metric: ``"preconditioned"`` (ProxGen) or ``"euclidean"`` (original ProxQuant).
-        check_finite: raise ``ValueError`` naming the parameter, before any update, when a
-            gradient holds NaN/inf. This costs one ``sum`` per gradient (one read of the gradients,
-            0.25–0.35× of a fused Adam step on one CPU thread) and one host read per step; pass
-            False to skip it (e.g. with a GradScaler).
-        implementation: ``"auto"`` (default: ``"compiled"`` for a regularized group's ℓ1 tensors
-            on CPU from ``AUTO_COMPILE_NUMEL`` = 2^20 elements on, ``"fast"`` otherwise),
-            ``"fast"`` (torch's fused Adam kernel on CPU / multi-tensor ops elsewhere, then an
-            in-place prox pass), ``"forloop"`` (the readable per-tensor reference) or
-            ``"compiled"`` (Adam + ℓ1 as one ``torch.compile``\ d pass per tensor on CPU for every
-            ℓ1 group, whatever its size; the first step compiles for seconds, once per process and
-            dtype; anything it does not cover, or a failed compile, runs ``"fast"``). Groups without
-            a regularizer always run torch's fused Adam. All agree to rounding (1e-6 in the tests).
+        threshold_cap: κ > 0, the metric floor λ/κ described above (default 1), or ``None`` for the
+            paper's exact update.
+        {check_finite}
+        {implementation} Here the native kernel is Adam + ℓ1 as one ``torch.compile``\ d pass per
+            tensor on CPU (float32/float64; the first step compiles for seconds, once per
+            process); ``"auto"`` uses it for a regularized group's ℓ1 tensors from
+            ``AUTO_COMPILE_NUMEL`` = 2^20 elements on. Groups without a regularizer always run
+            torch's Adam kernels.
+        {torch_flags} For ProxGen ``fused=None`` uses torch's fused AdamW kernel for the smooth
+            part on CPU (adam with bias correction), ``fused=True`` also on CUDA,
+            ``fused=False`` the multi-tensor ops.
 
     Raises:
-        ValueError: for an invalid hyperparameter (naming the value), and from :meth:`step` for
-            non-finite gradients (``check_finite=True``) or sparse gradients.
+        ValueError: for an invalid hyperparameter (naming the value) or a regularizer that does not
+            fit a parameter (naming it), and from :meth:`step` for non-finite gradients
+            (``check_finite=True``) or sparse gradients, before anything is changed.
 
     Example:
         >>> import torch
@@ -124,8 +164,14 @@ class ProxGen(Optimizer):
         tensor([0.8500, 0.0000, 0.5900])
     """
 
-    #: True in :class:`~lightning_prox.optim.TwoStageProxSGD` (Yang et al.'s two-stage update).
-    _two_stage: bool = False
+    _setstate_defaults = {
+        "preconditioner": "adam",
+        "bias_correction": True,
+        "prox_metric": "preconditioned",
+        # checkpoints from before the floor existed resume with the update that wrote them
+        "threshold_cap": None,
+    }
+    _torch_flags = frozenset({"maximize", "foreach", "fused"})
 
     def __init__(
         self,
@@ -138,136 +184,127 @@ class ProxGen(Optimizer):
         preconditioner: Preconditioner = "adam",
         bias_correction: bool = True,
         prox_metric: ProxMetric = "preconditioned",
+        threshold_cap: float | None = 1.0,
         *,
         check_finite: bool = True,
         implementation: Implementation = "auto",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        _check_hparams(lr, betas, eps, weight_decay, preconditioner, prox_metric)
-        if implementation not in _IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+        self._scratch = _fused.Scratch()
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,
             eps=eps,
             weight_decay=weight_decay,
             regularizer=regularizer,
             preconditioner=preconditioner,
             bias_correction=bool(bias_correction),
             prox_metric=prox_metric,
+            threshold_cap=threshold_cap,
         )
-        super().__init__(params, defaults)
-        for i, group in enumerate(self.param_groups):
-            try:
-                _check_hparams(
-                    group["lr"],
-                    group["betas"],
-                    group["eps"],
-                    group["weight_decay"],
-                    group["preconditioner"],
-                    group["prox_metric"],
-                )
-            except ValueError as err:
-                raise ValueError(f"param group {i}: {err}") from None
-        self.check_finite = bool(check_finite)
-        self.implementation = implementation
-        self._scratch = _fused.Scratch()
-        self._last_info: list[dict[str, Any]] = [{} for _ in self.param_groups]
-        init_regularizer_groups(self)
-        check_group_params(self)
+        super().__init__(
+            params,
+            defaults,
+            check_finite=check_finite,
+            implementation=implementation,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("preconditioner", "adam")
-            group.setdefault("bias_correction", True)
-            group.setdefault("prox_metric", "preconditioned")
-            group.setdefault("regularizer", None)
-            group.setdefault("lam", 0.0)
-        self.__dict__.setdefault("check_finite", True)
-        self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_scratch", _fused.Scratch())
-        self.__dict__.setdefault("_last_info", [{} for _ in self.param_groups])
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        if hasattr(self, "_last_info"):  # after __init__: normalize the new group's regularizer
-            self._last_info.append({})
-            init_regularizer_groups(self)
-            check_group_params(self)
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_hparams(
+            group["betas"],
+            group["eps"],
+            group["weight_decay"],
+            group["preconditioner"],
+            group["prox_metric"],
+            group["threshold_cap"],
+        )
+        check_fused_devices(group)
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+    def _init_group(self, group: dict[str, Any], params: list[Tensor]) -> tuple[list[Tensor], ...]:
+        exp_avgs, exp_avg_sqs, steps = [], [], []
         needs_v = group["preconditioner"] != "identity"
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise ValueError("ProxGen does not support sparse gradients; use dense gradients")
-            if torch.is_complex(p):
-                raise ValueError("ProxGen does not support complex parameters")
+        for p in params:  # checked before any state is created: an error leaves the state as it was
+            state = self.state.get(p)
+            if state and needs_v and "exp_avg_sq" not in state:
+                raise ValueError(
+                    f"preconditioner {group['preconditioner']!r} needs state 'exp_avg_sq' that a "
+                    f"parameter of shape {tuple(p.shape)} lacks (its group was created with "
+                    "preconditioner='identity'); start a new optimizer to change the preconditioner"
+                )
+        for p in params:
             state = self.state[p]
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if needs_v:
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if needs_v and "exp_avg_sq" not in state:
-                raise ValueError(
-                    f"preconditioner {group['preconditioner']!r} needs state 'exp_avg_sq' that this "
-                    "parameter lacks (the group was created with preconditioner='identity'); "
-                    "start a new optimizer to change the preconditioner"
-                )
-            params.append(p)
-            grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"] if needs_v else None)
             steps.append(state["step"])
-        return params, grads, exp_avgs, exp_avg_sqs, steps
+        return exp_avgs, exp_avg_sqs, steps
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One ProxGen step on every param group; ``closure`` re-evaluates the loss (optional)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        gathered = [self._init_group(group) for group in self.param_groups]
-        if self.check_finite:
-            check_finite_grads([g for gs in gathered for g in gs[1]], optimizer=self)
-        for i, (group, (params, grads, exp_avgs, exp_avg_sqs, steps)) in enumerate(
-            zip(self.param_groups, gathered)
-        ):
-            info: dict[str, Any] = {}
-            beta1, beta2 = group["betas"]
-            proxgen(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                regularizer=group_regularizer(group),
-                preconditioner=group["preconditioner"],
-                bias_correction=group["bias_correction"],
-                prox_metric=group["prox_metric"],
-                implementation=self.implementation,
-                info=info,
-                two_stage=self._two_stage,
-                scratch=self._scratch,
-            )
-            if i < len(self._last_info):
-                self._last_info[i] = info
-        return loss
+    def _hparams(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            regularizer=group_regularizer(group),
+            preconditioner=group["preconditioner"],
+            bias_correction=group["bias_correction"],
+            prox_metric=group["prox_metric"],
+            threshold_cap=group["threshold_cap"],
+        )
+
+    def _smooth_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: tuple[list[Tensor], ...],
+        info: dict[str, Any],
+        *,
+        fuse_prox: bool,
+    ) -> list[_Bucket]:
+        exp_avgs, exp_avg_sqs, steps = state
+        return _smooth(
+            params, grads, exp_avgs, exp_avg_sqs, steps, **self._hparams(group),
+            implementation=self.implementation, foreach=group["foreach"], fused=group["fused"],
+            fuse_prox=fuse_prox,
+        )  # fmt: skip
+
+    def _prox_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        state: Any,
+        ctx: list[_Bucket],
+        info: dict[str, Any],
+    ) -> None:
+        _prox(ctx, **self._hparams(group), info=info, scratch=self._scratch)
 
     def denoms(self, group: dict[str, Any]) -> list[Tensor | None]:
         """The diagonal metric :math:`D_t` of each parameter of ``group`` at its last step (None if no state).
 
-        The identity preconditioner gives a tensor of ones. Recomputed from the state, so it costs one
-        pass per tensor; meant for callbacks and tests, not for the hot path.
+        The identity preconditioner gives a tensor of ones. Recomputed from the state (in float32
+        for half-precision parameters), so it costs one pass per tensor; meant for callbacks and
+        tests, not for the hot path. The prox uses :math:`\\max(D_t, \\lambda/\\kappa)` (see
+        ``threshold_cap``).
         """
         out: list[Tensor | None] = []
         beta2 = group["betas"][1]
@@ -276,12 +313,12 @@ class ProxGen(Optimizer):
             if not state:
                 out.append(None)
                 continue
-            step = float(state["step"])
+            v = state.get("exp_avg_sq")
             out.append(
                 _denom(
                     p,
-                    state.get("exp_avg_sq"),
-                    step,
+                    None if v is None else _f32(v),
+                    float(state["step"]),
                     beta2,
                     group["eps"],
                     group["preconditioner"],
@@ -290,39 +327,32 @@ class ProxGen(Optimizer):
             )
         return out
 
-    def prox_stats(self) -> list[dict[str, Any]]:
-        """Per-group statistics of the last step, for a callback to log (computed on call).
-
-        Returns:
-            One dict per param group with ``lr``, ``lam``, ``regularizer`` (its name or None),
-            ``mean_threshold`` (α·λ·mean(1/D) over the group's elements, the ℓ1 soft-threshold
-            averaged; a 0-dim tensor, 0 without regularizer), ``zeros`` and ``numel`` (exact zeros
-            among the group's parameters; 0-dim tensors, no host read) and, when the prox was
-            inexact, ``inner_iters`` from the solver.
-        """
-        out = []
-        for i, group in enumerate(self.param_groups):
-            metric_fn = self.denoms if group["prox_metric"] == "preconditioned" else None
-            info = self._last_info[i] if i < len(self._last_info) else {}
-            out.append(group_stats(self, group, metric_fn, info))
+    def _prox_metrics(self, group: dict[str, Any]) -> list[Tensor | None] | None:
+        if group["prox_metric"] != "preconditioned":
+            return None
+        floor = _floor(group["lam"], group["threshold_cap"], group["preconditioner"], group["prox_metric"])
+        out: list[Tensor | None] = []
+        for p, d in zip(group["params"], self.denoms(group)):
+            v = self.state[p].get("exp_avg_sq") if d is not None else None
+            out.append(d if d is None or v is None or floor == 0.0 else _floored([d], [v], floor)[0])
         return out
 
+
+ProxGen.__doc__ = (ProxGen.__doc__ or "").replace("{check_finite}", _check_finite_doc)
+ProxGen.__doc__ = ProxGen.__doc__.replace("{implementation}", _implementation_doc)
+ProxGen.__doc__ = ProxGen.__doc__.replace("{torch_flags}", _torch_flags_doc)
 
 ProxAdam = ProxGen
 """Alias of :class:`ProxGen` (the paper's "proximal Adam")."""
 
 
 def _check_hparams(
-    lr: float, betas: Any, eps: float, weight_decay: float, preconditioner: str, prox_metric: str
+    betas: Any, eps: float, weight_decay: float, preconditioner: str, prox_metric: str, threshold_cap: Any
 ) -> None:
-    if isinstance(lr, Tensor):
-        raise ValueError("lr must be a float (a tensor lr is not supported); got a Tensor")
-    if not isinstance(lr, (int, float)) or not (lr > 0) or math.isinf(lr):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (rho, beta), got {betas!r}")
     for name, b in zip(("betas[0]", "betas[1]"), betas):
-        if not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {b!r}")
     if not isinstance(eps, (int, float)) or not (eps > 0) or math.isinf(eps):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
@@ -332,6 +362,26 @@ def _check_hparams(
         raise ValueError(f"preconditioner must be one of {_PRECONDITIONERS}, got {preconditioner!r}")
     if prox_metric not in _PROX_METRICS:
         raise ValueError(f"prox_metric must be one of {_PROX_METRICS}, got {prox_metric!r}")
+    if threshold_cap is not None and (
+        isinstance(threshold_cap, bool)
+        or not isinstance(threshold_cap, (int, float))
+        or not threshold_cap > 0
+        or math.isinf(threshold_cap)
+    ):
+        raise ValueError(
+            f"threshold_cap must be a finite number > 0 or None (the paper's exact update), got {threshold_cap!r}"
+        )
+
+
+def _floor(lam: float, threshold_cap: float | None, preconditioner: str, prox_metric: str) -> float:
+    """The prox metric floor λ/κ (0: none)."""
+    if threshold_cap is None or preconditioner == "identity" or prox_metric != "preconditioned":
+        return 0.0
+    return lam / threshold_cap
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in _HALF else t
 
 
 def _denom(
@@ -352,6 +402,18 @@ def _denom(
     return v.sqrt().add_(eps)
 
 
+@dataclass
+class _Bucket:
+    """One (device, dtype) bucket between the smooth step and the prox."""
+
+    params: list[Tensor]
+    exp_avg_sqs: list[Tensor | None]
+    steps: list[float]
+    bc2_sqrts: list[float]
+    done: bool = False  # the compiled kernel applied the prox already
+    denoms: list[Tensor] | None = field(default=None)  # the reference loop's D (float32 for half)
+
+
 def proxgen(
     params: list[Tensor],
     grads: list[Tensor],
@@ -368,227 +430,291 @@ def proxgen(
     preconditioner: str,
     bias_correction: bool,
     prox_metric: str,
+    threshold_cap: float | None = None,
     implementation: str = "auto",
+    foreach: bool | None = None,
+    fused: bool | None = None,
     info: dict[str, Any] | None = None,
-    two_stage: bool = False,
     scratch: _fused.Scratch | None = None,
 ) -> None:
     """Functional ProxGen step (see :class:`ProxGen` for the math); updates tensors in place.
 
-    ``two_stage=True`` is the two-stage Prox-SGD of Yang et al. (see
-    :class:`~lightning_prox.optim.TwoStageProxSGD`); it always runs the per-tensor loop.
+    ``implementation`` is ``"auto"``, ``"eager"`` or ``"native"``; ``foreach=False`` runs the
+    per-tensor reference loop. ``threshold_cap=None`` (the default here) is the paper's update.
     """
     if not params:
         return
-    if two_stage:
-        _single_tensor_proxgen(
-            params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-            weight_decay=weight_decay, regularizer=regularizer, preconditioner=preconditioner,
-            bias_correction=bias_correction, prox_metric=prox_metric, info=info, two_stage=True,
-        )  # fmt: skip
-        return
-    kwargs: dict[str, Any] = dict(
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        regularizer=regularizer,
-        preconditioner=preconditioner,
-        bias_correction=bias_correction,
-        prox_metric=prox_metric,
-        info=info,
+    hp = dict(
+        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, regularizer=regularizer,
+        preconditioner=preconditioner, bias_correction=bias_correction, prox_metric=prox_metric,
+        threshold_cap=threshold_cap,
+    )  # fmt: skip
+    buckets = _smooth(
+        params, grads, exp_avgs, exp_avg_sqs, state_steps, **hp, implementation=implementation,
+        foreach=foreach, fused=fused, fuse_prox=True,
+    )  # fmt: skip
+    _prox(buckets, **hp, info=info, scratch=scratch if scratch is not None else _fused.Scratch())
+
+
+def _smooth(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor | None],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    regularizer: Regularizer | None,
+    preconditioner: str,
+    bias_correction: bool,
+    prox_metric: str,
+    threshold_cap: float | None,
+    implementation: str,
+    foreach: bool | None,
+    fused: bool | None,
+    fuse_prox: bool,
+) -> list[_Bucket]:
+    """The smooth half (moments and preconditioned step) per (device, dtype) bucket, dispatched like
+    torch's ``adam``: the reference loop (``foreach=False``), the compiled Adam + ℓ1 pass (which also
+    applies the prox; only with ``fuse_prox``), torch's fused AdamW kernel, or multi-tensor ops."""
+    hp = dict(
+        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+        preconditioner=preconditioner, bias_correction=bias_correction,
+    )  # fmt: skip
+    if foreach is False:
+        return [_single_tensor_smooth(params, grads, exp_avgs, exp_avg_sqs, state_steps, **hp)]
+    do_prox = regularizer is not None and regularizer.lam > 0 and lr > 0
+    floor = _floor(
+        regularizer.lam if regularizer is not None else 0.0, threshold_cap, preconditioner, prox_metric
     )
-    if implementation == "forloop":
-        _single_tensor_proxgen(params, grads, exp_avgs, exp_avg_sqs, state_steps, **kwargs)
-    else:
-        _multi_tensor_proxgen(
-            params, grads, exp_avgs, exp_avg_sqs, state_steps, **kwargs,
-            scratch=scratch, implementation=implementation,
-        )  # fmt: skip
-
-
-def _single_tensor_proxgen(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor | None],
-    state_steps: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    regularizer: Regularizer | None,
-    preconditioner: str,
-    bias_correction: bool,
-    prox_metric: str,
-    info: dict[str, Any] | None,
-    two_stage: bool = False,
-) -> None:
-    """The readable reference: one tensor at a time, the prox through ``regularizer.prox``."""
-    do_prox = regularizer is not None and regularizer.lam > 0
-    for i, param in enumerate(params):
-        grad, exp_avg, exp_avg_sq, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
-        step_t += 1
-        step = float(step_t)  # a CPU tensor: no device sync
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        if preconditioner in ("adam", "rmsprop"):
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        elif preconditioner == "adagrad":
-            exp_avg_sq.addcmul_(grad, grad, value=1)
-        bias_correction1 = 1 - beta1**step if bias_correction else 1.0
-        if two_stage:
-            _two_stage_update(
-                param, exp_avg, exp_avg_sq, step, lr, beta2, eps, preconditioner, bias_correction,
-                bias_correction1, regularizer if do_prox else None, prox_metric, info,
-            )  # fmt: skip
-            continue
-        step_size = lr / bias_correction1
-        if preconditioner == "identity":
-            denom = None
-            param.add_(exp_avg, alpha=-step_size)
-        else:
-            denom = _denom(param, exp_avg_sq, step, beta2, eps, preconditioner, bias_correction)
-            param.addcdiv_(exp_avg, denom, value=-step_size)
-        if do_prox:
-            metric = denom if prox_metric == "preconditioned" else None
-            prox_tensors_(regularizer, [param], lr, None if metric is None else [metric], info, fast=False)
-
-
-def _two_stage_update(
-    param: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor | None,
-    step: float,
-    lr: float,
-    beta2: float,
-    eps: float,
-    preconditioner: str,
-    bias_correction: bool,
-    bias_correction1: float,
-    regularizer: Regularizer | None,
-    prox_metric: str,
-    info: dict[str, Any] | None,
-) -> None:
-    """Yang et al.: θ̃ = prox^D_{R}(θ − m̂/D) with unit step, then θ ← θ + α(θ̃ − θ)."""
-    start = param.clone()
-    if preconditioner == "identity":
-        denom = None
-        param.add_(exp_avg, alpha=-1.0 / bias_correction1)
-    else:
-        denom = _denom(param, exp_avg_sq, step, beta2, eps, preconditioner, bias_correction)
-        param.addcdiv_(exp_avg, denom, value=-1.0 / bias_correction1)
-    if regularizer is not None:
-        metric = denom if prox_metric == "preconditioned" else None
-        prox_tensors_(regularizer, [param], 1.0, None if metric is None else [metric], info, fast=False)
-    param.copy_(start.lerp_(param, lr))
-
-
-def _multi_tensor_proxgen(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor | None],
-    state_steps: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    regularizer: Regularizer | None,
-    preconditioner: str,
-    bias_correction: bool,
-    prox_metric: str,
-    info: dict[str, Any] | None,
-    scratch: _fused.Scratch | None = None,
-    implementation: str = "fast",
-) -> None:
-    """Fast path: torch's fused AdamW kernel (CPU) or multi-tensor ops for the smooth part, one prox pass.
-
-    Tensors are grouped by (device, dtype); every per-tensor scalar comes from the CPU step counters,
-    so nothing waits on the device. ℓ1 under Adam's metric runs the chunked in-place kernel of
-    :mod:`lightning_prox.regularizers._fused`, rebuilding D from ``v``; ``"compiled"`` (and
-    ``"auto"`` for a large regularized group) runs the whole Adam + ℓ1 update as one compiled pass
-    per tensor where it applies (CPU, contiguous, Adam metric with bias correction).
-    """
-    do_prox = regularizer is not None and regularizer.lam > 0
-    scratch = scratch if scratch is not None else _fused.Scratch()
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, state_steps]  # type: ignore[list-item]
     )
+    buckets = []
     for (device, dtype), ((d_params, d_grads, d_m, d_v, d_steps), _) in grouped.items():
         d_params = list(d_params)
         torch._foreach_add_(d_steps, 1)
         steps = [float(s) for s in d_steps]  # CPU counters: no device sync
-        l1_fast = do_prox and _fused.supports(regularizer, d_params)
         bc2_sqrts = [
             (1 - beta2**s) ** 0.5 if preconditioner == "adam" and bias_correction else 1.0 for s in steps
         ]
+        bucket = _Bucket(d_params, list(d_v), steps, bc2_sqrts)
+        buckets.append(bucket)
+        if dtype in _HALF:  # metric, eps and the step in float32 (eps = 1e-8 underflows in float16)
+            p32, g32, m32 = (
+                [p.float() for p in d_params],
+                [g.float() for g in d_grads],
+                [m.float() for m in d_m],
+            )
+            v32 = [None if v is None else v.float() for v in d_v]
+            _foreach_smooth(p32, g32, m32, v32, steps, **hp)
+            torch._foreach_copy_(d_params, p32)
+            torch._foreach_copy_(list(d_m), m32)
+            if preconditioner != "identity":
+                torch._foreach_copy_(list(d_v), v32)  # type: ignore[arg-type]
+            continue
         if (
-            implementation in ("compiled", "auto")
+            fuse_prox
+            and do_prox
+            and implementation in ("native", "auto")
             and device.type == "cpu"
             and preconditioner == "adam"
             and bias_correction
             and prox_metric == "preconditioned"
-            and l1_fast  # plain groups: torch's fused kernel is faster than per-tensor calls, and exact
-            and dtype in (torch.float32, torch.float64)
-            and (implementation == "compiled" or sum(p.numel() for p in d_params) >= AUTO_COMPILE_NUMEL)
-            and _fused.compiled_available()
+            and _fused.supports(regularizer, d_params)
+            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_COMPILE_NUMEL)
             and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
         ):
-            c = lr * regularizer.lam
+            c = lr * regularizer.lam  # type: ignore[union-attr]
+            inv_floor = 1.0 / floor if floor > 0 else math.inf
             # scalars in the parameters' dtype: float64 scalars would make the float32 loop
             # compute in float64 (~25% slower); torch's fused Adam also rounds them to float32
             scalars = [
                 torch.tensor(
-                    [1 - lr * weight_decay, 1 - beta1, beta2, 1 - beta2, lr / (1 - beta1**s), b, eps, c],
+                    [
+                        1 - lr * weight_decay,
+                        1 - beta1,
+                        beta2,
+                        1 - beta2,
+                        lr / (1 - beta1**s),
+                        b,
+                        eps,
+                        c,
+                        inv_floor,
+                    ],
                     dtype=dtype,
                 )
                 for s, b in zip(steps, bc2_sqrts)
             ]
-            if _fused.compiled_adam_l1_(d_params, list(d_grads), list(d_m), list(d_v), scalars):
+            if _l1_kernels.compiled_adam_l1_(d_params, list(d_grads), list(d_m), list(d_v), scalars):
+                bucket.done = True
                 continue
-        if preconditioner == "adam" and bias_correction and device.type == "cpu":
+        use_fused = device.type == "cpu" if fused is None else (fused and device.type in ("cpu", "cuda"))
+        if preconditioner == "adam" and bias_correction and use_fused:
             torch._fused_adamw_(
                 d_params, d_grads, d_m, d_v, [], d_steps, amsgrad=False, lr=lr, beta1=beta1, beta2=beta2,
                 weight_decay=weight_decay, eps=eps, maximize=False, grad_scale=None, found_inf=None,
             )  # fmt: skip
         else:
-            if weight_decay != 0:
-                torch._foreach_mul_(d_params, 1 - lr * weight_decay)
-            torch._foreach_lerp_(d_m, d_grads, 1 - beta1)
-            if preconditioner in ("adam", "rmsprop"):
-                torch._foreach_mul_(d_v, beta2)
-                torch._foreach_addcmul_(d_v, d_grads, d_grads, 1 - beta2)
-            elif preconditioner == "adagrad":
-                torch._foreach_addcmul_(d_v, d_grads, d_grads, 1)
-            step_sizes = [-lr / (1 - beta1**s if bias_correction else 1.0) for s in steps]
-            if preconditioner == "identity":
-                if len(set(step_sizes)) == 1:
-                    torch._foreach_add_(d_params, d_m, alpha=step_sizes[0])
-                else:
-                    for p, m, a in zip(d_params, d_m, step_sizes):
-                        p.add_(m, alpha=a)
-            else:
-                denoms = _foreach_denoms(d_v, steps, beta2, eps, preconditioner, bias_correction)
-                torch._foreach_addcdiv_(d_params, d_m, denoms, step_sizes)
-        if not do_prox:
+            _foreach_smooth(d_params, list(d_grads), list(d_m), list(d_v), steps, **hp)
+    return buckets
+
+
+def _foreach_smooth(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor | None],
+    steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    preconditioner: str,
+    bias_correction: bool,
+) -> None:
+    """Multi-tensor smooth step of one bucket whose step counters are already incremented."""
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    vs: list[Tensor] = exp_avg_sqs  # type: ignore[assignment]
+    if preconditioner in ("adam", "rmsprop"):
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
+    elif preconditioner == "adagrad":
+        torch._foreach_addcmul_(vs, grads, grads, 1)
+    step_sizes = [-lr / (1 - beta1**s if bias_correction else 1.0) for s in steps]
+    if preconditioner == "identity":
+        if len(set(step_sizes)) == 1:
+            torch._foreach_add_(params, exp_avgs, alpha=step_sizes[0])
+        else:
+            for p, m, a in zip(params, exp_avgs, step_sizes):
+                p.add_(m, alpha=a)
+    else:
+        denoms = _foreach_denoms(vs, steps, beta2, eps, preconditioner, bias_correction)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
+
+
+def _single_tensor_smooth(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor | None],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    preconditioner: str,
+    bias_correction: bool,
+    unit_step: bool = False,
+) -> _Bucket:
+    """The readable reference, one tensor at a time (float32 arithmetic for half-precision tensors);
+    keeps each tensor's D for the prox. ``unit_step``: the step is m̂/D without α (two-stage Prox-SGD)."""
+    steps, bc2s, denoms = [], [], []
+    for i, param in enumerate(params):
+        grad, exp_avg, exp_avg_sq, step_t = grads[i], exp_avgs[i], exp_avg_sqs[i], state_steps[i]
+        step_t += 1
+        step = float(step_t)  # a CPU tensor: no device sync
+        p, g, m = _f32(param), _f32(grad), _f32(exp_avg)
+        v = None if exp_avg_sq is None else _f32(exp_avg_sq)
+        if weight_decay != 0:
+            p.mul_(1 - lr * weight_decay)
+        m.lerp_(g, 1 - beta1)
+        if preconditioner in ("adam", "rmsprop"):
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # type: ignore[union-attr]
+        elif preconditioner == "adagrad":
+            v.addcmul_(g, g, value=1)  # type: ignore[union-attr]
+        bias_correction1 = 1 - beta1**step if bias_correction else 1.0
+        step_size = (1.0 if unit_step else lr) / bias_correction1
+        denom = _denom(p, v, step, beta2, eps, preconditioner, bias_correction)
+        if preconditioner == "identity":
+            p.add_(m, alpha=-step_size)
+        else:
+            p.addcdiv_(m, denom, value=-step_size)
+        for dst, src in ((param, p), (exp_avg, m), (exp_avg_sq, v)):
+            if dst is not None and src is not dst:
+                dst.copy_(src)
+        steps.append(step)
+        bc2s.append((1 - beta2**step) ** 0.5 if preconditioner == "adam" and bias_correction else 1.0)
+        denoms.append(denom)
+    return _Bucket(list(params), list(exp_avg_sqs), steps, bc2s, denoms=denoms)
+
+
+def _prox(
+    buckets: list[_Bucket],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    regularizer: Regularizer | None,
+    preconditioner: str,
+    bias_correction: bool,
+    prox_metric: str,
+    threshold_cap: float | None,
+    info: dict[str, Any] | None,
+    scratch: _fused.Scratch,
+    step: float | None = None,
+) -> None:
+    """The prox half: θ ← prox^{D̄}_{step·R}(θ̂) per bucket (``step`` defaults to lr).
+
+    ℓ1 under Adam's metric runs the chunked in-place kernel (rebuilding D from ``v``); every other
+    regularizer gets the floored metric through ``prox_multi``; half-precision tensors go through
+    float32 copies.
+    """
+    step = lr if step is None else step
+    if regularizer is None or regularizer.lam == 0 or step == 0:
+        return
+    floor = _floor(regularizer.lam, threshold_cap, preconditioner, prox_metric)
+    euclidean = prox_metric == "euclidean" or preconditioner == "identity"
+    for b in buckets:
+        if b.done or not b.params:
             continue
-        if prox_metric == "euclidean" or preconditioner == "identity":
-            prox_tensors_(regularizer, d_params, lr, None, info)
-        elif l1_fast:
-            _fused.soft_threshold_adam_metric_(
-                d_params, list(d_v), lr * regularizer.lam, bc2_sqrts, eps, scratch
+        half = b.params[0].dtype in _HALF
+        targets = [p.float() for p in b.params] if half else b.params
+        if euclidean:
+            prox_tensors_(regularizer, targets, step, None, info, fast=b.denoms is None)
+        elif b.denoms is not None:  # the reference loop: its own D, the regularizer's prox per tensor
+            for t, d, v in zip(targets, b.denoms, b.exp_avg_sqs):
+                metric = _floored([d.clone()], [v], floor)[0] if floor > 0 else d
+                prox_tensors_(regularizer, [t], step, [metric], info, fast=False)
+        elif not half and _fused.supports(regularizer, targets):
+            _l1_kernels.soft_threshold_metric_(
+                targets,
+                b.exp_avg_sqs,
+                step * regularizer.lam,
+                b.bc2_sqrts,
+                eps,
+                floor,
+                scratch,  # type: ignore[arg-type]
             )
         else:
-            reuse = scratch if device.type == "cpu" else None  # GPU allocators cache blocks already
-            metrics = _foreach_denoms(d_v, steps, beta2, eps, preconditioner, bias_correction, reuse)
-            prox_tensors_(regularizer, d_params, lr, metrics, info)
+            vs = [_f32(v) for v in b.exp_avg_sqs]  # type: ignore[arg-type]
+            reuse = scratch if targets[0].device.type == "cpu" else None  # GPU allocators cache blocks
+            metrics = _foreach_denoms(vs, b.steps, beta2, eps, preconditioner, bias_correction, reuse)
+            if floor > 0:
+                _floored(metrics, b.exp_avg_sqs, floor)  # type: ignore[arg-type]
+            prox_tensors_(regularizer, targets, step, metrics, info)
+        if half:
+            torch._foreach_copy_(b.params, targets)
+
+
+def _floored(metrics: list[Tensor], exp_avg_sqs: list[Tensor], floor: float) -> list[Tensor]:
+    """D̄ = max(D, floor), and 1 where v = 0 (no gradient history), in place."""
+    torch._foreach_clamp_min_(metrics, floor)
+    for d, v in zip(metrics, exp_avg_sqs):
+        d.masked_fill_(v == 0, 1.0)
+    return metrics
 
 
 def _foreach_denoms(

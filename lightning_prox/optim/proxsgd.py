@@ -1,16 +1,18 @@
 """Prox-SGD: momentum SGD followed by a Euclidean prox, and Yang et al.'s two-stage Prox-SGD.
 
 :class:`ProxSGD` is the plain stochastic proximal gradient method with ``torch.optim.SGD``'s
-momentum convention (the baseline of digests 000 and 003). :class:`TwoStageProxSGD` is the
-"Prox-SGD" of Yang et al. (2020) as the ProxGen paper runs it (digest 000 §1.4, P12): a prox
-subproblem without learning rate followed by a convex-combination step.
+momentum convention. :class:`TwoStageProxSGD` is the "Prox-SGD" of Yang, Yuan, Lahlou, Latorre,
+Klein and Pfister (2020, "ProxSGD: Training structured neural networks under regularization and
+constraints", ICLR) as Yun, Lozano and Yang (2021, "Adaptive proximal gradient methods for
+structured neural networks", NeurIPS, Section 4) run it as a baseline: a prox subproblem without
+learning rate followed by a convex-combination step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,21 +20,26 @@ from torch.optim import Optimizer
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
-from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
-from ._prox import check_group_params, prox_tensors_
-from ._stats import group_stats
-from .proxgen import Preconditioner, ProxGen
+from ._base import (
+    Implementation,
+    ProxOptimizer,
+    _check_finite_doc,
+    _implementation_doc,
+    _torch_flags_doc,
+    check_fused_devices,
+)
+from ._common import group_regularizer
+from ._prox import prox_tensors_
+from .proxgen import Preconditioner, ProxGen, _prox, _single_tensor_smooth
 
 __all__ = ["ProxSGD", "TwoStageProxSGD", "proxsgd"]
 
-Implementation = Literal["auto", "fast", "forloop", "compiled"]
-_IMPLEMENTATIONS = ("auto", "fast", "forloop", "compiled")
 #: ``implementation="auto"`` compiles the SGD + ℓ1 pass for a (device, dtype) bucket of a
 #: regularized group from this many elements on (small models would only pay the compile time).
 AUTO_COMPILE_NUMEL = 1 << 20
 
 
-class ProxSGD(Optimizer):
+class ProxSGD(ProxOptimizer):
     r"""Stochastic proximal gradient with ``torch.optim.SGD`` semantics, then a Euclidean prox.
 
     .. math::
@@ -42,7 +49,8 @@ class ProxSGD(Optimizer):
             \zeta \text{ (weight\_decay)},\ \text{nesterov},\ R_\lambda \text{ (regularizer, }
             \lambda = \text{lam)} \\
         &\textbf{for } t = 1, 2, \dots: \\
-        &\quad g_t = \nabla f(\theta_{t-1}) + \zeta\, \theta_{t-1} \\
+        &\quad g_t = \pm\nabla f(\theta_{t-1}) + \zeta\, \theta_{t-1}
+            \quad (-\text{ with maximize}) \\
         &\quad b_t = \begin{cases} g_t & t = 1 \\ \mu\, b_{t-1} + (1-\tau)\, g_t & t > 1
             \end{cases} \text{ (momentum\_buffer)}, \qquad
             d_t = \begin{cases} g_t + \mu\, b_t & \text{nesterov} \\ b_t & \text{otherwise}
@@ -54,7 +62,8 @@ class ProxSGD(Optimizer):
 
     With ``momentum=0`` this is the proximal (stochastic) gradient method; with
     ``regularizer=None`` (or ``lam = 0``) it is exactly ``torch.optim.SGD``. Weight decay is coupled
-    (added to the gradient) as in torch's SGD; for ℓ1 the prox is soft thresholding at γλ.
+    (added to the gradient) as in torch's SGD; for ℓ1 the prox is soft thresholding at γλ. With
+    γ = 0 the prox is the identity (a warmup from 0 leaves the parameters where they are).
 
     Statistics: :meth:`prox_stats` returns, per param group, ``mean_threshold`` = γλ, the
     exact-zero count and, for an inexact prox, its inner iterations (computed when called).
@@ -62,25 +71,24 @@ class ProxSGD(Optimizer):
     Args:
         params: iterable of parameters or param-group dicts (a group may set its own
             ``regularizer``/``lam``, ``lr``, ``momentum``, ...).
-        lr: learning rate γ > 0 (also the prox step).
+        lr: learning rate γ ≥ 0 (also the prox step).
         momentum: μ ≥ 0.
         dampening: τ for momentum.
         nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0).
         weight_decay: ζ ≥ 0, L2 penalty added to the gradient.
         regularizer: default regularizer of every group (``None``: plain SGD).
-        check_finite: raise ``ValueError`` naming the parameter, before any update, when a
-            gradient holds NaN/inf (one ``sum`` per gradient and one host read per step; False
-            skips it).
-        implementation: ``"auto"`` (default: ``"compiled"`` for a regularized group's ℓ1 tensors
-            on CPU from ``AUTO_COMPILE_NUMEL`` = 2^20 elements on, ``"fast"`` otherwise),
-            ``"fast"`` (torch's fused SGD kernel, then an in-place prox pass), ``"forloop"`` (the
-            per-tensor reference) or ``"compiled"`` (SGD + ℓ1 as one ``torch.compile``\ d pass per
-            tensor on CPU from the second step on; compiles once per process; anything it does not
-            cover, or a failed compile, runs ``"fast"``). All agree to rounding.
+        {check_finite}
+        {implementation} Here the native kernel is SGD + ℓ1 as one ``torch.compile``\ d pass per
+            tensor on CPU from the second step on (compiled once per process); ``"auto"`` uses it
+            for a regularized group's ℓ1 tensors from ``AUTO_COMPILE_NUMEL`` = 2^20 elements on.
+        {torch_flags} For ProxSGD ``fused=None`` uses torch's fused SGD kernel for the smooth part on
+            CPU and CUDA, ``fused=False`` the multi-tensor ops, ``fused=True`` requires the
+            fused kernel (parameters on CPU or CUDA).
 
     Raises:
-        ValueError: for an invalid hyperparameter (naming the value), and from :meth:`step` for
-            non-finite gradients (``check_finite=True``) or sparse gradients.
+        ValueError: for an invalid hyperparameter (naming the value) or a regularizer that does not
+            fit a parameter (naming it), and from :meth:`step` for non-finite gradients
+            (``check_finite=True``) or sparse gradients, before anything is changed.
 
     Example:
         >>> import torch
@@ -92,6 +100,9 @@ class ProxSGD(Optimizer):
         >>> w.data
         tensor([ 0.8000,  0.0000, -1.9000])
     """
+
+    _setstate_defaults = {"nesterov": False}
+    _torch_flags = frozenset({"maximize", "foreach", "fused"})
 
     def __init__(
         self,
@@ -105,10 +116,12 @@ class ProxSGD(Optimizer):
         *,
         check_finite: bool = True,
         implementation: Implementation = "auto",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        _check_hparams(lr, momentum, dampening, nesterov, weight_decay)
-        if implementation not in _IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -117,100 +130,83 @@ class ProxSGD(Optimizer):
             weight_decay=weight_decay,
             regularizer=regularizer,
         )
-        super().__init__(params, defaults)
-        for i, group in enumerate(self.param_groups):
-            try:
-                _check_hparams(
-                    group["lr"],
-                    group["momentum"],
-                    group["dampening"],
-                    group["nesterov"],
-                    group["weight_decay"],
-                )
-            except ValueError as err:
-                raise ValueError(f"param group {i}: {err}") from None
-        self.check_finite = bool(check_finite)
-        self.implementation = implementation
-        self._last_info: list[dict[str, Any]] = [{} for _ in self.param_groups]
-        init_regularizer_groups(self)
-        check_group_params(self)
+        super().__init__(
+            params,
+            defaults,
+            check_finite=check_finite,
+            implementation=implementation,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
-            group.setdefault("regularizer", None)
-            group.setdefault("lam", 0.0)
-        self.__dict__.setdefault("check_finite", True)
-        self.__dict__.setdefault("implementation", "auto")
-        self.__dict__.setdefault("_last_info", [{} for _ in self.param_groups])
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_hparams(group["momentum"], group["dampening"], group["nesterov"], group["weight_decay"])
+        check_fused_devices(group)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        if hasattr(self, "_last_info"):
-            self._last_info.append({})
-            init_regularizer_groups(self)
-            check_group_params(self)
+    def _init_group(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor | None]:
+        if group["momentum"] == 0:
+            return [None] * len(params)
+        return [self.state[p].get("momentum_buffer") for p in params]
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
-        params, grads, bufs = [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise ValueError("ProxSGD does not support sparse gradients; use dense gradients")
-            params.append(p)
-            grads.append(p.grad)
-            bufs.append(self.state[p].get("momentum_buffer") if group["momentum"] != 0 else None)
-        return params, grads, bufs
+    def _smooth_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: list[Tensor | None],
+        info: dict[str, Any],
+        *,
+        fuse_prox: bool,
+    ) -> list[Tensor]:
+        done = _sgd_step(
+            params,
+            grads,
+            state,
+            lr=group["lr"],
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            weight_decay=group["weight_decay"],
+            regularizer=group_regularizer(group) if fuse_prox else None,
+            implementation=self.implementation,
+            foreach=group["foreach"],
+            fused=group["fused"],
+        )
+        if group["momentum"] != 0:
+            for p, buf in zip(params, state):
+                self.state[p]["momentum_buffer"] = buf
+        return done
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One ProxSGD step on every param group; ``closure`` re-evaluates the loss (optional)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        gathered = [self._init_group(group) for group in self.param_groups]
-        if self.check_finite:
-            check_finite_grads([g for gs in gathered for g in gs[1]], optimizer=self)
-        for i, (group, (params, grads, bufs)) in enumerate(zip(self.param_groups, gathered)):
-            info: dict[str, Any] = {}
-            proxsgd(
-                params,
-                grads,
-                bufs,
-                lr=group["lr"],
-                momentum=group["momentum"],
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-                regularizer=group_regularizer(group),
-                implementation=self.implementation,
-                info=info,
-            )
-            if group["momentum"] != 0:
-                for p, buf in zip(params, bufs):
-                    self.state[p]["momentum_buffer"] = buf
-            if i < len(self._last_info):
-                self._last_info[i] = info
-        return loss
-
-    def prox_stats(self) -> list[dict[str, Any]]:
-        """Per-group statistics of the last step (see :func:`ProxGen.prox_stats`; here the
-        threshold scale is γλ, the prox being Euclidean)."""
-        return [
-            group_stats(self, group, None, self._last_info[i] if i < len(self._last_info) else {})
-            for i, group in enumerate(self.param_groups)
-        ]
+    def _prox_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        state: Any,
+        ctx: list[Tensor],
+        info: dict[str, Any],
+    ) -> None:
+        done = {id(p) for p in ctx}
+        todo = [p for p in params if id(p) not in done]
+        prox_tensors_(
+            group_regularizer(group), todo, group["lr"], None, info, fast=group["foreach"] is not False
+        )
 
 
-def _check_hparams(lr: float, momentum: float, dampening: float, nesterov: bool, weight_decay: float) -> None:
-    if isinstance(lr, Tensor):
-        raise ValueError("lr must be a float (a tensor lr is not supported); got a Tensor")
-    if not isinstance(lr, (int, float)) or not (lr > 0) or math.isinf(lr):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not isinstance(momentum, (int, float)) or not (momentum >= 0) or math.isinf(momentum):
+ProxSGD.__doc__ = (ProxSGD.__doc__ or "").replace("{check_finite}", _check_finite_doc)
+ProxSGD.__doc__ = ProxSGD.__doc__.replace("{implementation}", _implementation_doc)
+ProxSGD.__doc__ = ProxSGD.__doc__.replace("{torch_flags}", _torch_flags_doc)
+
+
+def _check_hparams(momentum: float, dampening: float, nesterov: bool, weight_decay: float) -> None:
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not (momentum >= 0)
+        or math.isinf(momentum)
+    ):
         raise ValueError(f"momentum must be a finite number >= 0, got {momentum!r}")
     if not isinstance(dampening, (int, float)) or math.isnan(dampening) or math.isinf(dampening):
         raise ValueError(f"dampening must be a finite number, got {dampening!r}")
@@ -235,27 +231,29 @@ def proxsgd(
     weight_decay: float,
     regularizer: Regularizer | None,
     implementation: str = "auto",
+    foreach: bool | None = None,
+    fused: bool | None = None,
     info: dict[str, Any] | None = None,
 ) -> None:
-    """Functional ProxSGD step (see :class:`ProxSGD`); fills ``momentum_buffer_list`` on the first step."""
+    """Functional ProxSGD step (see :class:`ProxSGD`); fills ``momentum_buffer_list`` on the first step.
+
+    ``implementation`` is ``"auto"``, ``"eager"`` or ``"native"`` (as in :class:`ProxSGD`);
+    ``foreach=False`` runs the per-tensor reference loop.
+    """
     if not params:
         return
-    kwargs: dict[str, Any] = dict(
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        nesterov=nesterov,
-        weight_decay=weight_decay,
-        regularizer=regularizer,
-        info=info,
+    done = _sgd_step(
+        params, grads, momentum_buffer_list, lr=lr, momentum=momentum, dampening=dampening,
+        nesterov=nesterov, weight_decay=weight_decay, regularizer=regularizer,
+        implementation=implementation, foreach=foreach, fused=fused,
+    )  # fmt: skip
+    ids = {id(p) for p in done}
+    prox_tensors_(
+        regularizer, [p for p in params if id(p) not in ids], lr, None, info, fast=foreach is not False
     )
-    if implementation == "forloop":
-        _single_tensor_proxsgd(params, grads, momentum_buffer_list, **kwargs)
-    else:
-        _multi_tensor_proxsgd(params, grads, momentum_buffer_list, **kwargs, implementation=implementation)
 
 
-def _single_tensor_proxsgd(
+def _sgd_step(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffer_list: list[Tensor | None],
@@ -266,10 +264,36 @@ def _single_tensor_proxsgd(
     nesterov: bool,
     weight_decay: float,
     regularizer: Regularizer | None,
-    info: dict[str, Any] | None,
+    implementation: str,
+    foreach: bool | None,
+    fused: bool | None,
+) -> list[Tensor]:
+    """The smooth half of a ProxSGD step, dispatched like torch's ``sgd``; returns the tensors whose
+    prox was already applied (the compiled SGD + ℓ1 kernel, only when ``regularizer`` is given)."""
+    kwargs: dict[str, Any] = dict(
+        lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay
+    )
+    if foreach is False:
+        _single_tensor_sgd(params, grads, momentum_buffer_list, **kwargs)
+        return []
+    return _multi_tensor_sgd(
+        params, grads, momentum_buffer_list, **kwargs, regularizer=regularizer,
+        implementation=implementation, fused=fused,
+    )  # fmt: skip
+
+
+def _single_tensor_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffer_list: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
 ) -> None:
-    """The readable reference: torch's ``_single_tensor_sgd`` then ``regularizer.prox`` per tensor."""
-    do_prox = regularizer is not None and regularizer.lam > 0
+    """The readable reference: torch's ``_single_tensor_sgd`` (the prox follows per tensor)."""
     for i, param in enumerate(params):
         grad = grads[i]
         if weight_decay != 0:
@@ -283,11 +307,34 @@ def _single_tensor_proxsgd(
                 buf.mul_(momentum).add_(grad, alpha=1 - dampening)
             grad = grad.add(buf, alpha=momentum) if nesterov else buf
         param.add_(grad, alpha=-lr)
-        if do_prox:
-            prox_tensors_(regularizer, [param], lr, None, info, fast=False)
 
 
-def _multi_tensor_proxsgd(
+def _foreach_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    first: bool,
+) -> None:
+    """torch's ``_multi_tensor_sgd`` for one (device, dtype) bucket (``bufs`` exist, empty when ``first``)."""
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum != 0:
+        if first:
+            torch._foreach_copy_(bufs, grads)
+        else:
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads, alpha=1 - dampening)
+        grads = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
+
+
+def _multi_tensor_sgd(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffer_list: list[Tensor | None],
@@ -298,65 +345,65 @@ def _multi_tensor_proxsgd(
     nesterov: bool,
     weight_decay: float,
     regularizer: Regularizer | None,
-    info: dict[str, Any] | None,
-    implementation: str = "fast",
-) -> None:
-    """Fast path: torch's fused SGD kernel (CPU/CUDA) for the smooth part, then one in-place prox pass.
-
-    ``"compiled"`` (and ``"auto"`` for a large ℓ1 group) runs SGD + ℓ1 as one compiled pass per
-    tensor on CPU once the momentum buffers exist (the first step goes through torch's kernel).
-    """
-    do_prox = regularizer is not None and regularizer.lam > 0
+    implementation: str,
+    fused: bool | None,
+) -> list[Tensor]:
+    """Per (device, dtype) bucket: the compiled SGD + ℓ1 pass where it applies, else torch's fused SGD
+    kernel (CPU/CUDA, unless ``fused=False``), else the multi-tensor ops. Returns the tensors whose
+    prox the compiled pass already applied."""
+    do_prox = regularizer is not None and regularizer.lam > 0 and lr > 0
     first = [momentum != 0 and b is None for b in momentum_buffer_list]
     if any(first):
-        if not all(first):  # mixed (a parameter joined late): torch's for-loop handles it exactly
-            _single_tensor_proxsgd(
+        if not all(first):  # mixed (a parameter joined late): the reference loop handles it exactly
+            _single_tensor_sgd(
                 params, grads, momentum_buffer_list, lr=lr, momentum=momentum, dampening=dampening,
-                nesterov=nesterov, weight_decay=weight_decay, regularizer=regularizer, info=info,
+                nesterov=nesterov, weight_decay=weight_decay,
             )  # fmt: skip
-            return
+            return []
         for i, g in enumerate(grads):
             momentum_buffer_list[i] = torch.empty_like(g)
+    is_first = any(first)
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, momentum_buffer_list],  # type: ignore[list-item]
         with_indices=False,
     )
+    done: list[Tensor] = []
     for (device, dtype), ((d_params, d_grads, d_bufs), _) in grouped.items():
         d_params = list(d_params)
         if (
-            implementation in ("compiled", "auto")
+            implementation in ("native", "auto")
             and do_prox
-            and not any(first)
+            and not is_first
             and device.type == "cpu"
             and _fused.supports(regularizer, d_params)
-            and (implementation == "compiled" or sum(p.numel() for p in d_params) >= AUTO_COMPILE_NUMEL)
+            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_COMPILE_NUMEL)
             and _fused.compiled_available()
             and all(t.is_contiguous() for t in (*d_params, *d_grads, *(d_bufs if momentum != 0 else ())))
         ):
             scalars = torch.tensor(
-                [weight_decay, momentum, 1 - dampening, lr, lr * regularizer.lam], dtype=dtype
+                [weight_decay, momentum, 1 - dampening, lr, lr * regularizer.lam],  # type: ignore[union-attr]
+                dtype=dtype,
             )
             bufs = list(d_bufs) if momentum != 0 else None
             if _fused.compiled_sgd_l1_(d_params, list(d_grads), bufs, scalars, nesterov):
+                done.extend(d_params)
                 continue
-        if device.type in ("cpu", "cuda"):
+        if fused is not False and device.type in ("cpu", "cuda"):
             torch._fused_sgd_(
                 d_params, d_grads, [] if momentum == 0 else d_bufs, weight_decay=weight_decay,
                 momentum=momentum, lr=lr, dampening=dampening, nesterov=nesterov, maximize=False,
-                is_first_step=any(first), grad_scale=None, found_inf=None,
+                is_first_step=is_first, grad_scale=None, found_inf=None,
             )  # fmt: skip
         else:
-            _single_tensor_proxsgd(
-                d_params, list(d_grads), list(d_bufs) if momentum != 0 else [None] * len(d_params), lr=lr,
-                momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
-                regularizer=None, info=None,
+            _foreach_sgd(
+                d_params, list(d_grads), list(d_bufs) if momentum != 0 else [], lr=lr, momentum=momentum,
+                dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, first=is_first,
             )  # fmt: skip
-        if do_prox:
-            prox_tensors_(regularizer, d_params, lr, None, info)
+    return done
 
 
 class TwoStageProxSGD(ProxGen):
-    r"""The two-stage Prox-SGD of Yang et al. (2020), the baseline of the ProxGen paper (digest 000 §1.4).
+    r"""The two-stage Prox-SGD of Yang et al. (2020), the baseline of the ProxGen paper (Yun et al., 2021, Section 4).
 
     .. math::
 
@@ -375,7 +422,8 @@ class TwoStageProxSGD(ProxGen):
     never leaves zero: the two failure modes of Figure 4 of the ProxGen paper, reproduced by
     ``benchmarks/lasso_support_recovery.py``. The arguments are :class:`ProxGen`'s (the default
     preconditioner is Adam's, as in the paper's lasso study); this update always runs the
-    per-tensor loop (it is a baseline, not a hot path).
+    per-tensor loop (it is a baseline, not a hot path). ``threshold_cap`` defaults to ``None``
+    (the method as published); ``lr = 0`` leaves the parameters where they are.
 
     Example:
         >>> import torch
@@ -388,8 +436,6 @@ class TwoStageProxSGD(ProxGen):
         tensor([0.5000, 0.0000])
     """
 
-    _two_stage = True
-
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -400,11 +446,11 @@ class TwoStageProxSGD(ProxGen):
         regularizer: Regularizer | None = None,
         preconditioner: Preconditioner = "adam",
         bias_correction: bool = True,
+        threshold_cap: float | None = None,
         *,
         check_finite: bool = True,
+        maximize: bool = False,
     ) -> None:
-        if not isinstance(lr, (int, float)) or not 0 < lr <= 1:
-            raise ValueError(f"lr must be in (0, 1] for the two-stage convex combination, got {lr!r}")
         super().__init__(
             params,
             lr=lr,
@@ -415,6 +461,47 @@ class TwoStageProxSGD(ProxGen):
             preconditioner=preconditioner,
             bias_correction=bias_correction,
             prox_metric="preconditioned",
+            threshold_cap=threshold_cap,
             check_finite=check_finite,
-            implementation="forloop",
+            implementation="eager",
+            maximize=maximize,
+            foreach=False,
         )
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        lr = group["lr"]
+        if not 0 <= lr <= 1:
+            raise ValueError(f"lr must be in [0, 1] for the two-stage convex combination, got {lr!r}")
+        super()._check_group(group)
+
+    def _smooth_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: tuple[list[Tensor], ...],
+        info: dict[str, Any],
+        *,
+        fuse_prox: bool,
+    ) -> Any:
+        exp_avgs, exp_avg_sqs, steps = state
+        hp = self._hparams(group)
+        if hp["weight_decay"] != 0:  # decay first, as in ProxGen; the combination starts after it
+            torch._foreach_mul_(params, 1 - hp["lr"] * hp["weight_decay"])
+        starts = [p.detach().clone() for p in params]
+        bucket = _single_tensor_smooth(
+            params, grads, exp_avgs, exp_avg_sqs, steps, lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+            eps=hp["eps"], weight_decay=0.0, preconditioner=hp["preconditioner"],
+            bias_correction=hp["bias_correction"], unit_step=True,
+        )  # fmt: skip
+        return starts, bucket
+
+    def _prox_step(
+        self, group: dict[str, Any], params: list[Tensor], state: Any, ctx: Any, info: dict[str, Any]
+    ) -> None:
+        starts, bucket = ctx
+        hp = self._hparams(group)
+        if hp["lr"] != 0:  # stage 1: the prox with unit step; with lr = 0 stage 2 discards it
+            _prox([bucket], **hp, info=info, scratch=self._scratch, step=1.0)
+        for p, start in zip(params, starts):
+            p.copy_(start.lerp_(p, hp["lr"]))  # stage 2
