@@ -351,7 +351,7 @@ class ProxMixin:
     def sparsity_rows(self) -> list[dict[str, Any]]:
         """Per regularized weight: name, shape, exact zeros, and zero groups for grouped regularizers."""
         reg = self._prox_regularizer
-        dim = getattr(reg, "dim", None) if reg is not None else None
+        dim = reg.group_dim if reg is not None else None
         rows = []
         for name, p in self.regularized_parameters():
             d = dim if dim in ("in", "out") and p.ndim >= (2 if dim == "in" else 1) else None
