@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..regularizers import from_spec
 from ..structure import STAT_KEYS, UnitPair, sparsity_ratios, tensor_stats, unit_stats
 from ._groups import group_spec
 
@@ -41,8 +42,8 @@ def monitored_tensors(
 ) -> list[Monitored]:
     """The tensors of regularized param groups (all ``ndim >= 2`` tensors when none is regularized).
 
-    The grouping follows each group's regularizer spec: its ``"dim"`` when it has one (group lasso),
-    else ``group_dim``; the rank is counted for ``NuclearNorm``.
+    The grouping follows what each group's regularizer class declares: its ``group_dim`` when it has
+    one (group lasso), else ``group_dim``; the rank is counted when it declares ``counts_rank``.
 
     Example:
         >>> w = torch.zeros(3, 4)
@@ -56,14 +57,15 @@ def monitored_tensors(
     for g in regularized or param_groups:
         spec = group_spec(g) or {}
         reg_name = str(spec.get("name", "none"))
+        reg = from_spec(spec) if spec else None  # the class declares its grouping and rank counting
         for p in g["params"]:
             if id(p) in seen or (not regularized and p.ndim < 2):
                 continue
             seen.add(id(p))
-            dim = spec.get("dim") if spec.get("dim") in ("in", "out") else group_dim
+            dim = (reg.group_dim if reg is not None else None) or group_dim
             if dim is not None and p.ndim < (2 if dim == "in" else 1):
                 dim = None
-            rank = "Nuclear" in reg_name and p.ndim >= 2
+            rank = reg is not None and reg.counts_rank and p.ndim >= 2
             out.append(Monitored(names.get(id(p), f"param{len(out)}"), p, dim, rank, reg_name))
     return out
 

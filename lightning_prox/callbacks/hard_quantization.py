@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from ..regularizers import from_spec
 from ._groups import group_spec
 from ._quantize import check_levels, nearest_level, quantization_sq_error
 
@@ -103,9 +104,11 @@ class HardQuantization(Callback):
         for opt in trainer.optimizers:
             for group in opt.param_groups:
                 spec = group_spec(group)
-                if spec is None or spec.get("name") not in self.regularizer_names:
+                # a regularizer that declares quantization levels is quantized, and so is any listed one
+                declared = from_spec(spec).quant_levels if spec is not None else None
+                if spec is None or (spec.get("name") not in self.regularizer_names and declared is None):
                     continue
-                levels = self.levels if self.levels is not None else check_levels(spec.get("levels", (-1, 1)))
+                levels = self.levels if self.levels is not None else check_levels(declared or (-1, 1))
                 for p in group["params"]:
                     if id(p) not in seen:
                         seen.add(id(p))

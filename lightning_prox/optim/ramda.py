@@ -106,7 +106,7 @@ def _warm_starts(reg: Regularizer | None, params: list[Tensor], prox_points: lis
     """Warm starts of the subproblem solver: W_{t−1} for proximal gradient (the authors' choice), the
     last solution Ŵ_{t−1} for an exact solver (``solver="newton"``), whose start only seeds the root
     search (c = τw/‖Ŵ_g‖ is nearly the new root when the subproblem moved little)."""
-    return prox_points if getattr(reg, "solver", None) == "newton" else params
+    return prox_points if getattr(reg, "warm_start", "iterate") == "solution" else params
 
 
 def _single_tensor_ramda(

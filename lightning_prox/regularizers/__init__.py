@@ -1,6 +1,14 @@
-"""Regularizers with exact proximal operators (DESIGN.md §3)."""
+"""Regularizers with exact proximal operators, and the base classes to write your own."""
 
-from ._base import Regularizer, as_regularizer, from_spec, get_regularizer_class, registered_names
+from ._base import (
+    ProxOptions,
+    Regularizer,
+    as_regularizer,
+    from_spec,
+    get_regularizer_class,
+    registered_names,
+)
+from ._elementwise import ElementwiseRegularizer
 from .group_lasso import GroupLasso
 from .l0 import L0
 from .l1 import L1
@@ -11,6 +19,7 @@ from .quantization import Quantization
 from .scad import SCAD
 
 __all__ = [
+    "ElementwiseRegularizer",
     "GroupLasso",
     "L0",
     "L1",
@@ -19,6 +28,7 @@ __all__ = [
     "Lq",
     "NuclearNorm",
     "Quantization",
+    "ProxOptions",
     "Regularizer",
     "as_regularizer",
     "from_spec",

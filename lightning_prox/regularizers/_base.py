@@ -1,55 +1,232 @@
-"""The regularizer contract, the name registry and argument checks shared by every regularizer.
+r"""The regularizer contract, the name registry and the argument checks shared by every regularizer.
 
 A regularizer is a small frozen dataclass of plain hyperparameters:
 
 .. math::
 
-    \\text{value}(x) = R(x) \\quad (\\lambda \\text{ included}), \\qquad
-    \\text{prox}(z, \\text{step}, \\text{metric}) =
-    \\operatorname{argmin}_x \\; \\text{step}\\cdot R(x) + \\tfrac12 \\sum_i \\text{metric}_i (x_i - z_i)^2 .
+    \text{value}(x) = R(x) \quad (\lambda \text{ included}), \qquad
+    \text{prox}(z, \text{step}, \text{metric}) =
+    \operatorname{argmin}_x \; \text{step}\cdot R(x) + \tfrac12 \sum_i \text{metric}_i (x_i - z_i)^2 .
 
-Optimizers never keep the object itself in ``param_groups`` or state: checkpoints must load with
-``torch.load(weights_only=True)`` (DESIGN.md §4), so a group holds the plain :meth:`Regularizer.spec`
-(registry name plus hyperparameters, without ``lam``) and the strength ``group["lam"]``;
-:func:`from_spec` rebuilds the object.
+Optimizers never keep the object itself in ``param_groups`` or state, so that checkpoints load with
+``torch.load(weights_only=True)``: a group holds the plain :meth:`Regularizer.spec` (registry name
+plus hyperparameters, without ``lam``) and the strength ``group["lam"]``; :func:`from_spec` rebuilds
+the object.
+
+Non-finite inputs (the same policy for every regularizer):
+
+* NaN in ``z`` stays NaN in the result (for a group or a matrix, the whole group or matrix is NaN):
+  a NaN never comes out as an exact zero or a quantization level, so divergence is never reported
+  as sparsity.
+* ``z = ±inf`` comes out as ``±inf`` (no finite penalty pulls an infinite point back); the other
+  entries of its group are then left unshrunk (the limit of the prox). A matrix of
+  :class:`~lightning_prox.regularizers.NuclearNorm` with an infinite entry has no SVD and comes out
+  NaN.
+* ``metric = +inf`` pins the coordinate: ``x_i = z_i`` (no ``0·inf``, no ``inf/inf``); a tiny or
+  subnormal metric gives a large but finite threshold, never NaN or inf.
+* A metric that is NaN, zero or negative is rejected with a ``ValueError`` when it lives on the CPU
+  (checked before anything is computed); on accelerators that check would cost a device sync, and a
+  NaN metric entry gives NaN in that coordinate instead.
+* Thresholds and comparisons of float16/bfloat16 inputs run in float32; ``step·lam`` and
+  ``step/metric`` saturate at the largest finite value of that dtype.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
+import importlib
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["Regularizer", "from_spec", "get_regularizer_class", "registered_names"]
+__all__ = [
+    "ProxOptions",
+    "Regularizer",
+    "from_spec",
+    "get_regularizer_class",
+    "registered_names",
+]
 
+#: every registered class under its qualified name ``module.QualName``
 _REGISTRY: dict[str, type[Regularizer]] = {}
+#: the library's own classes under their short names (``"L1"``), as checkpoints have always named them
+_SHORT: dict[str, type[Regularizer]] = {}
+_LIBRARY = "lightning_prox."
 
 Step = float | Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxOptions:
+    """Per-call options of the multi-tensor hook :meth:`Regularizer._prox_multi`.
+
+    :meth:`Regularizer.prox_multi` validates its arguments and passes them on in one of these, so an
+    implementation reads only what it uses (closed forms ignore everything but ``out``).
+
+    Args:
+        x0s: warm starts of iterative solvers, one per ``z``, or ``None``.
+        max_iters: iteration cap for this call, or ``None`` for the regularizer's own.
+        rtol: solver tolerance for this call, or ``None`` for the regularizer's own.
+        info: a dict to fill with ``inner_iters`` and ``screened``, or ``None``.
+        out: tensors to write the results into (may be the inputs themselves), or ``None``.
+
+    Example:
+        >>> ProxOptions(max_iters=5).rtol is None
+        True
+    """
+
+    x0s: list[Tensor] | None = None
+    max_iters: int | None = None
+    rtol: float | None = None
+    info: dict | None = None
+    out: list[Tensor] | None = None
+
+
+def _registry_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_prox_args(z: Tensor, step: Step, metric: Tensor | None) -> None:
+    if not isinstance(z, Tensor):
+        raise ValueError(f"z must be a tensor, got {type(z).__name__}")
+    check_step(step)
+    check_metric(metric, z)
+
+
+#: (object, class) whose own ``prox`` is running: ``super().prox(...)`` inside it must reach the
+#: parent's math, not dispatch back to the subclass
+_ACTIVE: contextvars.ContextVar[tuple[Any, type] | None] = contextvars.ContextVar("_ACTIVE", default=None)
+
+
+def _run_own(cls: type, raw: Callable[..., Tensor], self: Any, z: Tensor, step: Step, metric: Any) -> Tensor:
+    token = _ACTIVE.set((self, cls))
+    try:
+        return raw(self, z, step, metric)
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _install_prox(cls: type, raw: Callable[..., Tensor]) -> None:
+    """Put a subclass's own ``prox`` behind the shared checks; its unchecked core serves prox_multi."""
+
+    @functools.wraps(raw)
+    def prox(self: Regularizer, z: Tensor, step: Step, metric: Tensor | None = None) -> Tensor:
+        _check_prox_args(z, step, metric)
+        if self.lam == 0.0:
+            return z.clone()
+        return _run_own(cls, raw, self, z, step, metric)
+
+    def core(self: Regularizer, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
+        return _run_own(cls, raw, self, z, step, metric)
+
+    prox.__wrapped_prox__ = raw  # type: ignore[attr-defined]
+    cls.prox = prox  # type: ignore[attr-defined]
+    if "_prox" not in cls.__dict__:
+        cls._prox = core  # type: ignore[attr-defined]
+    if "_prox_multi" not in cls.__dict__:
+        # a parent's fast multi-tensor kernel would bypass this prox: loop over it instead
+        cls._prox_multi = Regularizer._prox_multi  # type: ignore[attr-defined]
+        cls._writes_out = False  # type: ignore[attr-defined]
 
 
 @dataclasses.dataclass(frozen=True)
 class Regularizer:
     """Base class of every regularizer: ``value`` and ``prox`` with one convention.
 
-    Subclasses are frozen dataclasses whose first field is ``lam`` (λ ≥ 0); they implement
-    :meth:`value` and :meth:`_prox`. ``lam == 0`` makes :meth:`prox` the identity (a copy).
+    **Writing one.** Subclass it as a frozen dataclass (its first field, ``lam``, is inherited) and
+    implement two methods:
+
+    * :meth:`value` ``(x)``: λ·R(x) as a 0-dim tensor;
+    * :meth:`prox` ``(z, step, metric)``: the minimizer of ``step·R(x) + ½ Σ metric·(x − z)²``.
+
+    The base class checks the arguments of ``prox`` before your code runs (``step > 0``, ``metric``
+    ``None`` or a positive tensor shaped like ``z``) and makes ``lam == 0`` the identity, so your
+    ``prox`` only does the math. Every optimizer calls it (through :meth:`prox_multi`),
+    :meth:`spec` stores its fields in checkpoints, and YAML names it by ``class_path``. For an
+    elementwise penalty subclass :class:`~lightning_prox.regularizers.ElementwiseRegularizer`
+    instead: it needs only the scalar map and runs at the speed of the library's own.
+
+    **Declaring structure.** Callbacks and the monitor ask the class, not its name:
+    :attr:`groups_by` names the field holding a grouping (``"in"``/``"out"``), :attr:`counts_rank`
+    says the rank is the sparsity measure, :attr:`quant_levels` gives quantization levels, and
+    :attr:`warm_start` says which point warm-starts an iterative solver.
+
+    **Names.** Every subclass is registered under ``"module.ClassName"``; the library's own
+    classes also under their short names (``"L1"``). A class named like a library class in another
+    module neither replaces nor shadows it.
 
     Args:
         lam: strength λ ≥ 0.
+
+    Example:
+        >>> import dataclasses, torch
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Ridge(Regularizer):
+        ...     # λ/2·‖x‖², prox = metric·z / (metric + step·λ)
+        ...     def value(self, x):
+        ...         return 0.5 * self.lam * x.double().square().sum()
+        ...
+        ...     def prox(self, z, step, metric=None):
+        ...         m = torch.ones_like(z) if metric is None else metric
+        ...         return m * z / (m + step * self.lam)
+        >>> Ridge(1.0).prox(torch.tensor([2.0, -4.0]), step=1.0)
+        tensor([ 1., -2.])
+        >>> Ridge(1.0).prox(torch.tensor([2.0]), step=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: step must be a finite number > 0, got -1.0; pass the (positive) learning rate
     """
 
     lam: float = 0.0
 
     #: True when ``prox`` with a non-uniform metric is solved iteratively (group lasso, nuclear norm).
     inexact_under_metric: ClassVar[bool] = False
+    #: name of the field that holds the grouping (``"in"`` or ``"out"``), or ``None`` when the
+    #: regularizer is not grouped; :attr:`group_dim` reads it.
+    groups_by: ClassVar[str | None] = None
+    #: True when the regularizer targets the rank of the weight viewed as a matrix (monitors count it).
+    counts_rank: ClassVar[bool] = False
+    #: True when :meth:`_prox_multi` writes into ``opts.out`` itself (else the base class copies).
+    _writes_out: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            _REGISTRY[cls.__name__] = cls
+        own = cls.__dict__.get("prox")
+        if own is not None and not hasattr(own, "__wrapped_prox__"):
+            _install_prox(cls, own)  # the documented extension point
+        if cls.__name__.startswith("_") or cls.__dict__.get("_base_class", False):
+            return
+        key = _registry_name(cls)
+        old = _REGISTRY.get(key)
+        if old is not None and old is not cls:
+            warnings.warn(
+                f"regularizer {key!r} was defined again; specs naming it now build the new class",
+                stacklevel=2,
+            )
+        _REGISTRY[key] = cls
+        if cls.__module__.startswith(_LIBRARY):
+            if cls.__name__ in _SHORT and _SHORT[cls.__name__] is not cls:
+                raise TypeError(
+                    f"two library regularizers are named {cls.__name__!r}: "
+                    f"{_registry_name(_SHORT[cls.__name__])} and {key}"
+                )
+            _SHORT[cls.__name__] = cls
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Regularizer:
+        params = cls.__dict__.get("__dataclass_params__")
+        if params is None or not params.frozen:
+            raise TypeError(
+                f"{cls.__qualname__} must be a frozen dataclass: decorate it with "
+                "@dataclasses.dataclass(frozen=True) (its fields are the hyperparameters that spec() "
+                "stores in checkpoints; without the decorator they would be lost on resume)"
+            )
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         lam = self.lam
@@ -63,25 +240,40 @@ class Regularizer:
     # -- contract -----------------------------------------------------------------------------
     def value(self, x: Tensor) -> Tensor:
         """R(x) with λ included, as a 0-dim tensor in ``x``'s dtype (float32 for half types)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement value(self, x)")
 
     def prox(self, z: Tensor, step: Step, metric: Tensor | None = None) -> Tensor:
         """argmin_x step·R(x) + ½ Σ metric·(x − z)²; returns a new tensor, ``z`` is untouched.
+
+        This is the method a subclass implements (with the same signature); the base class checks
+        the arguments before the subclass's code runs and returns a copy of ``z`` when ``lam == 0``.
 
         Args:
             z: the point to map.
             step: step size > 0, a float or a 0-dim tensor.
             metric: ``None`` (all ones) or a positive tensor shaped like ``z`` (a diagonal metric,
-                e.g. Adam's ``sqrt(v̂) + eps``).
+                e.g. Adam's ``sqrt(v̂) + eps``); ``+inf`` entries pin their coordinates.
+
+        Example:
+            >>> import torch
+            >>> from lightning_prox.regularizers import L1
+            >>> L1(0.5).prox(torch.tensor([1.0, -0.2]), step=1.0, metric=torch.tensor([2.0, 1.0]))
+            tensor([0.7500, 0.0000])
         """
-        check_step(step)
-        check_metric(metric, z)
+        _check_prox_args(z, step, metric)
         if self.lam == 0.0:
             return z.clone()
+        active = _ACTIVE.get()
+        if active is not None and active[0] is self:  # super().prox(...) from a subclass's own prox
+            return super(active[1], self)._prox(z, step, metric)  # type: ignore[misc]
         return self._prox(z, step, metric)
 
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """The unchecked prox of one tensor (a subclass's ``prox`` becomes this automatically)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement prox(self, z, step, metric=None), the minimizer of "
+            "step*R(x) + 0.5*sum(metric*(x - z)**2)"
+        )
 
     def prox_multi(
         self,
@@ -98,8 +290,9 @@ class Regularizer:
         """The prox of every tensor of ``zs`` at once (same semantics as :meth:`prox`, one tensor each).
 
         This is the entry point optimizers call on a whole param group: closed forms run as
-        multi-tensor (``torch._foreach_*``) passes, and the iterative solvers (group lasso and nuclear
-        norm under a non-uniform metric) run one proximal-gradient loop over all groups of all tensors.
+        chunked multi-tensor passes, and the iterative solvers (group lasso and nuclear norm under a
+        non-uniform metric) run over all groups of all tensors at once. It validates the arguments
+        and calls :meth:`_prox_multi`, whose default runs :meth:`prox`'s math tensor by tensor.
 
         Args:
             zs: the points to map (not modified).
@@ -107,14 +300,14 @@ class Regularizer:
             metrics: ``None`` (all ones) or one positive tensor per ``z``, shaped like it.
             x0s: warm starts for iterative solvers, one per ``z`` (ignored by closed forms).
             max_iters: overrides the regularizer's iteration cap for this call (iterative solvers).
-            rtol: overrides the regularizer's relative-decrease tolerance for this call.
+            rtol: overrides the regularizer's tolerance for this call.
             info: when a dict, receives ``info["inner_iters"]`` (solver iterations actually run, the
                 max over tensors; 0 for closed forms) and ``info["screened"]`` (number of groups found
                 zero by the exact screening test; 0 for elementwise regularizers).
             out: when given, one tensor per ``z`` (same shape and dtype) that receives the result and
                 is returned; it may be ``zs`` itself (an in-place prox, as optimizers want). The
-                chunked kernels (``Lq(q=1/2)``) and the exact group-lasso solver write into it
-                directly, without a parameter-sized temporary; other regularizers copy.
+                chunked kernels and the exact group-lasso solver write into it directly, without a
+                parameter-sized temporary; other regularizers copy.
 
         Returns:
             one new tensor per ``z``, with ``z``'s dtype, shape and device (``out`` when given).
@@ -163,24 +356,21 @@ class Regularizer:
                 return [z.clone() for z in zs]
             torch._foreach_copy_(out, zs)
             return out
-        if out is not None and self._writes_out:
-            return self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info, out=out)
-        return copy_into(self._prox_multi(zs, step, metrics, x0s, max_iters, rtol, info), out)
-
-    #: True when :meth:`_prox_multi` accepts ``out=`` and writes the results there itself.
-    _writes_out: ClassVar[bool] = False
+        writes = out is not None and self._writes_out
+        opts = ProxOptions(x0s=x0s, max_iters=max_iters, rtol=rtol, info=info, out=out if writes else None)
+        res = self._prox_multi(zs, step, metrics, opts)
+        return res if writes else copy_into(res, out)
 
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
-        """Default: one :meth:`_prox` per tensor. Closed forms override this with foreach passes."""
+        """The multi-tensor hook behind :meth:`prox_multi`, called with checked arguments.
+
+        Override it for speed (one pass over all tensors, or one solver loop over all groups). Set
+        the class attribute ``_writes_out = True`` when it writes into ``opts.out`` itself; otherwise
+        ``opts.out`` is ``None`` and the base class copies the returned tensors. The default runs
+        the unchecked :meth:`prox` math of each tensor.
+        """
         ms: list[Tensor | None] = list(metrics) if metrics is not None else [None] * len(zs)
         return [self._prox(z, step, m) for z, m in zip(zs, ms)]
 
@@ -189,15 +379,73 @@ class Regularizer:
 
         Called when parameters are selected (before training) so that a grouping that does not fit
         a tensor fails early with the parameter's name. Elementwise regularizers accept any shape.
+
+        Example:
+            >>> from lightning_prox.regularizers import L1
+            >>> L1(0.1).check_param((3, 4), "fc.weight")  # any shape: no error
         """
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.value(x)
 
+    # -- declared structure -------------------------------------------------------------------
+    @property
+    def group_dim(self) -> str | None:
+        """The grouping (``"in"`` or ``"out"``) this instance applies, read from :attr:`groups_by`.
+
+        Example:
+            >>> from lightning_prox.regularizers import GroupLasso, L1
+            >>> GroupLasso(0.1, dim="out").group_dim, L1(0.1).group_dim
+            ('out', None)
+        """
+        return None if self.groups_by is None else getattr(self, self.groups_by)
+
+    @property
+    def quant_levels(self) -> tuple[float, ...] | None:
+        """The quantization levels the prox pulls values towards, or ``None`` (not a quantizer).
+
+        Example:
+            >>> from lightning_prox.regularizers import L1, Quantization
+            >>> Quantization(0.1, levels=(-1, 0, 1)).quant_levels, L1(0.1).quant_levels
+            ((-1.0, 0.0, 1.0), None)
+        """
+        return None
+
+    @property
+    def warm_start(self) -> str:
+        """Which point should warm-start an iterative solver: ``"iterate"`` (the current weights, as
+        proximal-gradient solvers want) or ``"solution"`` (the previous prox result, for exact
+        root-finding solvers). Closed forms ignore warm starts.
+
+        Example:
+            >>> from lightning_prox.regularizers import GroupLasso
+            >>> GroupLasso(0.1).warm_start, GroupLasso(0.1, solver="pg").warm_start
+            ('solution', 'iterate')
+        """
+        return "iterate"
+
     # -- plain-data round trip ------------------------------------------------------------------
+    @classmethod
+    def registry_name(cls) -> str:
+        """The name :meth:`spec` stores: the short class name for the library's own regularizers,
+        ``"module.ClassName"`` for every other class.
+
+        Example:
+            >>> from lightning_prox.regularizers import L1
+            >>> L1.registry_name()
+            'L1'
+        """
+        return cls.__name__ if _SHORT.get(cls.__name__) is cls else _registry_name(cls)
+
     def spec(self) -> dict[str, Any]:
-        """Registry name plus hyperparameters other than ``lam``, as checkpoint-safe plain data."""
-        out: dict[str, Any] = {"name": type(self).__name__}
+        """Registry name plus hyperparameters other than ``lam``, as checkpoint-safe plain data.
+
+        Example:
+            >>> from lightning_prox.regularizers import MCP
+            >>> MCP(0.1, b=2.0).spec()
+            {'name': 'MCP', 'b': 2.0, 'exact': True}
+        """
+        out: dict[str, Any] = {"name": self.registry_name()}
         for f in dataclasses.fields(self):
             if f.name != "lam":
                 v = getattr(self, f.name)
@@ -210,18 +458,53 @@ class Regularizer:
 
 
 def registered_names() -> list[str]:
-    """Names accepted by :func:`from_spec` and :func:`get_regularizer_class`."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`from_spec` and :func:`get_regularizer_class`: the library's short
+    names and every class's ``"module.ClassName"``.
+
+    Example:
+        >>> "L1" in registered_names() and "lightning_prox.regularizers.l1.L1" in registered_names()
+        True
+    """
+    return sorted({*_SHORT, *_REGISTRY})
 
 
 def get_regularizer_class(name: str) -> type[Regularizer]:
-    """The regularizer class registered under ``name``; a clear ``ValueError`` otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
+    """The regularizer class registered under ``name``; a clear ``ValueError`` otherwise.
+
+    ``name`` is a library short name (``"L1"``), a ``"module.ClassName"`` (the module is imported
+    when the class is not registered yet, as when a checkpoint is loaded in a fresh process), or
+    the bare name of a user class when exactly one registered class has it.
+
+    Example:
+        >>> get_regularizer_class("GroupLasso").__name__
+        'GroupLasso'
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"a regularizer name must be a string, got {name!r}")
+    cls = _SHORT.get(name) or _REGISTRY.get(name)
+    if cls is None and "." in name:
+        module = name.rsplit(".", 1)[0]
+        while module:
+            try:
+                importlib.import_module(module)
+                break
+            except ImportError:  # a nested qualname: try the enclosing module path
+                module = module.rsplit(".", 1)[0] if "." in module else ""
+        cls = _REGISTRY.get(name)
+    if cls is None and "." not in name:
+        matches = [c for c in _REGISTRY.values() if c.__name__ == name]
+        if len(matches) > 1:
+            raise ValueError(
+                f"regularizer name {name!r} is ambiguous: "
+                f"{', '.join(sorted(_registry_name(c) for c in matches))}; use the full name"
+            )
+        cls = matches[0] if matches else None
+    if cls is None:
         raise ValueError(
-            f"unknown regularizer {name!r}; known regularizers: {', '.join(registered_names())}"
-        ) from None
+            f"unknown regularizer {name!r}; known regularizers: {', '.join(sorted(_SHORT))}, and any "
+            "subclass of Regularizer by its 'module.ClassName' (its module must be importable)"
+        )
+    return cls
 
 
 def from_spec(spec: dict[str, Any] | None, lam: float | None = None) -> Regularizer | None:
@@ -234,6 +517,8 @@ def from_spec(spec: dict[str, Any] | None, lam: float | None = None) -> Regulari
     """
     if spec is None:
         return None
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"a regularizer spec must be a dict with a 'name' key, got {spec!r}")
     kwargs = dict(spec)
     cls = get_regularizer_class(kwargs.pop("name"))
     for f in dataclasses.fields(cls):
@@ -245,7 +530,12 @@ def from_spec(spec: dict[str, Any] | None, lam: float | None = None) -> Regulari
 
 
 def as_regularizer(reg: Regularizer | dict[str, Any] | None) -> Regularizer | None:
-    """Accept an object, a spec dict with optional ``lam``, or ``None``."""
+    """Accept an object, a spec dict with optional ``lam``, or ``None``.
+
+    Example:
+        >>> as_regularizer({"name": "L1", "lam": 0.5})
+        L1(lam=0.5)
+    """
     if reg is None or isinstance(reg, Regularizer):
         return reg
     if isinstance(reg, dict):

@@ -409,8 +409,9 @@ def _scale_into(s_buf: Tensor, m: Tensor | None, step: float) -> Tensor:
     """s = step/metric capped at the largest finite value, exactly as ``finite_scale`` rounds it
     (``step / m`` is ``reciprocal(m) * step`` in PyTorch); without a metric, the rounded step."""
     big = torch.finfo(s_buf.dtype).max
+    step = min(step, big) if math.isfinite(step) else big  # an infinite metric then gives 0, not NaN
     if m is None:
-        return s_buf.fill_(min(step, big))
+        return s_buf.fill_(step)
     torch.reciprocal(m, out=s_buf)
     return s_buf.mul_(step).clamp_max_(big)
 

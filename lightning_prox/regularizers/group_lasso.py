@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..structure import check_groupable, group_reduce_dims, group_size
-from ._base import Regularizer, Step, copy_into, threshold_dtype
+from ._base import ProxOptions, Regularizer, Step, copy_into, threshold_dtype
 from ._elementwise import cap
 from ._group_solver import _Layout, _scale, _solve_newton, group_weight, solve_group_lasso
 
@@ -72,7 +72,14 @@ class GroupLasso(Regularizer):
     solver: Literal["newton", "pg"] = "newton"
 
     inexact_under_metric: ClassVar[bool] = True
+    groups_by: ClassVar[str | None] = "dim"
     _writes_out: ClassVar[bool] = True
+
+    @property
+    def warm_start(self) -> str:
+        """``"solution"`` for the exact Newton solver (its start only seeds the root search),
+        ``"iterate"`` for proximal gradient (the authors' choice)."""
+        return "solution" if self.solver == "newton" else "iterate"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,19 +107,12 @@ class GroupLasso(Regularizer):
         return (self.lam * w) * nrm.sum()
 
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
-        return self._prox_multi([z], step, None if metric is None else [metric], None, None, None, None)[0]
+        return self._prox_multi([z], step, None if metric is None else [metric], ProxOptions())[0]
 
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-        out: list[Tensor] | None = None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
+        x0s, max_iters, rtol, info, out = opts.x0s, opts.max_iters, opts.rtol, opts.info, opts.out
         tau = step * self.lam
         if metrics is not None and self.solver == "newton":
             return _solve_newton(
@@ -127,9 +127,9 @@ class GroupLasso(Regularizer):
                 info,
                 out,
             )
-        return copy_into(self._prox_multi_new(zs, step, metrics, x0s, max_iters, rtol, info), out)
+        return copy_into(self._prox_closed_or_pg(zs, step, metrics, x0s, max_iters, rtol, info), out)
 
-    def _prox_multi_new(
+    def _prox_closed_or_pg(
         self,
         zs: list[Tensor],
         step: Step,

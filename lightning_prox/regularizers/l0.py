@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ._base import Step, threshold_dtype
-from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map, finite_scale
+from ._base import ProxOptions, Step, threshold_dtype
+from ._elementwise import LONG_CHUNK, ElementwiseRegularizer, chunked_map, finite_scale, guarded
 from .functional import _scale_into
 
 __all__ = ["L0"]
 
 
 @dataclasses.dataclass(frozen=True)
-class L0(_Elementwise):
+class L0(ElementwiseRegularizer):
     r"""λ·#{i : x_i ≠ 0}, with prox (hard thresholding)
 
     .. math::
@@ -42,24 +41,15 @@ class L0(_Elementwise):
     def _factor(self) -> float:
         return 2.0 * self.lam
 
-    def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
+    def map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         # s = 2·step·λ/metric: keep z where |z| > sqrt(s) (ties → 0), as prox_l0 with mu = s/2
         thr = s.sqrt() if isinstance(s, Tensor) else s**0.5
         return torch.where(zf.abs() > thr, zf, 0.0)
 
-    _writes_out: ClassVar[bool] = True
-
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-        out: list[Tensor] | None = None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
+        out = opts.out
         if isinstance(step, Tensor):
             return self._chunked_prox_multi(zs, step, metrics, out)
         num = float(step) * self._factor()
@@ -78,4 +68,4 @@ class L0(_Elementwise):
             torch.mul(z, mask, out=o)
             o.add_(0.0).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
 
-        return chunked_map(zs, metrics, kernel, 2, out, LONG_CHUNK)
+        return chunked_map(zs, metrics, guarded(kernel), 2, out, LONG_CHUNK)

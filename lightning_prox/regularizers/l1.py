@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise, cap
+from ._base import ProxOptions, Step, threshold_dtype
+from ._elementwise import ElementwiseRegularizer, cap
 from .functional import prox_l1
 
 __all__ = ["L1"]
@@ -19,7 +18,7 @@ _CHUNK = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
-class L1(_Elementwise):
+class L1(ElementwiseRegularizer):
     r"""λ‖x‖₁, with prox
 
     .. math::
@@ -43,22 +42,13 @@ class L1(_Elementwise):
     def value(self, x: Tensor) -> Tensor:
         return self.lam * x.to(threshold_dtype(x)).abs().sum()
 
-    def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
+    def map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         return prox_l1(zf, s)  # s = step·λ/metric
 
-    _writes_out: ClassVar[bool] = True
-
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-        out: list[Tensor] | None = None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
+        out = opts.out
         fast = (
             not isinstance(step, Tensor)
             and len({(z.dtype, z.device) for z in zs}) == 1

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 from torch import Tensor
 
-from ._base import Step, threshold_dtype
-from ._elementwise import _Elementwise, check_q, chunked_map
+from ._base import ProxOptions, Step, threshold_dtype
+from ._elementwise import ElementwiseRegularizer, check_q, chunked_map, guarded
 from .functional import lhalf_kernel, lq_penalty, ltwothirds_kernel, prox_lq
 
 __all__ = ["Lq"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Lq(_Elementwise):
+class Lq(ElementwiseRegularizer):
     r"""λ Σ_i |x_i|^q for q ∈ {0, 1/2, 2/3, 1} (|x|^0 := [x ≠ 0]), with the exact closed-form prox.
 
     Per coordinate the prox minimizes step·λ|x|^q + ½ metric_i (x − z_i)², i.e.
@@ -45,8 +44,6 @@ class Lq(_Elementwise):
 
     q: float = 0.5
 
-    _writes_out: ClassVar[bool] = True
-
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "q", check_q(type(self).__name__, self.q))
@@ -54,25 +51,18 @@ class Lq(_Elementwise):
     def value(self, x: Tensor) -> Tensor:
         return self.lam * lq_penalty(x.to(threshold_dtype(x)), self.q).sum()
 
-    def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
+    def map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         return prox_lq(zf, s, self.q)  # s = step·λ/metric
 
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
         if self.q not in (0.5, 2.0 / 3.0):
             return super()._prox(z, step, metric)
-        return self._prox_multi([z], step, None if metric is None else [metric], None, None, None, None)[0]
+        return self._prox_multi([z], step, None if metric is None else [metric], ProxOptions())[0]
 
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-        out: list[Tensor] | None = None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
+        out = opts.out
         if self.q not in (0.5, 2.0 / 3.0):
             return self._chunked_prox_multi(zs, step, metrics, out)
         # q = 1/2 and 2/3: the polynomial + Newton kernels of lhalf_kernel / ltwothirds_kernel, chunk
@@ -88,4 +78,4 @@ class Lq(_Elementwise):
                 k = kernels[key] = make(a, z.dtype, z.device)
             k(z, m, out, bufs)
 
-        return chunked_map(zs, metrics, kernel, 5, out)
+        return chunked_map(zs, metrics, guarded(kernel), 5, out)

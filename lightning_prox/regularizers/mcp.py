@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
 
 from torch import Tensor
 
-from ._base import Step, threshold_dtype
-from ._elementwise import LONG_CHUNK, _Elementwise, chunked_map, per_dtype
+from ._base import ProxOptions, Step, threshold_dtype
+from ._elementwise import LONG_CHUNK, ElementwiseRegularizer, chunked_map, guarded, per_dtype
 from .functional import _mcp_rho, mcp_kernel, prox_mcp, prox_mcp_paper
 
 __all__ = ["MCP"]
 
 
 @dataclasses.dataclass(frozen=True)
-class MCP(_Elementwise):
+class MCP(ElementwiseRegularizer):
     r"""Σ_i ρ(x_i) with the minimax concave penalty
 
     .. math::
@@ -64,24 +63,15 @@ class MCP(_Elementwise):
     def _factor(self) -> float:
         return 1.0  # the maps take s = step/metric and λ separately
 
-    def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
+    def map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         fn = prox_mcp if self.exact else prox_mcp_paper
         return fn(zf, s, self.lam, self.b)
 
-    _writes_out: ClassVar[bool] = True
-
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-        out: list[Tensor] | None = None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
+        out = opts.out
         if not self.exact or isinstance(step, Tensor):
             return self._chunked_prox_multi(zs, step, metrics, out)
         kernel = per_dtype(lambda dtype: mcp_kernel(float(step), self.lam, self.b, dtype))
-        return chunked_map(zs, metrics, kernel, 9, out, LONG_CHUNK)
+        return chunked_map(zs, metrics, guarded(kernel), 9, out, LONG_CHUNK)

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ._base import Regularizer, Step, threshold_dtype
+from ._base import ProxOptions, Regularizer, Step, threshold_dtype
 from ._elementwise import cap
 from .group_lasso import _check_solver_args
 
@@ -59,6 +59,7 @@ class NuclearNorm(Regularizer):
     rtol: float = 1e-8
 
     inexact_under_metric: ClassVar[bool] = True
+    counts_rank: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,18 +80,12 @@ class NuclearNorm(Regularizer):
         return self.lam * torch.linalg.svdvals(xf).sum()
 
     def _prox(self, z: Tensor, step: Step, metric: Tensor | None) -> Tensor:
-        return self._prox_multi([z], step, None if metric is None else [metric], None, None, None, None)[0]
+        return self._prox_multi([z], step, None if metric is None else [metric], ProxOptions())[0]
 
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
+        x0s, max_iters, rtol, info = opts.x0s, opts.max_iters, opts.rtol, opts.info
         for z in zs:
             self.check_param(tuple(z.shape))
         tau = cap(step * self.lam, zs[0]) if zs else step * self.lam

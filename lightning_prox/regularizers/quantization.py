@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ._base import Step, threshold_dtype
-from ._elementwise import LONG_CHUNK, _Elementwise, check_q, chunked_map, finite_scale
+from ._base import ProxOptions, Step, threshold_dtype
+from ._elementwise import LONG_CHUNK, ElementwiseRegularizer, check_q, chunked_map, finite_scale, guarded
 from .functional import _C_HALF, _scale_into, lq_penalty, prox_lq
 
 __all__ = ["Quantization"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Quantization(_Elementwise):
+class Quantization(ElementwiseRegularizer):
     r"""λ Σ_i min_ℓ |x_i − ℓ|^q over a finite, strictly increasing level set, q ∈ {0, 1/2, 2/3, 1}.
 
     The prox exchanges the two minimizations,
@@ -69,6 +68,11 @@ class Quantization(_Elementwise):
         object.__setattr__(self, "levels", tuple(float(v) for v in lv))
         object.__setattr__(self, "q", check_q(type(self).__name__, self.q))
 
+    @property
+    def quant_levels(self) -> tuple[float, ...]:
+        """The levels (declared for callbacks such as hard quantization)."""
+        return self.levels
+
     def _neighbours(self, xf: Tensor) -> tuple[Tensor, Tensor]:
         lv = torch.tensor(self.levels, dtype=xf.dtype, device=xf.device)
         k = torch.searchsorted(lv, xf.contiguous())
@@ -95,25 +99,16 @@ class Quantization(_Elementwise):
         lt = torch.tensor(lv, dtype=zf.dtype, device=zf.device)
         return lt[torch.bucketize(zf, 0.5 * (lt[1:] + lt[:-1]), right=True)]
 
-    def _map(self, zf: Tensor, s: Tensor | float) -> Tensor:
+    def map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         # V(d) = min_y ½(y − d)² + μ|y|^q is even and non-decreasing in |d|, so the best level is the
         # nearest one (ties: the larger); the prox is that level plus the l_q prox of the offset.
         level = self._nearest(zf)
         return level + prox_lq(zf - level, s, self.q)  # s = step·λ/metric
 
-    _writes_out: ClassVar[bool] = True
-
     def _prox_multi(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-        out: list[Tensor] | None = None,
+        self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
     ) -> list[Tensor]:
+        out = opts.out
         lv = self.levels
         if self.q not in (0.5, 1.0) or len(lv) > 4 or isinstance(step, Tensor):
             return self._chunked_prox_multi(zs, step, metrics, out)
@@ -168,4 +163,4 @@ class Quantization(_Elementwise):
             # +0 (not −0) and 0 for NaN offsets where not kept, as torch.where(…, 0.0) gives
             torch.add(x, 0.0, out=d).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
 
-        return chunked_map(zs, metrics, kernel, 8, out, LONG_CHUNK)
+        return chunked_map(zs, metrics, guarded(kernel), 8, out, LONG_CHUNK)
