@@ -15,11 +15,15 @@ Usage::
     python benchmarks/bench_prox.py --threads 1           # CPU, float32, one thread
     python benchmarks/bench_prox.py --device cuda --repeats 20
     python benchmarks/bench_prox.py --only L1 GroupLasso --dtype bfloat16
+    # a user's own classes, by import path (built with lam=1e-4 and their other defaults):
+    python benchmarks/bench_prox.py --threads 1 --only L1 ElasticNet FastElasticNet \
+        --extra tests.helpers.custom_regularizers.ElasticNet tests.helpers.custom_regularizers.FastElasticNet
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
 
@@ -99,6 +103,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="regularizer class names to run")
     ap.add_argument("--nuclear-iters", type=int, default=5, help="PG cap for NuclearNorm under a metric")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument(
+        "--extra", nargs="*", default=[], help="more regularizer classes as module.ClassName (lam=1e-4)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,6 +151,9 @@ def main() -> None:
         (GroupLasso(1e-3, dim="out"), "GroupLasso(out) newton"),
         (NuclearNorm(1e-3), f"NuclearNorm (metric: PG, max {args.nuclear_iters} it)"),
     ]
+    for path in args.extra:
+        module, _, cls = path.rpartition(".")
+        regs.append((getattr(importlib.import_module(module), cls)(1e-4), cls))
     header = (
         f"| {'regularizer':38s} | {'metric':6s} | {'ms/call':>9s} | {'x foreach_mul_':>14s} "
         f"| {'x foreach_mul':>13s} | {'out= ms':>8s} | {'out= x mul_':>11s} | {'iters':>5s} |"

@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,10 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "recipes").symlink_to(ROOT / "recipes", target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    namespace: dict = {"__name__": "__docs__"}
+    # A real module in sys.modules: dataclasses and pickling look a class's module up by name.
+    module = types.ModuleType("__docs__")
+    monkeypatch.setitem(sys.modules, "__docs__", module)
+    namespace = module.__dict__
     for block in runnable:
         code = compile(block.code, f"{_rel(page)}:{block.line}", "exec")
         try:
