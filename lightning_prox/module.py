@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
-from .regularizers import Regularizer, as_regularizer
+from .regularizers import Regularizer, as_regularizer, from_spec
 from .structure import param_groups_regularized, select_parameters, tensor_stats
 
 __all__ = ["ProxMixin"]
@@ -310,14 +310,17 @@ class ProxMixin:
                 spec = g.get("penalty", g.get("regularizer"))
                 if spec is None or reg is None:
                     continue
-                r = reg.with_lam(float(g.get("lam", reg.lam)))
+                lam = float(g.get("lam", reg.lam))
+                # the group's own spec: it carries the module layout of its weights (GroupLasso)
+                r = from_spec(spec, lam) if isinstance(spec, dict) else reg.with_lam(lam)
                 for p in g["params"]:
                     v = r.value(_zero_subgradient_at_zero(p))
                     total = v if total is None else total + v
         elif reg is not None:
-            for n, _ in self.regularized_parameters():
-                v = reg.value(_zero_subgradient_at_zero(named[n]))
-                total = v if total is None else total + v
+            for g in self.prox_param_groups():
+                for n in g["param_names"] if g["regularizer"] is not None else ():
+                    v = g["regularizer"].value(_zero_subgradient_at_zero(named[n]))
+                    total = v if total is None else total + v
         if total is None:
             return torch.zeros((), device=self.device)  # type: ignore[attr-defined]
         return total
@@ -350,13 +353,18 @@ class ProxMixin:
     # -- report ---------------------------------------------------------------------------------
     def sparsity_rows(self) -> list[dict[str, Any]]:
         """Per regularized weight: name, shape, exact zeros, and zero groups for grouped regularizers."""
-        reg = self._prox_regularizer
-        dim = getattr(reg, "dim", None) if reg is not None else None
+        named = dict(self.named_parameters())  # type: ignore[attr-defined]
         rows = []
-        for name, p in self.regularized_parameters():
-            d = dim if dim in ("in", "out") and p.ndim >= (2 if dim == "in" else 1) else None
-            s = {k: int(v) for k, v in tensor_stats(p.detach(), d).items()}
-            rows.append({"name": name, "shape": tuple(p.shape), **s})
+        for g in self.prox_param_groups():
+            reg = g["regularizer"]
+            if reg is None:
+                continue
+            dim, layout = getattr(reg, "dim", None), getattr(reg, "layout", None)  # as the prox groups
+            for name in g["param_names"]:
+                p = named[name]
+                d = dim if dim in ("in", "out") and p.ndim >= (2 if dim == "in" else 1) else None
+                s = {k: int(v) for k, v in tensor_stats(p.detach(), d, layout=layout).items()}
+                rows.append({"name": name, "shape": tuple(p.shape), **s})
         return rows
 
     def on_fit_end(self) -> None:

@@ -14,7 +14,16 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from ..structure import check_groupable, group_reduce_dims, group_size
+from ..structure import (
+    check_groupable,
+    from_group_view,
+    group_norms,
+    group_reduce_dims,
+    group_size,
+    group_view,
+    parse_layout,
+    plain_form,
+)
 from ._base import Regularizer, Step, copy_into, threshold_dtype
 from ._elementwise import cap
 from ._group_solver import _Layout, _scale, _solve_newton, group_weight, solve_group_lasso
@@ -56,6 +65,13 @@ class GroupLasso(Regularizer):
         rtol: solver tolerance (≥ 0): relative residual for ``"newton"``, relative objective decrease
             for ``"pg"``.
         solver: ``"newton"`` (exact, default) or ``"pg"`` (the papers' inexact proximal gradient).
+        layout: how the tensors map to their module's channels: ``None`` (the tensor's own layout,
+            above) or a module layout of :func:`lightning_prox.structure.group_blocks`
+            (``"conv:G"``, ``"conv_transpose:G"``, ``"gates:N"``, ``"embedding"``). You rarely set it:
+            :func:`lightning_prox.structure.param_groups_regularized` and ``ProxMixin`` give each
+            weight its module's layout, so that ``dim="in"`` is the module's input channel/feature
+            and ``dim="out"`` its output channel/unit for transposed, grouped and depthwise convs and
+            LSTM/GRU gates too.
 
     Example:
         >>> import torch
@@ -70,6 +86,7 @@ class GroupLasso(Regularizer):
     max_iters: int = 100
     rtol: float = 1e-8
     solver: Literal["newton", "pg"] = "newton"
+    layout: str | None = None
 
     inexact_under_metric: ClassVar[bool] = True
     _writes_out: ClassVar[bool] = True
@@ -83,18 +100,25 @@ class GroupLasso(Regularizer):
         _check_solver_args(type(self).__name__, self.max_iters, self.rtol)
         if self.solver not in ("newton", "pg"):
             raise ValueError(f"GroupLasso: solver must be 'newton' or 'pg', got {self.solver!r}")
+        try:
+            parse_layout(self.layout)
+        except ValueError as err:
+            raise ValueError(f"GroupLasso: {err}") from None
 
     def check_param(self, shape: tuple[int, ...], name: str = "parameter") -> None:
         try:
-            check_groupable(tuple(shape), self.dim)
+            check_groupable(tuple(shape), self.dim, self.layout, name)
         except ValueError as err:
             raise ValueError(f"GroupLasso cannot regularize {name}: {err}") from None
 
     def value(self, x: Tensor) -> Tensor:
-        check_groupable(x, self.dim)
+        check_groupable(x, self.dim, self.layout)
         xf = x.to(threshold_dtype(x))
         if x.numel() == 0:
             return xf.new_zeros(())
+        if self.layout is not None:
+            w = group_weight(group_size(x, self.dim, self.layout), self.weighting)
+            return (self.lam * w) * group_norms(xf, self.dim, self.layout).sum()
         w = group_weight(group_size(x, self.dim), self.weighting)
         nrm = torch.linalg.vector_norm(xf, dim=group_reduce_dims(x.ndim, self.dim))
         return (self.lam * w) * nrm.sum()
@@ -113,6 +137,8 @@ class GroupLasso(Regularizer):
         info: dict | None,
         out: list[Tensor] | None = None,
     ) -> list[Tensor]:
+        if self.layout is not None:
+            return _prox_multi_layout(self, zs, step, metrics, x0s, max_iters, rtol, info, out)
         tau = step * self.lam
         if metrics is not None and self.solver == "newton":
             return _solve_newton(
@@ -176,6 +202,65 @@ class GroupLasso(Regularizer):
         if info is not None and zero_counts:
             info["screened"] = int(torch.stack([c.to(zero_counts[0].device) for c in zero_counts]).sum())
         return out
+
+
+# -- module layouts: each tensor mapped to a plain grouping (a view) or gathered group-major ----------
+def _prox_multi_layout(
+    reg: GroupLasso,
+    zs: list[Tensor],
+    step: Step,
+    metrics: list[Tensor] | None,
+    x0s: list[Tensor] | None,
+    max_iters: int | None,
+    rtol: float | None,
+    info: dict | None,
+    out: list[Tensor] | None,
+) -> list[Tensor]:
+    """The prox under ``reg.layout``: every tensor becomes a plain grouping of a reshaped view of itself
+    (transposed convs, depthwise convs, gates: no copy, the plain kernels run unchanged) or, for grouped
+    convs with several filters per group, a gathered ``[num_groups, group_size]`` copy grouped by rows
+    whose solution is scattered back. One solver call per resulting plain ``dim``."""
+    dim, layout = reg.dim, reg.layout
+    for z in zs:
+        check_groupable(z, dim, layout)
+    parts: dict[str, list[tuple[int, tuple[int, ...] | None]]] = {}
+    for i, z in enumerate(zs):
+        form = plain_form(z.shape, dim, layout)
+        given = out[i] if out is not None else None
+        views_ok = form is not None and z.is_contiguous() and (given is None or given.is_contiguous())
+        if views_ok and metrics is not None:
+            views_ok = metrics[i].is_contiguous() and (x0s is None or x0s[i].is_contiguous())
+        if views_ok:
+            parts.setdefault(form[1], []).append((i, form[0]))
+        else:
+            parts.setdefault("gather", []).append((i, None))
+    res: list[Tensor | None] = [None] * len(zs)
+    for key, items in parts.items():
+        plain = dataclasses.replace(reg, layout=None, dim="out" if key == "gather" else key)
+
+        def conv(ts: list[Tensor] | None, items=items) -> list[Tensor] | None:
+            if ts is None:
+                return None
+            return [
+                ts[i].view(shp) if shp is not None else group_view(ts[i], dim, layout) for i, shp in items
+            ]
+
+        sub_out = None if out is None or key == "gather" else conv(out)
+        sub_info: dict | None = {} if info is not None else None
+        got = plain._prox_multi(
+            conv(zs), step, conv(metrics), conv(x0s), max_iters, rtol, sub_info, out=sub_out
+        )
+        for (i, shp), x in zip(items, got):
+            z = zs[i]
+            if shp is not None:
+                res[i] = out[i] if out is not None else x.reshape(z.shape)
+            else:
+                back = from_group_view(x, z, dim, layout)
+                res[i] = out[i].copy_(back) if out is not None else back.to(z.dtype)
+        if info is not None and sub_info:
+            info["inner_iters"] = max(int(info.get("inner_iters", 0)), int(sub_info.get("inner_iters", 0)))
+            info["screened"] = int(info.get("screened", 0)) + int(sub_info.get("screened", 0))
+    return res  # type: ignore[return-value]
 
 
 def _check_solver_args(name: str, max_iters: int, rtol: float) -> None:
