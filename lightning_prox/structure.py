@@ -1,11 +1,11 @@
 """How a tensor splits into groups, parameter selection, and sparsity statistics (torch only).
 
-Group convention (DESIGN.md §3): for a weight shaped ``[out, in, *k]`` (conv), ``[out, in]``
-(linear, LSTM), ``dim="in"`` makes one group per input channel/feature, the slice ``x[:, j, ...]``,
-and ``dim="out"`` one group per filter/neuron, the slice ``x[j, ...]``.
-
-Group reductions never copy: they reduce over :func:`group_reduce_dims` with ``keepdim=True`` so the
-result broadcasts back against the tensor.
+Group convention: ``dim="in"`` makes one group per *input* channel/feature of the module that owns
+the weight, ``dim="out"`` one group per *output* channel/filter/neuron. For a weight shaped
+``[out, in, *k]`` (dense conv, linear) these are the slices ``x[:, j, ...]`` and ``x[j, ...]``; for
+transposed, grouped and depthwise convs, LSTM/GRU gates and embeddings the module's layout says which
+entries belong together (:func:`group_blocks`, :func:`module_layout`). Every grouping is a reshape
+``[G, A, B, K]`` of the tensor with groups ``[g, :, b, :]``, so group reductions never copy.
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ def param_layouts(model: nn.Module, dim: str | None = None) -> dict[str, str | N
 
 
 # -- parameter selection -------------------------------------------------------------------------
-#: Module types whose weights are regularized by default (digest 003 §3.1: conv channel-wise,
+#: Module types whose weights are regularized by default (as in Huang & Lee, 2024: conv channel-wise,
 #: linear and LSTM input-wise). Biases, norm layers and embeddings are never selected by default.
 DEFAULT_REGULARIZED_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -577,9 +577,10 @@ def sparsity_ratios(counts: dict[str, Tensor]) -> dict[str, Tensor]:
     """Turn (summed) counts into the logged ratios (float tensors), for whichever keys are present.
 
     ``unstructured`` = zeros/numel; ``group`` = zero_groups/groups; ``group_weighted`` =
-    zero_group_numel/numel_grouped; ``low_rank`` = 1 − rank/full_rank (digest 003 code supplement E);
+    zero_group_numel/numel_grouped (Huang & Lee, 2024); ``low_rank`` = 1 − rank/full_rank (the
+    fraction of rank removed, as in the public RAMDA code, ``ismoptgroup/RAMDA``);
     ``active_units`` = active_units/units (:func:`unit_stats`; the fraction of *active* units, so
-    higher is denser, as PathProx reports it, digest 004 §3.5).
+    higher is denser, as PathProx reports it: Yang et al., 2022).
     """
 
     def ratio(a: Tensor, b: Tensor) -> Tensor:
@@ -599,11 +600,16 @@ def sparsity_ratios(counts: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def model_sparsity(
-    named_params: Iterable[tuple[str, Tensor]], dim: str | None = "in", rank: bool = False
+    named_params: Iterable[tuple[str, Tensor]],
+    dim: str | None = "in",
+    rank: bool = False,
+    layouts: dict[str, str | None] | None = None,
 ) -> dict[str, float]:
     """Convenience: global sparsity ratios of the given (name, tensor) pairs as Python floats.
 
-    Tensors that cannot be grouped by ``dim`` (fewer dimensions) count for unstructured sparsity
+    Groups follow ``layouts[name]`` (e.g. :func:`param_layouts` of the model, so that the counts are
+    those of the modules' channels; default: each tensor's own layout). Tensors that cannot be
+    grouped by ``dim`` (fewer dimensions, or a layout that refuses it) count for unstructured sparsity
     only; the weighted group sparsity is over the grouped tensors. This host-syncs: use it for
     reports, not inside a training step.
 
@@ -614,19 +620,31 @@ def model_sparsity(
         ...     lin.weight[:, :2] = 0
         >>> model_sparsity([("w", lin.weight)])
         {'unstructured': 0.5, 'group': 0.5, 'group_weighted': 0.5}
+        >>> up = nn.ConvTranspose2d(2, 3, 1)  # weight [in=2, out=3, 1, 1]
+        >>> with torch.no_grad():
+        ...     up.weight[:, 0] = 0  # output channel 0
+        >>> named = list(up.named_parameters())[:1]
+        >>> model_sparsity(named, "out", layouts=param_layouts(up))["group"]
+        0.3333333333333333
     """
     stats = []
-    for _, x in named_params:
-        d = dim if dim is not None and x.ndim >= (2 if dim == "in" else 1) else None
-        stats.append(tensor_stats(x.detach(), d, rank=rank))
+    for name, x in named_params:
+        layout = (layouts or {}).get(name)
+        d = dim
+        if d is not None:
+            try:
+                check_groupable(x, d, layout)
+            except ValueError:
+                d = None
+        stats.append(tensor_stats(x.detach(), d, rank=rank, layout=layout))
     if not stats:
         return {}
     return {k: float(v) for k, v in sparsity_ratios(sum_stats(stats)).items()}
 
 
-# -- active units (digest 004: PathProx) -----------------------------------------------------------
+# -- active units (PathProx: Yang et al., 2022) -----------------------------------------------------------
 class UnitPair(NamedTuple):
-    """Two consecutive weights with hidden units between them (digest 004 §1.3, §1.8).
+    """Two consecutive weights with hidden units between them (the layer pairs of PathProx, Yang et al., 2022).
 
     Unit ``k`` has input weights ``w[k]`` (row ``k`` of a linear weight, filter ``k`` of a conv) and
     output weights ``v[:, k]`` (column ``k`` of the next linear weight, input slice ``[:, k]`` of the
@@ -646,7 +664,7 @@ def unit_stats(w: Tensor, v: Tensor, block: int = 1) -> dict[str, Tensor]:
     r"""Additive counts of the hidden units between ``w`` and ``v``, as int64 tensors (no host sync).
 
     A unit is active when :math:`\lVert w_k \rVert_2 \cdot \lVert v_k \rVert_2 > 0`, i.e. when neither
-    its input nor its output weights are all exactly zero (digest 004 §4.2: exact-zero test, weights
+    its input nor its output weights are all exactly zero (an exact-zero test on the weights
     only, biases not included). Keys: ``units`` (number of units, ``w.shape[0]``) and ``active_units``.
 
     Example:

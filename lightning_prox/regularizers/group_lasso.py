@@ -1,8 +1,10 @@
 """Group lasso: closed-form group soft thresholding, screening + inexact PG under a diagonal metric.
 
-Yuan & Lin (2006) penalty with the groupings of RAMDA (Huang & Lee, NeurIPS 2024; digest 003 §2–§3,
-code supplement §B, §E): ``dim="in"`` = one group per input channel/feature ``x[:, j, ...]``,
-``dim="out"`` = one group per filter/neuron ``x[j, ...]``.
+Yuan & Lin (2006) penalty with the groupings of RAMDA (Huang & Lee, NeurIPS 2024, Algorithm 2;
+public code ``ismoptgroup/RAMDA``): ``dim="in"`` = one group per input channel/feature of the module,
+``dim="out"`` = one group per output channel/filter/neuron (``x[:, j, ...]`` and ``x[j, ...]`` for a
+``[out, in, *k]`` weight; transposed, grouped and depthwise convs, LSTM/GRU gates and embeddings
+through ``layout``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class GroupLasso(Regularizer):
       ``‖c·m_g⊙z_g/(m_g + c)‖ − step·λ·w_g``, bracketed by ``step·λ·w_g·[min m_g, max m_g]/(‖m_g⊙z_g‖ − step·λ·w_g)``.
       Safeguarded Newton, vectorized over all groups, reaches machine precision in a few iterations
       (stop: residual ≤ ``rtol``·step·λ·w_g, at most ``max_iters``); ``x0s`` is not needed.
-    * ``"pg"``: the inexact proximal gradient of RAMDA/ProxGen (digest 003 §2.5, code supplement §B):
+    * ``"pg"``: the inexact proximal gradient of RAMDA/ProxGen (Huang & Lee, 2024, Algorithm 2):
       per-group step ``1/max(metric_g)``, warm start ``x0s``, stop when
       ``(Q_{j-1} − Q_j)/(|Q_j| + 1) < rtol`` for every tensor (at least 2, at most ``max_iters``
       iterations). Its accuracy degrades when the metric varies by orders of magnitude inside a group.
