@@ -662,3 +662,34 @@ def test_mixin_fit_counts_and_weights_only_resume_keep_the_layouts(tmp_path):
     )
     for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), n
+
+
+def test_subgradient_penalty_and_spec_dicts_use_the_layouts():
+    """``penalty_mode="subgradient"`` adds R(θ) with each group's layout; a spec dict with a layout (as
+    in YAML) builds the same regularizer."""
+    pl.seed_everything(0)
+    model = MixedNet()
+    model.configure_prox(regularizer=GroupLasso(0.02, dim="out"), penalty_mode="subgradient")
+    ref = 0.0
+    for full, p in model.named_parameters():
+        short = full.removeprefix("net.")
+        if short in EXPECTED_LAYOUTS:
+            mod_name, name = full.rsplit(".", 1)
+            for mk in hand_masks(model.get_submodule(mod_name), name, "out"):
+                ref += 0.02 * float(mk.sum()) ** 0.5 * float(p.detach()[mk].norm())
+    assert float(model.prox_penalty().detach()) == pytest.approx(ref, rel=1e-6)
+    w = torch.randn(8, 3)
+    opt = ProxSGD(
+        [
+            {
+                "params": [w],
+                "regularizer": {"name": "GroupLasso", "lam": 0.5, "dim": "out", "layout": "gates:4"},
+            }
+        ],
+        lr=1.0,
+    )
+    assert opt.param_groups[0]["regularizer"]["layout"] == "gates:4"
+    expect = GroupLasso(0.5, dim="out", layout="gates:4").prox(w, 1.0)
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    assert torch.equal(w, expect)
