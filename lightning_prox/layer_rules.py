@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .regularizers import Regularizer, as_regularizer
-from .structure import DEFAULT_REGULARIZED_TYPES, _type_matches, select_parameters
+from .structure import DEFAULT_REGULARIZED_TYPES, _by_layout, _type_matches, select_parameters
 from .structure import _is_default_weight as _is_weight
 
 __all__ = [
@@ -288,17 +288,17 @@ def param_groups_from_rules(
     groups: list[dict[str, Any]] = []
 
     def add(members: list[tuple[str, nn.Parameter]], reg: Regularizer | None, **extra: Any) -> None:
-        if not members:
-            return
-        if reg is not None:
-            for n, p in members:
-                reg.check_param(tuple(p.shape), n)
-        group = {
-            "params": [p for _, p in members],
-            "param_names": [n for n, _ in members],
-            "regularizer": reg,
-        }
-        groups.append(group | {k: v for k, v in extra.items() if v is not None})
+        if reg is None:
+            parts = [(None, members)] if members else []
+        else:  # one group per module layout for a grouped regularizer; every tensor checked
+            parts = _by_layout(model, reg, members)
+        for r, chosen in parts:
+            group = {
+                "params": [p for _, p in chosen],
+                "param_names": [n for n, _ in chosen],
+                "regularizer": r,
+            }
+            groups.append(group | {k: v for k, v in extra.items() if v is not None})
 
     for rule, members in zip(parsed, buckets):
         reg = rule.regularizer

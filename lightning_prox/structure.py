@@ -1,15 +1,17 @@
 """How a tensor splits into groups, parameter selection, and sparsity statistics (torch only).
 
-Group convention (DESIGN.md §3): for a weight shaped ``[out, in, *k]`` (conv), ``[out, in]``
-(linear, LSTM), ``dim="in"`` makes one group per input channel/feature, the slice ``x[:, j, ...]``,
-and ``dim="out"`` one group per filter/neuron, the slice ``x[j, ...]``.
-
-Group reductions never copy: they reduce over :func:`group_reduce_dims` with ``keepdim=True`` so the
-result broadcasts back against the tensor.
+Group convention: ``dim="in"`` makes one group per *input* channel/feature of the module that owns
+the weight, ``dim="out"`` one group per *output* channel/filter/neuron. For a weight shaped
+``[out, in, *k]`` (dense conv, linear) these are the slices ``x[:, j, ...]`` and ``x[j, ...]``; for
+transposed, grouped and depthwise convs, LSTM/GRU gates and embeddings the module's layout says which
+entries belong together (:func:`group_blocks`, :func:`module_layout`). Every grouping is a reshape
+``[G, A, B, K]`` of the tensor with groups ``[g, :, b, :]``, so group reductions never copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -19,16 +21,25 @@ from torch import Tensor, nn
 
 __all__ = [
     "DEFAULT_REGULARIZED_TYPES",
+    "LAYOUT_KINDS",
     "STAT_KEYS",
     "GroupDim",
     "UnitPair",
     "active_units",
     "check_groupable",
+    "from_group_view",
+    "group_blocks",
+    "group_norms",
     "group_reduce_dims",
     "group_size",
+    "group_view",
     "model_sparsity",
+    "module_layout",
     "num_groups",
     "param_groups_regularized",
+    "param_layouts",
+    "parse_layout",
+    "plain_form",
     "select_parameters",
     "sparsity_ratios",
     "sum_stats",
@@ -39,42 +50,277 @@ __all__ = [
 
 GroupDim = Literal["in", "out"]
 
+#: Layout kinds a ``layout`` string may name (see :func:`group_blocks`).
+LAYOUT_KINDS = ("conv", "conv_transpose", "gates", "embedding")
 
-def check_groupable(x: Tensor | tuple[int, ...], dim: str) -> None:
-    """Raise ``ValueError`` when ``dim`` is not a grouping or ``x`` cannot be split by it."""
-    shape = tuple(x.shape) if isinstance(x, Tensor) else tuple(x)
+
+def parse_layout(layout: str | None) -> tuple[str, int] | None:
+    """``(kind, n)`` of a layout string (``None``: the plain tensor layout); ``ValueError`` otherwise.
+
+    Layouts are plain strings so that they travel in regularizer specs, param groups and
+    ``weights_only`` checkpoints: ``"conv:G"`` (a convolution with ``groups=G``, weight
+    ``[out, in/G, *k]``), ``"conv_transpose:G"`` (weight ``[in, out/G, *k]``), ``"gates:N"`` (``N``
+    gate blocks stacked along dim 0, as in ``nn.LSTM`` (4) and ``nn.GRU`` (3)) and ``"embedding"``.
+
+    Example:
+        >>> parse_layout("conv_transpose:2"), parse_layout(None)
+        (('conv_transpose', 2), None)
+    """
+    if layout is None:
+        return None
+    if not isinstance(layout, str):
+        raise ValueError(f"layout must be None or a string such as 'conv:4', got {layout!r}")
+    kind, sep, num = layout.partition(":")
+    if kind not in LAYOUT_KINDS:
+        raise ValueError(
+            f"unknown layout {layout!r}: the kind must be one of {', '.join(LAYOUT_KINDS)} "
+            "(e.g. 'conv:4', 'conv_transpose:1', 'gates:4', 'embedding'), or None for the plain layout"
+        )
+    if kind == "embedding":
+        if sep:
+            raise ValueError(f"layout {layout!r}: 'embedding' takes no number")
+        return kind, 1
+    if not num.isdigit() or int(num) < 1:
+        raise ValueError(f"layout {layout!r}: write {kind}:<int >= 1>, e.g. '{kind}:2'")
+    return kind, int(num)
+
+
+def group_blocks(
+    shape: Tensor | tuple[int, ...], dim: str, layout: str | None = None, name: str = "parameter"
+) -> tuple[int, int, int, int]:
+    """``(G, A, B, K)`` such that the groups are the slices ``x.reshape(G, A, B, K)[g, :, b, :]``.
+
+    Every grouping of this module is of this form: group index ``g·B + b``, ``A·K`` entries each
+    (``w_g = sqrt(A·K)`` under ``weighting="sqrt"``). With ``layout=None`` the tensor's own layout:
+    ``dim="in"`` is ``x[:, j, ...]`` (``(1, out, in, k)``) and ``dim="out"`` is ``x[j, ...]``
+    (``(out, 1, 1, k)``). With a module layout, ``dim`` means the module's input channel/feature or its
+    output channel/unit:
+
+    * ``"conv:G"`` (weight ``[G·o, i, *k]``): ``dim="in"`` = input channel ``c = q·i + l``, the rows of
+      its group ``q`` in column ``l`` (``(G, o, i, k)``); ``dim="out"`` = filter ``j``. Depthwise
+      (``i = 1``): input channel ``c`` owns the ``o`` filters ``x[c·o:(c+1)·o]``; with ``o = 1`` both
+      groupings are the per-channel filter.
+    * ``"conv_transpose:G"`` (weight ``[G·i, o, *k]``): ``dim="in"`` = input channel ``c``, the slice
+      ``x[c]``; ``dim="out"`` = output channel ``d = q·o + l``, column ``l`` of group ``q``'s rows
+      (``(G, i, o, k)``).
+    * ``"gates:N"`` (weight ``[N·h, in]``): ``dim="out"`` = hidden unit ``j`` across its gates, rows
+      ``j, h + j, …, (N−1)·h + j`` (``(1, N, h, in)``); ``dim="in"`` = input feature ``j`` of every
+      gate, column ``j``.
+    * ``"embedding"`` (weight ``[num_embeddings, d]``): ``dim="out"`` = embedding coordinate ``j``,
+      column ``j``; ``dim="in"`` is refused (the input is a token index, not a feature).
+
+    Raises ``ValueError`` naming ``name`` when the grouping does not fit the shape or the layout.
+
+    Example:
+        >>> group_blocks((8, 2, 3, 3), "in", "conv:2")  # Conv2d(4, 8, 3, groups=2)
+        (2, 4, 2, 9)
+    """
+    shape = tuple(shape.shape) if isinstance(shape, Tensor) else tuple(shape)
     if dim not in ("in", "out"):
         raise ValueError(f"group dim must be 'in' or 'out', got {dim!r}")
-    need = 2 if dim == "in" else 1
+    parsed = parse_layout(layout)
+    kind, n = parsed if parsed is not None else ("plain", 1)
+    rest = math.prod(shape[2:])
+    if kind == "embedding":
+        if dim == "in" or len(shape) != 2:
+            raise ValueError(
+                f"{name} is an embedding table (shape {shape}): its rows are token indices, not input "
+                "features, so dim='in' has no input-channel slice; use dim='out' (one group per "
+                "embedding coordinate, the column weight[:, j]) or an elementwise regularizer (L1)"
+            )
+        return 1, shape[0], shape[1], 1
+    need = 2 if dim == "in" or kind in ("conv", "conv_transpose") else 1
     if len(shape) < need:
         raise ValueError(
             f"grouping dim={dim!r} needs a tensor with at least {need} dimensions "
-            f"([out, in, *k] for conv, [out, in] for linear/LSTM), got shape {shape}; "
-            "exclude this parameter from the regularized set or use an elementwise regularizer"
+            f"([out, in, *k] for conv, [out, in] for linear/LSTM), got shape {shape}"
+            + (f" for {name}" if name != "parameter" else "")
+            + "; exclude this parameter from the regularized set or use an elementwise regularizer"
         )
+    if kind != "plain" and shape[0] % n:
+        raise ValueError(
+            f"{name} (shape {shape}) does not fit layout {layout!r}: dim 0 ({shape[0]}) is not a "
+            f"multiple of {n}; give the module's own layout (structure.module_layout) or layout=None"
+        )
+    if kind == "gates":
+        if dim == "out":
+            return 1, n, shape[0] // n, math.prod(shape[1:])
+        kind = "plain"
+    if kind == "conv" and dim == "in":
+        return n, shape[0] // n, shape[1], rest
+    if kind == "conv_transpose":
+        if dim == "in":
+            return shape[0], 1, 1, math.prod(shape[1:])
+        return n, shape[0] // n, shape[1], rest
+    if dim == "out":  # plain, and conv filters
+        return shape[0], 1, 1, math.prod(shape[1:])
+    return 1, shape[0], shape[1], rest
+
+
+def plain_form(
+    shape: Tensor | tuple[int, ...], dim: str, layout: str | None = None
+) -> tuple[tuple[int, ...], str] | None:
+    """``(view_shape, plain_dim)`` when the grouping is a plain grouping of ``x.reshape(view_shape)``
+    (no gather needed), else ``None`` (grouped convs with several filters per group, ``groups > 1``).
+
+    Example:
+        >>> plain_form((4, 6), "out", "gates:2")  # hidden unit j = rows j and 2 + j
+        ((2, 2, 6), 'in')
+    """
+    G, A, B, K = group_blocks(shape, dim, layout)
+    if G == 1:
+        return (A, B, K), "in"
+    if A == 1:
+        return (G * B, K), "out"
+    return None
+
+
+def group_view(x: Tensor, dim: str, layout: str | None = None) -> Tensor:
+    """``x`` as ``[num_groups, group_size]``, one group per row (a view when possible, else a copy).
+
+    Example:
+        >>> x = torch.arange(8.0).reshape(4, 2)  # gates:2 of 2 hidden units: rows (0, 2) and (1, 3)
+        >>> group_view(x, "out", "gates:2")
+        tensor([[0., 1., 4., 5.],
+                [2., 3., 6., 7.]])
+    """
+    G, A, B, K = group_blocks(x, dim, layout)
+    x4 = x.reshape(G, A, B, K)
+    if A == 1:
+        return x4.reshape(G * B, K)
+    return x4.permute(0, 2, 1, 3).reshape(G * B, A * K)
+
+
+def from_group_view(g: Tensor, like: Tensor, dim: str, layout: str | None = None) -> Tensor:
+    """Inverse of :func:`group_view`: ``g`` (``[num_groups, group_size]``) back in ``like``'s shape.
+
+    Example:
+        >>> x = torch.randn(6, 3, 2)
+        >>> torch.equal(from_group_view(group_view(x, "in", "conv:2"), x, "in", "conv:2"), x)
+        True
+    """
+    G, A, B, K = group_blocks(like, dim, layout)
+    return g.reshape(G, B, A, K).permute(0, 2, 1, 3).reshape(like.shape)
+
+
+def group_norms(x: Tensor, dim: str, layout: str | None = None) -> Tensor:
+    """Euclidean norm of every group, ``[num_groups]``, computed in ``x``'s dtype without a copy.
+
+    Example:
+        >>> group_norms(torch.tensor([[3.0, 0.0], [4.0, 1.0]]), "in")
+        tensor([5., 1.])
+    """
+    G, A, B, K = group_blocks(x, dim, layout)
+    return torch.linalg.vector_norm(x.reshape(G, A, B, K), dim=(1, 3)).reshape(G * B)
+
+
+def check_groupable(
+    x: Tensor | tuple[int, ...], dim: str, layout: str | None = None, name: str = "parameter"
+) -> None:
+    """Raise ``ValueError`` when ``dim`` is not a grouping or ``x`` cannot be split by it (under ``layout``)."""
+    group_blocks(x, dim, layout, name)
 
 
 def group_reduce_dims(ndim: int, dim: str) -> tuple[int, ...]:
-    """Dimensions to reduce over (keepdim=True) to get one value per group."""
+    """Dimensions to reduce over (keepdim=True) to get one value per group (plain layout only)."""
     if dim == "out":
         return tuple(range(1, ndim))
     return (0, *range(2, ndim))
 
 
-def num_groups(x: Tensor, dim: str) -> int:
-    """Number of groups of ``x`` under grouping ``dim``."""
-    check_groupable(x, dim)
-    return x.shape[0] if dim == "out" else x.shape[1]
+def num_groups(x: Tensor, dim: str, layout: str | None = None) -> int:
+    """Number of groups of ``x`` under grouping ``dim`` (and ``layout``, see :func:`group_blocks`)."""
+    G, _, B, _ = group_blocks(x, dim, layout)
+    return G * B
 
 
-def group_size(x: Tensor, dim: str) -> int:
-    """Number of entries in each group of ``x`` under grouping ``dim``."""
-    n = num_groups(x, dim)
-    return x.numel() // n if n else 0
+def group_size(x: Tensor, dim: str, layout: str | None = None) -> int:
+    """Number of entries in each group of ``x`` under grouping ``dim`` (and ``layout``)."""
+    _, A, _, K = group_blocks(x, dim, layout)
+    return A * K
+
+
+# -- module layouts -------------------------------------------------------------------------------
+_RNN_TENSOR = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+
+
+def module_layout(module: nn.Module, local_name: str) -> str | None:
+    """The layout string of ``module``'s parameter ``local_name`` (see :func:`group_blocks`).
+
+    ``ConvTranspose*`` weights → ``"conv_transpose:G"``; convolutions with ``groups = G > 1`` (grouped,
+    depthwise) → ``"conv:G"``; ``LSTM``/``GRU`` ``weight_ih/hh``, ``bias_ih/hh`` → ``"gates:4"`` /
+    ``"gates:3"``; ``Embedding``/``EmbeddingBag`` weights → ``"embedding"``; anything else (linear,
+    dense conv, ``RNN``, LSTM projections ``weight_hr``) → ``None``, the plain layout.
+
+    Example:
+        >>> module_layout(nn.ConvTranspose2d(4, 6, 3, groups=2), "weight")
+        'conv_transpose:2'
+        >>> module_layout(nn.LSTM(3, 5), "weight_hh_l0"), module_layout(nn.Linear(3, 5), "weight")
+        ('gates:4', None)
+    """
+    if isinstance(module, nn.modules.conv._ConvNd) and local_name == "weight":
+        if module.transposed:
+            return f"conv_transpose:{module.groups}"
+        return f"conv:{module.groups}" if module.groups > 1 else None
+    if isinstance(module, (nn.LSTM, nn.GRU)) and _RNN_TENSOR.match(local_name):
+        return "gates:4" if isinstance(module, nn.LSTM) else "gates:3"
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and local_name == "weight":
+        return "embedding"
+    return None
+
+
+def _owner_layouts(model: nn.Module) -> dict[int, list[str | None]]:
+    out: dict[int, list[str | None]] = {}
+    for module in model.modules():
+        for local, p in module.named_parameters(recurse=False):
+            lay = module_layout(module, local)
+            seen = out.setdefault(id(p), [])
+            if lay not in seen:
+                seen.append(lay)
+    return out
+
+
+def _resolve_owner_layout(
+    layouts: Sequence[str | None], shape: tuple[int, ...], dim: str, name: str
+) -> str | None:
+    """The one layout of a (possibly shared) parameter for ``dim``; ``ValueError`` when owners disagree."""
+    if len(layouts) <= 1:
+        return layouts[0] if layouts else None
+    blocks = set()
+    for lay in layouts:
+        try:
+            blocks.add(group_blocks(shape, dim, lay, name))
+        except ValueError:
+            blocks.add(None)
+    if len(blocks) > 1:
+        raise ValueError(
+            f"{name} is shared by modules whose dim={dim!r} groups differ (layouts {list(layouts)}); "
+            "exclude it from the regularized set or regularize it elementwise (e.g. L1)"
+        )
+    return layouts[0]
+
+
+def param_layouts(model: nn.Module, dim: str | None = None) -> dict[str, str | None]:
+    """``{parameter name: layout}`` for every parameter of ``model`` (:func:`module_layout` of its owner).
+
+    A parameter shared by several modules appears once, under its first name; with ``dim`` given,
+    owners whose groupings differ raise ``ValueError`` naming the parameter (without ``dim``: the first
+    owner's layout).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.ConvTranspose2d(4, 2, 2))
+        >>> param_layouts(net)
+        {'0.weight': 'conv:4', '0.bias': None, '1.weight': 'conv_transpose:1', '1.bias': None}
+    """
+    owners = _owner_layouts(model)
+    return {
+        n: (_resolve_owner_layout(owners[id(p)], tuple(p.shape), dim, n) if dim else owners[id(p)][0])
+        for n, p in model.named_parameters()
+    }
 
 
 # -- parameter selection -------------------------------------------------------------------------
-#: Module types whose weights are regularized by default (digest 003 §3.1: conv channel-wise,
+#: Module types whose weights are regularized by default (as in Huang & Lee, 2024: conv channel-wise,
 #: linear and LSTM input-wise). Biases, norm layers and embeddings are never selected by default.
 DEFAULT_REGULARIZED_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -193,6 +439,11 @@ def param_groups_regularized(
     groups are dropped. ``regularizer.check_param`` is called on every selected tensor so that a
     grouping that does not fit fails here, naming the parameter.
 
+    A grouped regularizer (``GroupLasso``) is resolved per module: each weight gets the layout of
+    the module that owns it (:func:`module_layout`: transposed, grouped and depthwise convs, LSTM/GRU
+    gates, embeddings), and there is one regularized group per layout, each with the regularizer
+    carrying that ``layout`` (plain data in its spec, so checkpoints stay ``weights_only``).
+
     Example:
         >>> import torch.nn as nn
         >>> from lightning_prox.regularizers import L1
@@ -201,16 +452,13 @@ def param_groups_regularized(
         [(['weight'], L1(lam=0.001)), (['bias'], None)]
     """
     selected, rest = select_parameters(model, include_types, include, exclude)
-    if regularizer is not None and hasattr(regularizer, "check_param"):
-        for name, p in selected:
-            regularizer.check_param(tuple(p.shape), name)
     groups = []
-    if selected:
+    for reg, chosen in _by_layout(model, regularizer, selected):
         groups.append(
             {
-                "params": [p for _, p in selected],
-                "param_names": [n for n, _ in selected],
-                "regularizer": regularizer,
+                "params": [p for _, p in chosen],
+                "param_names": [n for n, _ in chosen],
+                "regularizer": reg,
                 **group_kwargs,
             }
         )
@@ -219,6 +467,48 @@ def param_groups_regularized(
             {"params": [p for _, p in rest], "param_names": [n for n, _ in rest], "regularizer": None}
         )
     return groups
+
+
+def _takes_layout(regularizer: Any) -> bool:
+    return (
+        dataclasses.is_dataclass(regularizer)
+        and getattr(regularizer, "dim", None) in ("in", "out")
+        and any(f.name == "layout" for f in dataclasses.fields(regularizer))
+    )
+
+
+def _by_layout(
+    model: nn.Module, regularizer: Any, selected: list[tuple[str, nn.Parameter]]
+) -> list[tuple[Any, list[tuple[str, nn.Parameter]]]]:
+    """(regularizer, parameters) per module layout, in order of first appearance; each tensor checked.
+
+    A grouped regularizer (a dataclass with ``dim`` and ``layout`` fields, e.g. ``GroupLasso``) gets the
+    layout of the module that owns each weight (:func:`module_layout`), one param group per layout, so
+    that ``dim`` means the module's input/output channel whatever the tensor layout.
+    """
+    if not selected:
+        return []
+    if not _takes_layout(regularizer):
+        if regularizer is not None and hasattr(regularizer, "check_param"):
+            for name, p in selected:
+                regularizer.check_param(tuple(p.shape), name)
+        return [(regularizer, selected)]
+    owners = _owner_layouts(model)
+    given = regularizer.layout
+    out: dict[str | None, tuple[Any, list[tuple[str, nn.Parameter]]]] = {}
+    for name, p in selected:
+        shape = tuple(p.shape)
+        lay = _resolve_owner_layout(owners.get(id(p), [None]), shape, regularizer.dim, name)
+        if given is not None and given != lay:
+            raise ValueError(
+                f"{name}: {type(regularizer).__name__}(layout={given!r}) but its module's layout is "
+                f"{lay!r}; leave layout unset, the layout of each weight is taken from its module"
+            )
+        if lay not in out:
+            out[lay] = (regularizer if lay == given else dataclasses.replace(regularizer, layout=lay), [])
+        out[lay][0].check_param(shape, name)
+        out[lay][1].append((name, p))
+    return list(out.values())
 
 
 # -- statistics (additive counts: reduce by sum, divide at the end) -------------------------------
@@ -237,13 +527,15 @@ STAT_KEYS = (
 
 
 @torch.no_grad()
-def tensor_stats(x: Tensor, dim: str | None = None, rank: bool = False) -> dict[str, Tensor]:
+def tensor_stats(
+    x: Tensor, dim: str | None = None, rank: bool = False, layout: str | None = None
+) -> dict[str, Tensor]:
     """Additive sparsity counts of one tensor, as int64 tensors on ``x``'s device (no host sync).
 
-    Keys: ``zeros`` (exact zeros), ``numel``; with a grouping ``dim`` (``"in"``/``"out"``):
-    ``groups``, ``zero_groups`` (all-zero groups), ``zero_group_numel`` (entries inside all-zero groups,
-    the numerator of the weighted group sparsity of digest 003 §3.2) and ``grouped_numel`` (its
-    denominator); with ``rank=True`` and
+    Keys: ``zeros`` (exact zeros), ``numel``; with a grouping ``dim`` (``"in"``/``"out"``, under the
+    module ``layout`` of :func:`group_blocks`): ``groups``, ``zero_groups`` (all-zero groups),
+    ``zero_group_numel`` (entries inside all-zero groups, the numerator of the weighted group sparsity
+    of Huang & Lee, 2024) and ``grouped_numel`` (its denominator); with ``rank=True`` and
     ``x.ndim >= 2``: ``rank`` (numerical rank of ``x`` viewed as ``[out, -1]``, torch's
     ``matrix_rank`` default tolerance) and ``full_rank`` (min of the two sizes).
 
@@ -257,13 +549,13 @@ def tensor_stats(x: Tensor, dim: str | None = None, rank: bool = False) -> dict[
         "numel": torch.tensor(x.numel(), device=x.device),
     }
     if dim is not None:
-        check_groupable(x, dim)
-        nz = (x != 0).sum(dim=group_reduce_dims(x.ndim, dim))
+        G, A, B, K = group_blocks(x, dim, layout)
+        nz = (x != 0).reshape(G, A, B, K).sum(dim=(1, 3))
         zero_groups = (nz == 0).sum()
-        n = num_groups(x, dim)
+        n = G * B
         out["groups"] = torch.tensor(n, device=x.device)
         out["zero_groups"] = zero_groups
-        out["zero_group_numel"] = zero_groups * (x.numel() // n if n else 0)
+        out["zero_group_numel"] = zero_groups * (A * K)
         out["grouped_numel"] = out["numel"].clone()
     if rank and x.ndim >= 2:
         m = x.detach().reshape(x.shape[0], -1).float()
@@ -285,9 +577,10 @@ def sparsity_ratios(counts: dict[str, Tensor]) -> dict[str, Tensor]:
     """Turn (summed) counts into the logged ratios (float tensors), for whichever keys are present.
 
     ``unstructured`` = zeros/numel; ``group`` = zero_groups/groups; ``group_weighted`` =
-    zero_group_numel/numel_grouped; ``low_rank`` = 1 − rank/full_rank (digest 003 code supplement E);
+    zero_group_numel/numel_grouped (Huang & Lee, 2024); ``low_rank`` = 1 − rank/full_rank (the
+    fraction of rank removed, as in the public RAMDA code, ``ismoptgroup/RAMDA``);
     ``active_units`` = active_units/units (:func:`unit_stats`; the fraction of *active* units, so
-    higher is denser, as PathProx reports it, digest 004 §3.5).
+    higher is denser, as PathProx reports it: Yang et al., 2022).
     """
 
     def ratio(a: Tensor, b: Tensor) -> Tensor:
@@ -307,11 +600,16 @@ def sparsity_ratios(counts: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def model_sparsity(
-    named_params: Iterable[tuple[str, Tensor]], dim: str | None = "in", rank: bool = False
+    named_params: Iterable[tuple[str, Tensor]],
+    dim: str | None = "in",
+    rank: bool = False,
+    layouts: dict[str, str | None] | None = None,
 ) -> dict[str, float]:
     """Convenience: global sparsity ratios of the given (name, tensor) pairs as Python floats.
 
-    Tensors that cannot be grouped by ``dim`` (fewer dimensions) count for unstructured sparsity
+    Groups follow ``layouts[name]`` (e.g. :func:`param_layouts` of the model, so that the counts are
+    those of the modules' channels; default: each tensor's own layout). Tensors that cannot be
+    grouped by ``dim`` (fewer dimensions, or a layout that refuses it) count for unstructured sparsity
     only; the weighted group sparsity is over the grouped tensors. This host-syncs: use it for
     reports, not inside a training step.
 
@@ -322,19 +620,31 @@ def model_sparsity(
         ...     lin.weight[:, :2] = 0
         >>> model_sparsity([("w", lin.weight)])
         {'unstructured': 0.5, 'group': 0.5, 'group_weighted': 0.5}
+        >>> up = nn.ConvTranspose2d(2, 3, 1)  # weight [in=2, out=3, 1, 1]
+        >>> with torch.no_grad():
+        ...     up.weight[:, 0] = 0  # output channel 0
+        >>> named = list(up.named_parameters())[:1]
+        >>> model_sparsity(named, "out", layouts=param_layouts(up))["group"]
+        0.3333333333333333
     """
     stats = []
-    for _, x in named_params:
-        d = dim if dim is not None and x.ndim >= (2 if dim == "in" else 1) else None
-        stats.append(tensor_stats(x.detach(), d, rank=rank))
+    for name, x in named_params:
+        layout = (layouts or {}).get(name)
+        d = dim
+        if d is not None:
+            try:
+                check_groupable(x, d, layout)
+            except ValueError:
+                d = None
+        stats.append(tensor_stats(x.detach(), d, rank=rank, layout=layout))
     if not stats:
         return {}
     return {k: float(v) for k, v in sparsity_ratios(sum_stats(stats)).items()}
 
 
-# -- active units (digest 004: PathProx) -----------------------------------------------------------
+# -- active units (PathProx: Yang et al., 2022) -----------------------------------------------------------
 class UnitPair(NamedTuple):
-    """Two consecutive weights with hidden units between them (digest 004 §1.3, §1.8).
+    """Two consecutive weights with hidden units between them (the layer pairs of PathProx, Yang et al., 2022).
 
     Unit ``k`` has input weights ``w[k]`` (row ``k`` of a linear weight, filter ``k`` of a conv) and
     output weights ``v[:, k]`` (column ``k`` of the next linear weight, input slice ``[:, k]`` of the
@@ -354,7 +664,7 @@ def unit_stats(w: Tensor, v: Tensor, block: int = 1) -> dict[str, Tensor]:
     r"""Additive counts of the hidden units between ``w`` and ``v``, as int64 tensors (no host sync).
 
     A unit is active when :math:`\lVert w_k \rVert_2 \cdot \lVert v_k \rVert_2 > 0`, i.e. when neither
-    its input nor its output weights are all exactly zero (digest 004 §4.2: exact-zero test, weights
+    its input nor its output weights are all exactly zero (an exact-zero test on the weights
     only, biases not included). Keys: ``units`` (number of units, ``w.shape[0]``) and ``active_units``.
 
     Example:

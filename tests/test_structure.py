@@ -4,14 +4,22 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_prox.regularizers import L1, GroupLasso
 from lightning_prox.structure import (
     active_units,
     check_groupable,
+    from_group_view,
+    group_blocks,
+    group_norms,
     group_reduce_dims,
     group_size,
+    group_view,
     model_sparsity,
     num_groups,
     param_groups_regularized,
+    param_layouts,
+    parse_layout,
+    plain_form,
     select_parameters,
     sparsity_ratios,
     sum_stats,
@@ -161,6 +169,90 @@ def test_model_sparsity_mixes_grouped_and_1d_tensors():
     assert out["unstructured"] == pytest.approx((9 + 5) / 17)
     assert out["group"] == pytest.approx(3 / 4)
     assert out["group_weighted"] == pytest.approx(9 / 12)
+
+
+# -- module layouts -----------------------------------------------------------------------------------
+LAYOUT_CASES = [  # (shape, dim, layout, hand-written slice of group j)
+    ((6, 2, 3), "in", "conv:2", lambda x, j: x[(j // 2) * 3 : (j // 2 + 1) * 3, j % 2]),
+    ((6, 2, 3), "out", "conv:2", lambda x, j: x[j]),
+    ((4, 1, 3, 3), "in", "conv:4", lambda x, j: x[j, 0]),
+    ((8, 1, 3), "in", "conv:4", lambda x, j: x[2 * j : 2 * j + 2, 0]),
+    ((4, 3, 2, 2), "in", "conv_transpose:1", lambda x, j: x[j]),
+    ((4, 3, 2, 2), "out", "conv_transpose:1", lambda x, j: x[:, j]),
+    ((4, 3, 2), "out", "conv_transpose:2", lambda x, j: x[(j // 3) * 2 : (j // 3 + 1) * 2, j % 3]),
+    ((8, 3), "out", "gates:4", lambda x, j: x[[j, 2 + j, 4 + j, 6 + j]]),
+    ((8, 3), "in", "gates:4", lambda x, j: x[:, j]),
+    ((9,), "out", "gates:3", lambda x, j: x[[j, 3 + j, 6 + j]]),
+    ((7, 5), "out", "embedding", lambda x, j: x[:, j]),
+]
+
+
+@pytest.mark.parametrize(("shape", "dim", "layout", "slicer"), LAYOUT_CASES)
+def test_layout_groups_are_the_documented_slices(shape, dim, layout, slicer):
+    x = torch.randn(shape, dtype=torch.float64)
+    n = num_groups(x, dim, layout)
+    gv = group_view(x, dim, layout)
+    assert gv.shape == (n, group_size(x, dim, layout)) and n * gv.shape[1] == x.numel()
+    for j in range(n):
+        torch.testing.assert_close(gv[j].sort().values, slicer(x, j).flatten().sort().values, rtol=0, atol=0)
+    torch.testing.assert_close(group_norms(x, dim, layout), gv.norm(dim=1))
+    assert torch.equal(from_group_view(gv, x, dim, layout), x)
+    form = plain_form(shape, dim, layout)
+    if form is not None:  # the same groups as a plain grouping of a reshaped view (no gather)
+        view_shape, plain_dim = form
+        torch.testing.assert_close(group_norms(x.view(view_shape), plain_dim), gv.norm(dim=1))
+    # counts follow the layout
+    x[tuple(torch.tensor(0) for _ in shape)] = 0  # a single zero does not make a zero group
+    gv = group_view(x, dim, layout).clone()
+    gv[n - 1] = 0
+    x = from_group_view(gv, x, dim, layout)
+    s = tensor_stats(x, dim, layout=layout)
+    assert (int(s["groups"]), int(s["zero_groups"]), int(s["zero_group_numel"])) == (n, 1, gv.shape[1])
+
+
+def test_layout_strings_and_refusals():
+    assert parse_layout("gates:4") == ("gates", 4) and parse_layout("embedding") == ("embedding", 1)
+    for bad in ("conv", "conv:0", "conv:x", "embedding:2", "rows:2", 3):
+        with pytest.raises(ValueError, match="layout"):
+            parse_layout(bad)
+    assert group_blocks((8, 2, 3, 3), "in", "conv:2") == (2, 4, 2, 9)
+    with pytest.raises(ValueError, match=r"lstm\.w .*multiple of 4"):
+        check_groupable((6, 3), "out", "gates:4", name="lstm.w")
+    with pytest.raises(ValueError, match=r"emb.*dim='out'"):
+        check_groupable((7, 5), "in", "embedding", name="emb")
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        check_groupable((6,), "out", "conv:2")
+
+
+def test_param_layouts_and_regularized_groups_per_layout():
+    net = Net()
+    layouts = param_layouts(net)
+    assert layouts["conv.weight"] is None and layouts["head.weight"] is None
+    assert layouts["emb.weight"] == "embedding"  # first owner of the tied weight
+    assert {layouts[n] for n in layouts if n.startswith("lstm.")} == {"gates:4"}
+    with pytest.raises(ValueError, match=r"emb\.weight is shared"):
+        param_layouts(net, dim="out")  # Embedding columns vs Linear rows
+    groups = param_groups_regularized(net, GroupLasso(1e-3, dim="in"), lr=0.1)
+    assert groups[0]["param_names"] == ["conv.weight", "head.weight"]
+    assert groups[0]["regularizer"].layout is None and groups[0]["lr"] == 0.1
+    assert groups[1]["regularizer"].layout == "gates:4" and groups[1]["lr"] == 0.1
+    assert groups[1]["param_names"] == [n for n, _ in select_parameters(net)[0] if n.startswith("lstm.")]
+    assert groups[2]["regularizer"] is None and len(groups) == 3
+    # elementwise regularizers keep one group; so do models without special layouts
+    assert len(param_groups_regularized(net, L1(1e-3))) == 2
+    assert len(param_groups_regularized(nn.Linear(3, 2), GroupLasso(1e-3))) == 2
+
+
+def test_model_sparsity_follows_layouts():
+    up = nn.ConvTranspose2d(4, 3, 2)  # weight [in=4, out=3, 2, 2]
+    with torch.no_grad():
+        up.weight[1] = 0  # input channel 1
+    named = [("weight", up.weight)]
+    assert model_sparsity(named, "in", layouts=param_layouts(up))["group"] == pytest.approx(1 / 4)
+    assert model_sparsity(named, "in")["group"] == 0.0  # the tensor's own dim 1 is the output channel
+    emb = nn.Embedding(5, 3)
+    out = model_sparsity([("weight", emb.weight)], "in", layouts=param_layouts(emb))
+    assert "group" not in out  # refused grouping: unstructured only
 
 
 # -- active units (digest 004) ----------------------------------------------------------------------

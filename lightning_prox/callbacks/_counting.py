@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..regularizers import from_spec
-from ..structure import STAT_KEYS, UnitPair, sparsity_ratios, tensor_stats, unit_stats
+from ..structure import STAT_KEYS, UnitPair, check_groupable, sparsity_ratios, tensor_stats, unit_stats
 from ._groups import group_spec
 
 __all__ = [
@@ -27,23 +27,37 @@ GLOBAL_KEYS = ("unstructured", "group", "group_weighted", "low_rank", "active_un
 
 
 class Monitored:
-    """One counted tensor: its name, grouping (``"in"``/``"out"``/None), whether its rank is counted."""
+    """One counted tensor: its name, grouping (``"in"``/``"out"``/None), whether its rank is counted,
+    and the module layout its groups follow (:func:`lightning_prox.structure.group_blocks`)."""
 
-    __slots__ = ("dim", "name", "param", "rank", "regularizer")
+    __slots__ = ("dim", "layout", "name", "param", "rank", "regularizer")
 
-    def __init__(self, name: str, param: Tensor, dim: str | None, rank: bool, regularizer: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        param: Tensor,
+        dim: str | None,
+        rank: bool,
+        regularizer: str,
+        layout: str | None = None,
+    ) -> None:
         self.name, self.param, self.dim, self.rank, self.regularizer = name, param, dim, rank, regularizer
+        self.layout = layout
 
 
 def monitored_tensors(
     param_groups: Sequence[dict[str, Any]],
     named_parameters: Iterable[tuple[str, Tensor]],
     group_dim: str | None = None,
+    layouts: dict[str, str | None] | None = None,
 ) -> list[Monitored]:
     """The tensors of regularized param groups (all ``ndim >= 2`` tensors when none is regularized).
 
-    The grouping follows what each group's regularizer class declares: its ``group_dim`` when it has
-    one (group lasso), else ``group_dim``; the rank is counted when it declares ``counts_rank``.
+    The grouping follows what each group's regularizer class declares: its ``group_dim`` and the
+    ``layout`` of its spec when it has one (group lasso: counted exactly as the prox groups), else
+    ``group_dim`` under the module layout ``layouts[name]``
+    (:func:`lightning_prox.structure.param_layouts`; a grouping the layout refuses, e.g. ``"in"`` on
+    an embedding, is not counted); the rank is counted when the class declares ``counts_rank``.
 
     Example:
         >>> w = torch.zeros(3, 4)
@@ -62,11 +76,19 @@ def monitored_tensors(
             if id(p) in seen or (not regularized and p.ndim < 2):
                 continue
             seen.add(id(p))
-            dim = (reg.group_dim if reg is not None else None) or group_dim
-            if dim is not None and p.ndim < (2 if dim == "in" else 1):
-                dim = None
+            name = names.get(id(p), f"param{len(out)}")
+            own = reg.group_dim if reg is not None else None
+            if own is not None:
+                dim, layout = own, spec.get("layout")
+            else:
+                dim, layout = group_dim, (layouts or {}).get(name)
+            if dim is not None:
+                try:
+                    check_groupable(p, dim, layout)
+                except ValueError:
+                    dim = None
             rank = reg is not None and reg.counts_rank and p.ndim >= 2
-            out.append(Monitored(names.get(id(p), f"param{len(out)}"), p, dim, rank, reg_name))
+            out.append(Monitored(name, p, dim, rank, reg_name, layout if dim is not None else None))
     return out
 
 
@@ -120,7 +142,7 @@ def count(
     """
     if not tensors:
         return {}, []
-    per = [tensor_stats(t.param.detach(), t.dim, rank=t.rank) for t in tensors]
+    per = [tensor_stats(t.param.detach(), t.dim, rank=t.rank, layout=t.layout) for t in tensors]
     per += [unit_stats(p.w, p.v, p.block) for p in pairs]
     keys = list(STAT_KEYS)
     dev = tensors[0].param.device

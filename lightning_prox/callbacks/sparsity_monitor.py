@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from ..structure import UnitPair, group_reduce_dims, unit_pairs
+from ..structure import UnitPair, group_norms, param_layouts, unit_pairs
 from ._counting import (
     GLOBAL_KEYS,
     Monitored,
@@ -161,7 +161,8 @@ class SparsityMonitor(Callback):
     # -- what is monitored ------------------------------------------------------------------------
     def _collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Monitored]:
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        entries = monitored_tensors(groups, pl_module.named_parameters(), self.group_dim)
+        layouts = param_layouts(pl_module) if self.group_dim is not None else None
+        entries = monitored_tensors(groups, pl_module.named_parameters(), self.group_dim, layouts)
         label_with_lam(entries, groups)
         group_of = {id(p): g for g in groups for p in g["params"]}
         self._lam_of = {
@@ -356,7 +357,7 @@ class SparsityMonitor(Callback):
                     dim = e.dim if e.dim is not None else ("out" if x.ndim >= 2 else None)
                     if dim is None:
                         continue
-                    norms = x.float().pow(2).sum(dim=group_reduce_dims(x.ndim, dim)).sqrt().flatten()
+                    norms = group_norms(x.float(), dim, e.layout if e.dim is not None else None)
                     writer.add_histogram(f"group_norms/{e.name}", norms.cpu(), step)
             if self.image and self.history:
                 writer.add_image(

@@ -113,7 +113,7 @@ def supports(reg: Regularizer | None, params: list[Tensor]) -> bool:
 def _kind(reg: Regularizer | None) -> str | None:
     if reg is None or reg.lam == 0.0 or type(reg) is L1:
         return "elementwise"
-    if type(reg) is GroupLasso and reg.solver == "newton":
+    if type(reg) is GroupLasso and reg.solver == "newton" and reg.layout is None:  # module layouts: eager
         return "group"
     return None
 

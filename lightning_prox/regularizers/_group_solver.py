@@ -6,7 +6,7 @@ Solves, for every tensor ``z`` of a list at once,
 
     \\min_x \\; \\tau \\sum_g w_g \\|x_g\\|_2 + \\tfrac12 \\sum_i m_i (x_i - z_i)^2, \\qquad \\tau = \\text{step}\\cdot\\lambda,
 
-with the exact zero-group screening test (RAMDA digest 003 §2.5, code supplement §B): the optimality
+with the exact zero-group screening test (Huang & Lee, 2024, Algorithm 2 and its public code): the optimality
 condition at :math:`x_g = 0` reads :math:`m_g \\odot z_g \\in \\tau w_g \\, \\mathbb{B}_2`, so group ``g`` is
 zero **iff** :math:`\\|m_g \\odot z_g\\|_2 \\le \\tau w_g`. The other groups run proximal gradient with the
 per-group step :math:`\\eta_g = 1/\\max_{i\\in g} m_i` (a valid 1/L for each separable block):
