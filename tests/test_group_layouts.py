@@ -564,8 +564,11 @@ def _zero_pattern(model: nn.Module, dim: str) -> dict[str, list[bool]]:
     return out
 
 
-OPTIMIZERS = {  # (factory, λ): thresholds between the tiny and the large groups
-    "ProxGen": (functools.partial(ProxGen, lr=1e-4), 0.1),
+# (factory, λ): thresholds between the tiny and the large groups. ProxGen runs the paper's update
+# (threshold_cap=None): its default metric floor caps the threshold at the size of Adam's own step,
+# which here is as large as the tiny groups themselves, so it would not separate them in two steps.
+OPTIMIZERS = {
+    "ProxGen": (functools.partial(ProxGen, lr=1e-4, threshold_cap=None), 0.1),
     "ProxSGD": (functools.partial(ProxSGD, lr=0.1), 0.1),
     "RMDA": (functools.partial(RMDA, lr=0.2, momentum=1.0), 0.1),
     "RAMDA": (functools.partial(RAMDA, lr=0.05, momentum=1.0), 0.01),

@@ -133,8 +133,8 @@ def test_image_classifier_learns_digits_with_group_sparsity():
     trainer = quiet_trainer(max_epochs=6)
     trainer.fit(model, DigitsDataModule(batch_size=64))
     assert float(trainer.callback_metrics["val/acc"]) > 0.8
-    stats = tensor_stats(model.net.classifier[1].weight.detach(), "in")
-    assert int(stats["zero_groups"]) > 0  # whole input features of the first linear layer removed
+    stats = tensor_stats(model.net.classifier[3].weight.detach(), "in")
+    assert int(stats["zero_groups"]) > 0  # whole hidden units (inputs of the last linear layer) removed
     rows = model.sparsity_rows()
     assert [r["name"] for r in rows] == [n for n, _ in model.regularized_parameters()]
-    assert rows[2]["zero_groups"] == int(stats["zero_groups"])
+    assert rows[3]["zero_groups"] == int(stats["zero_groups"])
