@@ -100,7 +100,9 @@ class ProxGen(ProxOptimizer):
     The default ``threshold_cap=1`` floors the prox metric at λ/κ = λ: the soft threshold is
     :math:`\alpha \min(\lambda / D_{t,i}, \kappa)`, so the prox never moves a coordinate farther in
     one step than κ·α, the distance Adam's own step moves it (|m̂/D| ≲ 1). Coordinates with ordinary
-    statistics (D > λ/κ) get exactly the paper's prox. Kind (1) coordinates shrink by at most α per
+    statistics (D > λ/κ) get exactly the paper's prox. A coordinate with no gradient history at all
+    (:math:`v_t = 0`) gets the Euclidean prox (metric 1, threshold :math:`\alpha\lambda`). Kind (1)
+    coordinates shrink by at most α per
     step until their gradient arrives and then follow the paper's update; kind (2) coordinates shrink
     by α per step and reach zero after |θ|/α steps: they are dead weights, and zeroing them costs no
     loss, but not in one step. ``threshold_cap=None`` is the paper-exact update (the floor only

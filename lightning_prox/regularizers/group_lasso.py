@@ -141,6 +141,12 @@ class GroupLasso(Regularizer):
         if self.layout is not None:
             return _prox_multi_layout(self, zs, step, metrics, opts)
         x0s, max_iters, rtol, info, out = opts.x0s, opts.max_iters, opts.rtol, opts.info, opts.out
+        pinned = _pinned(metrics)
+        if pinned is not None:  # +inf metric entries: solve with a huge finite metric, then pin
+            metrics = [torch.where(pin, _PIN_METRIC, m) for m, pin in zip(metrics, pinned)]  # type: ignore[arg-type]
+            res = self._prox_multi(zs, step, metrics, dataclasses.replace(opts, out=None))
+            res = [torch.where(pin, z, x) for z, x, pin in zip(zs, res, pinned)]
+            return copy_into(res, out)
         tau = step * self.lam
         if metrics is not None and self.solver == "newton":
             return _solve_newton(
@@ -204,6 +210,22 @@ class GroupLasso(Regularizer):
         if info is not None and zero_counts:
             info["screened"] = int(torch.stack([c.to(zero_counts[0].device) for c in zero_counts]).sum())
         return out
+
+
+#: stands in for a metric of +inf inside the solvers: sqrt of float32's largest value, so that
+#: metric·z and its square stay finite for |z| < 16; the coordinate is then set to z exactly
+_PIN_METRIC = math.sqrt(torch.finfo(torch.float32).max) / 16
+
+
+def _pinned(metrics: list[Tensor] | None) -> list[Tensor] | None:
+    """Masks of the +inf metric entries, or None when there are none (one host read on CPU; on
+    accelerators the masks are always built, to avoid a device sync)."""
+    if metrics is None:
+        return None
+    masks = [torch.isposinf(m) for m in metrics]
+    if all(m.device.type == "cpu" for m in metrics) and not any(bool(k.any()) for k in masks):
+        return None
+    return masks
 
 
 #: fewest rows of a dim="in" view that the layout path runs in place (fewer: gathered group-major)

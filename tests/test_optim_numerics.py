@@ -1,0 +1,164 @@
+"""The optimizers on what users run: timm ResNets with zero-initialized norms, float16/bfloat16
+parameters, gradients whose square overflows, and learning rates of exactly 0."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_prox.optim import ProxGen, ProxSGD, TwoStageProxSGD
+from lightning_prox.regularizers import L1, GroupLasso, Lq
+from lightning_prox.structure import param_groups_regularized
+from tests.cases import single_thread  # noqa: F401
+
+OPTIMIZERS = {
+    "ProxGen": functools.partial(ProxGen, lr=1e-3),
+    "ProxGen-eager": functools.partial(ProxGen, lr=1e-3, implementation="eager"),
+    "ProxSGD": functools.partial(ProxSGD, lr=1e-3, momentum=0.9),
+    "TwoStageProxSGD": functools.partial(TwoStageProxSGD, lr=1e-3),
+}
+REGULARIZERS = {"L1": L1(1e-3), "Lq": Lq(1e-3, q=0.5), "GroupLasso": GroupLasso(1e-3)}
+#: |g| whose square overflows the dtype of the second moment, but that is finite itself
+OVERFLOWING = {torch.float32: 1e21, torch.float16: 3e4, torch.bfloat16: 1e21}
+
+
+def _conv_zero_fraction(net: nn.Module) -> float:
+    convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+    return sum(int((w == 0).sum()) for w in convs) / sum(w.numel() for w in convs)
+
+
+def _one_step_resnet18(reg, **kw) -> float:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", num_classes=10)  # zero_init_last=True: timm's default
+    opt = ProxGen(param_groups_regularized(net, reg), lr=1e-3, **kw)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    return _conv_zero_fraction(net)
+
+
+@pytest.mark.parametrize("reg", [L1(1e-6), GroupLasso(1e-6)], ids=["L1", "GroupLasso"])
+def test_proxgen_default_does_not_wipe_a_timm_resnet18_in_one_step(reg):
+    """Blocks behind timm's zero-initialized last norms get exactly zero gradients at step 1; the
+    metric floor keeps their weights (each moves at most lr), where the paper's update zeroes them."""
+    assert _one_step_resnet18(reg) < 1e-3  # only weights that started within ~lr of zero
+    assert _one_step_resnet18(reg, threshold_cap=None) > 0.9  # the paper's update, for contrast
+
+
+def test_metric_floor_caps_the_threshold_at_kappa_lr():
+    """A coordinate with tiny statistics shrinks by exactly κ·lr in the prox; one with no gradient
+    history at all (v = 0) gets the Euclidean prox (threshold lr·λ); ordinary coordinates get the
+    paper's threshold lr·λ/D unchanged."""
+    lr, lam, kappa = 1e-2, 0.5, 2.0
+    w = nn.Parameter(torch.tensor([1.0, 1.0, 1.0]))
+    opt = ProxGen([w], lr=lr, regularizer=L1(lam), threshold_cap=kappa)
+    w.grad = torch.tensor([0.0, 1e-6, 0.1])
+    opt.step()
+    assert float(w[0]) == pytest.approx(1.0 - lr * lam, abs=1e-7)  # v = 0: metric 1
+    # D ≈ 1e-6 and D = 0.1 are both below the floor λ/κ = 0.25: threshold lr·λ/0.25 = κ·lr
+    assert float(w[1]) == pytest.approx(1.0 - lr * 1e-6 / (1e-6 + 1e-8) - kappa * lr, abs=1e-6)
+    assert float(w[2]) == pytest.approx(1.0 - lr - kappa * lr, abs=1e-6)
+    w2 = nn.Parameter(torch.tensor([1.0]))
+    opt2 = ProxGen([w2], lr=lr, regularizer=L1(lam), threshold_cap=100.0)
+    w2.grad = torch.tensor([1.0])  # D = 1 + eps > λ/κ = 5e-3: the paper's threshold
+    opt2.step()
+    assert float(w2[0]) == pytest.approx(1.0 - lr - lr * lam / (1.0 + 1e-8), abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1"])
+def test_bad_threshold_cap_names_the_value(bad):
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="threshold_cap"):
+        ProxGen([w], lr=1e-3, threshold_cap=bad)
+
+
+@pytest.mark.parametrize("dtype", list(OVERFLOWING), ids=str)
+@pytest.mark.parametrize("reg_name", list(REGULARIZERS))
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_overflowing_second_moment_never_writes_nan(opt_name, reg_name, dtype):
+    """A finite gradient whose square overflows pins its coordinate (infinite metric) or moves it by a
+    finite amount; no NaN reaches the weights, as with torch.optim.Adam."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 8).to(dtype))
+    ref = nn.Parameter(w.detach().clone().float())
+    opt = OPTIMIZERS[opt_name]([w], regularizer=REGULARIZERS[reg_name])
+    adam = torch.optim.Adam([ref], lr=1e-3)
+    for step in range(3):
+        g = torch.randn(4, 8)
+        if step == 0:
+            g[0, 0] = OVERFLOWING[dtype]
+        w.grad, ref.grad = g.to(dtype), g.clone()
+        opt.step()
+        adam.step()
+        assert torch.isfinite(ref).all()
+        assert torch.isfinite(w).all(), f"{opt_name} + {reg_name} wrote non-finite weights at step {step}"
+    assert w.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reg_name", list(REGULARIZERS))
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_half_precision_parameters_with_exact_zero_gradients(opt_name, reg_name, dtype):
+    """precision="16-true": exact-zero gradient entries (eps underflows in float16) do not crash, and
+    the step agrees with the float32 step to the dtype's rounding."""
+    torch.manual_seed(0)
+    w32 = nn.Parameter(torch.randn(6, 5))
+    w16 = nn.Parameter(w32.detach().to(dtype))
+    opts = [OPTIMIZERS[opt_name]([p], regularizer=REGULARIZERS[reg_name]) for p in (w32, w16)]
+    for _ in range(3):
+        g = torch.randn(6, 5)
+        g[:, 0] = 0.0
+        for p, opt in zip((w32, w16), opts):
+            p.grad = g.to(p.dtype)
+            opt.step()
+    assert w16.dtype == dtype and torch.isfinite(w16).all()
+    tol = 1e-2 if dtype == torch.float16 else 4e-2
+    torch.testing.assert_close(w16.float(), w32.detach(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("reg_name", [*REGULARIZERS, "None"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_lr_zero_leaves_the_weights_and_schedules_through_zero(opt_name, reg_name):
+    """A warmup from 0 and a cosine schedule to eta_min=0: lr = 0 is legal, the weights stay put."""
+    reg = None if reg_name == "None" else REGULARIZERS[reg_name]
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 8))
+    opt = OPTIMIZERS[opt_name]([w], regularizer=reg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / 2)  # warmup from lr = 0
+    before = w.detach().clone()
+    w.grad = torch.randn(4, 8)
+    opt.step()
+    assert torch.equal(w.detach(), before)
+    sched.step()
+    opt.step()
+    assert not torch.equal(w.detach(), before)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2, eta_min=0.0)
+    for _ in range(2):
+        cosine.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    before = w.detach().clone()
+    opt.step()
+    assert torch.equal(w.detach(), before)
+
+
+@pytest.mark.parametrize("solver", ["newton", "pg"])
+@pytest.mark.parametrize("dim", ["in", "out"])
+def test_group_lasso_infinite_metric_pins_the_coordinate(solver, dim):
+    """metric = +inf pins x_i = z_i; the rest of the group solves the prox with that coordinate fixed,
+    which is the limit of a huge finite metric (compared with 1e8), and no NaN appears."""
+    torch.manual_seed(0)
+    z = torch.randn(5, 6, 3)
+    metric = torch.rand(5, 6, 3) + 0.5
+    metric[0, 0, 0] = metric[2, 3, 1] = float("inf")
+    z[2, 3, 1] = 0.0  # a pinned zero: 0·inf must not make the group NaN
+    reg = GroupLasso(0.8, dim=dim, solver=solver, max_iters=500, rtol=1e-12)
+    x = reg.prox(z, 1.0, metric=metric)
+    big = reg.prox(z, 1.0, metric=torch.where(torch.isinf(metric), 1e8, metric))
+    assert torch.isfinite(x).all()
+    assert float(x[0, 0, 0]) == float(z[0, 0, 0]) and float(x[2, 3, 1]) == 0.0
+    torch.testing.assert_close(x, big, atol=1e-5, rtol=1e-5)
+    assert (x == 0).any()  # some groups without a pinned nonzero entry are still zeroed
