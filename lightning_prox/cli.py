@@ -76,6 +76,7 @@ def _epilog() -> str:
         "  lightning-prox fit --model.optimizer.help ProxGen                   # an optimizer's arguments\n"
         "  lightning-prox fit --config recipes/proxquant_revised.yaml --trainer.callbacks.HardQuantization.epoch=3\n"
         "                                            # an argument of a callback the configuration lists\n\n"
+        "  lightning-prox export --ckpt_path last.ckpt --output small.pt     # remove the zero channels\n\n"
         f"shipped recipes:\n{listed}\n\n"
         "Errors in the configuration stop before training with exit status 2 and one line "
         "'error: <key>: <message>'."
@@ -400,7 +401,16 @@ def main(args: ArgsType = None, run: bool = True) -> None:
     It returns ``None``, so that the script's ``sys.exit(main())`` exits with status 0 and prints
     nothing (a returned object would be printed to stderr and make the exit status 1). To inspect the
     model, datamodule or trainer of a run from Python, build :class:`ProxCLI` with the same arguments.
+
+    ``lightning-prox export ...`` is the one command that is not LightningCLI's: it turns a checkpoint
+    into a physically smaller model (:func:`~lightning_prox.export.command.export_main`).
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["export"]:
+        from .export.command import export_main
+
+        export_main([str(a) for a in argv[1:]])
+        return
     ProxCLI(args, run=run)
 
 
