@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
-        "--compiled", action="store_true", help="also time ProxGen + L1 with implementation='compiled' (CPU)"
+        "--compiled", action="store_true", help="also time ProxGen + L1 with implementation='native' (CPU)"
     )
     ap.add_argument("--only", default="", help="time only rows whose name contains this text (e.g. L1)")
     args = ap.parse_args()
@@ -100,9 +100,9 @@ def main() -> None:
             lambda ps: ProxGen(groups(ps, L1(1e-4)), lr=lr_a, check_finite=False),
         ),
         (
-            "ProxGen + L1, eager (implementation='fast')",
+            "ProxGen + L1, eager (implementation='eager')",
             "Adam",
-            lambda ps: ProxGen(groups(ps, L1(1e-4)), lr=lr_a, implementation="fast"),
+            lambda ps: ProxGen(groups(ps, L1(1e-4)), lr=lr_a, implementation="eager"),
         ),
         ("ProxGen + Lq(1/2)", "Adam", lambda ps: ProxGen(groups(ps, Lq(1e-4, q=0.5)), lr=lr_a)),
         (
@@ -123,9 +123,9 @@ def main() -> None:
             lambda ps: ProxSGD(groups(ps, L1(1e-4)), lr=lr_s, momentum=0.9, check_finite=False),
         ),
         (
-            "ProxSGD + L1, eager (implementation='fast')",
+            "ProxSGD + L1, eager (implementation='eager')",
             "SGD",
-            lambda ps: ProxSGD(groups(ps, L1(1e-4)), lr=lr_s, momentum=0.9, implementation="fast"),
+            lambda ps: ProxSGD(groups(ps, L1(1e-4)), lr=lr_s, momentum=0.9, implementation="eager"),
         ),
     ]
     if args.compiled:
@@ -136,7 +136,7 @@ def main() -> None:
                     f"ProxGen + L1, compiled, check_finite={cf}",
                     "Adam",
                     lambda ps, cf=cf: ProxGen(
-                        groups(ps, L1(1e-4)), lr=lr_a, implementation="compiled", check_finite=cf
+                        groups(ps, L1(1e-4)), lr=lr_a, implementation="native", check_finite=cf
                     ),
                 ),
             )

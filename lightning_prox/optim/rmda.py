@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from ..regularizers._base import Regularizer
-from ._common import check_finite_grads, group_regularizer, init_regularizer_groups
+from ._base import ProxOptimizer, _check_finite_doc, _implementation_doc, _torch_flags_doc, group_regularizer
+from ._prox import prox_tensors_
 
-__all__ = ["RMDA", "rmda"]
+__all__ = ["RMDA"]
 
 
 def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = True) -> None:
@@ -46,105 +47,7 @@ def _bucket_by_counters(
     return buckets
 
 
-def _prox_list(reg: Regularizer | None, zs: list[Tensor], step: float) -> list[Tensor]:
-    """Euclidean prox of every tensor of ``zs`` with one step (multi-tensor when the regularizer offers it)."""
-    if reg is None or reg.lam == 0.0:
-        return zs
-    prox_multi = getattr(reg, "prox_multi", None)
-    if prox_multi is not None:
-        return list(prox_multi(zs, step))
-    return [reg.prox(z, step) for z in zs]
-
-
-def _single_tensor_rmda(
-    params: list[Tensor],
-    grads: list[Tensor],
-    initial_points: list[Tensor],
-    grad_sums: list[Tensor],
-    prox_points: list[Tensor],
-    *,
-    s: float,
-    alpha: float,
-    beta: float,
-    c: float,
-    regularizer: Regularizer | None,
-) -> None:
-    """Reference for-loop implementation of one RMDA step (all tensors share ``s``, ``alpha``, ``beta``)."""
-    for p, g, w0, v, w_hat in zip(params, grads, initial_points, grad_sums, prox_points):
-        v.add_(g, alpha=s)
-        z = w0 - v / beta
-        if regularizer is not None and regularizer.lam != 0.0:
-            z = regularizer.prox(z, alpha / beta)
-        w_hat.copy_(z)
-        if c == 1.0:
-            p.copy_(w_hat)
-        else:
-            p.lerp_(w_hat, c)
-
-
-def _multi_tensor_rmda(
-    params: list[Tensor],
-    grads: list[Tensor],
-    initial_points: list[Tensor],
-    grad_sums: list[Tensor],
-    prox_points: list[Tensor],
-    *,
-    s: float,
-    alpha: float,
-    beta: float,
-    c: float,
-    regularizer: Regularizer | None,
-) -> None:
-    """Multi-tensor (``torch._foreach_*``) RMDA step; same arguments as :func:`_single_tensor_rmda`."""
-    torch._foreach_add_(grad_sums, grads, alpha=s)
-    zs = torch._foreach_add(initial_points, grad_sums, alpha=-1.0 / beta)
-    torch._foreach_copy_(prox_points, _prox_list(regularizer, zs, alpha / beta))
-    if c == 1.0:
-        torch._foreach_copy_(params, prox_points)
-    else:
-        torch._foreach_lerp_(params, prox_points, c)
-
-
-def rmda(
-    params: list[Tensor],
-    grads: list[Tensor],
-    initial_points: list[Tensor],
-    grad_sums: list[Tensor],
-    prox_points: list[Tensor],
-    *,
-    step: int,
-    alpha: float,
-    lr: float,
-    momentum: float,
-    regularizer: Regularizer | None = None,
-    foreach: bool = True,
-) -> float:
-    """Functional RMDA: one step for tensors that share the step counter ``step`` (already incremented).
-
-    Updates ``params``, ``grad_sums`` (V) and ``prox_points`` (Ŵ) in place and returns the new
-    α_t = ``alpha`` + s_t. See :class:`RMDA` for the math.
-    """
-    s = lr * math.sqrt(step)
-    alpha = alpha + s
-    beta = math.sqrt(step)
-    fn = _multi_tensor_rmda if foreach else _single_tensor_rmda
-    with torch.no_grad():
-        fn(
-            params,
-            grads,
-            initial_points,
-            grad_sums,
-            prox_points,
-            s=s,
-            alpha=alpha,
-            beta=beta,
-            c=momentum,
-            regularizer=regularizer,
-        )
-    return alpha
-
-
-class RMDA(torch.optim.Optimizer):
+class RMDA(ProxOptimizer):
     r"""Regularized momentum dual averaging (RMDA; MDA when no regularizer).
 
     .. math::
@@ -184,49 +87,61 @@ class RMDA(torch.optim.Optimizer):
         RMDA's paper writes the step weights as s_t = η_t β_t with β_t = √t, as the authors' code does
         (supplement C). The prox uses the Euclidean metric, so every regularizer is exact here.
 
+    **Order within a step** (the base's skeleton): the smooth half updates t, α, V and writes
+    z = W_0 − V_t/β_t into Ŵ; pre-prox hooks (:meth:`register_pre_prox_hook`) see that point; the
+    prox half turns Ŵ into the prox and averages W. ``lr = 0`` adds nothing to V and α: with α = 0 the
+    prox is the identity and nothing moves.
+
     Args:
-        params: tensors or param-group dicts; a group may carry its own ``"regularizer"`` and ``"lam"``.
-        lr: η > 0.
+        params: tensors, ``(name, tensor)`` pairs or param-group dicts; a group may carry its own
+            ``"regularizer"`` and ``"lam"``.
+        lr: η ≥ 0.
         momentum: c ∈ (0, 1], the weight of the new point Ŵ_t.
         regularizer: default regularizer of every group (``None``: plain MDA).
-        check_finite: raise ``ValueError`` before updating anything when a gradient holds NaN/inf (one
-            host read per step; switch off when a GradScaler already handles overflow).
-        foreach: multi-tensor implementation (``False``: the reference for-loop).
+        {check_finite}
+        {implementation} RMDA has no native kernels: every value runs the torch ops.
+        {torch_flags}
 
     Example:
         >>> import torch
         >>> from lightning_prox.regularizers import L1
-        >>> w = torch.nn.Parameter(torch.tensor([1.0, -0.05]))
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, 0.05]))
         >>> opt = RMDA([w], lr=0.1, momentum=1.0, regularizer=L1(0.5))
         >>> w.grad = torch.tensor([1.0, 0.0])
         >>> opt.step()
-        >>> w.data  # prox_{0.1·0.5}([1 - 0.1, -0.05]) = [0.85, 0]
+        >>> w.data  # prox_{0.1·0.5}([1 - 0.1, 0.05]) = [0.85, 0]
         tensor([0.8500, 0.0000])
     """
 
     def __init__(
         self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]],
         lr: float = 0.1,
         momentum: float = 0.1,
         regularizer: Regularizer | None = None,
         *,
         check_finite: bool = True,
-        foreach: bool = True,
+        implementation: str = "auto",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        _check_number("lr", lr, 0.0)
-        _check_number("momentum", momentum, 0.0, 1.0)
-        defaults = {"lr": lr, "momentum": momentum, "regularizer": regularizer, "foreach": foreach}
-        super().__init__(params, defaults)
-        self.check_finite = check_finite
-        init_regularizer_groups(self)
+        super().__init__(
+            params,
+            {"lr": lr, "momentum": momentum, "regularizer": regularizer},
+            check_finite=check_finite,
+            implementation=implementation,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", True)
-            group.setdefault("regularizer", None)
-            group.setdefault("lam", 0.0)
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_number("momentum", group["momentum"], 0.0, 1.0)
 
     def _init_state(self, p: Tensor) -> dict[str, Any]:
         st = self.state[p]
@@ -238,55 +153,58 @@ class RMDA(torch.optim.Optimizer):
             st["prox_point"] = p.detach().clone(memory_format=torch.preserve_format)
         return st
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-        params, grads, states = [], [], []
-        for p in group["params"]:
-            if p.grad is None:
+    def _init_group(self, group: dict[str, Any], params: list[Tensor]) -> list[dict[str, Any]]:
+        return [self._init_state(p) for p in params]
+
+    def _smooth_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state: list[dict[str, Any]],
+        info: dict[str, Any],
+        *,
+        fuse_prox: bool,
+    ) -> list[tuple[list[int], float]]:
+        """V += s·g and Ŵ ← W_0 − V/β per bucket of equal counters; returns (indices, α/β) per bucket."""
+        buckets = []
+        for (_, _, step, alpha), idx in _bucket_by_counters(params, state).items():
+            t = step + 1
+            s, beta = group["lr"] * math.sqrt(t), math.sqrt(t)
+            sts = [state[i] for i in idx]
+            grad_sums, prox_points = [st["grad_sum"] for st in sts], [st["prox_point"] for st in sts]
+            torch._foreach_add_(grad_sums, [grads[i] for i in idx], alpha=s)
+            torch._foreach_copy_(prox_points, [st["initial_point"] for st in sts])
+            torch._foreach_add_(prox_points, grad_sums, alpha=-1.0 / beta)
+            for st in sts:
+                st["step"], st["alpha"] = t, alpha + s
+            buckets.append((idx, (alpha + s) / beta))
+        return buckets
+
+    def _prox_step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        state: list[dict[str, Any]],
+        ctx: list[tuple[list[int], float]],
+        info: dict[str, Any],
+    ) -> None:
+        """Ŵ ← prox_{(α/β)ψ}(Ŵ), then W ← (1 − c)·W + c·Ŵ."""
+        reg, c = group_regularizer(group), group["momentum"]
+        per_tensor = group["foreach"] is False
+        for idx, step in ctx:
+            prox_points = [state[i]["prox_point"] for i in idx]
+            ps = [params[i] for i in idx]
+            if per_tensor:  # the readable reference: one tensor at a time, the regularizer's own prox
+                for p, w_hat in zip(ps, prox_points):
+                    prox_tensors_(reg, [w_hat], step, fast=False)
+                    p.copy_(w_hat) if c == 1.0 else p.lerp_(w_hat, c)
                 continue
-            if p.grad.is_sparse:
-                raise ValueError(f"{type(self).__name__} does not support sparse gradients")
-            params.append(p)
-            grads.append(p.grad)
-            states.append(self._init_state(p))
-        return params, grads, states
-
-    def _check_groups(self) -> None:
-        for i, group in enumerate(self.param_groups):
-            _check_number(f"param group {i}: lr", group["lr"], 0.0)
-            _check_number(f"param group {i}: momentum", group["momentum"], 0.0, 1.0)
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        """One RMDA step for every group. ``closure`` (optional) re-evaluates the loss with grad enabled."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._check_groups()
-        gathered = [self._gather(g) for g in self.param_groups]
-        if self.check_finite:
-            check_finite_grads([g for _, grads, _ in gathered for g in grads], optimizer=self)
-        for group, (params, grads, states) in zip(self.param_groups, gathered):
-            reg = group_regularizer(group)
-            for (_, _, step, alpha), idx in _bucket_by_counters(params, states).items():
-                sts = [states[i] for i in idx]
-                new_alpha = rmda(
-                    [params[i] for i in idx],
-                    [grads[i] for i in idx],
-                    [st["initial_point"] for st in sts],
-                    [st["grad_sum"] for st in sts],
-                    [st["prox_point"] for st in sts],
-                    step=step + 1,
-                    alpha=alpha,
-                    lr=group["lr"],
-                    momentum=group["momentum"],
-                    regularizer=reg,
-                    foreach=group["foreach"],
-                )
-                for st in sts:
-                    st["step"] = step + 1
-                    st["alpha"] = new_alpha
-        return loss
+            prox_tensors_(reg, prox_points, step, info=info)
+            if c == 1.0:
+                torch._foreach_copy_(ps, prox_points)
+            else:
+                torch._foreach_lerp_(ps, prox_points, c)
 
     @torch.no_grad()
     def restart(self, eps_factor: float = 1.0) -> None:
@@ -316,3 +234,8 @@ class RMDA(torch.optim.Optimizer):
         Ŵ_t has the regularizer's exact structure; the iterate W_t reaches it once c = 1.
         """
         return {p: st["prox_point"] for p, st in self.state.items() if "prox_point" in st}
+
+
+RMDA.__doc__ = (RMDA.__doc__ or "").replace("{check_finite}", _check_finite_doc)
+RMDA.__doc__ = RMDA.__doc__.replace("{implementation}", _implementation_doc)
+RMDA.__doc__ = RMDA.__doc__.replace("{torch_flags}", _torch_flags_doc)

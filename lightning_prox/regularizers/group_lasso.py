@@ -143,7 +143,11 @@ class GroupLasso(Regularizer):
         x0s, max_iters, rtol, info, out = opts.x0s, opts.max_iters, opts.rtol, opts.info, opts.out
         pinned = _pinned(metrics)
         if pinned is not None:  # +inf metric entries: solve with a huge finite metric, then pin
-            metrics = [torch.where(pin, _PIN_METRIC, m) for m, pin in zip(metrics, pinned)]  # type: ignore[arg-type]
+            # in float32 or wider: _PIN_METRIC itself overflows float16
+            metrics = [
+                torch.where(pin, _PIN_METRIC, m.to(torch.promote_types(m.dtype, torch.float32)))
+                for m, pin in zip(metrics, pinned)  # type: ignore[arg-type]
+            ]
             res = self._prox_multi(zs, step, metrics, dataclasses.replace(opts, out=None))
             res = [torch.where(pin, z, x) for z, x, pin in zip(zs, res, pinned)]
             return copy_into(res, out)
