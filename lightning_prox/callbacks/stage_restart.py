@@ -51,14 +51,14 @@ class StageRestart(Callback):
 
     and on entering each stage every optimizer with a ``restart`` method (:class:`~lightning_prox.optim.RMDA`,
     :class:`~lightning_prox.optim.RAMDA`) is restarted with ``restart(eps_factor=eps_gamma)``:
-    t → 0, W_0 ← W, V, U, α ← 0, ε ← ε·eps_gamma (Huang, Chen & Lee, ICLR 2022, and the RAMDA paper, supplement D). η_0 and c_0 are every
+    t → 0, W_0 ← W, V, U, α ← 0, ε ← ε·eps_gamma (Huang, Chen & Lee, ICLR 2022, and the RAMDA paper, Huang & Lee, 2024, Appendix A.1; the authors' ``Core/scheduler.py``). η_0 and c_0 are every
     param group's ``lr`` and ``momentum`` when training starts; c is written only for optimizers with a
     ``restart`` method. The lr and c are pure functions of the counters (plus the step at which the
     final stage began, kept in :meth:`state_dict`), so resuming from a checkpoint continues exactly.
 
     .. note::
         This callback owns ``group["lr"]``: do not combine it with an LR scheduler. The authors' code
-        starts the c ramp one epoch before the last restart (supplement D); this follows the paper and
+        starts the c ramp one epoch before the last restart (the authors' ``Core/scheduler.py``); this follows the paper and
         starts it with the final stage.
 
     Args:

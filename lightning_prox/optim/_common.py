@@ -1,6 +1,6 @@
 """Helpers shared by the proximal optimizers: regularizers in param groups, gradient checks.
 
-Param groups hold a regularizer only as plain data (DESIGN.md §4): ``group["regularizer"]`` is a
+Param groups hold a regularizer only as plain data (so that ``state_dict`` loads with ``weights_only=True``): ``group["regularizer"]`` is a
 spec dict (:meth:`Regularizer.spec`) or ``None`` and ``group["lam"]`` is its strength, the one value a
 scheduler writes. :func:`group_regularizer` rebuilds (and caches) the object at step time.
 """

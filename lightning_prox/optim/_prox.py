@@ -1,6 +1,6 @@
 """Applying a group's regularizer to a list of parameters in place (shared by ProxSGD and ProxGen).
 
-The optimizers never threshold on their own (STYLE.md principle 1): they hand the points θ̂, the
+The optimizers never threshold on their own (one prox layer for every optimizer): they hand the points θ̂, the
 step and the diagonal metric to the regularizer. Euclidean ℓ1 goes through the in-place kernel
 of :mod:`lightning_prox.regularizers._fused` (the same rounding as :class:`L1`); every other
 regularizer goes through ``prox_multi`` when the class has it (batched, e.g. the inexact solver of

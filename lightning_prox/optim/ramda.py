@@ -1,9 +1,9 @@
-"""RAMDA: regularized adaptive momentum dual averaging (Huang & Lee, NeurIPS 2024; digest 003).
+"""RAMDA: regularized adaptive momentum dual averaging (Huang & Lee, NeurIPS 2024).
 
 Algorithm 1 of the paper: MADGRAD's dual-averaged gradient V and cube-root preconditioner P, a
 regularized subproblem solved by the regularizer's screening + iterative solver (``Regularizer.prox_multi``;
 exact closed form for elementwise regularizers), and averaging with the
-previous iterate. Stage-wise training (digest 003 §1.1) restarts it with :meth:`RAMDA.restart`, which
+previous iterate. Stage-wise training (Huang & Lee, 2024, Appendix A.1) restarts it with :meth:`RAMDA.restart`, which
 :class:`lightning_prox.callbacks.StageRestart` calls at epoch milestones. Reference implementation:
 https://github.com/ismoptgroup/RAMDA (re-derived from the paper, not copied).
 """
@@ -247,7 +247,7 @@ def ramda(
 
 
 class RAMDA(RMDA):
-    r"""Regularized adaptive momentum dual averaging (RAMDA, Algorithm 1 of digest 003; MADGRAD without ψ).
+    r"""Regularized adaptive momentum dual averaging (RAMDA, Huang & Lee, 2024, Algorithm 1; MADGRAD without ψ).
 
     .. math::
 
@@ -275,7 +275,8 @@ class RAMDA(RMDA):
     (usually 2–3 iterations); for ``solver="pg"`` and the nuclear norm the authors' inexact proximal
     gradient, warm-started at W_{t−1}, with per-group step sizes 1/max_{i∈g} P_i, stopped when the
     relative objective decrease falls below ``inner_rtol`` (at least 2 and at most ``max_inner_iters``
-    iterations; digest 003 §2.5, supplement B). One solver call covers all groups of all tensors of a
+    iterations; Huang & Lee, 2024, Section 6 "Subproblem", and ``pgd_solver_glasso`` in the
+    authors' ismoptgroup/ramda_exp code). One solver call covers all groups of all tensors of a
     param group. With ψ = 0,
     Ŵ_t = W_0 − V_t / P_t: the MADGRAD closed form.
 
@@ -286,17 +287,17 @@ class RAMDA(RMDA):
     the group norms ‖Ŵ_{t,g}‖ that warm-start the next solve (empty otherwise).
 
     **The last proximal solution Ŵ_t** (``state["prox_point"]``, :meth:`prox_points`) carries the exact
-    structure at every step; W_t reaches it once c = 1 (digest 003 §6). Solver statistics of the last
+    structure at every step; W_t reaches it once c = 1 (Huang & Lee, 2024, Theorem 3: manifold identification). Solver statistics of the last
     step: :attr:`solver_info` (``inner_iters``, ``screened`` per solver call, as the regularizer
     reports them).
 
-    **Stages.** :meth:`restart` (digest 003 §1.1, supplement D): t → 0, W_0 ← W, V, U, α ← 0 and
+    **Stages.** :meth:`restart` (Huang & Lee, 2024, Appendix A.1; the authors' ``Core/scheduler.py``): t → 0, W_0 ← W, V, U, α ← 0 and
     ε ← ε·``eps_factor``; η and c schedules are untouched.
 
     .. note::
-        ε is added *outside* the cube root (digest 003 pitfall 2). The solver uses per-group step sizes
+        ε is added *outside* the cube root (Huang & Lee, 2024, Algorithm 1, as in the authors' code). The solver uses per-group step sizes
         and a relative-decrease stop, like the authors' code, not the paper's global step and
-        subgradient test (supplement G).
+        subgradient test (condition (7) of Huang & Lee, 2024).
 
     Args:
         params: tensors, ``(name, tensor)`` pairs or param-group dicts; a group may carry its own
@@ -517,7 +518,7 @@ class RAMDA(RMDA):
 
     @torch.no_grad()
     def restart(self, eps_factor: float = 1.0) -> None:
-        """Start a new stage (digest 003 §1.1, supplement D): t → 0, W_0 ← W, V, U, α ← 0, ε ← ε·eps_factor.
+        """Start a new stage (Huang & Lee, 2024, Appendix A.1): t → 0, W_0 ← W, V, U, α ← 0, ε ← ε·eps_factor.
 
         The learning rate and c are not touched (their schedules continue). Ŵ keeps its last value.
 

@@ -1,8 +1,8 @@
-"""RMDA: regularized momentum dual averaging (Huang, Chen & Lee, ICLR 2022; digest 003 §4, supplement C).
+"""RMDA: regularized momentum dual averaging (Huang, Chen & Lee, ICLR 2022).
 
 The non-adaptive member of the RMDA/RAMDA family: a scalar preconditioner β_t = √t, so the dual-averaging
 subproblem is solved exactly by the regularizer's proximal operator. Without a regularizer it is MDA
-(Jelassi & Defazio, 2020). Stage-wise training (digest 003 §1.1) restarts it with :meth:`RMDA.restart`,
+(Jelassi & Defazio, 2020). Stage-wise training (Huang & Lee, NeurIPS 2024, Appendix A.1) restarts it with :meth:`RMDA.restart`,
 which :class:`lightning_prox.callbacks.StageRestart` calls at epoch milestones.
 """
 
@@ -69,7 +69,7 @@ class RMDA(ProxOptimizer):
         \end{aligned}
 
     Symbols and code: η = ``group["lr"]``, c = ``group["momentum"]`` (the weight of the *new* point:
-    ``momentum=1`` means no averaging, digest 003 pitfall 9), λ = ``group["lam"]``; per parameter
+    ``momentum=1`` means no averaging, as in the authors' code), λ = ``group["lam"]``; per parameter
     ``state["step"]`` = t (int), ``state["alpha"]`` = α_t (float), ``state["initial_point"]`` = W_0,
     ``state["grad_sum"]`` = V_t and ``state["prox_point"]`` = Ŵ_t. With ψ = 0, Ŵ_t = W_0 − V_t/β_t
     and the update is MDA.
@@ -77,15 +77,15 @@ class RMDA(ProxOptimizer):
     **The last proximal solution Ŵ_t.** ``state["prox_point"]`` (also :meth:`prox_points`) is the exact
     prox output. It carries the regularizer's exact structure (exact zero groups) at every step, while
     the averaged iterate W_t has exact zeros only where Ŵ has been zero long enough or once c = 1
-    (digest 003 §6): log sparsity of Ŵ to watch the structure that W_t will take once
+    (Huang & Lee, 2024, Theorem 3: manifold identification): log sparsity of Ŵ to watch the structure that W_t will take once
     :class:`~lightning_prox.callbacks.StageRestart` has raised c to 1.
 
-    **Stages.** :meth:`restart` starts a new stage (digest 003 §1.1, supplement D): t → 0, W_0 ← W,
+    **Stages.** :meth:`restart` starts a new stage (Huang & Lee, 2024, Appendix A.1): t → 0, W_0 ← W,
     V, α ← 0; ``lr`` and ``momentum`` are left to the caller's schedules.
 
     .. note::
         RMDA's paper writes the step weights as s_t = η_t β_t with β_t = √t, as the authors' code does
-        (supplement C). The prox uses the Euclidean metric, so every regularizer is exact here.
+        (ismoptgroup/ramda_exp). The prox uses the Euclidean metric, so every regularizer is exact here.
 
     **Order within a step** (the base's skeleton): the smooth half updates t, α, V and writes
     z = W_0 − V_t/β_t into Ŵ; pre-prox hooks (:meth:`register_pre_prox_hook`) see that point; the
@@ -208,7 +208,7 @@ class RMDA(ProxOptimizer):
 
     @torch.no_grad()
     def restart(self, eps_factor: float = 1.0) -> None:
-        """Start a new stage (digest 003 §1.1): t → 0, W_0 ← W, V ← 0, α ← 0 for every parameter.
+        """Start a new stage (Huang & Lee, 2024, Appendix A.1): t → 0, W_0 ← W, V ← 0, α ← 0 for every parameter.
 
         The learning rate and c are not touched (a stage schedule such as
         :class:`~lightning_prox.callbacks.StageRestart` sets them). Ŵ keeps its last value.

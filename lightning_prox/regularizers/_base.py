@@ -582,7 +582,7 @@ def check_positive(metrics: list[Tensor]) -> None:
 
 
 def threshold_dtype(x: Tensor) -> torch.dtype:
-    """Thresholds and comparisons run in float32 for half types (DESIGN.md §3), else in x's dtype."""
+    """Thresholds and comparisons run in float32 for half types (their rounding would decide which entries become zero), else in x's dtype."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 

@@ -16,7 +16,7 @@ These compute what :class:`L1` computes — soft thresholding ``z − clamp(z, �
   ``implementation="auto"`` for large groups and ``"compiled"``; :func:`compiled_available` says
   whether compiling worked, and callers fall back to the eager kernels otherwise).
 
-Half-precision tensors are not handled here (DESIGN.md §3 wants float32 thresholds):
+Half-precision tensors are not handled here (their thresholds must be computed in float32):
 :func:`supports` says no and the optimizers fall back to the regularizer's own ``prox_multi``.
 Rounding may differ from :meth:`L1.prox` by an ulp of the threshold; the optimizers' tests compare
 the fast paths with the for-loop reference within 1e-6.

@@ -5,10 +5,10 @@ after it (floats or tensors broadcastable to ``z``), returns a new tensor and ne
 
 * ``prox_<penalty>(z, mu)`` = argmin_x ½(x − z)² + mu·|x|^q for the l_q family (mu ≥ 0);
 * ``prox_mcp/prox_scad(z, s, lam, b|a)`` = argmin_x ½(x − z)² + s·ρ_lam(x) (s ≥ 0), exact, and
-  ``*_paper`` variants with the ProxGen paper's printed formulas (digest 000 P7).
+  ``*_paper`` variants with the ProxGen paper's printed formulas (Yun, Lozano & Yang, 2020, Appendix C, Eqs. 23 and 29).
 
 Regularizer classes turn (λ, step, metric) into these arguments (mu = step·λ/metric); optimizers call
-the regularizers, never this module's math of their own (STYLE.md principle 1). Computation happens
+the regularizers, never this module's math of their own (one place for each formula). Computation happens
 in float32 for half-precision inputs and the result is cast back. Every map is NaN-free for finite
 inputs, including mu = +inf and z = 0: branches are evaluated on clamped inputs and selected with
 ``torch.where``. Ties at a threshold go to 0 (the smaller magnitude), see each function.
@@ -35,7 +35,7 @@ __all__ = [
     "prox_scad_paper",
 ]
 
-#: zeroing thresholds of prox_lq in units of mu (digest 000 §2.5 with λ̃ = 2mu), for q = 1/2 and 2/3
+#: zeroing thresholds of prox_lq in units of mu (Yun, Lozano & Yang, 2020, Appendix C, with λ̃ = 2mu), for q = 1/2 and 2/3
 _C_HALF = 54.0 ** (1.0 / 3.0) / 4.0  # |z| > _C_HALF · λ̃^{2/3}
 _C_TWOTHIRDS = (2.0 / 3.0) * 3.0**0.25  # |z| > _C_TWOTHIRDS · λ̃^{3/4}
 _U_MAX = 1e15  # beyond |z|/λ̃^{3/4} = _U_MAX the l_{2/3} shrinkage is below float64 resolution
@@ -324,7 +324,7 @@ def _best_of(az: Tensor, s: Tensor | float, cands: list[tuple[Tensor, Tensor | f
 def prox_mcp(z: Tensor, s: Tensor | float, lam: float, b: float) -> Tensor:
     """Exact argmin_x ½(x − z)² + s·ρ(x) for MCP ρ(x) = λ|x| − x²/(2b) (|x| ≤ bλ), bλ²/2 (beyond).
 
-    s·ρ_{λ,b} is MCP with λ' = sλ and b' = b/s (digest 000 P7). The minimizer is the best of:
+    s·ρ_{λ,b} is MCP with λ' = sλ and b' = b/s. The minimizer is the best of:
     0, the stationary point of the inner piece clipped to [0, bλ] (when b' > 1, i.e. s < b), and
     max(|z|, bλ) on the flat piece. Ties keep the smaller magnitude (0 first).
 
@@ -346,7 +346,7 @@ def prox_mcp(z: Tensor, s: Tensor | float, lam: float, b: float) -> Tensor:
 
 
 def prox_scad(z: Tensor, s: Tensor | float, lam: float, a: float) -> Tensor:
-    """Exact argmin_x ½(x − z)² + s·ρ(x) for SCAD with parameters λ, a > 2 (digest 000 §2.7, P7).
+    """Exact argmin_x ½(x − z)² + s·ρ(x) for SCAD with parameters λ, a > 2 (the exact prox; Eq. 29 of the ProxGen paper only rescales λ).
 
     Per piece of ρ (|x| ≤ λ: λ|x|; λ < |x| ≤ aλ: −(x² − 2aλ|x| + λ²)/(2(a−1)); beyond: (a+1)λ²/2) the
     candidates are clamp(|z| − sλ, 0, λ), the middle piece's stationary point

@@ -1,4 +1,4 @@
-"""ℓ0 regularizer: preconditioned hard thresholding (ProxGen digest 000 §2.2)."""
+"""ℓ0 regularizer: preconditioned hard thresholding (Yun, Lozano & Yang, 2020, Eq. 4)."""
 
 from __future__ import annotations
 

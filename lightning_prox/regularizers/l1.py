@@ -1,4 +1,4 @@
-"""ℓ1 regularizer: preconditioned soft thresholding (ProxGen digest 000 §2.1)."""
+"""ℓ1 regularizer: preconditioned soft thresholding (Yun, Lozano & Yang, 2020, Eq. 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ℓq regularizers, q ∈ {0, 1/2, 2/3, 1}: Cao et al. closed forms, preconditioned (digest 000 §2)."""
+"""ℓq regularizers, q ∈ {0, 1/2, 2/3, 1}: Cao et al. closed forms, preconditioned (Yun, Lozano & Yang, 2020, §2 and Appendix C)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Lq(ElementwiseRegularizer):
 
     Per coordinate the prox minimizes step·λ|x|^q + ½ metric_i (x − z_i)², i.e.
     :math:`(x - z_i)^2 + \tilde\lambda_i |x|^q` with :math:`\tilde\lambda_i = 2\,\text{step}\cdot\lambda/\text{metric}_i`
-    (the factor 2 of digest 000 P4). Zeroing thresholds on ``|z_i|``:
+    (Cao et al.'s formulas minimize (x − z)² + λ|x|^q, without the ½: hence the factor 2). Zeroing thresholds on ``|z_i|``:
 
     ===== ============================================ =====================
     q     threshold                                    value just above it

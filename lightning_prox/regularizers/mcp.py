@@ -1,4 +1,4 @@
-"""Minimax concave penalty (Zhang 2010), exact preconditioned prox or ProxGen's printed form (digest 000 §2.6, P7)."""
+"""Minimax concave penalty (Zhang 2010), exact preconditioned prox or ProxGen's printed form (Yun, Lozano & Yang, 2020, Appendix C, Eqs. 17–23)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class MCP(ElementwiseRegularizer):
     ``b(|z| − sλ)/(b − s)`` clipped to [0, bλ] (only when s < b) and ``max(|z|, bλ)``; ties go to the
     smaller magnitude. ``exact=False``: ProxGen Eq. 23 as printed,
     ``sign(z)·min(b·max(|z| − sλ, 0)/(b − 1), |z|)``, which only rescales λ and is not the exact prox
-    when s ≠ 1 (digest 000 P7).
+    when s ≠ 1 (scaling by s maps MCP(λ, b) to MCP(sλ, b/s), not MCP(sλ, b)).
 
     Args:
         lam: λ ≥ 0.

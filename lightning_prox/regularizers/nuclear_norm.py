@@ -1,7 +1,7 @@
 """Nuclear norm of a weight viewed as a matrix: SVD shrinkage, screening + inexact PG under a metric.
 
-RAMDA (Huang & Lee, NeurIPS 2024) Appendix E and its code's ``pgd_solver_nuclear`` (digest 003 §3.3,
-code supplement §B).
+RAMDA (Huang & Lee, NeurIPS 2024) Appendix E and ``pgd_solver_nuclear`` of the authors' code
+(ismoptgroup/ramda_exp, ``Core/solver.py``).
 """
 
 from __future__ import annotations

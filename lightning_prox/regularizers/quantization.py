@@ -1,4 +1,4 @@
-"""Quantization regularizer: l_q distance to a finite level set (ProxQuant; digest 000 §3, P8)."""
+"""Quantization regularizer: l_q distance to a finite level set (ProxQuant: Bai, Wang & Liberty, ICLR 2019; revised form: Yun, Lozano & Yang, 2020, §2)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Quantization(ElementwiseRegularizer):
     The inner value :math:`V(d) = \min_y \tfrac12 (y - d)^2 + \mu |y|^q` is even and non-decreasing
     in ``|d|``, so the **nearest level wins**: the prox is ``ℓ* + prox_lq(z − ℓ*, μ)`` with ``ℓ*`` the
     level nearest to ``z``. Ties (``z`` at a midpoint between levels) go to the **larger level** (e.g. ``z = 0`` with levels ``(-1, 1)``
-    goes toward +1, digest 000 P8). With ``levels=(-1, 1)``, ``metric=None`` and q = 1 this is
+    goes toward +1: torch.sign(0) = 0 would make 0 a minimizer). With ``levels=(-1, 1)``, ``metric=None`` and q = 1 this is
     ProxQuant's binary prox; with a preconditioner metric it is revised ProxQuant.
 
     Args:

@@ -1,4 +1,4 @@
-"""SCAD penalty (Fan & Li 2001), exact preconditioned prox or ProxGen's printed form (digest 000 §2.7, P7)."""
+"""SCAD penalty (Fan & Li 2001), exact preconditioned prox or ProxGen's printed form (Yun, Lozano & Yang, 2020, Appendix C, Eqs. 24–29)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class SCAD(ElementwiseRegularizer):
     ``clamp(|z| − sλ, 0, λ)``, the middle piece's stationary point ``((a−1)|z| − saλ)/(a−1−s)`` clipped
     to [λ, aλ] (only when that piece is convex, s < a − 1), and ``max(|z|, aλ)``; the best of these and
     0 wins, ties going to the smaller magnitude. ``exact=False``: ProxGen Eq. 29 as printed, the unit
-    SCAD prox with λ_i = sλ and ``a`` unchanged (digest 000 P7: not the exact prox when s ≠ 1).
+    SCAD prox with λ_i = sλ and ``a`` unchanged (Eq. 29 of the ProxGen paper: not the exact prox when s ≠ 1).
 
     Args:
         lam: λ ≥ 0.
