@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import shlex
 import shutil
 import subprocess
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 
@@ -92,9 +92,10 @@ def _build(cxx: str, src: Path, flags: tuple[str, ...], out_dir: Path) -> Path:
     """Compile ``src`` into ``out_dir`` (cached by source, compiler and flags); raises on failure."""
     cmd = shlex.split(cxx)  # CXX may carry a launcher or flags, e.g. "ccache g++"
     version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(
-        b"\0".join(x.encode() for x in (src.read_text(), cxx, version, " ".join(flags), platform.machine()))
-    ).hexdigest()[:20]
+    # a SHA-1 name-based UUID of everything the library depends on: a stable, collision-safe file name
+    key = uuid.uuid5(
+        uuid.NAMESPACE_URL, "\0".join((src.read_text(), cxx, version, " ".join(flags), platform.machine()))
+    ).hex[:20]
     target = out_dir / f"{src.stem}-{key}.so"
     if target.exists():
         return target
