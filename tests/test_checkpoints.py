@@ -42,7 +42,7 @@ def _cli_checkpoint(tmp: Path) -> Path:
             "--model.init_args.sparsity_table=false",
         ]
     )
-    (ckpt,) = sorted(tmp.rglob("*.ckpt"))
+    (ckpt,) = sorted(tmp.rglob("last.ckpt"))
     return ckpt
 
 
@@ -76,7 +76,7 @@ def test_cli_checkpoint_loads_in_a_fresh_process_and_leaves_the_rngs_alone(tmp_p
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert lines[-2] == "ImageClassifier GroupLasso 0.0005"
+    assert lines[-2] == "ImageClassifier GroupLasso 0.001"
     assert lines[-1] == "RNG-UNCHANGED"
 
 

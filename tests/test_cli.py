@@ -93,8 +93,8 @@ def test_quickstart_logs_and_checkpoints_every_epoch(tmp_path):
     run_dir = Path(cli.trainer.log_dir).resolve()
     assert run_dir.is_relative_to(tmp_path / "lightning_logs" / "quickstart")
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    assert len(ckpts) == 2
-    state = torch.load(ckpts[-1], weights_only=True)
+    assert [c.name for c in ckpts][-1] == "last.ckpt" and len(ckpts) == 3  # two epochs + last.ckpt
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (
         state["epoch"] == 1
         and state["optimizer_states"][0]["param_groups"][0]["regularizer"]["name"] == "GroupLasso"

@@ -2,7 +2,7 @@
 
 .. code-block:: bash
 
-    lightning-prox export --ckpt_path lightning_logs/quickstart/version_0/checkpoints/29-0.994.ckpt --output small.pt
+    lightning-prox export --ckpt_path lightning_logs/quickstart/version_0/checkpoints/last.ckpt --output small.pt
     lightning-prox export --ckpt_path last.ckpt --output small.pt --onnx small.onnx --report report.json
 
 The model class comes from the checkpoint (the ``_class_path`` LightningCLI stores; classes of
@@ -28,7 +28,7 @@ from torch import nn
 __all__ = ["export_main"]
 
 _EPILOG = """examples:
-  lightning-prox export --ckpt_path lightning_logs/quickstart/version_0/checkpoints/29-0.994.ckpt --output small.pt
+  lightning-prox export --ckpt_path lightning_logs/quickstart/version_0/checkpoints/last.ckpt --output small.pt
   lightning-prox export --ckpt_path last.ckpt --output small.pt --onnx small.onnx --report report.json
 
 The compact model is saved whole (torch.save of the module): load it with
