@@ -81,3 +81,14 @@ def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path, optimizer):
         for n, t in s.items():
             assert torch.equal(r0["opt_state"][k][n], r1["opt_state"][k][n])
             torch.testing.assert_close(r0["opt_state"][k][n], t, rtol=1e-4, atol=1e-6)
+
+
+def test_ddp_sparsity_target_takes_the_same_decisions_on_both_ranks(tmp_path):
+    _run_ddp(tmp_path, "ProxGen+target")
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["world_size"] == 2
+    assert r0["target_u"] == r1["target_u"] and r0["target_u"] != 0.0  # the controller moved λ
+    assert r0["lams"] == r1["lams"]
+    for name, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][name]), f"ranks differ in {name}"

@@ -1,8 +1,15 @@
-"""Lightning callbacks: sparsity dashboards, λ schedules, hard quantization, stage restarts."""
+"""Lightning callbacks: sparsity dashboards, λ schedules, target sparsity, hard quantization, stage restarts."""
 
 from .hard_quantization import HardQuantization
 from .regularization_scheduler import RegularizationScheduler
 from .sparsity_monitor import SparsityMonitor
+from .sparsity_target import SparsityTarget
 from .stage_restart import StageRestart
 
-__all__: list[str] = ["HardQuantization", "RegularizationScheduler", "SparsityMonitor", "StageRestart"]
+__all__: list[str] = [
+    "HardQuantization",
+    "RegularizationScheduler",
+    "SparsityMonitor",
+    "SparsityTarget",
+    "StageRestart",
+]

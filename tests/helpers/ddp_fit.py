@@ -1,6 +1,7 @@
 """Fit a tiny ImageClassifier with ``strategy="ddp"`` on CPU and save each rank's parameters.
 
-Run as ``python tests/helpers/ddp_fit.py OUT_DIR DEVICES BATCH_SIZE OPTIMIZER``; Lightning's DDP launcher
+Run as ``python tests/helpers/ddp_fit.py OUT_DIR DEVICES BATCH_SIZE OPTIMIZER`` (``OPTIMIZER+target``
+adds a ``SparsityTarget``); Lightning's DDP launcher
 re-executes this script for rank 1 (it must stay runnable as a plain script). Each rank writes
 ``OUT_DIR/rank{r}.pt`` with its parameters and optimizer state (tensors only).
 """
@@ -16,18 +17,22 @@ import torch
 
 
 def fit(out_dir: str, devices: int, batch_size: int, optimizer: str) -> None:
+    from lightning_prox.callbacks import SparsityTarget
     from lightning_prox.data import DigitsDataModule
     from lightning_prox.models import ImageClassifier
     from lightning_prox.optim import RAMDA, ProxGen, ProxSGD
     from lightning_prox.regularizers import L1, GroupLasso
 
+    # "<Optimizer>+target": with a SparsityTarget callback (its λ decisions must agree across ranks)
+    optimizer, _, with_target = optimizer.partition("+")
+    callbacks = [SparsityTarget(0.5, "unstructured", interval=2, end=0.5)] if with_target else []
     opt, reg = {
         "ProxGen": (functools.partial(ProxGen, lr=1e-2), L1(1e-3)),
         "ProxSGD": (functools.partial(ProxSGD, lr=0.1, momentum=0.9), L1(3e-2)),
         # the native kernels (built on first use: in a fresh CI run both ranks build them at once); c = 1
         # so that the parameters are the prox points, with their exact zero groups
         "RAMDA": (
-            functools.partial(RAMDA, lr=1e-2, momentum=1.0, implementation="compiled"),
+            functools.partial(RAMDA, lr=1e-2, momentum=1.0, implementation="native"),
             GroupLasso(1e-2, dim="in"),
         ),
     }[optimizer]
@@ -48,6 +53,7 @@ def fit(out_dir: str, devices: int, batch_size: int, optimizer: str) -> None:
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        callbacks=callbacks,
     )
     trainer.fit(model, dm)
     opt_state = trainer.optimizers[0].state_dict()["state"]
@@ -58,6 +64,8 @@ def fit(out_dir: str, devices: int, batch_size: int, optimizer: str) -> None:
                 k: {n: t for n, t in s.items() if isinstance(t, torch.Tensor)} for k, s in opt_state.items()
             },
             "world_size": trainer.world_size,
+            "lams": [float(g["lam"]) for g in trainer.optimizers[0].param_groups],
+            "target_u": callbacks[0].u if callbacks else None,
             "global_step": trainer.global_step,
         },
         os.path.join(out_dir, f"rank{trainer.global_rank}.pt"),
