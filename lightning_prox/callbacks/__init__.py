@@ -1,10 +1,12 @@
-"""Lightning callbacks: sparsity dashboards, λ schedules, target sparsity, hard quantization, stage restarts."""
+"""Lightning callbacks: sparsity dashboards, λ schedules, target sparsity, structure freeze,
+hard quantization, stage restarts."""
 
 from .hard_quantization import HardQuantization
 from .regularization_scheduler import RegularizationScheduler
 from .sparsity_monitor import SparsityMonitor
 from .sparsity_target import SparsityTarget
 from .stage_restart import StageRestart
+from .structure_freeze import StructureFreeze
 
 __all__: list[str] = [
     "HardQuantization",
@@ -12,4 +14,5 @@ __all__: list[str] = [
     "SparsityMonitor",
     "SparsityTarget",
     "StageRestart",
+    "StructureFreeze",
 ]
