@@ -76,7 +76,8 @@ def _epilog() -> str:
         "  lightning-prox fit --model.optimizer.help ProxGen                   # an optimizer's arguments\n"
         "  lightning-prox fit --config recipes/proxquant_revised.yaml --trainer.callbacks.HardQuantization.epoch=3\n"
         "                                            # an argument of a callback the configuration lists\n\n"
-        "  lightning-prox export --ckpt_path last.ckpt --output small.pt     # remove the zero channels\n\n"
+        "  lightning-prox export --ckpt_path last.ckpt --output small.pt     # remove the zero channels\n"
+        "  lightning-prox lam_find --config recipes/quickstart.yaml --target 0.5   # the λ range test\n\n"
         f"shipped recipes:\n{listed}\n\n"
         "Errors in the configuration stop before training with exit status 2 and one line "
         "'error: <key>: <message>'."
@@ -402,14 +403,20 @@ def main(args: ArgsType = None, run: bool = True) -> None:
     nothing (a returned object would be printed to stderr and make the exit status 1). To inspect the
     model, datamodule or trainer of a run from Python, build :class:`ProxCLI` with the same arguments.
 
-    ``lightning-prox export ...`` is the one command that is not LightningCLI's: it turns a checkpoint
-    into a physically smaller model (:func:`~lightning_prox.export.command.export_main`).
+    Two commands are not LightningCLI's: ``lightning-prox export ...`` turns a checkpoint into a
+    physically smaller model (:func:`~lightning_prox.export.command.export_main`) and
+    ``lightning-prox lam_find ...`` runs the λ range test (:func:`~lightning_prox.tuning.lam_find_main`).
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and argv[:1] == ["export"]:
         from .export.command import export_main
 
         export_main([str(a) for a in argv[1:]])
+        return
+    if isinstance(argv, list) and argv[:1] == ["lam_find"]:
+        from .tuning import lam_find_main
+
+        lam_find_main([str(a) for a in argv[1:]])
         return
     ProxCLI(args, run=run)
 

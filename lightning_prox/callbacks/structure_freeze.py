@@ -48,6 +48,9 @@ class StructureFreeze(Callback):
       set to zero before every optimizer step, every optimizer-state tensor of the parameter's shape
       (momentum, moments, dual-averaging sums, W₀ and Ŵ of RMDA/RAMDA) is zeroed there once, and the
       entries are set to zero again after every step (no drift through weight decay or momentum);
+    - an optimizer with a ``restart`` method (RMDA, RAMDA) starts a new stage at the freeze
+      (W_0 ← W, sums ← 0), so that dual averaging without the penalty continues from the current
+      weights instead of jumping to the unshrunk dual-averaging point;
     - every regularized group's ``lam`` is set to 0 before every step, so the prox is the identity and
       the optimizer runs as its smooth parent (ProxGen → Adam, ProxSGD → SGD, RAMDA → MADGRAD), a
       fine-tuning of the remaining weights without the penalty's bias.
@@ -65,6 +68,10 @@ class StructureFreeze(Callback):
         patience: epochs without a change of the pattern before it freezes (≥ 1).
         epoch: freeze at the end of this epoch (0-based) whatever the changes; ``None``: by patience.
         min_epoch: never freeze before the end of this epoch (e.g. after a sparsity ramp).
+        restart_momentum: for an optimizer with a ``restart`` method (RMDA, RAMDA), the momentum c of
+            the new stage (``None``: unchanged). At c = 1 (no averaging) the first steps of a new stage
+            are large (MADGRAD's first step moves each weight by about lr^(2/3)·|g|^(1/3)) and can undo
+            the accuracy; with the zeros masked, c < 1 (e.g. 0.01) fine-tunes smoothly.
 
     Example:
         >>> cb = StructureFreeze(patience=3)
@@ -72,13 +79,28 @@ class StructureFreeze(Callback):
         (False, None)
     """
 
-    def __init__(self, patience: int = 3, epoch: int | None = None, min_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        patience: int = 3,
+        epoch: int | None = None,
+        min_epoch: int = 0,
+        restart_momentum: float | None = None,
+    ) -> None:
         for name, value, low in (("patience", patience, 1), ("min_epoch", min_epoch, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"StructureFreeze: {name} must be an int >= {low}, got {value!r}")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
             raise ValueError(f"StructureFreeze: epoch must be an int >= 0 or None, got {epoch!r}")
+        if restart_momentum is not None and not (
+            isinstance(restart_momentum, (int, float))
+            and not isinstance(restart_momentum, bool)
+            and 0 < restart_momentum <= 1
+        ):
+            raise ValueError(
+                f"StructureFreeze: restart_momentum must be in (0, 1] or None, got {restart_momentum!r}"
+            )
         self.patience, self.epoch, self.min_epoch = patience, epoch, min_epoch
+        self.restart_momentum = None if restart_momentum is None else float(restart_momentum)
         self.freeze_step: int | None = None
         self.stable_epochs = 0
         self.changes: list[int] = []
@@ -180,6 +202,14 @@ class StructureFreeze(Callback):
     def _zero_state(self, trainer: pl.Trainer) -> None:
         by_param = {id(e.param): self._masks[e.name] for e in self._entries if e.name in self._masks}
         for opt in trainer.optimizers:
+            # dual averaging (RMDA/RAMDA) anchors its iterate at W_0 − V/β: with λ = 0 from now on it
+            # would jump to that unshrunk point; a new stage starts from the current weights instead
+            restart = getattr(opt, "restart", None)
+            if callable(restart):
+                restart()
+                if self.restart_momentum is not None:
+                    for g in opt.param_groups:
+                        g["momentum"] = self.restart_momentum
             for p, st in opt.state.items():
                 mask = by_param.get(id(p))
                 if mask is None:
