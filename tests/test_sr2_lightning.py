@@ -1,0 +1,193 @@
+"""SR2 in a Lightning fit: one backward and one extra forward per step, no side effects, clear errors."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers.trainers import quiet_trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prox import ProxMixin
+from lightning_prox.optim import SR2, ProxSGD
+from lightning_prox.regularizers import L1
+
+
+class TinyCNN(ProxMixin, pl.LightningModule):
+    def __init__(self, optimizer=None, regularizer=None, **prox_kwargs):
+        super().__init__(optimizer=optimizer, regularizer=regularizer, sparsity_table=False, **prox_kwargs)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+        self.logged: list[str] = []
+
+    def forward(self, x):
+        h = self.drop(self.bn(self.conv(x)))  # dropout on BN outputs (nonzero): its mask is output != 0
+        return self.fc(F.relu(h).flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+
+def _loader(n=32, batch=8):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch)
+
+
+class Recorder:
+    """Counts forwards (with/without grad), backwards, dropout masks and BN stats around every forward."""
+
+    def __init__(self, model):
+        self.forwards: list[bool] = []
+        self.backwards = 0
+        self.masks: list[tuple[bool, torch.Tensor]] = []
+        self.bn: list[tuple[bool, torch.Tensor, torch.Tensor, int]] = []
+        model.fc.register_forward_hook(lambda m, i, o: self.forwards.append(torch.is_grad_enabled()))
+        model.fc.register_full_backward_hook(lambda m, gi, go: self._bwd())
+        model.drop.register_forward_hook(
+            lambda m, i, o: self.masks.append((torch.is_grad_enabled(), (o != 0).clone()))
+        )
+        model.bn.register_forward_pre_hook(lambda m, i: self._bn(m, "pre"))
+        model.bn.register_forward_hook(lambda m, i, o: self._bn(m, "post"))
+
+    def _bwd(self):
+        self.backwards += 1
+
+    def _bn(self, m, when):
+        self.bn.append((when, torch.is_grad_enabled(), m.running_mean.clone(), int(m.num_batches_tracked)))
+
+
+def _fit(model, steps=8, **trainer_kw):
+    trainer = quiet_trainer(max_steps=steps, **trainer_kw)
+    trainer.fit(model, _loader())
+    return trainer
+
+
+def _sr2_model(**kw):
+    return TinyCNN(optimizer=functools.partial(SR2, sigma=2.0, **kw), regularizer=L1(1e-3))
+
+
+def test_one_backward_one_extra_forward_no_side_effects():
+    pl.seed_everything(0)
+    model = _sr2_model()
+    rec = Recorder(model)
+    logged = {}
+
+    class Grab(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            logged.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    trainer = _fit(model, 8, callbacks=[Grab()])
+    opt = trainer.optimizers[0]
+    st = opt.sr2_stats()
+    assert st["steps"] == 8 and st["null_steps"] == 0 and trainer.global_step == 8
+    assert rec.backwards == 8
+    assert rec.forwards == [True, False] * 8  # the closure's forward, then the trial forward
+    # the trial uses the masks of its step's forward (same RNG state)
+    for (g1, m1), (g2, m2) in zip(rec.masks[0::2], rec.masks[1::2]):
+        assert g1 and not g2 and torch.equal(m1, m2)
+    # BN running stats: the trial forward changes nothing that the next forward sees
+    posts = [e for e in rec.bn if e[0] == "post"]
+    pres = [e for e in rec.bn if e[0] == "pre"]
+    for k in range(1, 8):
+        main_post = posts[2 * (k - 1)]
+        next_pre = pres[2 * k]
+        assert torch.equal(main_post[2], next_pre[2]) and main_post[3] == next_pre[3]
+    assert int(model.bn.num_batches_tracked) == 8
+    assert {"sr2/sigma", "sr2/accept_rate", "sr2/rho", "sr2/rejected_steps", "sr2/step_norm"} <= logged.keys()
+    assert logged["sr2/sigma"] == pytest.approx(opt.sigma)
+    assert opt.param_groups[0]["lr"] == 1.0 / opt.sigma
+
+
+def test_trial_pass_leaves_the_rng_stream_alone():
+    """The closure forwards of an SR2 fit draw the same dropout masks as a ProxSGD fit's."""
+
+    def main_masks(optimizer):
+        pl.seed_everything(0)
+        model = TinyCNN(optimizer=optimizer, regularizer=L1(1e-3))
+        rec = Recorder(model)
+        _fit(model, 6)
+        return [m for g, m in rec.masks if g], torch.get_rng_state()
+
+    sr2_masks, sr2_rng = main_masks(functools.partial(SR2, sigma=2.0))
+    sgd_masks, sgd_rng = main_masks(functools.partial(ProxSGD, lr=0.1))
+    assert len(sr2_masks) == len(sgd_masks) == 6
+    assert all(torch.equal(a, b) for a, b in zip(sr2_masks, sgd_masks))
+    assert torch.equal(sr2_rng, sgd_rng)
+
+
+def test_rejected_steps_in_a_fit_restore_parameters():
+    pl.seed_everything(0)
+    model = TinyCNN(optimizer=functools.partial(SR2, sigma=1e-3), regularizer=L1(1e-3))  # huge first steps
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = _fit(model, 1)
+    st = trainer.optimizers[0].sr2_stats()
+    assert st["rejected_steps"] == 1
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
+
+
+@pytest.mark.parametrize(
+    "trainer_kw,prox_kw,match",
+    [
+        (dict(accumulate_grad_batches=2), {}, "accumulate_grad_batches=2.*2x batch_size"),
+        (dict(plugins=[MixedPrecision("16-mixed", "cpu")]), {}, "16-mixed.*bf16-mixed' or '32-true'"),
+        (dict(gradient_clip_val=1.0), {}, "gradient_clip_val=1.0.*sigma"),
+        (
+            {},
+            dict(lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1)),
+            "SR2 has no lr",
+        ),
+        ({}, dict(penalty_mode="subgradient"), "penalty_mode='prox'"),
+    ],
+    ids=["accumulate", "16-mixed", "clip", "scheduler", "subgradient"],
+)
+def test_incompatible_settings_raise_at_fit_start(trainer_kw, prox_kw, match):
+    model = TinyCNN(optimizer=functools.partial(SR2), regularizer=L1(1e-3), **prox_kw)
+    with pytest.raises(ValueError, match=match):
+        _fit(model, 1, **trainer_kw)
+
+
+def test_user_optimizer_step_without_trial_closure_gets_the_step_error():
+    class Custom(TinyCNN):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            optimizer.step(closure=optimizer_closure)
+
+    model = Custom(optimizer=functools.partial(SR2), regularizer=L1(1e-3))
+    with pytest.raises(ValueError, match="pass trial_closure="):
+        _fit(model, 1)
+
+
+def test_manual_optimization_pattern():
+    class Manual(TinyCNN):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            x, y = batch
+
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(self(x), y)
+                self.manual_backward(loss)
+                return loss
+
+            opt.step(closure=closure, trial_closure=lambda: F.cross_entropy(self(x), y))
+
+    pl.seed_everything(0)
+    model = Manual(optimizer=functools.partial(SR2, sigma=2.0), regularizer=L1(1e-3))
+    trainer = _fit(model, 4)
+    assert trainer.optimizers[0].sr2_stats()["steps"] == 4
