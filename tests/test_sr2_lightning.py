@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import functools
+import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers.trainers import quiet_trainer
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prox import ProxMixin
+from lightning_prox.cli import ProxCLI
+from lightning_prox.data import DigitsDataModule
+from lightning_prox.models import ImageClassifier
 from lightning_prox.optim import SR2, ProxSGD
-from lightning_prox.regularizers import L1
+from lightning_prox.regularizers import L0, L1
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class TinyCNN(ProxMixin, pl.LightningModule):
@@ -191,3 +198,91 @@ def test_manual_optimization_pattern():
     model = Manual(optimizer=functools.partial(SR2, sigma=2.0), regularizer=L1(1e-3))
     trainer = _fit(model, 4)
     assert trainer.optimizers[0].sr2_stats()["steps"] == 4
+
+
+# -- resume: straight == first epoch + checkpoint + resumed epoch ----------------------------------------
+
+
+def _fit_digits(tmp, epochs, ckpt_path=None):
+    pl.seed_everything(0)
+    model = ImageClassifier(
+        "mlp",
+        hidden=(16,),
+        drop_rate=0.1,
+        optimizer=functools.partial(SR2, sigma=0.05),  # small σ0: rejections in the first epoch
+        regularizer=L0(1e-3),
+        sparsity_table=False,
+    )
+    dm = DigitsDataModule(batch_size=32, max_samples=320, seed=3)
+    trainer = quiet_trainer(
+        max_epochs=epochs,
+        deterministic=True,
+        default_root_dir=tmp,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp, filename="{epoch}", save_top_k=-1, every_n_epochs=1)],
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return model, trainer
+
+
+def _assert_same_run(model_a, opt_a, model_b, opt_b):
+    for (n, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(a, b), f"{n} differs after resume"
+    sa, sb = opt_a.state_dict(), opt_b.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    a, b = sa["state"]["sr2"], sb["state"]["sr2"]
+    assert a.keys() == b.keys()
+    for k in a:  # rho is nan after a null step
+        assert a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])), k
+
+
+def test_trainer_fit_resume_is_exact(tmp_path):
+    straight, t_straight = _fit_digits(tmp_path / "straight", 2)
+    _fit_digits(tmp_path / "first", 1)
+    ckpt = tmp_path / "first" / "epoch=0.ckpt"
+    data = torch.load(ckpt, weights_only=True)
+    sr2 = data["optimizer_states"][0]["state"]["sr2"]
+    assert sr2["steps"] == 7 and sr2["rejected_steps"] > 0 and sr2["sigma"] > 0
+    resumed, t_resumed = _fit_digits(tmp_path / "resumed", 2, str(ckpt))
+    assert t_resumed.global_step == t_straight.global_step == 14
+    _assert_same_run(straight, t_straight.optimizers[0], resumed, t_resumed.optimizers[0])
+    assert t_resumed.optimizers[0].sr2_stats() == pytest.approx(
+        t_straight.optimizers[0].sr2_stats(), nan_ok=True
+    )
+
+
+def _cli(tmp, epochs, ckpt_path=None):
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / "quickstart.yaml"),
+        '--model.init_args.optimizer={"class_path": "lightning_prox.optim.SR2", "init_args": {"sigma": 0.05}}',
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.default_root_dir={tmp}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.num_sanity_val_steps=0",
+        "--data.init_args.max_samples=320",
+        "--model.init_args.channels=[4,8]",
+        "--model.init_args.hidden=[16]",
+        "--model.init_args.sparsity_table=false",
+    ]
+    if ckpt_path:
+        args.append(f"--ckpt_path={ckpt_path}")
+    return ProxCLI(args)
+
+
+def test_cli_resume_is_exact(tmp_path):
+    straight = _cli(tmp_path / "straight", 2)
+    assert isinstance(straight.trainer.optimizers[0], SR2)
+    _cli(tmp_path / "first", 1)
+    ckpts = sorted((tmp_path / "first" / "checkpoints").glob("*.ckpt"))
+    assert len(ckpts) == 1
+    torch.load(ckpts[0], weights_only=True)
+    resumed = _cli(tmp_path / "resumed", 2, str(ckpts[0]))
+    assert resumed.trainer.global_step == straight.trainer.global_step > 0
+    _assert_same_run(
+        straight.model, straight.trainer.optimizers[0], resumed.model, resumed.trainer.optimizers[0]
+    )
