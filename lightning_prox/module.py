@@ -343,8 +343,8 @@ class ProxMixin:
         """``optimizer.step(closure=...)``; for :class:`~lightning_prox.optim.SR2` also the trial closure.
 
         SR2 evaluates the loss once more at its trial point on the same batch (forward only). The
-        closure given here re-runs ``training_step`` on the batch of this step under ``no_grad``
-        with the random-number state recorded when the step began (the same dropout masks), every
+        closure given here re-runs ``training_step`` on the batch of this step (SR2 calls it under
+        ``no_grad``) in the Trainer's autocast context, with the random-number state recorded when the step began (the same dropout masks), every
         module buffer (BatchNorm running statistics) and torchmetrics state restored afterwards,
         and ``self.log`` suppressed. After the step the ρ test's metrics are logged: ``sr2/sigma``,
         ``sr2/accept_rate``, ``sr2/rho``, ``sr2/rejected_steps``, ``sr2/step_norm``.
@@ -368,7 +368,7 @@ class ProxMixin:
         log("sr2/step_norm", st["step_norm_sq"] ** 0.5)
 
     def _prox_trial_closure(self) -> Any:
-        """training_step on this step's batch at the current parameters: no grad, no side effects."""
+        """training_step on this step's batch at the current parameters, without side effects."""
         recorded = getattr(self, "_prox_step_inputs", None)
         if recorded is None:
             raise ValueError(
@@ -381,13 +381,22 @@ class ProxMixin:
         saved = _side_effect_state(self)  # type: ignore[arg-type]
         trainer = getattr(self, "_trainer", None)
         context = trainer.precision_plugin.train_step_context() if trainer is not None else _nullcontext()
+        # BatchNorm in train mode normalizes by batch statistics either way; not tracking them for the
+        # trial forward leaves the running statistics untouched (no in-place write, so a graph built
+        # by sigma="hessian" through this forward stays valid)
+        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]  # type: ignore[attr-defined]
+        bns = [m for m in bns if m.training and m.track_running_stats]
         self._prox_in_trial = True
+        for m in bns:
+            m.track_running_stats = False
         try:
             _set_torch_rng_state(rng)
-            with torch.no_grad(), context:
+            with context:  # SR2 calls this under no_grad (with grad only for sigma="hessian")
                 out = self.training_step(*args, **kwargs)  # type: ignore[attr-defined]
         finally:
             self._prox_in_trial = False
+            for m in bns:
+                m.track_running_stats = True
             _restore_side_effect_state(saved)
             _set_torch_rng_state(after)
         if isinstance(out, Mapping):
@@ -656,7 +665,8 @@ def _restore_side_effect_state(saved: list[Any]) -> None:
         for entry in saved:
             if entry[0] == "buffers":
                 for b, copy in entry[1]:
-                    b.copy_(copy)
+                    if not torch.equal(b, copy):  # only what changed (no version bump otherwise)
+                        b.copy_(copy)
             else:
                 _, m, states, extra = entry
                 for k, v in states.items():

@@ -286,3 +286,16 @@ def test_cli_resume_is_exact(tmp_path):
     _assert_same_run(
         straight.model, straight.trainer.optimizers[0], resumed.model, resumed.trainer.optimizers[0]
     )
+
+
+def test_hessian_sigma_in_a_fit():
+    pl.seed_everything(0)
+    model = TinyCNN(optimizer=functools.partial(SR2, sigma="hessian"), regularizer=L1(1e-3))
+    rec = Recorder(model)
+    trainer = _fit(model, 3)
+    opt = trainer.optimizers[0]
+    assert math.isfinite(opt.sigma) and opt.sigma > 0
+    # step 1: closure, the power iteration's forward (with grad), the trial; then closure + trial
+    assert rec.forwards == [True, True, False] + [True, False] * 2
+    # 3 closure backwards plus the power iteration's gradient and at most 20 Hessian-vector products
+    assert 3 + 2 <= rec.backwards <= 3 + 1 + 20 and int(model.bn.num_batches_tracked) == 3

@@ -131,7 +131,7 @@ class SR2(ProxOptimizer):
     by at most 20 power iterations on Hessian-vector products (double backward through
     ``trial_closure`` run with gradients enabled, the model in its current mode; the authors'
     code calls PyHessian in eval mode), clamped to ≥ σ_min; a non-positive estimate falls back to
-    1.0 with a warning. Until the first step ``lr`` is 0.
+    1.0 with a warning. Under DDP the ranks' estimates are averaged. Until the first step ``lr`` is 0.
 
     Args:
         params: iterable of parameters or param-group dicts (a group may set its own
@@ -443,6 +443,12 @@ class SR2(ProxOptimizer):
                 eig = new
                 if done:
                     break
+        if self._is_distributed():  # every rank starts from the same σ0 (the mean of the ranks' estimates)
+            import torch.distributed as dist
+
+            t = torch.tensor([eig], dtype=torch.float64, device=params[0].device)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            eig = float(t) / dist.get_world_size()
         if not (math.isfinite(eig) and eig > 0):
             warnings.warn(
                 f"SR2(sigma='hessian'): the top Hessian eigenvalue estimate is {eig!r} (not positive); "
