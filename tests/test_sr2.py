@@ -497,3 +497,25 @@ def test_resume_bit_exact_through_weights_only_state_dict():
     # the loaded state is the optimizer's own copy
     ck["opt"]["state"]["sr2"]["sigma"] = 123.0
     assert opt2.sigma != 123.0
+
+
+# -- the paper's pruning curve (benchmarks/prune_curve.py) -----------------------------------------------
+
+
+def test_prune_curve_by_hand():
+    from benchmarks.prune_curve import prune_curve
+
+    model = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.05, 0.0, 2e-4], [-3e-6, 0.5, -0.2, 1e-9]]))
+    trained = model.weight.detach().clone()
+    x = torch.eye(4)
+    y = model(x).argmax(1)
+    rows = prune_curve(model, [model.weight], [(x, y)], ks=range(1, 9))
+    assert [r["k"] for r in rows] == list(range(9))
+    assert rows[0]["sparsity"] == 1 / 8 and rows[0]["accuracy"] == 1.0
+    # zeros at α = 10^-k: |w| ≤ α
+    want = {1: 5, 2: 4, 3: 4, 4: 3, 5: 3, 6: 2, 7: 2, 8: 2}
+    for r in rows[1:]:
+        assert r["sparsity"] == want[r["k"]] / 8, r
+    assert torch.equal(model.weight.detach(), trained)  # restored
