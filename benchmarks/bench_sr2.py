@@ -39,46 +39,42 @@ def _groups(model: nn.Module) -> list[dict]:
     return [{"params": w, "regularizer": L1(1e-4)}, {"params": rest}]
 
 
-def _time(fn: Callable[[], None], steps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _setup(make: Callable[[], nn.Module], opt_name: str, x: torch.Tensor, y: torch.Tensor) -> dict:
+    torch.manual_seed(0)
+    model = make().train()
+    opt = SR2(_groups(model), sigma=10.0) if opt_name == "SR2" else ProxSGD(_groups(model), lr=0.1)
+
+    def loss_fn() -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x), y)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    def fwd() -> None:
+        with torch.no_grad():
+            loss_fn()
+
+    if opt_name == "SR2":
+        return {"SR2": lambda: opt.step(closure, trial_closure=loss_fn)}
+    return {"ProxSGD": lambda: opt.step(closure), "fwd+bwd": closure, "fwd": fwd}
 
 
 def bench(name: str, make: Callable[[], nn.Module], batch: int, steps: int) -> dict[str, float]:
+    """Median times; the four measurements alternate within every round (a busy machine drifts)."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    out = {}
-    for opt_name in ("ProxSGD", "SR2"):
-        torch.manual_seed(0)
-        model = make().train()
-        opt = SR2(_groups(model), sigma=10.0) if opt_name == "SR2" else ProxSGD(_groups(model), lr=0.1)
-
-        def loss_fn(model: nn.Module = model) -> torch.Tensor:
-            return nn.functional.cross_entropy(model(x), y)
-
-        def closure(opt: torch.optim.Optimizer = opt, loss_fn: Callable = loss_fn) -> torch.Tensor:
-            opt.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-
-        if opt_name == "SR2":
-            out[opt_name] = _time(lambda opt=opt: opt.step(closure, trial_closure=loss_fn), steps)
-        else:
-            out[opt_name] = _time(lambda opt=opt: opt.step(closure), steps)
-            out["fwd+bwd"] = _time(closure, steps)
-
-            def fwd(loss_fn: Callable = loss_fn) -> None:
-                with torch.no_grad():
-                    loss_fn()
-
-            out["fwd"] = _time(fwd, steps)
+    fns = {**_setup(make, "ProxSGD", x, y), **_setup(make, "SR2", x, y)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(steps + 3):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if r >= 3:  # warm-up rounds
+                times[k].append(time.perf_counter() - t)
+    out = {k: statistics.median(v) for k, v in times.items()}
     out["ratio"] = out["SR2"] / out["ProxSGD"]
     out["expected"] = (out["fwd+bwd"] + out["fwd"]) / out["fwd+bwd"]
     print(
