@@ -299,3 +299,27 @@ def test_hessian_sigma_in_a_fit():
     assert rec.forwards == [True, True, False] + [True, False] * 2
     # 3 closure backwards plus the power iteration's gradient and at most 20 Hessian-vector products
     assert 3 + 2 <= rec.backwards <= 3 + 1 + 20 and int(model.bn.num_batches_tracked) == 3
+
+
+def test_trial_forward_leaves_torchmetrics_states_alone():
+    from torchmetrics import MeanMetric
+
+    class WithMetric(TinyCNN):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.mean_loss = MeanMetric()
+            self.seen: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            self.mean_loss.update(loss.detach())
+            if torch.is_grad_enabled():
+                self.seen.append(float(loss))
+            return loss
+
+    pl.seed_everything(0)
+    model = WithMetric(optimizer=functools.partial(SR2, sigma=2.0), regularizer=L1(1e-3))
+    _fit(model, 4)
+    assert len(model.seen) == 4 and int(model.mean_loss.update_count) == 4
+    assert float(model.mean_loss.compute()) == pytest.approx(sum(model.seen) / 4, rel=1e-6)
