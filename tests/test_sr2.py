@@ -519,3 +519,19 @@ def test_prune_curve_by_hand():
     for r in rows[1:]:
         assert r["sparsity"] == want[r["k"]] / 8, r
     assert torch.equal(model.weight.detach(), trained)  # restored
+
+
+def test_the_step_is_one_over_sigma_whatever_the_lr_mirror_says():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = SR2([w], sigma=4.0)
+    opt.param_groups[0]["lr"] = 123.0  # e.g. a scheduler writing lr: ignored, and re-mirrored
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure, lambda: 0.5 * (w**2).sum())
+    assert torch.equal(w.detach(), torch.tensor([0.75, -1.5], dtype=torch.float64))  # x − x/4
+    assert opt.param_groups[0]["lr"] == 1.0 / opt.sigma

@@ -326,18 +326,25 @@ class SR2(ProxOptimizer):
         backup = self._backup
         if params:
             torch._foreach_copy_(backup, params)
-        # smooth half and prox through the shared skeleton (pre-prox hooks see z)
-        pending = []
-        for i, (group, (ps, gs)) in enumerate(zip(self.param_groups, gathered)):
-            info: dict[str, Any] = {}
-            if ps:
-                self._smooth_step(group, ps, gs, None, info, fuse_prox=False)
-                pending.append((group, ps, info))
-            self._last_info[i] = info
-        for hook in list(self._pre_prox_hooks.values()):
-            hook(self)
-        for group, ps, info in pending:
-            self._prox_step(group, ps, None, None, info)
+        # smooth half and prox through the shared skeleton (pre-prox hooks see z); the step is
+        # 1/σ whatever a group's lr mirror was set to, and an error restores x before it propagates
+        self._mirror_lr()
+        try:
+            pending = []
+            for i, (group, (ps, gs)) in enumerate(zip(self.param_groups, gathered)):
+                info: dict[str, Any] = {}
+                if ps:
+                    self._smooth_step(group, ps, gs, None, info, fuse_prox=False)
+                    pending.append((group, ps, info))
+                self._last_info[i] = info
+            for hook in list(self._pre_prox_hooks.values()):
+                hook(self)
+            for group, ps, info in pending:
+                self._prox_step(group, ps, None, None, info)
+        except BaseException:
+            if params:
+                torch._foreach_copy_(params, backup)
+            raise
         # float64 sums: g^T s, ||s||^2, R(x), R(x̂), R(x) − R(x̂) (per tensor)
         dev = params[0].device if params else torch.device("cpu")
         acc = torch.zeros(5, dtype=torch.float64, device=dev)
