@@ -705,6 +705,15 @@ def _check_sr2_setup(module: Any, out: Any) -> None:
             "SR2 with precision='16-mixed': the GradScaler calls step() without a closure and skips "
             "steps, which breaks the rho test; use precision='bf16-mixed' or '32-true'"
         )
+    if str(trainer.precision) in ("16-true", "bf16-true"):
+        import warnings
+
+        warnings.warn(
+            f"SR2 with precision={trainer.precision!r}: the losses in the rho test carry half-precision "
+            "rounding (about 1e-3 relative), so steps near a solution are accepted or rejected by noise; "
+            "prefer 'bf16-mixed' or '32-true'",
+            stacklevel=2,
+        )
     if trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
         raise ValueError(
             f"SR2 with gradient_clip_val={trainer.gradient_clip_val}: SR2 controls the step through sigma; "

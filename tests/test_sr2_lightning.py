@@ -323,3 +323,18 @@ def test_trial_forward_leaves_torchmetrics_states_alone():
     _fit(model, 4)
     assert len(model.seen) == 4 and int(model.mean_loss.update_count) == 4
     assert float(model.mean_loss.compute()) == pytest.approx(sum(model.seen) / 4, rel=1e-6)
+
+
+def test_half_precision_parameters_warn():
+    class Linear(ProxMixin, pl.LightningModule):
+        def __init__(self, **kw):
+            super().__init__(sparsity_table=False, **kw)
+            self.fc = nn.Linear(36, 3)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.fc(x.flatten(1)), y)
+
+    model = Linear(optimizer=functools.partial(SR2), regularizer=L1(1e-3))
+    with pytest.warns(UserWarning, match="bf16-true.*rounding"):
+        _fit(model, 1, precision="bf16-true")
