@@ -338,3 +338,13 @@ def test_half_precision_parameters_warn():
     model = Linear(optimizer=functools.partial(SR2), regularizer=L1(1e-3))
     with pytest.warns(UserWarning, match="bf16-true.*rounding"):
         _fit(model, 1, precision="bf16-true")
+
+
+def test_bf16_mixed_runs_the_trial_under_the_same_autocast():
+    pl.seed_everything(0)
+    model = _sr2_model()
+    dtypes = []
+    model.fc.register_forward_hook(lambda m, i, o: dtypes.append((torch.is_grad_enabled(), o.dtype)))
+    trainer = _fit(model, 2, precision="bf16-mixed")
+    assert trainer.optimizers[0].sr2_stats()["steps"] == 2
+    assert dtypes == [(True, torch.bfloat16), (False, torch.bfloat16)] * 2
