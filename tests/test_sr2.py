@@ -535,3 +535,53 @@ def test_the_step_is_one_over_sigma_whatever_the_lr_mirror_says():
     opt.step(closure, lambda: 0.5 * (w**2).sum())
     assert torch.equal(w.detach(), torch.tensor([0.75, -1.5], dtype=torch.float64))  # x − x/4
     assert opt.param_groups[0]["lr"] == 1.0 / opt.sigma
+
+
+@pytest.mark.parametrize(
+    "reg_name",
+    ["L1", "L0", "Lq", "MCP", "SCAD", "GroupLasso", "NuclearNorm", "Quantization"],
+)
+def test_every_exact_prox_regularizer(reg_name):
+    """x̂ = reg.prox(x − g/σ, 1/σ) and Δψ ≥ ½σ‖s‖² (x̂ minimizes the model m) for every regularizer."""
+    from lightning_prox import regularizers as R
+
+    reg = {
+        "L1": R.L1(0.3),
+        "L0": R.L0(0.05),
+        "Lq": R.Lq(0.2, q=0.5),
+        "MCP": R.MCP(0.3),
+        "SCAD": R.SCAD(0.3),
+        "GroupLasso": R.GroupLasso(0.3, dim="in"),
+        "NuclearNorm": R.NuclearNorm(0.5),
+        "Quantization": R.Quantization(0.3),
+    }[reg_name]
+    g = torch.Generator().manual_seed(5)
+    target = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    sigma = 3.0
+    opt = SR2([w], regularizer=reg, sigma=sigma)
+    seen = []
+
+    def f():
+        return 0.5 * ((w - target) ** 2).sum()
+
+    def closure():
+        opt.zero_grad()
+        loss = f()
+        loss.backward()
+        return loss
+
+    def trial():
+        seen.append(w.detach().clone())
+        return f()
+
+    x = w.detach().clone()
+    grad = x - target
+    opt.step(closure, trial)
+    xh = reg.prox(x - grad / sigma, 1.0 / sigma)
+    torch.testing.assert_close(seen[0], xh, rtol=1e-10, atol=1e-12)
+    s = seen[0] - x
+    st = opt.sr2_stats()
+    dpsi = float(reg.value(x) - (grad * s).sum() - reg.value(seen[0]))
+    assert st["delta_psi"] == pytest.approx(dpsi, rel=1e-9, abs=1e-12)
+    assert st["delta_psi"] >= 0.5 * sigma * float(s.square().sum()) - 1e-9
