@@ -18,6 +18,7 @@ when ``fit`` ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import random
@@ -344,9 +345,9 @@ class ProxMixin:
 
         SR2 evaluates the loss once more at its trial point on the same batch (forward only). The
         closure given here re-runs ``training_step`` on the batch of this step (SR2 calls it under
-        ``no_grad``) in the Trainer's autocast context, with the random-number state recorded when the step began (the same dropout masks), every
-        module buffer (BatchNorm running statistics) and torchmetrics state restored afterwards,
-        and ``self.log`` suppressed. After the step the ρ test's metrics are logged: ``sr2/sigma``,
+        ``no_grad``) in the Trainer's autocast context, with the random-number state recorded when
+        the step began (the same dropout masks), BatchNorm running statistics, every other module
+        buffer and the torchmetrics states left as they were, and ``self.log`` suppressed. After the step the ρ test's metrics are logged: ``sr2/sigma``,
         ``sr2/accept_rate``, ``sr2/rho``, ``sr2/rejected_steps``, ``sr2/step_norm``.
 
         With manual optimization call it yourself, e.g.
@@ -380,7 +381,9 @@ class ProxMixin:
         after = _torch_rng_state()
         saved = _side_effect_state(self)  # type: ignore[arg-type]
         trainer = getattr(self, "_trainer", None)
-        context = trainer.precision_plugin.train_step_context() if trainer is not None else _nullcontext()
+        context = (
+            trainer.precision_plugin.train_step_context() if trainer is not None else contextlib.nullcontext()
+        )
         # BatchNorm in train mode normalizes by batch statistics either way; not tracking them for the
         # trial forward leaves the running statistics untouched (no in-place write, so a graph built
         # by sigma="hessian" through this forward stays valid)
@@ -627,14 +630,6 @@ def _set_torch_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _side_effect_state(module: nn.Module) -> list[Any]:
