@@ -18,6 +18,7 @@ when ``fit`` ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import random
@@ -326,12 +327,96 @@ class ProxMixin:
             raise ValueError(f"optimizer callable returned {type(optimizer).__name__}, not a torch Optimizer")
         _check_optimizers(self, [optimizer], "the optimizer argument")
         if self._prox_lr_scheduler is None:
+            _check_sr2_setup(self, optimizer)
             return optimizer
         scheduler = self._prox_lr_scheduler(optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        out = {"optimizer": optimizer, "lr_scheduler": config}
+        _check_sr2_setup(self, out)
+        return out
+
+    # -- SR2: the trial closure (one extra forward on the same batch) --------------------------------
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """``optimizer.step(closure=...)``; for :class:`~lightning_prox.optim.SR2` also the trial closure.
+
+        SR2 evaluates the loss once more at its trial point on the same batch (forward only). The
+        closure given here re-runs ``training_step`` on the batch of this step (SR2 calls it under
+        ``no_grad``) in the Trainer's autocast context, with the random-number state recorded when
+        the step began (the same dropout masks), BatchNorm running statistics, every other module
+        buffer and the torchmetrics states left as they were, and ``self.log`` suppressed. After the step the ρ test's metrics are logged: ``sr2/sigma``,
+        ``sr2/accept_rate``, ``sr2/rho``, ``sr2/rejected_steps``, ``sr2/step_norm``.
+
+        With manual optimization call it yourself, e.g.
+        ``opt.step(closure, trial_closure=lambda: self.loss(batch))``.
+        """
+        from .optim import SR2
+
+        inner = getattr(optimizer, "optimizer", optimizer)  # LightningOptimizer wraps the optimizer
+        if not isinstance(inner, SR2):
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
+            return
+        optimizer.step(closure=optimizer_closure, trial_closure=self._prox_trial_closure)
+        st = inner.sr2_stats()
+        log = functools.partial(self.log, on_step=True, on_epoch=False)  # type: ignore[attr-defined]
+        log("sr2/sigma", st["sigma"])
+        log("sr2/accept_rate", st["accept_rate"])
+        log("sr2/rho", st["rho"])
+        log("sr2/rejected_steps", float(st["rejected_steps"]))
+        log("sr2/step_norm", st["step_norm_sq"] ** 0.5)
+
+    def _prox_trial_closure(self) -> Any:
+        """training_step on this step's batch at the current parameters, without side effects."""
+        recorded = getattr(self, "_prox_step_inputs", None)
+        if recorded is None:
+            raise ValueError(
+                "SR2's trial closure found no recorded training_step call: define training_step in your "
+                "ProxMixin subclass (the mixin records its batch there), or call "
+                "optimizer.step(closure, trial_closure=...) yourself"
+            )
+        args, kwargs, rng = recorded
+        after = _torch_rng_state()
+        saved = _side_effect_state(self)  # type: ignore[arg-type]
+        trainer = getattr(self, "_trainer", None)
+        context = (
+            trainer.precision_plugin.train_step_context() if trainer is not None else contextlib.nullcontext()
+        )
+        # BatchNorm in train mode normalizes by batch statistics either way; not tracking them for the
+        # trial forward leaves the running statistics untouched (no in-place write, so a graph built
+        # by sigma="hessian" through this forward stays valid)
+        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]  # type: ignore[attr-defined]
+        bns = [m for m in bns if m.training and m.track_running_stats]
+        self._prox_in_trial = True
+        for m in bns:
+            m.track_running_stats = False
+        try:
+            _set_torch_rng_state(rng)
+            with context:  # SR2 calls this under no_grad (with grad only for sigma="hessian")
+                out = self.training_step(*args, **kwargs)  # type: ignore[attr-defined]
+        finally:
+            self._prox_in_trial = False
+            for m in bns:
+                m.track_running_stats = True
+            _restore_side_effect_state(saved)
+            _set_torch_rng_state(after)
+        if isinstance(out, Mapping):
+            out = out.get("loss")
+        return out
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        """``LightningModule.log``, silent during SR2's trial forward (the step is logged once)."""
+        if getattr(self, "_prox_in_trial", False):
+            return
+        super().log(*args, **kwargs)  # type: ignore[misc]
+
+    def log_dict(self, *args: Any, **kwargs: Any) -> None:
+        """``LightningModule.log_dict``, silent during SR2's trial forward."""
+        if getattr(self, "_prox_in_trial", False):
+            return
+        super().log_dict(*args, **kwargs)  # type: ignore[misc]
 
     # -- subgradient baseline ---------------------------------------------------------------------
     def prox_penalty(self) -> Tensor:
@@ -505,6 +590,7 @@ def _with_optimizer_check(configure: Callable[..., Any]) -> Callable[..., Any]:
     def configure_optimizers(self: ProxMixin) -> Any:
         out = configure(self)
         _check_optimizers(self, _optimizers_of(out), f"{type(self).__qualname__}.configure_optimizers")
+        _check_sr2_setup(self, out)
         return out
 
     configure_optimizers._prox_wrapped = True  # type: ignore[attr-defined]
@@ -531,6 +617,114 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     npst = state["numpy"]
     np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), *npst[2:]))  # noqa: NPY002
+
+
+def _torch_rng_state() -> tuple[Tensor, list[Tensor] | None]:
+    cuda = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    return torch.get_rng_state(), cuda
+
+
+def _set_torch_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def _side_effect_state(module: nn.Module) -> list[Any]:
+    """Copies of what a forward in train mode changes: buffers (BN running stats) and torchmetrics states."""
+    saved: list[Any] = [("buffers", [(b, b.detach().clone()) for b in module.buffers()])]
+    try:
+        from torchmetrics import Metric
+    except ImportError:  # pragma: no cover - torchmetrics ships with lightning
+        return saved
+    for m in module.modules():
+        if isinstance(m, Metric):
+            states = {k: _clone_state(getattr(m, k)) for k in m._defaults}
+            extra = {k: getattr(m, k, None) for k in ("_update_count", "_computed", "_forward_cache")}
+            saved.append(("metric", m, states, extra))
+    return saved
+
+
+def _clone_state(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.detach().clone()
+    if isinstance(v, list):
+        return [_clone_state(x) for x in v]
+    return v
+
+
+def _restore_side_effect_state(saved: list[Any]) -> None:
+    with torch.no_grad():
+        for entry in saved:
+            if entry[0] == "buffers":
+                for b, copy in entry[1]:
+                    if not torch.equal(b, copy):  # only what changed (no version bump otherwise)
+                        b.copy_(copy)
+            else:
+                _, m, states, extra = entry
+                for k, v in states.items():
+                    setattr(m, k, v)
+                for k, v in extra.items():
+                    setattr(m, k, v)
+
+
+def _check_sr2_setup(module: Any, out: Any) -> None:
+    """At fit start: the Trainer settings SR2's ρ test cannot work with raise, each saying why and what to do."""
+    from .optim import SR2
+
+    if not any(isinstance(o, SR2) for o in _optimizers_of(out)):
+        return
+    trainer = getattr(module, "_trainer", None)
+    if getattr(module, "_prox_penalty_mode", "prox") == "subgradient":
+        raise ValueError(
+            "SR2 with penalty_mode='subgradient': SR2 applies the regularizer through its exact prox and "
+            "its rho test, so a penalty in the loss would count it twice; use penalty_mode='prox'"
+        )
+    if _has_scheduler(out):
+        raise ValueError(
+            "SR2 with an lr_scheduler: SR2 has no lr; sigma (the inverse step) is adapted by the rho "
+            "test; remove the lr_scheduler"
+        )
+    if trainer is None or not getattr(module, "automatic_optimization", True):
+        return
+    if trainer.accumulate_grad_batches > 1:
+        k = trainer.accumulate_grad_batches
+        raise ValueError(
+            f"SR2 with accumulate_grad_batches={k}: g_t would span {k} batches but the trial loss only the "
+            f"last; use accumulate_grad_batches=1 and a {k}x batch_size"
+        )
+    if str(trainer.precision) == "16-mixed" or getattr(trainer.precision_plugin, "scaler", None) is not None:
+        raise ValueError(
+            "SR2 with precision='16-mixed': the GradScaler calls step() without a closure and skips "
+            "steps, which breaks the rho test; use precision='bf16-mixed' or '32-true'"
+        )
+    if str(trainer.precision) in ("16-true", "bf16-true"):
+        import warnings
+
+        warnings.warn(
+            f"SR2 with precision={trainer.precision!r}: the losses in the rho test carry half-precision "
+            "rounding (about 1e-3 relative), so steps near a solution are accepted or rejected by noise; "
+            "prefer 'bf16-mixed' or '32-true'",
+            stacklevel=2,
+        )
+    if trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
+        raise ValueError(
+            f"SR2 with gradient_clip_val={trainer.gradient_clip_val}: SR2 controls the step through sigma; "
+            "a clipped g_t is not the gradient of the model psi that rho compares against; remove "
+            "gradient_clip_val"
+        )
+
+
+def _has_scheduler(out: Any) -> bool:
+    if isinstance(out, Mapping):
+        return out.get("lr_scheduler") is not None
+    if isinstance(out, (list, tuple)):
+        if len(out) == 2 and isinstance(out[0], (list, tuple)) and out[1]:
+            return True
+        return any(_has_scheduler(o) for o in out if isinstance(o, Mapping))
+    return False
 
 
 def _resuming_fit(module: Any) -> bool:
@@ -568,6 +762,10 @@ def _zero_subgradient_at_zero(p: Tensor) -> Tensor:
 def _with_penalty(step: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(step)
     def training_step(self: ProxMixin, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_prox_in_trial", False):  # SR2's trial forward: the plain loss
+            return step(self, *args, **kwargs)
+        if not getattr(self, "_prox_in_step", False):  # the batch and RNG state for SR2's trial forward
+            self._prox_step_inputs = (args, kwargs, _torch_rng_state())
         if getattr(self, "_prox_penalty_mode", "prox") != "subgradient" or getattr(
             self, "_prox_in_step", False
         ):

@@ -5,6 +5,7 @@ from .proxgen import ProxAdam, ProxGen
 from .proxsgd import ProxSGD, TwoStageProxSGD
 from .ramda import RAMDA
 from .rmda import RMDA
+from .sr2 import SR2
 
 __all__: list[str] = [
     "ProxAdam",
@@ -13,6 +14,7 @@ __all__: list[str] = [
     "ProxSGD",
     "RAMDA",
     "RMDA",
+    "SR2",
     "TwoStageProxSGD",
     "group_regularizer",
 ]
