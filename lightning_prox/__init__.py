@@ -3,13 +3,15 @@
 Train exactly sparse, channel-structured, low-rank and binary/ternary networks with ProxGen
 (proximal Adam/RMSprop/AdaGrad; Yun, Lozano & Yang, 2020, "A General Family of Stochastic Proximal
 Gradient Methods for Deep Learning"), Prox-SGD, ProxQuant (Bai, Wang & Liberty, ICLR 2019) and its
-revised form, and RMDA/RAMDA (Huang & Lee, ICLR 2022 and NeurIPS 2024).
+revised form, RMDA/RAMDA (Huang & Lee, ICLR 2022 and NeurIPS 2024) and SR2 (Lakhmiri, Orban & Lodi,
+2022, a stochastic proximal method with adaptive quadratic regularization).
 
 The package has four layers, each usable without the ones above it:
 
 - :mod:`lightning_prox.regularizers`: the value and exact proximal operator of every regularizer;
 - :mod:`lightning_prox.optim`: ``torch.optim.Optimizer`` subclasses that apply them (no Lightning);
-- :mod:`lightning_prox.callbacks`: sparsity monitoring, λ schedules, hard quantization, RAMDA stages;
+- :mod:`lightning_prox.callbacks`: sparsity monitoring, λ schedules, target sparsity, structure freeze,
+  hard quantization, RAMDA stages;
 - :class:`lightning_prox.ProxMixin` and :mod:`lightning_prox.cli`: the Lightning module mixin and the
   ``lightning-prox`` command.
 

@@ -278,10 +278,9 @@ def test_cli_resume_is_exact(tmp_path):
     straight = _cli(tmp_path / "straight", 2)
     assert isinstance(straight.trainer.optimizers[0], SR2)
     _cli(tmp_path / "first", 1)
-    ckpts = sorted((tmp_path / "first" / "checkpoints").glob("*.ckpt"))
-    assert len(ckpts) == 1
-    torch.load(ckpts[0], weights_only=True)
-    resumed = _cli(tmp_path / "resumed", 2, str(ckpts[0]))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    torch.load(last, weights_only=True)
+    resumed = _cli(tmp_path / "resumed", 2, str(last))
     assert resumed.trainer.global_step == straight.trainer.global_step > 0
     _assert_same_run(
         straight.model, straight.trainer.optimizers[0], resumed.model, resumed.trainer.optimizers[0]
