@@ -282,3 +282,40 @@ def test_dual_averaging_non_finite_gradient_changes_nothing(opt_name):
     assert torch.equal(w.detach(), before)
     for k, v in state.items():
         assert torch.equal(opt.state[w][k], v) if isinstance(v, torch.Tensor) else opt.state[w][k] == v
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_proxgen_half_precision_keeps_float32_moments_and_tracks_float32(dtype):
+    """(1 − β2)·g² underflows float16 for small gradients; with float16 moments the step became m/ε
+    (weights 7× off after 10 steps, torch.optim.Adam gives NaN). The moments are float32, also after
+    a resume through state_dict."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 3, 3, 3), (10, 64)]
+    start = [torch.randn(s, generator=g) * 0.1 for s in shapes]
+    grads = [[torch.randn(s, generator=g) * 0.05 for s in shapes] for _ in range(10)]
+
+    def run(dt, steps, resume_at=None):
+        ps = [nn.Parameter(x.clone().to(dt)) for x in start]  # clone: .to(float32) would share storage
+        opt = ProxGen([{"params": ps, "regularizer": L1(1e-2)}], lr=1e-2)
+        for t in range(steps):
+            if t == resume_at:
+                state = opt.state_dict()
+                opt = ProxGen([{"params": ps, "regularizer": L1(1e-2)}], lr=1e-2)
+                opt.load_state_dict(state)
+            for p, gr in zip(ps, grads[t]):
+                p.grad = gr.to(dt)
+            opt.step()
+        return ps, opt
+
+    half, opt = run(dtype, 10)
+    full, _ = run(torch.float32, 10)
+    assert all(opt.state[p]["exp_avg_sq"].dtype == torch.float32 for p in half)
+    for h, f in zip(half, full):
+        assert h.dtype == dtype
+        torch.testing.assert_close(
+            h.float(), f.detach(), atol=4e-3 if dtype == torch.float16 else 1.5e-2, rtol=0
+        )
+    resumed, opt2 = run(dtype, 10, resume_at=5)
+    assert all(opt2.state[p]["exp_avg"].dtype == torch.float32 for p in resumed)
+    diffs = [float((a.detach().float() - b.detach().float()).abs().max()) for a, b in zip(half, resumed)]
+    assert diffs == [0.0, 0.0], diffs

@@ -220,6 +220,24 @@ class ProxGen(ProxOptimizer):
             differentiable=differentiable,
         )
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, except that the float32 moments of half-precision
+        parameters stay float32 (torch casts loaded state to the parameter's dtype), so that a resumed
+        run continues exactly."""
+        super().load_state_dict(state_dict)
+        saved = state_dict.get("state", {})
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                entry = saved.get(index)
+                index += 1
+                if entry is None or p.dtype not in (torch.float16, torch.bfloat16):
+                    continue
+                for key in ("exp_avg", "exp_avg_sq"):
+                    value = entry.get(key)
+                    if isinstance(value, Tensor) and value.dtype == torch.float32:
+                        self.state[p][key] = value.to(device=p.device, copy=True)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_scratch", _fused.Scratch())
@@ -249,10 +267,15 @@ class ProxGen(ProxOptimizer):
         for p in params:
             state = self.state[p]
             if len(state) == 0:
+                # half-precision parameters keep float32 moments: (1 − β2)·g² underflows float16 for
+                # |g| < 1e-2, and a zero second moment turns the step into m/ε
+                dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
                 if needs_v:
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        p, dtype=dtype, memory_format=torch.preserve_format
+                    )
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"] if needs_v else None)
             steps.append(state["step"])

@@ -1,0 +1,278 @@
+"""GPU check: every optimizer × regularizer on CUDA against the same steps on CPU, half precision, a
+Lightning fit on ``accelerator="gpu"``, and step times against ``torch.optim.Adam(fused=True)``.
+
+Run on a CUDA machine (about 3–5 minutes; the sections print as they finish):
+
+    python benchmarks/gpu_check.py                 # everything, on cuda:0
+    python benchmarks/gpu_check.py --device cpu --quick   # the same code paths on CPU (a smoke run)
+
+Sections:
+
+1. **Agreement**: for each optimizer (ProxGen, ProxSGD, TwoStageProxSGD, RMDA, RAMDA, SR2 when present)
+   and regularizer (none, L1, L0, Lq(½), MCP, SCAD, GroupLasso in/out, NuclearNorm, Quantization), 10
+   steps on a small conv net's parameters with fixed random gradients, on the device and on CPU from
+   the same start: the largest difference relative to the weights' scale, and whether the exact-zero
+   patterns agree (``zeros≠`` counts entries zero on one side only; thresholds at the boundary may
+   flip a few).
+2. **Half precision**: float16 and bfloat16 parameters on the device: 10 steps stay finite and within
+   the dtype's rounding of the float32 run.
+3. **Lightning**: a 2-epoch fit of the quickstart model with ``accelerator="gpu"`` (skipped on CPU:
+   ``accelerator="cpu"``), its final group sparsity and validation accuracy.
+4. **Step time**: ResNet-18-sized parameters (11.7 M values), the median step time of each optimizer
+   against ``torch.optim.Adam(fused=True)`` (and ``SGD(fused=True)`` for ProxSGD), interleaved.
+
+Exit status 1 when an agreement or half-precision check fails (the table says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from lightning_prox import optim as lp_optim
+from lightning_prox.optim import RAMDA, RMDA, ProxGen, ProxSGD, TwoStageProxSGD
+from lightning_prox.regularizers import L0, L1, MCP, SCAD, GroupLasso, Lq, NuclearNorm, Quantization
+
+OPTIMIZERS = {
+    "ProxGen": functools.partial(ProxGen, lr=1e-2),
+    "ProxGen-eager": functools.partial(ProxGen, lr=1e-2, implementation="eager"),
+    "ProxSGD": functools.partial(ProxSGD, lr=0.05, momentum=0.9),
+    "TwoStageProxSGD": functools.partial(TwoStageProxSGD, lr=0.05),
+    "RMDA": functools.partial(RMDA, lr=0.05, momentum=0.5),
+    "RAMDA": functools.partial(RAMDA, lr=1e-2, momentum=0.5),
+}
+REGULARIZERS = {
+    "none": None,
+    "L1": L1(1e-2),
+    "L0": L0(1e-3),
+    "Lq(1/2)": Lq(1e-2, q=0.5),
+    "MCP": MCP(1e-2),
+    "SCAD": SCAD(1e-2),
+    "GroupLasso-in": GroupLasso(1e-2, dim="in"),
+    "GroupLasso-out": GroupLasso(1e-2, dim="out"),
+    "NuclearNorm": NuclearNorm(1e-2),
+    "Quantization": Quantization(1e-2),
+}
+
+
+#: optimizers whose float16 runs are known to drift beyond the dtype's rounding: RAMDA keeps its sums
+#: V and U in the parameter's dtype, where small s·g² underflow (ProxGen keeps float32 moments)
+KNOWN_HALF_GAPS = frozenset({"RAMDA"})
+
+
+def _shapes() -> list[tuple[int, ...]]:
+    return [(16, 3, 3, 3), (32, 16, 3, 3), (64, 32, 3, 3), (10, 256)]
+
+
+def _params(device: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        nn.Parameter((torch.randn(s, generator=g) * 0.1).to(device=device, dtype=dtype)) for s in _shapes()
+    ]
+
+
+def _grads(step: int, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed * 1000 + step)
+    return [torch.randn(s, generator=g) * 0.05 for s in _shapes()]
+
+
+def _run(make, reg, device: str, dtype: torch.dtype, steps: int) -> list[torch.Tensor]:
+    params = _params(device, dtype)
+    opt = make([{"params": params, "regularizer": reg}])
+    for t in range(steps):
+        for p, g in zip(params, _grads(t)):
+            p.grad = g.to(device=device, dtype=dtype)
+        opt.step()
+    return [p.detach().float().cpu() for p in params]
+
+
+def agreement(device: str, steps: int, quick: bool) -> bool:
+    print(f"\n1. agreement {device} vs cpu, {steps} steps (max |Δ| / max |w|, entries zero on one side only)")
+    ok = True
+    regs = dict(list(REGULARIZERS.items())[:4]) if quick else REGULARIZERS
+    opts = dict(OPTIMIZERS)
+    if hasattr(lp_optim, "SR2"):
+        print("   (SR2 needs a loss closure: covered by the Lightning section)")
+    print(f"   {'optimizer':<16}" + "".join(f"{r:>16}" for r in regs))
+    for name, make in opts.items():
+        cells = []
+        for reg in regs.values():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    a = _run(make, reg, device, torch.float32, steps)
+                    b = _run(make, reg, "cpu", torch.float32, steps)
+            except Exception as err:
+                cells.append(f"ERR {type(err).__name__}"[:15])
+                ok = False
+                continue
+            scale = max(float(x.abs().max()) for x in b) or 1.0
+            diff = max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
+            flips = sum(int(((x == 0) != (y == 0)).sum()) for x, y in zip(a, b))
+            finite = all(bool(torch.isfinite(x).all()) for x in a)
+            bad = not finite or diff > 1e-4 or flips > 3
+            ok &= not bad
+            cells.append(("!" if bad else "") + f"{diff:.1e}/{flips}")
+        print(f"   {name:<16}" + "".join(f"{c:>16}" for c in cells), flush=True)
+    return ok
+
+
+def half_precision(device: str, steps: int) -> bool:
+    print(f"\n2. float16 / bfloat16 parameters on {device}, {steps} steps (max |Δ| vs float32 / max |w|)")
+    ok = True
+    for name, make in OPTIMIZERS.items():
+        cells = []
+        for dtype, tol in ((torch.float16, 2e-2), (torch.bfloat16, 6e-2)):
+            for reg in (L1(1e-2), GroupLasso(1e-2)):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        a = _run(make, reg, device, dtype, steps)
+                        b = _run(make, reg, device, torch.float32, steps)
+                except Exception as err:
+                    cells.append(f"ERR {type(err).__name__}"[:15])
+                    ok = False
+                    continue
+                scale = max(float(x.abs().max()) for x in b) or 1.0
+                diff = max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
+                finite = all(bool(torch.isfinite(x).all()) for x in a)
+                bad = not finite or diff > tol
+                if bad and finite and name in KNOWN_HALF_GAPS and dtype == torch.float16:
+                    cells.append(f"~{diff:.1e}")  # a known gap, reported but not failed
+                    continue
+                ok &= not bad
+                cells.append(("!" if bad else "") + f"{diff:.1e}")
+        print(f"   {name:<16}" + "".join(f"{c:>11}" for c in cells), flush=True)
+    print("   columns: fp16 L1, fp16 GroupLasso, bf16 L1, bf16 GroupLasso; ~: a known gap (not failed)")
+    return ok
+
+
+def lightning_fit(device: str) -> None:
+    import lightning.pytorch as pl
+
+    from lightning_prox.data import DigitsDataModule
+    from lightning_prox.models import ImageClassifier
+    from lightning_prox.structure import model_sparsity
+
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    print(f"\n3. Lightning fit, accelerator={accelerator!r}: the quickstart model, 2 epochs")
+    rows = [("ProxGen", functools.partial(ProxGen, lr=1e-2)), ("RAMDA", functools.partial(RAMDA, lr=1e-2))]
+    if hasattr(lp_optim, "SR2"):
+        rows.append(("SR2", functools.partial(lp_optim.SR2)))
+    for name, opt in rows:
+        pl.seed_everything(0, verbose=False)
+        model = ImageClassifier(
+            backbone="lenet", num_classes=10, in_chans=1, img_size=8, channels=[16, 32], hidden=[64],
+            optimizer=opt, regularizer=GroupLasso(1e-3, dim="in"), sparsity_table=False,
+        )  # fmt: skip
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, DigitsDataModule(batch_size=64))
+        named = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]
+        s = model_sparsity(named, "in")["group"]
+        acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
+        print(
+            f"   {name:<8} val/acc {acc:.3f}, zero groups {s:.3f}, {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+
+
+def step_time(device: str, steps: int) -> None:
+    import timm
+
+    print(
+        f"\n4. step time on {device}, ResNet-18 parameters, median of {steps} steps (ms; ratio to the fused parent)"
+    )
+    torch.manual_seed(0)
+    shapes = [p.shape for p in timm.create_model("resnet18").parameters()]
+
+    def params() -> list[nn.Parameter]:
+        g = torch.Generator().manual_seed(0)
+        ps = [nn.Parameter(torch.randn(s, generator=g).to(device) * 0.05) for s in shapes]
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g).to(device) * 1e-3
+        return ps
+
+    def grouped(reg):
+        def make(ps):
+            return [
+                {"params": [p for p in ps if p.ndim > 1], "regularizer": reg},
+                {"params": [p for p in ps if p.ndim <= 1], "regularizer": None},
+            ]
+
+        return make
+
+    fused = device.startswith("cuda") or device == "cpu"
+    rows = {
+        "Adam(fused=True)": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=fused),
+        "SGD(fused=True)": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=fused),
+        "ProxGen + L1": lambda ps: ProxGen(grouped(L1(1e-4))(ps), lr=1e-3),
+        "ProxGen, no regularizer": lambda ps: ProxGen(ps, lr=1e-3),
+        "ProxGen + Lq(1/2)": lambda ps: ProxGen(grouped(Lq(1e-4, q=0.5))(ps), lr=1e-3),
+        "ProxGen + GroupLasso": lambda ps: ProxGen(grouped(GroupLasso(1e-4))(ps), lr=1e-3),
+        "ProxSGD + L1": lambda ps: ProxSGD(grouped(L1(1e-4))(ps), lr=0.1, momentum=0.9),
+        "RMDA + GroupLasso": lambda ps: RMDA(grouped(GroupLasso(1e-4))(ps), lr=0.1),
+        "RAMDA + GroupLasso": lambda ps: RAMDA(grouped(GroupLasso(1e-4))(ps), lr=1e-2),
+    }
+    opts = {}
+    for name, make in rows.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opts[name] = make(params())
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for opt in opts.values():
+        for _ in range(3):
+            opt.step()
+    sync()
+    times: dict[str, list[float]] = {n: [] for n in opts}
+    for _ in range(steps):
+        for name, opt in opts.items():
+            sync()
+            t0 = time.perf_counter()
+            opt.step()
+            sync()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    med = {n: statistics.median(t) for n, t in times.items()}
+    for name, t in med.items():
+        parent = med["SGD(fused=True)"] if "SGD" in name and "Prox" in name else med["Adam(fused=True)"]
+        print(f"   {name:<26} {t:9.3f} ms  {t / parent:6.2f}x", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--steps", type=int, default=10, help="steps of the agreement and half-precision checks")
+    p.add_argument("--time_steps", type=int, default=20, help="timed steps of section 4")
+    p.add_argument("--quick", action="store_true", help="fewer regularizers, no step-time section")
+    args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device: run with --device cpu for a smoke run", file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__}, device {args.device} ({name})")
+    t0 = time.perf_counter()
+    ok = agreement(args.device, args.steps, args.quick)
+    ok &= half_precision(args.device, args.steps)
+    lightning_fit(args.device)
+    if not args.quick:
+        step_time(args.device, args.time_steps)
+    print(
+        f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED (marked !)'} in {time.perf_counter() - t0:.0f} s"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
