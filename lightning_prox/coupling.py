@@ -11,12 +11,15 @@ with, so a group found here that training zeroes is exactly a channel the export
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["coupled_channel_groups"]
+__all__ = ["bind_coupled_groups", "coupled_channel_groups"]
 
 #: one slice of a coupled group: (parameter name, dim, indices along dim)
 Slice = tuple[str, int, list[int]]
@@ -183,3 +186,89 @@ def coupled_slice_groups(
         tuple(int(dims[t]) for t in keep),  # type: ignore[arg-type]
         tuple(tuple(ids[t]) for t in keep),  # type: ignore[arg-type]
     )
+
+
+#: model -> (parameter names and shapes, its coupled groups): tracing runs once per model layout
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[list[Slice]]]] = weakref.WeakKeyDictionary()
+
+
+def _example_inputs(model: nn.Module) -> Any:
+    inputs = getattr(model, "example_input_array", None)
+    if inputs is not None:
+        return inputs
+    hp = getattr(model, "hparams", None)
+    if hp is not None and "in_chans" in hp and "img_size" in hp:  # ImageClassifier
+        return torch.zeros(2, int(hp["in_chans"]), int(hp["img_size"]), int(hp["img_size"]))
+    raise ValueError(
+        f"CoupledGroupLasso needs example inputs to trace {type(model).__name__}: set "
+        "self.example_input_array (a batch of the model's inputs) in its __init__"
+    )
+
+
+def bind_coupled_groups(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Param groups with every unbound :class:`~lightning_prox.regularizers.CoupledGroupLasso` bound to ``model``.
+
+    ``ProxMixin`` calls it on its param groups: a group whose regularizer is a ``CoupledGroupLasso``
+    without a coupling (``CoupledGroupLasso(lam)``, e.g. from YAML) is traced on the model's
+    ``example_input_array`` (``ImageClassifier``: zeros of its ``in_chans`` × ``img_size``²) and
+    split into the coupled group (its tensors that a channel group reads, in the coupling's order)
+    and the rest of its tensors, unregularized. Slices of tensors outside the group are dropped, so a
+    channel with an unregularized reader (e.g. ``exclude_ends=True`` keeps the classifier dense) is
+    never zeroed whole. Groups of other regularizers pass through unchanged.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_prox.regularizers import CoupledGroupLasso
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> net.example_input_array = torch.zeros(1, 3)
+        >>> groups = [{"params": [net[0].weight, net[2].weight], "param_names": ["0.weight", "2.weight"],
+        ...            "regularizer": CoupledGroupLasso(0.1)}]
+        >>> [(g["param_names"], type(g["regularizer"]).__name__) for g in bind_coupled_groups(net, groups)]
+        [(['2.weight'], 'CoupledGroupLasso'), (['0.weight'], 'NoneType')]
+    """
+    from .regularizers import CoupledGroupLasso
+
+    todo = [
+        g
+        for g in groups
+        if isinstance(g.get("regularizer"), CoupledGroupLasso) and not g["regularizer"].names
+    ]
+    if not todo:
+        return groups
+    params = dict(model.named_parameters())
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    key = tuple(shapes.items())
+    hit = _CACHE.get(model)
+    if hit is None or hit[0] != key:
+        hit = (key, coupled_channel_groups(model, _example_inputs(model)))
+        _CACHE[model] = hit
+    coupling = hit[1]
+    out = []
+    for g in groups:
+        reg = g.get("regularizer")
+        if not (isinstance(reg, CoupledGroupLasso) and not reg.names):
+            out.append(g)
+            continue
+        names = list(g.get("param_names") or [])
+        if len(names) != len(g["params"]):
+            raise ValueError(
+                "CoupledGroupLasso needs the param group's 'param_names' to bind it to the model"
+            )
+        kwargs = {f.name: getattr(reg, f.name) for f in dataclasses.fields(reg)}
+        for f in ("names", "dims", "slice_groups"):
+            kwargs.pop(f)
+        bound = CoupledGroupLasso.from_groups(kwargs.pop("lam"), coupling, shapes, names, **kwargs)
+        if bound.names:
+            out.append(
+                {
+                    **g,
+                    "params": [params[n] for n in bound.names],
+                    "param_names": list(bound.names),
+                    "regularizer": bound,
+                }
+            )
+        rest = [n for n in names if n not in set(bound.names)]
+        if rest:
+            out.append({**g, "params": [params[n] for n in rest], "param_names": rest, "regularizer": None})
+    return out

@@ -1,0 +1,75 @@
+"""CoupledGroupLasso from the mixin: a Lightning fit of a tiny CIFAR ResNet on digits zeroes whole
+residual-stream channels, export_compact removes them, and the checkpoint loads with weights_only=True."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("torch_pruning")
+
+from helpers.trainers import quiet_trainer
+
+from lightning_prox.data import DigitsDataModule
+from lightning_prox.export import export_compact
+from lightning_prox.models import ImageClassifier
+from lightning_prox.optim import ProxGen
+from lightning_prox.regularizers import CoupledGroupLasso, as_regularizer
+
+
+def _stream_readers(net):
+    """Stage-1 residual stream channel k: the input slices of every conv that reads it (from the
+    architecture of CifarResNet(20): each layer1 block's conv1, layer2.0's conv1 and downsample)."""
+    ws = [b.conv1.weight for b in net.layer1] + [
+        net.layer2[0].conv1.weight,
+        net.layer2[0].downsample[0].weight,
+    ]
+    return torch.stack([(w == 0).flatten(2).all(2).all(0) for w in ws], 1)  # [16 channels, 5 readers]
+
+
+def test_fit_zeroes_whole_coupled_groups_and_export_removes_them(tmp_path):
+    torch.manual_seed(0)
+    model = ImageClassifier(
+        "resnet20",
+        in_chans=1,
+        img_size=8,
+        optimizer=lambda groups: ProxGen(groups, lr=2e-2),
+        regularizer=CoupledGroupLasso(lam=6e-3),
+    )
+    groups = model.prox_param_groups()
+    reg = groups[0]["regularizer"]
+    assert (
+        isinstance(reg, CoupledGroupLasso) and reg.num_groups == (16 + 32 + 64) * 4
+    )  # 3 streams + 9 blocks' internal channels
+    assert "net.fc.weight" in reg.names and "net.conv1.weight" not in reg.names  # the stem reads the image
+    trainer = quiet_trainer(max_epochs=3, enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer.fit(model, DigitsDataModule(batch_size=64, max_samples=512))
+    readers = _stream_readers(model.net)
+    assert bool(readers.all(1).any())  # residual channels removed...
+    assert torch.equal(readers.any(1), readers.all(1))  # ...only as whole groups
+    net = model.net.eval()
+    x = torch.randn(4, 1, 8, 8)
+    compact, report = export_compact(net, x, latency_batches=())
+    assert report.removed_channels >= int(readers.all(1).sum())
+    assert compact.layer1[0].conv1.in_channels == 16 - int(readers.all(1).sum())
+    torch.testing.assert_close(compact(x), net(x), rtol=1e-5, atol=1e-5)
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    spec = ckpt["optimizer_states"][0]["param_groups"][0]["regularizer"]
+    assert (
+        as_regularizer({**spec, "lam": 6e-3}) == reg
+    )  # the coupling as plain data, equal to the rebuilt one
+
+
+def test_yaml_form_and_exclude_ends_bind_to_the_model():
+    yaml_reg = {"class_path": "lightning_prox.regularizers.CoupledGroupLasso", "init_args": {"lam": 1e-3}}
+    model = ImageClassifier("resnet20", in_chans=1, img_size=8, regularizer=yaml_reg, exclude_ends=True)
+    groups = model.prox_param_groups()
+    reg = groups[0]["regularizer"]
+    assert (
+        isinstance(reg, CoupledGroupLasso)
+        and reg.lam == 1e-3
+        and reg.names == tuple(groups[0]["param_names"])
+    )
+    assert "net.fc.weight" not in reg.names  # the dense classifier's columns are no part of any group
+    assert "net.fc.weight" in [n for g in groups[1:] for n in g["param_names"]]
+    assert reg.num_groups == (16 + 32 + 64) * 4  # the stage-3 stream's groups keep their two conv readers
