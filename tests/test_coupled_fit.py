@@ -73,3 +73,37 @@ def test_yaml_form_and_exclude_ends_bind_to_the_model():
     assert "net.fc.weight" not in reg.names  # the dense classifier's columns are no part of any group
     assert "net.fc.weight" in [n for g in groups[1:] for n in g["param_names"]]
     assert reg.num_groups == (16 + 32 + 64) * 4  # the stage-3 stream's groups keep their two conv readers
+
+
+def test_cli_yaml_recipe_trains_with_coupled_groups(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from lightning_prox.cli import ProxCLI
+
+    monkeypatch.chdir(tmp_path)
+    quickstart = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+    text = quickstart.read_text().replace(
+        "      class_path: lightning_prox.regularizers.GroupLasso\n      init_args:\n        lam: 0.001\n        dim: in",
+        "      class_path: lightning_prox.regularizers.CoupledGroupLasso\n      init_args:\n        lam: 0.001",
+    )
+    assert "CoupledGroupLasso" in text
+    (tmp_path / "coupled.yaml").write_text(text)
+    cli = ProxCLI(
+        [
+            "fit",
+            "--config",
+            str(tmp_path / "coupled.yaml"),
+            "--trainer.max_epochs=1",
+            "--data.init_args.max_samples=200",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    group = torch.load(ckpt, weights_only=True)["optimizer_states"][0]["param_groups"][0]
+    assert group["regularizer"]["name"] == "CoupledGroupLasso" and group["lam"] == 0.001
+    # LeNet: conv1's channels are read by conv2, conv2's by the hidden layer's 4x4 columns, ...
+    assert group["regularizer"]["names"] == [
+        "net.features.3.weight",
+        "net.classifier.1.weight",
+        "net.classifier.3.weight",
+    ]
