@@ -14,7 +14,7 @@ from lightning_prox.data import DigitsDataModule
 from lightning_prox.export import export_compact
 from lightning_prox.models import ImageClassifier
 from lightning_prox.optim import ProxGen
-from lightning_prox.regularizers import CoupledGroupLasso, as_regularizer
+from lightning_prox.regularizers import CoupledGroupLasso, GroupLasso, as_regularizer
 
 
 def _stream_readers(net):
@@ -27,25 +27,30 @@ def _stream_readers(net):
     return torch.stack([(w == 0).flatten(2).all(2).all(0) for w in ws], 1)  # [16 channels, 5 readers]
 
 
-def test_fit_zeroes_whole_coupled_groups_and_export_removes_them(tmp_path):
+def _classifier(reg):
     torch.manual_seed(0)
-    model = ImageClassifier(
-        "resnet20",
-        in_chans=1,
-        img_size=8,
-        optimizer=lambda groups: ProxGen(groups, lr=2e-2),
-        regularizer=CoupledGroupLasso(lam=6e-3),
+    return ImageClassifier(
+        "resnet20", in_chans=1, img_size=8, optimizer=lambda groups: ProxGen(groups, lr=2e-2), regularizer=reg
     )
+
+
+def _fit(model, **kwargs):
+    trainer = quiet_trainer(max_epochs=3, **kwargs)
+    trainer.fit(model, DigitsDataModule(batch_size=64, max_samples=512))
+    return trainer
+
+
+def test_fit_zeroes_whole_coupled_groups_and_export_removes_them(tmp_path):
+    model = _classifier(CoupledGroupLasso(lam=6e-3))
     groups = model.prox_param_groups()
     reg = groups[0]["regularizer"]
     assert (
         isinstance(reg, CoupledGroupLasso) and reg.num_groups == (16 + 32 + 64) * 4
     )  # 3 streams + 9 blocks' internal channels
     assert "net.fc.weight" in reg.names and "net.conv1.weight" not in reg.names  # the stem reads the image
-    trainer = quiet_trainer(max_epochs=3, enable_checkpointing=True, default_root_dir=tmp_path)
-    trainer.fit(model, DigitsDataModule(batch_size=64, max_samples=512))
+    trainer = _fit(model, enable_checkpointing=True, default_root_dir=tmp_path)
     readers = _stream_readers(model.net)
-    assert bool(readers.all(1).any())  # residual channels removed...
+    assert int(readers.all(1).sum()) >= 3  # residual channels removed...
     assert torch.equal(readers.any(1), readers.all(1))  # ...only as whole groups
     net = model.net.eval()
     x = torch.randn(4, 1, 8, 8)
@@ -107,3 +112,14 @@ def test_cli_yaml_recipe_trains_with_coupled_groups(tmp_path, monkeypatch):
         "net.classifier.1.weight",
         "net.classifier.3.weight",
     ]
+
+
+def test_per_tensor_group_lasso_at_the_same_lam_removes_no_residual_channel():
+    """The same fit with GroupLasso(dim="in"): each reader's slice is its own group, and no stream
+    channel ends with all five readers zero, so export_compact keeps every stream channel."""
+    model = _classifier(GroupLasso(6e-3, dim="in"))
+    _fit(model, enable_checkpointing=False)
+    readers = _stream_readers(model.net)
+    assert int(readers.all(1).sum()) == 0
+    compact, _ = export_compact(model.net.eval(), torch.randn(2, 1, 8, 8), latency_batches=())
+    assert compact.layer1[0].conv1.in_channels == 16
