@@ -382,12 +382,18 @@ class CoupledGroupLasso(Regularizer):
         prev = torch.full_like(c, math.inf)
         ops = (torch.where, torch.sqrt, torch.clamp_min)
         j = 0
+        # two scratch buffers shared by all tensors and iterations (no parameter-sized allocation per pass)
+        largest = max(a.numel() for a in av)
+        tbuf = torch.empty(largest, dtype=_F64, device=dev)
+        ubuf = torch.empty(largest, dtype=_F64, device=dev)
         while not bool(done.all()) and j < max_iters:
             j += 1
             p2, p3 = [], []
             for i, m, a in zip(idx, mv, av):
-                t = m + c[i].view(1, -1, 1)
-                u = (a / t).square_()  # a²/(m + c)²
+                t, u = tbuf[: a.numel()].view(a.shape), ubuf[: a.numel()].view(a.shape)
+                torch.add(m, c[i].view(1, -1, 1), out=t)
+                torch.div(a, t, out=u)
+                u.mul_(u)  # a²/(m + c)²
                 p2.append(u.sum((0, 2)))
                 p3.append(u.div_(t).sum((0, 2)))  # a²/(m + c)³
             c_new, lo, hi, done, prev = _newton_update(
@@ -403,7 +409,10 @@ class CoupledGroupLasso(Regularizer):
         if opts.info is not None:
             opts.info["inner_iters"] = max(int(opts.info.get("inner_iters", 0)), j)
             opts.info["screened"] = int(opts.info.get("screened", 0)) + int((~alive[:G] & finite[:G]).sum())
-        return [
-            (z * (m / (m + cf[i].view(1, -1, 1)))).reshape(z0.shape).to(z0.dtype)
-            for z, m, i, z0 in zip(zv, mv, idx, zs)
-        ]
+        out = []
+        for z, m, i, z0 in zip(zv, mv, idx, zs):
+            t = tbuf[: z.numel()].view(z.shape)
+            torch.add(m, cf[i].view(1, -1, 1), out=t)
+            torch.div(m, t, out=t)
+            out.append(t.mul_(z).reshape(z0.shape).to(z0.dtype, copy=True))  # the buffer is reused
+        return out
