@@ -11,6 +11,7 @@ slices of all tensors of the group (segment sums, vectorized over all groups).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -194,7 +195,7 @@ class CoupledGroupLasso(Regularizer):
             "regularizer": self,
         }
 
-    @property
+    @functools.cached_property
     def num_groups(self) -> int:
         """Number of coupled groups."""
         return 1 + max((i for row in self.slice_groups for i in row), default=-1)
