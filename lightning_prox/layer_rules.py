@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .coupling import bind_coupled_groups
 from .regularizers import Regularizer, as_regularizer
 from .structure import DEFAULT_REGULARIZED_TYPES, _by_layout, _type_matches, select_parameters
 from .structure import _is_default_weight as _is_weight
@@ -307,7 +308,7 @@ def param_groups_from_rules(
         add(members, reg, lr=rule.lr, weight_decay=rule.weight_decay)
     add(default, default_reg)
     add(plain, None)
-    return _merge_plain(groups)
+    return _merge_plain(bind_coupled_groups(model, groups))  # CoupledGroupLasso: coupled from the model
 
 
 def _merge_plain(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:

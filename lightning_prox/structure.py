@@ -863,3 +863,8 @@ def active_units(model: nn.Module) -> dict[str, int]:
     stats = [unit_stats(p.w, p.v, p.block) for p in unit_pairs(model)]
     total = sum_stats(stats) if stats else {"units": torch.tensor(0), "active_units": torch.tensor(0)}
     return {k: int(v) for k, v in total.items()}
+
+
+from .coupling import coupled_channel_groups  # noqa: E402  (channel groups coupled across a network)
+
+__all__ += ["coupled_channel_groups"]

@@ -10,6 +10,7 @@ decides, channel by channel, whether the channel can go, and why.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +131,38 @@ class OpOwners(TorchFunctionMode):
     def close(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def trace(
+    model: nn.Module, inputs: tuple[Tensor, ...], error: type[Exception] = ValueError
+) -> tuple[Any, Any, dict]:
+    """Torch-Pruning's ``DependencyGraph`` of ``model`` on ``inputs``, with the op owners of :class:`OpOwners`.
+
+    The model's parameters are made to require gradients while it runs (tracing follows autograd)
+    and restored afterwards. ``error`` (a ``ValueError`` subclass) is raised when tracing fails,
+    naming the innermost module that was running.
+    """
+    tp = import_torch_pruning()
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    owners = OpOwners(model)
+    try:
+        with owners, torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=inputs, forward_fn=lambda m, x: m(*x), verbose=False
+            )
+    except Exception as err:
+        where = f" in module {owners._stack[-1]!r}" if owners._stack else ""
+        raise error(
+            f"Torch-Pruning could not trace {type(model).__name__} on example_inputs{where}: {err}"
+        ) from err
+    finally:
+        owners.close()
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), True))
+    return dg, tp, owners.owner
 
 
 @dataclass

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ._graph import GroupPlan, OpOwners, constant_values, foldable, import_torch_pruning, plan_groups
+from ._graph import GroupPlan, constant_values, foldable, import_torch_pruning, plan_groups, trace
 from .report import ExportReport, LayerChannels, _as_tuple, count_macs, measure_latency, state_dict_bytes
 
 __all__ = ["ExportError", "export_compact"]
@@ -305,18 +304,8 @@ def export_compact(
     if not expected:
         raise ExportError(f"{type(model).__name__} returned no tensor on example_inputs; nothing to compare")
 
-    owners = OpOwners(work)
-    try:
-        with owners, torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(work, example_inputs=inputs, verbose=False)
-    except Exception as err:
-        raise ExportError(
-            f"Torch-Pruning could not trace {type(model).__name__} on example_inputs: {err}"
-        ) from err
-    finally:
-        owners.close()
-    plans = plan_groups(dg, tp, owners.owner)
+    dg, tp, owners = trace(work, inputs, ExportError)
+    plans = plan_groups(dg, tp, owners)
     _decide(plans, work, inputs, on_unknown)
 
     for plan in plans:

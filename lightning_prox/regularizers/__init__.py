@@ -9,6 +9,7 @@ from ._base import (
     registered_names,
 )
 from ._elementwise import ElementwiseRegularizer
+from .coupled_group_lasso import CoupledGroupLasso
 from .group_lasso import GroupLasso
 from .l0 import L0
 from .l1 import L1
@@ -34,4 +35,5 @@ __all__ = [
     "from_spec",
     "get_regularizer_class",
     "registered_names",
+    "CoupledGroupLasso",
 ]
