@@ -278,6 +278,16 @@ _pos = st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinit
     torch.float32,
 )
 @example(MCP(0.7), [0.0] * 6, [1.0] * 6, 1e30, 1.0, False, torch.float32)
+# τw/gap underflowing to 0 beside a metric entry that underflows after scaling: 0/(0 + 0)
+@example(
+    GroupLasso(0.3),
+    [2.0] + [0.0] * 5,
+    [1427247630123008.0, 1.0, 1.0, 1.0, 1e-30, 1.0],
+    1e-30,
+    1.0,
+    True,
+    torch.float32,
+)
 def test_no_nan_or_inf_for_finite_inputs(case, zs, ms, lam, step, use_metric, dtype):
     z = torch.tensor(zs, dtype=torch.float64).clamp(-1e30, 1e30).to(dtype).reshape(3, 2)
     m = torch.tensor(ms, dtype=torch.float64).to(dtype).clamp_min(torch.finfo(dtype).tiny).reshape(3, 2)

@@ -246,8 +246,10 @@ def _solve_newton(
             continue
         gap = (norm_a - thr_s).clamp_min(tiny)
         t_over_gap = torch.where(alive, torch.clamp(thr_s / gap, max=big), 1.0)
-        hi = t_over_gap  # c bracket [τw·min m/gap, τw·max m/gap], scaled (max m = 1)
-        lo = torch.where(alive, t_over_gap * (mn / mx), 1.0).clamp_min(tiny)
+        # c bracket [τw·min m/gap, τw·max m/gap], scaled (max m = 1); both ends ≥ tiny, so that c > 0
+        # and m + c > 0 even where τw/gap underflows (else an underflowed m gives 0/0 below)
+        hi = t_over_gap.clamp_min(tiny)
+        lo = torch.minimum(torch.where(alive, t_over_gap * (mn / mx), 1.0).clamp_min(tiny), hi)
         c = torch.sqrt(lo) * torch.sqrt(hi)  # geometric middle: the bracket may span decades
         if x0s is not None:
             # warm start: a solution x0 has c = τw/‖x0‖ (scaled: thr_s·za/‖x0‖); clamped into the bracket

@@ -366,8 +366,8 @@ class CoupledGroupLasso(Regularizer):
         alive = finite & (norm_a > thr)  # zero iff ‖m⊙z‖ ≤ τw (ties → zero)
         alive[G] = False
         gap = (norm_a - thr).clamp_min(tiny)
-        hi = torch.where(alive, torch.clamp(thr * mx / gap, max=big), 1.0)
-        lo = torch.where(alive, torch.clamp(thr * mn / gap, max=big), 1.0).clamp_min(tiny)
+        hi = torch.where(alive, torch.clamp(thr * mx / gap, max=big), 1.0).clamp_min(tiny)
+        lo = torch.minimum(torch.where(alive, torch.clamp(thr * mn / gap, max=big), 1.0).clamp_min(tiny), hi)
         uniform = alive & (mn == mx)
         c = torch.where(uniform, hi, torch.sqrt(lo) * torch.sqrt(hi))
         if opts.x0s is not None:  # warm start: a solution x0 has c = τw/‖x0_g‖, clamped into the bracket
