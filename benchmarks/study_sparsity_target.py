@@ -8,6 +8,7 @@ point and ``SparsityTarget(target, metric="group")`` (cubic ramp to 75 % of trai
 * the same run with ``StructureFreeze(epoch=24)`` (the pattern is frozen after the target is held for a
   few epochs and the last 5 epochs fine-tune without the penalty; RAMDA's new stage with
   ``restart_momentum=0.01``);
+* the controller's final λ fixed from the start (λ "by hand", had one known it);
 * Lightning's ``ModelPruning("ln_structured")`` on the same layers and input-channel groups
   (``pruning_dim=1``, L2 norm), pruning the target fraction at epoch 22 (75 % of training, where the
   target is reached above) and fine-tuning to epoch 30 with Adam (lr 1e-2), the same model otherwise.
@@ -46,7 +47,7 @@ OPTIMIZERS = {
 }
 
 
-def _model(optimizer, regularized: bool = True) -> ImageClassifier:
+def _model(optimizer, regularized: bool = True, lam: float = 1e-4) -> ImageClassifier:
     from lightning_prox.regularizers import GroupLasso
 
     pl.seed_everything(0, verbose=False)
@@ -58,7 +59,7 @@ def _model(optimizer, regularized: bool = True) -> ImageClassifier:
         channels=[16, 32],
         hidden=[64],
         optimizer=optimizer,
-        regularizer=GroupLasso(1e-4, dim="in") if regularized else None,
+        regularizer=GroupLasso(lam, dim="in") if regularized else None,
         exclude_ends=True,
         sparsity_table=False,
     )
@@ -78,7 +79,7 @@ class _Curve(pl.Callback):
         self.points.append(_group_sparsity(pl_module))
 
 
-def _fit(model, callbacks, epochs: int) -> tuple[float, float, list[float]]:
+def _fit(model, callbacks, epochs: int) -> tuple[float, float, list[float], float]:
     curve = _Curve()
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -90,7 +91,8 @@ def _fit(model, callbacks, epochs: int) -> tuple[float, float, list[float]]:
         callbacks=[*callbacks, curve],
     )
     trainer.fit(model, DigitsDataModule(batch_size=64))
-    return _group_sparsity(model), float(trainer.callback_metrics["val/acc"]), curve.points
+    lam = float(trainer.optimizers[0].param_groups[0].get("lam", 0.0))
+    return _group_sparsity(model), float(trainer.callback_metrics["val/acc"]), curve.points, lam
 
 
 def main() -> None:
@@ -108,14 +110,17 @@ def main() -> None:
     rows, curves = [], {}
     for target in args.targets:
         for opt_name, opt in OPTIMIZERS.items():
-            s, acc, curve = _fit(_model(opt), [SparsityTarget(target, interval=5)], args.epochs)
+            s, acc, curve, lam = _fit(_model(opt), [SparsityTarget(target, interval=5)], args.epochs)
             rows.append((target, opt_name, "SparsityTarget", s, acc))
             curves[(opt_name, target)] = curve
-            s, acc, _ = _fit(
-                _model(opt),
-                [SparsityTarget(target, interval=5), StructureFreeze(epoch=freeze_epoch)],
-                args.epochs,
+            # by hand: the controller's final λ, fixed from the start
+            s, acc, _, _ = _fit(_model(opt, lam=lam), [], args.epochs)
+            rows.append((target, opt_name, f"fixed λ = {lam:.2e} (the controller's final)", s, acc))
+            # RAMDA's fine-tuning stage restarts at the freeze; c = 0.01 (its paper's first-stage value)
+            freeze = StructureFreeze(
+                epoch=freeze_epoch, restart_momentum=0.01 if opt_name == "RAMDA" else None
             )
+            s, acc, _, _ = _fit(_model(opt), [SparsityTarget(target, interval=5), freeze], args.epochs)
             rows.append((target, opt_name, f"+ StructureFreeze(epoch={freeze_epoch})", s, acc))
         model = _model(functools.partial(torch.optim.Adam, lr=1e-2), regularized=False)
         params = [(model.net.features[3], "weight"), (model.net.classifier[1], "weight")]
@@ -129,7 +134,7 @@ def main() -> None:
             make_pruning_permanent=True,
             verbose=0,
         )
-        s, acc, curve = _fit(model, [pruning], args.epochs)
+        s, acc, curve, _ = _fit(model, [pruning], args.epochs)
         rows.append((target, "Adam", f"ModelPruning(ln_structured) at epoch {prune_epoch}", s, acc))
         curves[("ModelPruning", target)] = curve
     print(f"{'target':>6}  {'optimizer':<8} {'method':<42} {'zero groups':>11} {'val acc':>8}")

@@ -335,6 +335,12 @@ class SparsityMonitor(Callback):
 
         totals, rows = self.compute()
         rows = [r for r in rows if "unstructured" in r]
+        for r in rows:  # the strength at the end (a λ schedule or SparsityTarget moved it since the start)
+            lam = self._lam_of.get(r["name"])
+            if lam is not None:
+                value = f"{float(lam()):.2g}"
+                value = value if len(value) <= 6 else f"{float(lam()):.1e}".replace("e-0", "e-")  # 80 columns
+                r["regularizer"] = f"{str(r['regularizer']).split(' λ=')[0]} λ={value}"
         notes: dict[str, str] = {}
         for cb in trainer.callbacks:
             describe = getattr(cb, "table_notes", None)
