@@ -24,6 +24,7 @@ __all__ = [
     "LAYOUT_KINDS",
     "STAT_KEYS",
     "GroupDim",
+    "PathProxPair",
     "UnitPair",
     "active_units",
     "check_groupable",
@@ -38,6 +39,7 @@ __all__ = [
     "num_groups",
     "param_groups_regularized",
     "param_layouts",
+    "pathprox_pairs",
     "parse_layout",
     "plain_form",
     "select_parameters",
@@ -863,3 +865,7 @@ def active_units(model: nn.Module) -> dict[str, int]:
     stats = [unit_stats(p.w, p.v, p.block) for p in unit_pairs(model)]
     total = sum_stats(stats) if stats else {"units": torch.tensor(0), "active_units": torch.tensor(0)}
     return {k: int(v) for k, v in total.items()}
+
+
+# PathProx pairs live in their own module (re-exported here); imported last: it uses the helpers above
+from ._pathprox_pairs import PathProxPair, pathprox_pairs  # noqa: E402
