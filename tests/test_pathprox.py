@@ -237,3 +237,262 @@ def test_untraceable_model_traces_children() -> None:
             return -self.body(x)
 
     assert names(pathprox_pairs(Net()))[0] == ("body.0", "body.2", 1, 0)
+
+
+# -- 2. the optimizer -----------------------------------------------------------------------------------
+from lightning_prox.optim import PathProx  # noqa: E402
+from lightning_prox.optim.pathprox import layerwise_balance_, normalize_and_prox_  # noqa: E402
+
+
+def mlp5() -> nn.Sequential:
+    """5 linear layers: pairs (0,2), (4,6) and an "other" last layer with plain weight decay."""
+    return nn.Sequential(
+        nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 7), nn.ReLU(),
+        nn.Linear(7, 4), nn.ReLU(), nn.Linear(4, 3),
+    )  # fmt: skip
+
+
+_INPUTS = {"mlp5": (4,), "mlp6": (5,), "factorized": (5,), "vgg": (3, 8, 8), "conv_linear": (2, 4, 4)}
+_MODELS = {
+    "mlp5": mlp5,
+    "mlp6": mlp6,
+    "factorized": factorized_mlp,
+    "vgg": vgg_nobn,
+    "conv_linear": conv_flatten_linear,
+}
+
+
+def _batch(name: str, seed: int, n: int = 6, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *_INPUTS[name], generator=g, dtype=dtype)
+
+
+def _reference_step(model, pairs, bufs, *, lr, lam, momentum, wd, nesterov=False):
+    """An independent PathProx step written from the paper, unit by unit, on ``model``'s tensors."""
+    named = dict(model.named_parameters())
+    paired = {id(p.w) for p in pairs} | {id(p.v) for p in pairs}
+    with torch.no_grad():
+        for n, p in named.items():
+            g = p.grad.clone()
+            if p.ndim >= 2 and id(p) not in paired:
+                g = g + wd * p
+            if momentum:
+                if n not in bufs:
+                    bufs[n] = g.clone()
+                else:
+                    bufs[n] = momentum * bufs[n] + g
+                g = g + momentum * bufs[n] if nesterov else bufs[n]
+            p -= lr * g
+        tau = lam * lr
+        for pair in pairs:
+            W, b, V = pair.w, pair.w_bias, pair.v
+            for k in range(W.shape[0]):
+                n_k = W[k].norm()
+                if n_k > 0:
+                    W[k] /= n_k
+                    if b is not None:
+                        b[k] /= n_k
+                if V.ndim == 2:
+                    cols = V[:, k * pair.block : (k + 1) * pair.block]
+                else:
+                    cols = V[:, k]
+                m = cols.norm()
+                if m <= tau:
+                    cols.zero_()
+                else:
+                    cols *= 1 - tau / m
+
+
+@pytest.mark.parametrize("arch", list(_MODELS))
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_steps_equal_an_independent_reference(arch: str, momentum: float) -> None:
+    torch.manual_seed(1)
+    model = _MODELS[arch]().double()
+    ref = _MODELS[arch]().double()
+    ref.load_state_dict(model.state_dict())
+    lr, wd = 0.3, 0.05
+    cols = torch.cat(
+        [
+            torch.linalg.vector_norm(p.v.reshape(p.v.shape[0], p.w.shape[0], -1), dim=(0, 2))
+            for p in pathprox_pairs(model)
+        ]
+    ).detach()
+    lam = float(cols.median()) / lr  # τ = λ·γ at the median unit: both branches of the prox are taken
+    opt = PathProx(model.parameters(), lr=lr, lam=lam, momentum=momentum, pairs=model, other_weight_decay=wd)
+    ref_pairs, bufs = pathprox_pairs(ref), {}
+    zeroed = 0
+    for step in range(3):
+        x = _batch(arch, step)
+        for net in (model, ref):
+            net.zero_grad()
+            net(x).square().mean().backward()
+        opt.step()
+        _reference_step(ref, ref_pairs, bufs, lr=lr, lam=lam, momentum=momentum, wd=wd)
+        for (n, a), b in zip(model.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=f"{arch} step {step}: {n}")
+        zeroed += sum(
+            int((p.v.reshape(p.v.shape[0], p.w.shape[0], -1) == 0).all(2).all(0).sum()) for p in opt.pairs
+        )
+    assert zeroed > 0, "the threshold branch must be exercised"
+
+
+def test_units_at_or_below_the_threshold_are_exactly_zero() -> None:
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    lr, lam = 0.5, 0.25  # τ = 0.125, exact in binary
+    with torch.no_grad():
+        net[2].weight.copy_(torch.tensor([[0.05, 0.125, 0.3, -0.0], [0.05, 0.0, -0.4, 1e-9]]))
+    opt = PathProx(net.parameters(), lr=lr, lam=lam, pairs=net)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    v = net[2].weight.detach()
+    assert (v[:, [0, 1, 3]] == 0).all()  # ‖v_k‖ = 0.0707, 0.125 (= τ), 1e-9
+    torch.testing.assert_close(v[:, 2], torch.tensor([0.3, -0.4]) * (1 - 0.125 / 0.5))
+    torch.testing.assert_close(torch.linalg.vector_norm(net[0].weight.detach(), dim=1), torch.ones(4))
+
+
+def test_zero_norm_unit_left_alone_and_nan_stays_nan() -> None:
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight[1] = 0.0
+        net[0].bias.copy_(torch.tensor([0.5, 0.7, -0.2]))
+        net[2].weight.copy_(torch.tensor([[1.0, 2.0, float("nan")], [1.0, 2.0, 3.0]]))
+    opt = PathProx(net.parameters(), lr=0.1, lam=0.1, pairs=net, check_finite=False)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert (net[0].weight[1] == 0).all() and net[0].bias[1].item() == pytest.approx(0.7)
+    assert torch.isnan(net[2].weight[0, 2]) and torch.isnan(net[2].weight[1, 2])  # never an exact zero
+    assert torch.isfinite(net[2].weight[:, :2]).all()
+
+
+def test_order_sgd_then_hooks_then_normalize_and_prox() -> None:
+    torch.manual_seed(0)
+    net, twin = mlp5(), mlp5()
+    twin.load_state_dict(net.state_dict())
+    opt = PathProx(net.parameters(), lr=0.1, lam=0.5, pairs=net)
+    seen = []
+    opt.register_pre_prox_hook(lambda o: seen.append([p.detach().clone() for p in net.parameters()]))
+    x = torch.randn(5, 4)
+    for m in (net, twin):
+        m(x).sum().backward()
+    opt.step()
+    sgd = torch.optim.SGD(twin.parameters(), lr=0.1)
+    twin[8].weight.grad += 0.5 * twin[8].weight  # the other weight's decay (ζ = λ)
+    sgd.step()
+    for a, b in zip(seen[0], twin.parameters()):
+        torch.testing.assert_close(a, b)  # the hook saw the SGD step and no prox yet
+    normalize_and_prox_(pathprox_pairs(twin), [0.05, 0.05])
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_balancing_flag_balances_before_the_prox() -> None:
+    torch.manual_seed(0)
+    net, twin = mlp6().double(), mlp6().double()
+    twin.load_state_dict(net.state_dict())
+    opt = PathProx(net.parameters(), lr=0.1, lam=0.3, pairs=net, balancing=True)
+    x = _batch("mlp6", 0)
+    for m in (net, twin):
+        m(x).square().mean().backward()
+    opt.step()
+    pairs = pathprox_pairs(twin)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.1 * p.grad
+    layerwise_balance_(pairs)
+    normalize_and_prox_(pairs, [0.03] * 3)
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_path_norms_and_penalty() -> None:
+    torch.manual_seed(0)
+    net = mlp5()
+    opt = PathProx(net.parameters(), lr=0.1, lam=0.2, pairs=net, other_weight_decay=0.3)
+    expected = [
+        (net[i].weight.norm(dim=1).double() * net[j].weight.norm(dim=0).double()).sum()
+        for i, j in ((0, 2), (4, 6))
+    ]
+    got = opt.path_norms()
+    torch.testing.assert_close(torch.stack(got), torch.stack(expected))
+    pen = 0.2 * sum(expected) + 0.15 * net[8].weight.double().square().sum()
+    torch.testing.assert_close(opt.penalty(), pen.detach())
+
+
+def _train(model, opt, steps, start=0, arch="mlp5"):
+    for s in range(start, start + steps):
+        opt.zero_grad()
+        model(_batch(arch, s, dtype=torch.float32)).square().mean().backward()
+        opt.step()
+
+
+def test_resume_is_bit_exact_through_weights_only_state_dicts(tmp_path) -> None:
+    def make():
+        torch.manual_seed(3)
+        m = mlp5()
+        return m, PathProx(m.parameters(), lr=0.05, lam=0.1, momentum=0.9, pairs=m, balancing=True)
+
+    straight, opt = make()
+    _train(straight, opt, 8)
+    model, opt = make()
+    _train(model, opt, 4)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    resumed, opt2 = make()
+    resumed.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    _train(resumed, opt2, 4, start=4)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert opt2.param_groups[0]["regularizer"] == {"name": "PathNorm"}
+
+
+def test_groups_carry_plain_markers_and_scheduled_lam_is_read() -> None:
+    net = mlp5()
+    opt = PathProx(net.parameters(), lr=0.5, lam=0.1, pairs=net)
+    g = opt.param_groups[0]
+    assert g["regularizer"] == {"name": "PathNorm"} and g["lam"] == 0.1
+    g["lam"] = 0.0  # a scheduler switches the prox off: SGD (and ζ = λ = 0) only
+    before = [p.detach().clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for a, b in zip(before, net.parameters()):
+        torch.testing.assert_close(a - 0.5, b.detach())
+    assert opt.prox_stats()[0]["regularizer"] == "PathNorm"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lam=-1.0), "lam must be a finite number >= 0, got -1.0"),
+        (dict(lam=float("inf")), "lam must be a finite number >= 0"),
+        (dict(lr=-0.1), "lr must be a finite number >= 0, got -0.1"),
+        (dict(momentum=-0.5), "momentum must be a finite number >= 0, got -0.5"),
+        (dict(nesterov=True), "nesterov=True needs momentum > 0"),
+        (dict(other_weight_decay=-1.0), "other_weight_decay must be None .* got -1.0"),
+        (dict(pairs=None), "PathProx needs pairs="),
+        (dict(pairs=[("0", "2")]), "pairs must be an nn.Module or a non-empty list of"),
+        (dict(balancing=1), "balancing must be True or False"),
+    ],
+)
+def test_bad_hyperparameters_raise(kwargs, match) -> None:
+    net = mlp5()
+    args = dict(lr=0.1, lam=0.1, pairs=net)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        PathProx(net.parameters(), **args)
+
+
+def test_pair_tensors_must_be_params_and_pairs_disjoint() -> None:
+    net = mlp5()
+    with pytest.raises(ValueError, match=r"the v tensor of the pair \('4', '6'\) is not among"):
+        PathProx([p for n, p in net.named_parameters() if not n.startswith("6.")], lr=0.1, lam=0.1, pairs=net)
+    pairs = pathprox_pairs(net)
+    with pytest.raises(ValueError, match="disjoint"):
+        PathProx(net.parameters(), lr=0.1, lam=0.1, pairs=[pairs[0], pairs[0]])
+    from lightning_prox.regularizers import L1
+
+    with pytest.raises(ValueError, match="PathProx's penalty is the path norm; set lam on PathProx"):
+        PathProx([{"params": list(net.parameters()), "regularizer": L1(0.1)}], lr=0.1, lam=0.1, pairs=net)
