@@ -241,7 +241,7 @@ def test_untraceable_model_traces_children() -> None:
 
 # -- 2. the optimizer -----------------------------------------------------------------------------------
 from lightning_prox.optim import PathProx  # noqa: E402
-from lightning_prox.optim.pathprox import layerwise_balance_, normalize_and_prox_  # noqa: E402
+from lightning_prox.optim.pathprox import layerwise_balance_, normalize_and_prox_, path_norms  # noqa: E402
 
 
 def mlp5() -> nn.Sequential:
@@ -496,3 +496,203 @@ def test_pair_tensors_must_be_params_and_pairs_disjoint() -> None:
 
     with pytest.raises(ValueError, match="PathProx's penalty is the path norm; set lam on PathProx"):
         PathProx([{"params": list(net.parameters()), "regularizer": L1(0.1)}], lr=0.1, lam=0.1, pairs=net)
+
+
+# -- 3. layer-wise balancing --------------------------------------------------------------------------
+_BAL_INPUTS = {**_INPUTS, "prelu": (2, 8), "resnet": (2, 4, 4)}
+_BAL_MODELS = {**_MODELS, "prelu": prelu_avgpool, "resnet": ResNetNoNorm}
+
+
+def _unbalanced(arch: str, dtype: torch.dtype) -> nn.Module:
+    """The model with every layer's weights and biases scaled by a random factor in [0.2, 5]."""
+    torch.manual_seed(7)
+    net = _BAL_MODELS[arch]().to(dtype)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                s = float(torch.empty(()).uniform_(-1.6, 1.6, generator=g).exp())
+                m.weight.mul_(s)
+                if m.bias is not None:
+                    m.bias.uniform_(-0.5, 0.5, generator=g)
+    return net
+
+
+@pytest.mark.parametrize("arch", list(_BAL_MODELS))
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_balancing_preserves_the_function_and_equalizes_each_chain(arch, dtype, rtol) -> None:
+    net = _unbalanced(arch, dtype).eval()
+    pairs = pathprox_pairs(net)
+    x = torch.randn(7, *_BAL_INPUTS[arch], generator=torch.Generator().manual_seed(0), dtype=dtype)
+    before = [float(p) for p in path_norms(pairs)]
+    w_before = [p.w.detach().clone() for p in pairs]
+    with torch.no_grad():
+        y = net(x)
+    scales = layerwise_balance_(pairs)
+    with torch.no_grad():
+        y2 = net(x)
+    err = float((y2 - y).abs().max() / y.abs().max())
+    assert err <= rtol, f"{arch}: output changed by {err:.2e} relative"
+    after = [float(p) for p in path_norms(pairs)]
+    for chain in {p.chain for p in pairs}:
+        idx = [i for i, p in enumerate(pairs) if p.chain == chain]
+        target = torch.tensor([before[i] for i in idx], dtype=torch.float64).log().mean().exp()
+        for i in idx:
+            assert after[i] == pytest.approx(float(target), rel=10 * rtol)
+        assert scales[idx[-1]] == 1.0  # the chain's output layer is untouched exactly
+    for p, w in zip(pairs, w_before):
+        assert torch.equal(p.w, w)  # unit norms of the w layers are kept
+    if arch != "resnet":
+        assert max(abs(s - 1.0) for s in scales) > 1e-3  # the balancing had work to do
+
+
+def test_residual_net_balances_per_chain_not_globally() -> None:
+    net = _unbalanced("resnet", torch.float64)
+    pairs = pathprox_pairs(net)
+    assert [p.chain for p in pairs] == [0, 0, 1, 1]
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    y = net(x)
+    layerwise_balance_(pairs)
+    torch.testing.assert_close(net(x), y, rtol=1e-12, atol=1e-12)
+    # a single chain over the residual add (the authors' global mean) changes the function
+    net2 = _unbalanced("resnet", torch.float64)
+    glued = [p._replace(chain=0) for p in pathprox_pairs(net2)]
+    with torch.no_grad():
+        y2 = net2(x)
+        layerwise_balance_(glued)
+        assert float((net2(x) - y2).abs().max() / y2.abs().max()) > 1e-3
+
+
+def test_balancing_bias_free_layers_and_dead_chains() -> None:
+    net = nn.Sequential(
+        nn.Linear(3, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False), nn.ReLU(),
+        nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 2),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        net[0].weight.mul_(5.0)
+    pairs = pathprox_pairs(net)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = net(x)
+    layerwise_balance_(pairs)  # nothing to compensate in a missing bias: still exact
+    torch.testing.assert_close(net(x), y, rtol=1e-12, atol=1e-13)
+    a, b = path_norms(pairs)
+    assert float(a) == pytest.approx(float(b), rel=1e-12)
+    with torch.no_grad():
+        net[2].weight.zero_()  # P_1 = 0: the chain is skipped, nothing changes (no division by 0)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert layerwise_balance_(pairs) == [1.0, 1.0]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+# -- 3b. the callback ---------------------------------------------------------------------------------
+import lightning.pytorch as pl  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from lightning_prox.callbacks import PathProxBalancing  # noqa: E402
+
+
+class Regression(pl.LightningModule):
+    def __init__(
+        self, momentum: float = 0.0, regularize_bias: bool = False, optimizer: str = "pathprox"
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.net = mlp5()
+        self.momentum, self.regularize_bias, self.optimizer = momentum, regularize_bias, optimizer
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.mse_loss(self.net(x), y)
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+        return PathProx(
+            self.parameters(), lr=0.05, lam=0.05, momentum=self.momentum, pairs=self.net,
+            regularize_bias=self.regularize_bias,
+        )  # fmt: skip
+
+
+def _data(n: int = 48) -> DataLoader:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 4, generator=g)
+    return DataLoader(TensorDataset(x, torch.randn(n, 3, generator=g)), batch_size=8)
+
+
+def _trainer(tmp_path, cb, epochs, **kw) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=epochs, callbacks=[cb], accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, **kw,
+    )  # fmt: skip
+
+
+def test_callback_fit_equals_the_manual_loop_with_the_schedule(tmp_path) -> None:
+    cb = PathProxBalancing(every_n_steps=2, start_step=1)
+    model = Regression(momentum=0.9)
+    _trainer(tmp_path, cb, 2, enable_checkpointing=False).fit(model, _data())
+    assert cb.last_scale_max is not None and cb.last_scale_max >= 0
+    manual = Regression(momentum=0.9)
+    opt = manual.configure_optimizers()
+    step = 0
+    for _ in range(2):
+        for x, y in _data():
+            opt.zero_grad()
+            F.mse_loss(manual.net(x), y).backward()
+            opt.balancing = cb.active(step)
+            opt.step()
+            step += 1
+    for a, b in zip(model.parameters(), manual.parameters()):
+        assert torch.equal(a, b)
+    unbalanced = Regression(momentum=0.9)
+    opt = unbalanced.configure_optimizers()
+    for _ in range(2):
+        for x, y in _data():
+            opt.zero_grad()
+            F.mse_loss(unbalanced.net(x), y).backward()
+            opt.step()
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), unbalanced.parameters()))
+
+
+def test_callback_resume_is_bit_exact(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    straight = Regression(momentum=0.9)
+    _trainer(tmp_path / "a", PathProxBalancing(every_n_steps=3), 4, enable_checkpointing=False).fit(
+        straight, _data()
+    )
+    first = Regression(momentum=0.9)
+    ck = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path / "b", max_epochs=2, callbacks=[PathProxBalancing(every_n_steps=3), ck],
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(first, _data())
+    ckpt = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
+    assert any("PathProxBalancing" in k for k in ckpt["callbacks"])
+    resumed = Regression(momentum=0.9)
+    _trainer(tmp_path / "c", PathProxBalancing(every_n_steps=3), 4, enable_checkpointing=False).fit(
+        resumed, _data(), ckpt_path=str(tmp_path / "ck" / "last.ckpt")
+    )
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_callback_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="every_n_steps must be an int >= 1, got 0"):
+        PathProxBalancing(every_n_steps=0)
+    with pytest.raises(ValueError, match="start_step must be an int >= 0, got -1"):
+        PathProxBalancing(start_step=-1)
+    with pytest.raises(
+        ValueError, match=r"needs a lightning_prox.optim.PathProx optimizer; the Trainer has \['SGD'\]"
+    ):
+        _trainer(tmp_path, PathProxBalancing(), 1, enable_checkpointing=False).fit(
+            Regression(optimizer="sgd"), _data()
+        )
+    with pytest.raises(
+        ValueError, match="regularize_bias=True; balancing would change the biases' weight decay"
+    ):
+        _trainer(tmp_path, PathProxBalancing(), 1, enable_checkpointing=False).fit(
+            Regression(regularize_bias=True), _data()
+        )
