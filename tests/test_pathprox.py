@@ -696,3 +696,66 @@ def test_callback_errors(tmp_path) -> None:
         _trainer(tmp_path, PathProxBalancing(), 1, enable_checkpointing=False).fit(
             Regression(regularize_bias=True), _data()
         )
+
+
+# -- 4. metrics: SparsityMonitor, RegularizationScheduler, PathNormMonitor ------------------------------
+def test_sparsity_monitor_counts_pathprox_units_and_scheduler_writes_lam(tmp_path) -> None:
+    from lightning_prox.callbacks import RegularizationScheduler, SparsityMonitor
+    from lightning_prox.structure import unit_stats
+
+    class Strong(Regression):
+        def configure_optimizers(self):
+            return PathProx(self.parameters(), lr=0.1, lam=1.5, pairs=self.net)
+
+    model = Strong()
+    mon = SparsityMonitor(table=False, histograms=False, image=False, every_n_steps=1)
+    sched = RegularizationScheduler("step", interval="epoch", milestones=[1], gamma=0.5)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, callbacks=[mon, sched], accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(model, _data())
+    opt = trainer.optimizers[0]
+    assert opt.param_groups[0]["lam"] == pytest.approx(0.75)  # λ₀·0.5 after the milestone
+    assert [(p.name, p.next_name) for p in mon._pairs] == [
+        ("net.0.weight", "net.2.weight"),
+        ("net.4.weight", "net.6.weight"),
+    ]
+    totals, _ = mon.compute()
+    units = sum(int(unit_stats(p.w, p.v)["units"]) for p in opt.pairs)
+    active = sum(int(unit_stats(p.w, p.v)["active_units"]) for p in opt.pairs)
+    assert units == 13 and active < units  # λ·γ = 0.15 prunes units of the two pairs
+    assert totals["active_units"] == pytest.approx(active / units)
+    assert float(trainer.callback_metrics["sparsity/active_units"]) == pytest.approx(active / units)
+
+
+def test_path_norm_monitor_pathprox_and_weight_decay_baseline(tmp_path) -> None:
+    from lightning_prox.callbacks import PathNormMonitor
+
+    model = Regression()
+    mon = PathNormMonitor(every_n_steps=1)
+    _trainer(tmp_path, mon, 1, enable_checkpointing=False).fit(model, _data())
+    opt = model.trainer.optimizers[0]
+    m = model.trainer.callback_metrics
+    assert float(m["pathprox/path_norm"]) == pytest.approx(float(sum(opt.path_norms())), rel=1e-6)
+    loss = float(mon.compute(0.0)["pathprox/wd_objective"])
+    assert loss == pytest.approx(float(opt.penalty()), rel=1e-6)
+
+    sgd = Regression(optimizer="sgd")
+    mon = PathNormMonitor(lam=0.1, every_n_steps=1)
+    _trainer(tmp_path, mon, 1, enable_checkpointing=False).fit(sgd, _data())
+    got = mon.compute(0.0)
+    net = sgd.net
+    pn = sum(
+        float((net[i].weight.norm(dim=1).double() * net[j].weight.norm(dim=0).double()).sum())
+        for i, j in ((0, 2), (4, 6))
+    )
+    assert got["pathprox/path_norm"] == pytest.approx(pn, rel=1e-9)
+    sq = {i: float(net[i].weight.double().square().sum()) for i in (0, 2, 4, 6, 8)}
+    assert got["pathprox/wd_objective"] == pytest.approx(0.1 * pn + 0.05 * sq[8], rel=1e-9)
+    assert got["pathprox/wd_objective_raw"] == pytest.approx(0.05 * sum(sq.values()), rel=1e-9)
+    assert got["pathprox/wd_objective"] < got["pathprox/wd_objective_raw"]  # AM-GM: rebalancing lowers it
+    with pytest.raises(ValueError, match="give lam="):
+        _trainer(tmp_path, PathNormMonitor(), 1, enable_checkpointing=False).fit(
+            Regression(optimizer="sgd"), _data()
+        )
