@@ -56,6 +56,12 @@ _HOMOGENEOUS_MODULES: tuple[type[nn.Module], ...] = (
     nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
 )
+_POOL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
 _HOMOGENEOUS_FUNCTIONS = {
     "relu",
     "relu_",
@@ -212,6 +218,9 @@ def _traced_links(root: nn.Module, prefix: str) -> tuple[list[str], list[_Link],
                     mod, (nn.AlphaDropout, nn.FeatureAlphaDropout)
                 ):
                     pass
+                elif isinstance(mod, _POOL_MODULES):
+                    if flattened or not isinstance(first, _CONV):
+                        break  # pooling over features (not space) would mix units
                 elif isinstance(mod, _HOMOGENEOUS_MODULES):
                     pass
                 elif isinstance(mod, _REFUSED_MODULES):
@@ -224,6 +233,8 @@ def _traced_links(root: nn.Module, prefix: str) -> tuple[list[str], list[_Link],
                     if not _flatten_ok(nxt, cur):
                         break
                     flattened = True
+                elif "pool" in name and (flattened or not isinstance(first, _CONV)):
+                    break  # pooling over features (not space) would mix units
                 elif name in _HOMOGENEOUS_FUNCTIONS and (not others or name == "prelu"):
                     pass
                 elif name in _REFUSED_FUNCTIONS and not others:

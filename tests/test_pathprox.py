@@ -759,3 +759,28 @@ def test_path_norm_monitor_pathprox_and_weight_decay_baseline(tmp_path) -> None:
         _trainer(tmp_path, PathNormMonitor(), 1, enable_checkpointing=False).fit(
             Regression(optimizer="sgd"), _data()
         )
+
+
+def test_functional_view_flatten_and_pooling_over_features() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc, self.out = (
+                nn.Conv2d(2, 3, 3, padding=1),
+                nn.Linear(3 * 4 * 4, 5),
+                nn.Linear(5, 2),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.conv(x))
+            h = self.fc(h.view(h.size(0), -1))
+            return self.out(h)
+
+    assert names(pathprox_pairs(Net())) == [("conv", "fc", 16, 0)]
+    # a pooling layer on a linear layer's output pools over features: no unit survives it
+    pooled = nn.Sequential(
+        nn.Linear(3, 8), nn.ReLU(), nn.AdaptiveMaxPool1d(8), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)
+    )
+    assert names(pathprox_pairs(pooled)) == [("3", "5", 1, 0)]
+    with pytest.raises(ValueError, match="no disjoint layer pairs"):  # flatten(x, 0) is not channel-major
+        pathprox_pairs(nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(0), nn.Linear(2, 1)))
