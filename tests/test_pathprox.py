@@ -784,3 +784,23 @@ def test_functional_view_flatten_and_pooling_over_features() -> None:
     assert names(pathprox_pairs(pooled)) == [("3", "5", 1, 0)]
     with pytest.raises(ValueError, match="no disjoint layer pairs"):  # flatten(x, 0) is not channel-major
         pathprox_pairs(nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(0), nn.Linear(2, 1)))
+
+
+# -- 5. the paper's models -------------------------------------------------------------------------------
+def test_paper_models_pairs() -> None:
+    from lightning_prox.models import FactorizedMLP, VGG19NoBN
+
+    net = FactorizedMLP(64, 10, hidden=12, depth=3)
+    assert names(pathprox_pairs(net)) == [
+        ("net.1", "net.3", 1, 0),
+        ("net.4", "net.6", 1, 0),
+        ("net.7", "net.9", 1, 0),
+    ]
+    vgg = VGG19NoBN()
+    convs = [n for n, m in vgg.named_modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 16
+    got = names(pathprox_pairs(vgg))
+    assert got == [
+        (convs[i], convs[i + 1], 1, 0) for i in range(0, 16, 2)
+    ]  # within blocks; the FC is "other"
+    assert sum(p.numel() for p in vgg.parameters()) == 20_024_384 + 5_130  # VGG19 convs + Linear(512, 10)
