@@ -804,3 +804,27 @@ def test_paper_models_pairs() -> None:
         (convs[i], convs[i + 1], 1, 0) for i in range(0, 16, 2)
     ]  # within blocks; the FC is "other"
     assert sum(p.numel() for p in vgg.parameters()) == 20_024_384 + 5_130  # VGG19 convs + Linear(512, 10)
+
+
+def test_groups_without_regularizer_get_the_marker_and_their_own_lam() -> None:
+    net = mlp5()
+    weights = [p for p in net.parameters() if p.ndim >= 2]
+    biases = [p for p in net.parameters() if p.ndim < 2]
+    opt = PathProx(
+        [{"params": weights, "regularizer": None, "lam": 0.2}, {"params": biases}],
+        lr=0.1,
+        lam=0.05,
+        pairs=net,
+    )
+    assert [(g["regularizer"], g["lam"]) for g in opt.param_groups] == [
+        ({"name": "PathNorm"}, 0.2),
+        ({"name": "PathNorm"}, 0.05),
+    ]
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    v = net[2].weight.detach().clone()
+    opt.step()
+    # τ = λ·γ of the group holding v: 0.2·0.1
+    norms = torch.linalg.vector_norm(v, dim=0)
+    expected = v * (1 - 0.02 / norms).clamp_min(0)
+    torch.testing.assert_close(net[2].weight.detach(), expected)

@@ -350,6 +350,12 @@ class PathProx(ProxOptimizer):
         self._paired = {id(t) for p in found for t in (p.w, p.v)}
         self._stepped: set[int] = set()
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; one without a regularizer (or ``regularizer=None``) gets the PathNorm marker."""
+        if param_group.get("regularizer") is None:
+            param_group = {**param_group, "regularizer": PathNorm(float(self.defaults["lam"]))}
+        super().add_param_group(param_group)
+
     def _check_group(self, group: dict[str, Any]) -> None:
         _check_hparams(group["momentum"], group["dampening"], group["nesterov"], 0.0)
         wd = group.get("other_weight_decay")
