@@ -411,7 +411,7 @@ def test_path_norms_and_penalty() -> None:
     net = mlp5()
     opt = PathProx(net.parameters(), lr=0.1, lam=0.2, pairs=net, other_weight_decay=0.3)
     expected = [
-        (net[i].weight.norm(dim=1).double() * net[j].weight.norm(dim=0).double()).sum()
+        (net[i].weight.double().norm(dim=1) * net[j].weight.double().norm(dim=0)).sum()
         for i, j in ((0, 2), (4, 6))
     ]
     got = opt.path_norms()
@@ -747,7 +747,7 @@ def test_path_norm_monitor_pathprox_and_weight_decay_baseline(tmp_path) -> None:
     got = mon.compute(0.0)
     net = sgd.net
     pn = sum(
-        float((net[i].weight.norm(dim=1).double() * net[j].weight.norm(dim=0).double()).sum())
+        float((net[i].weight.double().norm(dim=1) * net[j].weight.double().norm(dim=0)).sum())
         for i, j in ((0, 2), (4, 6))
     )
     assert got["pathprox/path_norm"] == pytest.approx(pn, rel=1e-9)
@@ -828,3 +828,24 @@ def test_groups_without_regularizer_get_the_marker_and_their_own_lam() -> None:
     norms = torch.linalg.vector_norm(v, dim=0)
     expected = v * (1 - 0.02 / norms).clamp_min(0)
     torch.testing.assert_close(net[2].weight.detach(), expected)
+
+
+def test_balancing_skips_chains_whose_scales_overflow_the_dtype() -> None:
+    net = mlp6()
+    with torch.no_grad():
+        net[2].weight.mul_(1e-30)  # P = (~1e-30, ~1, ~1): c_1 = P̄/P_1 ~ 1e20, past float32's sqrt(max)
+        net[2].weight[:, 0] = 0.0  # a dead unit: 0·inf must not appear
+    pairs = pathprox_pairs(net)
+    assert 0 < float(path_norms(pairs)[0]) < 1e-28  # float64 norms: no underflow to 0
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    assert layerwise_balance_(pairs) == [1.0, 1.0, 1.0]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k])
+    net = net.double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    y = net(x).detach()
+    pairs = pathprox_pairs(net)
+    layerwise_balance_(pairs)  # float64 has the range: balanced, function kept
+    torch.testing.assert_close(net(x).detach(), y, rtol=1e-10, atol=1e-12)
+    p = [float(t) for t in path_norms(pairs)]
+    assert p[0] == pytest.approx(p[1], rel=1e-9) and p[1] == pytest.approx(p[2], rel=1e-9)

@@ -53,10 +53,10 @@ class PathNorm(Regularizer):
         )
 
 
-def _unit_norms(x: Tensor, units: int, dims: int) -> Tensor:
+def _unit_norms(x: Tensor, units: int, dims: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """Norms of the ``units`` groups of ``x`` viewed as ``[units, -1]`` (``dims=0``) or
-    ``[out, units, -1]`` (``dims=1``), in float32 at least."""
-    dt = torch.promote_types(x.dtype, torch.float32)
+    ``[out, units, -1]`` (``dims=1``), in ``dtype`` at least."""
+    dt = torch.promote_types(x.dtype, dtype)
     if dims == 0:
         return torch.linalg.vector_norm(x.reshape(units, -1), dim=1, dtype=dt)
     return torch.linalg.vector_norm(x.reshape(x.shape[0], units, -1), dim=(0, 2), dtype=dt)
@@ -71,7 +71,7 @@ def _v_view(p: PathProxPair) -> Tensor:
 def path_norms(pairs: Sequence[PathProxPair]) -> list[Tensor]:
     r"""Path norm :math:`P_g = \sum_k \lVert w_k \rVert_2 \lVert v_k \rVert_2` of every pair (weights only).
 
-    0-dim float64 tensors on each pair's device (no host sync).
+    Computed in float64 (no underflow of tiny units); 0-dim tensors on each pair's device (no host sync).
 
     Example:
         >>> from lightning_prox.structure import pathprox_pairs
@@ -85,8 +85,8 @@ def path_norms(pairs: Sequence[PathProxPair]) -> list[Tensor]:
     out = []
     for p in pairs:
         units = p.w.shape[0]
-        nw = _unit_norms(p.w.detach(), units, 0).double()
-        nv = _unit_norms(_v_view(p).detach(), units, 1).double()
+        nw = _unit_norms(p.w.detach(), units, 0, torch.float64)
+        nv = _unit_norms(_v_view(p).detach(), units, 1, torch.float64)
         out.append((nw * nv).sum())
     return out
 
@@ -106,7 +106,8 @@ def layerwise_balance_(pairs: Sequence[PathProxPair]) -> list[float]:
     ``w`` weights are untouched. Layer g's output is then scaled by :math:`c_g` and the next pair
     undoes it (positive scalars pass through ReLU-like units and pooling), the last output is
     unchanged, so the network function is preserved, and every :math:`P_g` becomes :math:`\bar P`.
-    A chain with a zero or non-finite :math:`P_g` is left as is. A missing bias has nothing to scale.
+    A chain with a zero or non-finite :math:`P_g`, or whose scales would not fit the parameters' dtype
+    (beyond the square root of its largest value), is left as is. A missing bias has nothing to scale.
 
     Returns:
         :math:`c_g` of every pair (1.0 in skipped chains and single-pair chains); one host read.
@@ -144,6 +145,11 @@ def layerwise_balance_(pairs: Sequence[PathProxPair]) -> list[float]:
         g = torch.arange(1, len(idx) + 1, dtype=torch.float64, device=dev)
         logc = g * logp.mean() - torch.cumsum(logp, 0)
         logc[-1] = 0.0  # c_G = 1 exactly: the chain's output is untouched
+        # scales that would overflow the parameters' dtype (a nearly dead pair next to a live one)
+        # would turn exact zeros into 0·inf = NaN: such a chain is skipped too
+        logprev = torch.cat([torch.zeros(1, dtype=torch.float64, device=dev), logc[:-1]])
+        lim = min(math.log(torch.finfo(t.dtype).max) for i in idx for t in (pairs[i].v, pairs[i].w)) / 2
+        ok = ok & (torch.maximum(logc.abs(), (logc - logprev).abs()).amax() < lim)
         c = torch.where(ok, torch.exp(logc), torch.ones_like(logc))
         prev = torch.cat([torch.ones(1, dtype=torch.float64, device=dev), c[:-1]])
         for j, i in enumerate(idx):
@@ -246,7 +252,9 @@ class PathProx(ProxOptimizer):
     .. note::
         Momentum buffers are not rescaled by the normalization or the balancing, as in the authors'
         code; the paper analyses plain SGD (``momentum=0``, the authors' setting), momentum is a
-        heuristic here. Units with ``v_k = 0`` keep ``‖w_k‖ = 1`` and can come back.
+        heuristic here: with balancing, pairs whose path norms are far apart (a nearly collapsed chain
+        at a large λ) are rescaled by large factors while their buffers are not, which can make
+        training diverge. Units with ``v_k = 0`` keep ``‖w_k‖ = 1`` and can come back.
 
     Args:
         params: iterable of parameters, ``(name, parameter)`` pairs or param-group dicts; every
