@@ -849,3 +849,33 @@ def test_balancing_skips_chains_whose_scales_overflow_the_dtype() -> None:
     torch.testing.assert_close(net(x).detach(), y, rtol=1e-10, atol=1e-12)
     p = [float(t) for t in path_norms(pairs)]
     assert p[0] == pytest.approx(p[1], rel=1e-9) and p[1] == pytest.approx(p[2], rel=1e-9)
+
+
+def test_proxmixin_passes_the_model_as_pairs_and_refuses_a_regularizer(tmp_path) -> None:
+    import functools
+
+    from lightning_prox.data import DigitsDataModule
+    from lightning_prox.models import ImageClassifier
+    from lightning_prox.regularizers import L1
+
+    model = ImageClassifier(
+        "mlp", num_classes=10, in_chans=1, img_size=8, hidden=(16, 16, 16),
+        optimizer=functools.partial(PathProx, lr=0.1, lam=0.05), sparsity_table=False,
+    )  # fmt: skip
+    dm = DigitsDataModule(batch_size=64, max_samples=256)
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[PathProxBalancing()], accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    opt = trainer.optimizers[0]
+    assert [(p.w_name, p.v_name) for p in opt.pairs] == [
+        ("net.net.1", "net.net.3"),
+        ("net.net.5", "net.net.7"),
+    ]
+    torch.testing.assert_close(torch.linalg.vector_norm(opt.pairs[0].w.detach(), dim=1), torch.ones(16))
+    with pytest.raises(ValueError, match=r"PathProx .*regularizer L1\(lam=0.001\) would be ignored"):
+        ImageClassifier(
+            "mlp", num_classes=10, in_chans=1, img_size=8, hidden=(16,),
+            optimizer=functools.partial(PathProx, lr=0.1, lam=0.05), regularizer=L1(1e-3),
+        )  # fmt: skip
