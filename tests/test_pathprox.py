@@ -879,3 +879,23 @@ def test_proxmixin_passes_the_model_as_pairs_and_refuses_a_regularizer(tmp_path)
             "mlp", num_classes=10, in_chans=1, img_size=8, hidden=(16,),
             optimizer=functools.partial(PathProx, lr=0.1, lam=0.05), regularizer=L1(1e-3),
         )  # fmt: skip
+
+
+def test_channels_last_weights_are_updated_in_place() -> None:
+    torch.manual_seed(0)
+    net, ref = conv_flatten_linear().double(), conv_flatten_linear().double()
+    ref.load_state_dict(net.state_dict())
+    net = net.to(memory_format=torch.channels_last)
+    assert not net[2].weight.is_contiguous()
+    opt = PathProx(net.parameters(), lr=0.3, lam=0.5, pairs=net)
+    ref_opt = PathProx(ref.parameters(), lr=0.3, lam=0.5, pairs=ref)
+    x = _batch("conv_linear", 0)
+    for m, o in ((net, opt), (ref, ref_opt)):
+        m(x).square().mean().backward()
+        o.step()
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        torch.linalg.vector_norm(net[0].weight.detach().reshape(4, -1), dim=1),
+        torch.ones(4, dtype=torch.float64),
+    )

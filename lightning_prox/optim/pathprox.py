@@ -202,20 +202,22 @@ def normalize_and_prox_(
         if not tau > 0:
             continue
         units = p.w.shape[0]
-        w2 = p.w.reshape(units, -1)
         dt = torch.promote_types(p.w.dtype, torch.float32)
-        sq = torch.linalg.vector_norm(w2, dim=1, dtype=dt).square()
+        sq = _unit_norms(p.w, units, 0).square()
         if regularize_bias and p.w_bias is not None:
             sq = sq + p.w_bias.to(dt).square()
         n = sq.sqrt()
         inv = torch.where(n > 0, n, torch.ones_like(n)).reciprocal()
-        w2.mul_(inv.to(p.w.dtype).unsqueeze(1))
+        # scale the tensors themselves (broadcast), never a reshaped copy (channels_last weights)
+        p.w.mul_(inv.to(p.w.dtype).view(units, *([1] * (p.w.ndim - 1))))
         if p.w_bias is not None:
             p.w_bias.mul_(inv.to(p.w_bias.dtype))
-        v3 = _v_view(p)
-        m = _unit_norms(v3, units, 1)
-        factor = (1.0 - tau / m).clamp_min(0.0)  # m = 0: -inf -> 0; m NaN stays NaN
-        v3.mul_(factor.to(p.v.dtype).view(1, units, 1))
+        m = _unit_norms(_v_view(p), units, 1)
+        factor = (1.0 - tau / m).clamp_min(0.0).to(p.v.dtype)  # m = 0: -inf -> 0; m NaN stays NaN
+        if p.v.ndim == 2:
+            p.v.mul_(factor.repeat_interleave(p.block).view(1, -1))
+        else:
+            p.v.mul_(factor.view(1, units, *([1] * (p.v.ndim - 2))))
 
 
 class PathProx(ProxOptimizer):
