@@ -237,7 +237,7 @@ def _traced_links(root: nn.Module, prefix: str) -> tuple[list[str], list[_Link],
                     break  # pooling over features (not space) would mix units
                 elif name in _HOMOGENEOUS_FUNCTIONS and (not others or name == "prelu"):
                     pass
-                elif name in _REFUSED_FUNCTIONS and not others:
+                elif name in _REFUSED_FUNCTIONS:  # their other inputs are parameters/buffers (F.batch_norm)
                     refused = refused or (nxt.name, name)
                 else:
                     break

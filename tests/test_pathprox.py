@@ -899,3 +899,18 @@ def test_channels_last_weights_are_updated_in_place() -> None:
         torch.linalg.vector_norm(net[0].weight.detach().reshape(4, -1), dim=1),
         torch.ones(4, dtype=torch.float64),
     )
+
+
+def test_functional_batch_norm_with_buffers_is_refused_by_name() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+            self.register_buffer("mean", torch.zeros(4))
+            self.register_buffer("var", torch.ones(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(F.relu(F.batch_norm(self.a(x), self.mean, self.var)))
+
+    with pytest.raises(ValueError, match=r"'batch_norm' \(batch_norm\) sits between 'a' and 'b'"):
+        pathprox_pairs(Net())
