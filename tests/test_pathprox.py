@@ -304,8 +304,8 @@ def _reference_step(model, pairs, bufs, *, lr, lam, momentum, wd, nesterov=False
 
 
 @pytest.mark.parametrize("arch", list(_MODELS))
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_steps_equal_an_independent_reference(arch: str, momentum: float) -> None:
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_steps_equal_an_independent_reference(arch: str, momentum: float, nesterov: bool) -> None:
     torch.manual_seed(1)
     model = _MODELS[arch]().double()
     ref = _MODELS[arch]().double()
@@ -318,7 +318,15 @@ def test_steps_equal_an_independent_reference(arch: str, momentum: float) -> Non
         ]
     ).detach()
     lam = float(cols.median()) / lr  # τ = λ·γ at the median unit: both branches of the prox are taken
-    opt = PathProx(model.parameters(), lr=lr, lam=lam, momentum=momentum, pairs=model, other_weight_decay=wd)
+    opt = PathProx(
+        model.parameters(),
+        lr=lr,
+        lam=lam,
+        momentum=momentum,
+        nesterov=nesterov,
+        pairs=model,
+        other_weight_decay=wd,
+    )
     ref_pairs, bufs = pathprox_pairs(ref), {}
     zeroed = 0
     for step in range(3):
@@ -327,7 +335,7 @@ def test_steps_equal_an_independent_reference(arch: str, momentum: float) -> Non
             net.zero_grad()
             net(x).square().mean().backward()
         opt.step()
-        _reference_step(ref, ref_pairs, bufs, lr=lr, lam=lam, momentum=momentum, wd=wd)
+        _reference_step(ref, ref_pairs, bufs, lr=lr, lam=lam, momentum=momentum, wd=wd, nesterov=nesterov)
         for (n, a), b in zip(model.named_parameters(), ref.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=f"{arch} step {step}: {n}")
         zeroed += sum(
