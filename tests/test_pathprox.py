@@ -922,3 +922,65 @@ def test_functional_batch_norm_with_buffers_is_refused_by_name() -> None:
 
     with pytest.raises(ValueError, match=r"'batch_norm' \(batch_norm\) sits between 'a' and 'b'"):
         pathprox_pairs(Net())
+
+
+# -- 6. the weight-decay baseline: SquaredL2 -------------------------------------------------------------
+def test_squared_l2_prox_is_the_argmin_and_value_is_half_lam_norm_squared() -> None:
+    from lightning_prox.regularizers import SquaredL2, from_spec
+
+    reg = SquaredL2(0.7)
+    z = torch.tensor([1.5, -0.3, 0.0, 2.0], dtype=torch.float64)
+    metric = torch.tensor([1.0, 2.0, 0.5, float("inf")], dtype=torch.float64)
+    step = 0.4
+    got = reg.prox(z, step, metric)
+    grid = torch.linspace(-3, 3, 600001, dtype=torch.float64)
+    for i in range(4):
+        if torch.isinf(metric[i]):
+            assert got[i] == z[i]  # an infinite metric pins the coordinate
+            continue
+        obj = step * 0.35 * grid**2 + 0.5 * metric[i] * (grid - z[i]) ** 2
+        assert float(got[i]) == pytest.approx(float(grid[obj.argmin()]), abs=2e-5)
+    torch.testing.assert_close(reg.prox(z, step), z / (1 + step * 0.7))
+    assert float(reg.value(z)) == pytest.approx(0.35 * float(z.square().sum()))
+    assert (
+        from_spec(reg.spec(), 0.7) == reg and torch.isnan(reg.prox(torch.tensor([float("nan")]), 1.0)).all()
+    )
+
+
+def test_squared_l2_subgradient_mode_is_the_authors_weight_decay_loss_term(tmp_path) -> None:
+    import functools
+
+    from lightning_prox.data import DigitsDataModule
+    from lightning_prox.models import ImageClassifier
+    from lightning_prox.regularizers import SquaredL2
+
+    lam, lr = 0.01, 0.1
+
+    def make():
+        torch.manual_seed(0)
+        return ImageClassifier(
+            "mlp", num_classes=10, in_chans=1, img_size=8, hidden=(8, 8, 8), sparsity_table=False,
+            optimizer=functools.partial(torch.optim.SGD, lr=lr), regularizer=SquaredL2(lam),
+            penalty_mode="subgradient",
+        )  # fmt: skip
+
+    model, ref = make(), make()
+    dm = DigitsDataModule(batch_size=32, max_samples=64, shuffle=False, val_fraction=0.0, test_fraction=0.0)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    dm.setup("fit")
+    weights = [p for n, p in ref.named_parameters() if n.endswith("weight")]
+    assert len(weights) == 4
+    sgd = torch.optim.SGD(ref.parameters(), lr=lr)
+    for x, y in dm.train_dataloader():
+        sgd.zero_grad()
+        loss = F.cross_entropy(ref(x), y) + 0.5 * lam * sum(
+            w.square().sum() for w in weights
+        )  # biases excluded
+        loss.backward()
+        sgd.step()
+    for (n, a), b in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
