@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from .structure import _CONV, _pair, _shape_query, _weighted
+# structure.py re-exports this module at its end; its helpers are imported where they are used, so that
+# either module may be imported first
 
 __all__ = ["PathProxPair", "pathprox_pairs"]
 
@@ -143,6 +144,8 @@ class _Link(NamedTuple):
 
 def _layer(module: nn.Module) -> bool:
     """A Linear/Conv{1,2,3}d with a weight and groups = 1 (grouped and transposed convs end chains)."""
+    from .structure import _CONV, _weighted
+
     return _weighted(module) and (not isinstance(module, _CONV) or module.groups == 1)
 
 
@@ -172,6 +175,8 @@ def _flatten_ok(node: Any, cur: Any) -> bool:
 def _traced_links(root: nn.Module, prefix: str) -> tuple[list[str], list[_Link], dict[str, nn.Module]]:
     """(layers in forward order, links between them, {name: module}) of one traced module."""
     import torch.fx
+
+    from .structure import _CONV, _pair, _shape_query
 
     graph = torch.fx.Tracer().trace(root)
     calls: dict[str, int] = {}
