@@ -322,7 +322,7 @@ class ProxMixin:
             if not _takes_regularizer(factory):
                 for g in groups:  # plain torch optimizer, nothing to regularize: keep groups clean
                     g.pop("regularizer", None)
-        optimizer = factory(groups)
+        optimizer = factory(groups, **_pathprox_kwargs(self, factory))
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer callable returned {type(optimizer).__name__}, not a torch Optimizer")
         _check_optimizers(self, [optimizer], "the optimizer argument")
@@ -801,3 +801,12 @@ def _print_table(groups: list[dict[str, Any]], named_parameters: Any) -> None:
     if entries:
         totals, rows = count(entries)
         Console().print(sparsity_table(rows, totals))
+
+
+def _pathprox_kwargs(module: nn.Module, factory: Any) -> dict[str, Any]:
+    """PathProx needs the layer pairs of the model: ``pairs=module`` (traced), unless already given."""
+    from .optim import PathProx  # type: ignore[attr-defined]
+
+    cls = _optimizer_class(factory)
+    given = (getattr(factory, "keywords", None) or {}).get("pairs")
+    return {"pairs": module} if cls is not None and issubclass(cls, PathProx) and given is None else {}

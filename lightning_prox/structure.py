@@ -24,6 +24,7 @@ __all__ = [
     "LAYOUT_KINDS",
     "STAT_KEYS",
     "GroupDim",
+    "PathProxPair",
     "UnitPair",
     "active_units",
     "check_groupable",
@@ -38,6 +39,7 @@ __all__ = [
     "num_groups",
     "param_groups_regularized",
     "param_layouts",
+    "pathprox_pairs",
     "parse_layout",
     "plain_form",
     "select_parameters",
@@ -868,3 +870,6 @@ def active_units(model: nn.Module) -> dict[str, int]:
 from .coupling import coupled_channel_groups  # noqa: E402  (channel groups coupled across a network)
 
 __all__ += ["coupled_channel_groups"]
+
+# PathProx pairs live in their own module (re-exported here); imported last: it uses the helpers above
+from ._pathprox_pairs import PathProxPair, pathprox_pairs  # noqa: E402

@@ -2,6 +2,8 @@
 hard quantization, stage restarts."""
 
 from .hard_quantization import HardQuantization
+from .path_norm_monitor import PathNormMonitor
+from .pathprox_balancing import PathProxBalancing
 from .regularization_scheduler import RegularizationScheduler
 from .sparsity_monitor import SparsityMonitor
 from .sparsity_target import SparsityTarget
@@ -10,6 +12,8 @@ from .structure_freeze import StructureFreeze
 
 __all__: list[str] = [
     "HardQuantization",
+    "PathNormMonitor",
+    "PathProxBalancing",
     "RegularizationScheduler",
     "SparsityMonitor",
     "SparsityTarget",

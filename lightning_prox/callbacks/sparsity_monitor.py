@@ -55,7 +55,9 @@ class SparsityMonitor(Callback):
     model; residual streams have none) of which at least one is monitored: unit ``k`` has input weights
     ``w_k`` (filter/row ``k`` of the first) and output weights ``v_k`` (input slice ``k`` of the next),
     and is active unless one of them is all exactly zero. Note the direction: ``active_units`` is the
-    *active* fraction (1 = dense), as PathProx reports it; the other ratios are zero fractions.
+    *active* fraction (1 = dense), as PathProx reports it; the other ratios are zero fractions. When an
+    optimizer exposes its own layer pairs (``optimizer.pairs``, as
+    :class:`~lightning_prox.optim.PathProx` does), the units are those of its disjoint pairs instead.
 
     Metrics ``sparsity/unstructured``, ``sparsity/group``, ``sparsity/group_weighted``,
     ``sparsity/low_rank``, ``sparsity/active_units`` (those that apply) and per tensor
@@ -281,7 +283,11 @@ class SparsityMonitor(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._entries = self._collect(trainer, pl_module)
-        self._pairs = monitored_pairs(unit_pairs(pl_module), self._entries) if self.active_units else []
+        own = _optimizer_unit_pairs(trainer, pl_module)  # PathProx: its own disjoint pairs
+        if not self.active_units:
+            self._pairs = []
+        else:
+            self._pairs = own if own else monitored_pairs(unit_pairs(pl_module), self._entries)
         if trainer.is_global_zero:
             tags = [f"sparsity/{k}" for k in GLOBAL_KEYS]
             for logger in trainer.loggers:
@@ -389,3 +395,17 @@ class SparsityMonitor(Callback):
         self.history_names = [str(n) for n in state_dict.get("history_names", [])]
         self._last_step = int(state_dict.get("last_step", -1))
         self._collapsed = {str(n) for n in state_dict.get("collapsed", [])}
+
+
+def _optimizer_unit_pairs(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[UnitPair]:
+    """The layer pairs of optimizers that regularize units themselves (``opt.pairs``, e.g. PathProx)."""
+    names = {id(p): n for n, p in pl_module.named_parameters()}
+    out = []
+    for opt in trainer.optimizers:
+        for p in getattr(opt, "pairs", None) or []:
+            w, v = getattr(p, "w", None), getattr(p, "v", None)
+            if isinstance(w, torch.Tensor) and isinstance(v, torch.Tensor):
+                out.append(
+                    UnitPair(names.get(id(w), "w"), names.get(id(v), "v"), w, v, int(getattr(p, "block", 1)))
+                )
+    return out

@@ -3,6 +3,15 @@ CIFAR ResNets."""
 
 from .classifier import ImageClassifier, build_backbone
 from .nets import MLP, LeNet
+from .pathprox_nets import FactorizedMLP, VGG19NoBN
 from .resnet_cifar import CifarResNet
 
-__all__ = ["MLP", "CifarResNet", "ImageClassifier", "LeNet", "build_backbone"]
+__all__ = [
+    "MLP",
+    "CifarResNet",
+    "FactorizedMLP",
+    "ImageClassifier",
+    "LeNet",
+    "VGG19NoBN",
+    "build_backbone",
+]

@@ -1,6 +1,7 @@
 """Proximal optimizers: ``torch.optim.Optimizer`` subclasses on one base, no Lightning imports."""
 
 from ._base import ProxOptimizer, group_regularizer
+from .pathprox import PathProx
 from .proxgen import ProxAdam, ProxGen
 from .proxsgd import ProxSGD, TwoStageProxSGD
 from .ramda import RAMDA
@@ -8,6 +9,7 @@ from .rmda import RMDA
 from .sr2 import SR2
 
 __all__: list[str] = [
+    "PathProx",
     "ProxAdam",
     "ProxGen",
     "ProxOptimizer",

@@ -18,6 +18,7 @@ from .mcp import MCP
 from .nuclear_norm import NuclearNorm
 from .quantization import Quantization
 from .scad import SCAD
+from .squared_l2 import SquaredL2
 
 __all__ = [
     "ElementwiseRegularizer",
@@ -26,6 +27,7 @@ __all__ = [
     "L1",
     "MCP",
     "SCAD",
+    "SquaredL2",
     "Lq",
     "NuclearNorm",
     "Quantization",
