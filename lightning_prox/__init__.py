@@ -4,7 +4,8 @@ Train exactly sparse, channel-structured, low-rank and binary/ternary networks w
 (proximal Adam/RMSprop/AdaGrad; Yun, Lozano & Yang, 2020, "A General Family of Stochastic Proximal
 Gradient Methods for Deep Learning"), Prox-SGD, ProxQuant (Bai, Wang & Liberty, ICLR 2019) and its
 revised form, RMDA/RAMDA (Huang & Lee, ICLR 2022 and NeurIPS 2024) and SR2 (Lakhmiri, Orban & Lodi,
-2022, a stochastic proximal method with adaptive quadratic regularization).
+2022, a stochastic proximal method with adaptive quadratic regularization) and PathProx (Yang et al.,
+2022, the proximal form of weight decay on layer pairs).
 
 The package has four layers, each usable without the ones above it:
 
