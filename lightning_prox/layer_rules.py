@@ -380,7 +380,7 @@ def create_prox_optimizer(
     if any(g["regularizer"] is not None for g in groups) and not _takes_regularizer(cls):
         raise ValueError(
             f"optimizer {getattr(cls, '__name__', cls)!r} takes no regularizer, so the proximal step would be "
-            "skipped; use a lightning_prox.optim optimizer (ProxGen, ProxSGD, RMDA, RAMDA)"
+            "skipped; use a lightning_prox.optim optimizer (ProxGen, ProxSGD, RMDA, RAMDA, SR2)"
         )
     return cls(groups, **kwargs)
 

@@ -230,10 +230,18 @@ class ProxMixin:
                     )
         elif regs and factory is not None and not _takes_regularizer(factory):
             cls = _optimizer_class(factory)
+            from .optim import PathProx
+
+            if isinstance(cls, type) and issubclass(cls, PathProx):
+                raise ValueError(
+                    f"PathProx applies its own path-norm prox to the model's layer pairs and takes no "
+                    f"regularizer, so {regs[0]!r} would be ignored; drop regularizer= and set the strength "
+                    "as PathProx(lam=...)"
+                )
             raise ValueError(
                 f"optimizer {getattr(cls, '__qualname__', cls)} does not apply a proximal step, so the "
                 f"regularizer {regs[0]!r} would be ignored; use a lightning_prox.optim optimizer "
-                "(ProxGen, ProxSGD, RMDA, RAMDA) or penalty_mode='subgradient'"
+                "(ProxGen, ProxSGD, RMDA, RAMDA, SR2) or penalty_mode='subgradient'"
             )
         self._prox_optimizer = factory
         self._prox_regularizer = reg
@@ -570,7 +578,7 @@ def _check_optimizers(module: ProxMixin, optimizers: Sequence[torch.optim.Optimi
                 raise ValueError(
                     f"{where}: {type(opt).__name__} does not apply a proximal step (it left the regularizer "
                     f"{g['regularizer']!r} in its param groups); use a lightning_prox.optim optimizer "
-                    "(ProxGen, ProxSGD, RMDA, RAMDA) or penalty_mode='subgradient'"
+                    "(ProxGen, ProxSGD, RMDA, RAMDA, SR2) or penalty_mode='subgradient'"
                 )
     if module._prox_penalty_mode != "prox" or not module._prox_has_regularizer() or not optimizers:
         return

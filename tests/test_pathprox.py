@@ -984,3 +984,19 @@ def test_squared_l2_subgradient_mode_is_the_authors_weight_decay_loss_term(tmp_p
         sgd.step()
     for (n, a), b in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
+
+
+def test_mixin_with_pathprox_and_a_regularizer_says_pathprox_takes_none():
+    import functools
+
+    from lightning_prox.models import ImageClassifier
+    from lightning_prox.optim import PathProx
+    from lightning_prox.regularizers import L1
+
+    with pytest.raises(
+        ValueError,
+        match=r"PathProx applies its own path-norm prox .* set the strength as PathProx\(lam=\.\.\.\)",
+    ):
+        ImageClassifier(
+            "mlp", hidden=(16,), optimizer=functools.partial(PathProx, lr=0.1, lam=1e-3), regularizer=L1(1e-3)
+        )
