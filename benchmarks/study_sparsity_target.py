@@ -17,7 +17,7 @@ point and ``SparsityTarget(target, metric="group")`` (cubic ramp to 75 % of trai
 Prints one table and writes the reached-sparsity-over-epochs plot.
 
 Run: ``python benchmarks/study_sparsity_target.py [--epochs 30] [--out docs/img/sparsity_target_digits.png]``
-(about 2 CPU minutes).
+(about 5 CPU minutes).
 """
 
 from __future__ import annotations

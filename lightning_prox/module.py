@@ -235,8 +235,8 @@ class ProxMixin:
             if isinstance(cls, type) and issubclass(cls, PathProx):
                 raise ValueError(
                     f"PathProx applies its own path-norm prox to the model's layer pairs and takes no "
-                    f"regularizer, so {regs[0]!r} would be ignored; drop regularizer= and set the strength "
-                    "as PathProx(lam=...)"
+                    f"regularizer: the regularizer {regs[0]!r} would be ignored; drop regularizer= and set "
+                    "the strength as PathProx(lam=...)"
                 )
             raise ValueError(
                 f"optimizer {getattr(cls, '__qualname__', cls)} does not apply a proximal step, so the "
