@@ -21,7 +21,7 @@ from ..regularizers import _fused
 from ..regularizers._base import Regularizer
 from ._base import ProxOptimizer, _check_finite_doc, _torch_flags_doc, group_regularizer
 from ._ramda_compiled import ramda_compiled_
-from .rmda import RMDA, _bucket_by_counters, _check_number
+from .rmda import RMDA, _bucket_by_counters, _check_number, average_, state_dtype
 
 __all__ = ["RAMDA", "ramda"]
 
@@ -103,6 +103,12 @@ def _precondition(
     return ps, zs
 
 
+def _like_sums(grads: list[Tensor], sums: list[Tensor]) -> list[Tensor]:
+    """The gradients in the sums' dtype (float32 for half-precision parameters: g² in float16
+    underflows for |g| < 2.4e-4), the others as they are."""
+    return [g if g.dtype == u.dtype else g.to(u.dtype) for g, u in zip(grads, sums)]
+
+
 def _warm_starts(reg: Regularizer | None, params: list[Tensor], prox_points: list[Tensor]) -> list[Tensor]:
     """Warm starts of the subproblem solver: W_{t−1} for proximal gradient (the authors' choice), the
     last solution Ŵ_{t−1} for an exact solver (``solver="newton"``), whose start only seeds the root
@@ -130,14 +136,12 @@ def _single_tensor_ramda(
     """Reference for-loop implementation of one RAMDA step (the subproblem is solved tensor by tensor)."""
     for p, g, w0, v, u, w_hat in zip(params, grads, initial_points, grad_sums, grad_sq_sums, prox_points):
         v.add_(g, alpha=s)
+        g = g.to(u.dtype)  # float32 sums for half-precision parameters: g² is formed in float32
         u.addcmul_(g, g, value=s)
         (P,), (z,) = _precondition([u], [v], [w0], eps)
         (x0,) = _warm_starts(regularizer, [p], [w_hat])
         _solve(regularizer, [z], alpha, [P], [x0], max_inner_iters, inner_rtol, info, [w_hat])
-        if c == 1.0:
-            p.copy_(w_hat)
-        else:
-            p.lerp_(w_hat, c)
+        average_([p], [w_hat], c)
 
 
 def _multi_tensor_ramda(
@@ -174,14 +178,12 @@ def _multi_tensor_ramda(
     for t in prox_point_norms or []:
         t.resize_(0)  # the compiled path's cached ‖Ŵ_g‖ go stale here: drop them
     torch._foreach_add_(grad_sums, grads, alpha=s)
+    grads = _like_sums(grads, grad_sq_sums)
     torch._foreach_addcmul_(grad_sq_sums, grads, grads, value=s)
     P, zs = _precondition(grad_sq_sums, grad_sums, initial_points, eps)
     x0s = _warm_starts(regularizer, params, prox_points)
     _solve(regularizer, zs, alpha, P, x0s, max_inner_iters, inner_rtol, info, prox_points)
-    if c == 1.0:
-        torch._foreach_copy_(params, prox_points)
-    else:
-        torch._foreach_lerp_(params, prox_points, c)
+    average_(params, prox_points, c)
 
 
 def ramda(
@@ -399,7 +401,7 @@ class RAMDA(RMDA):
         st = self.state[p]
         if not st:
             super()._init_state(p)
-            st["grad_sq_sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["grad_sq_sum"] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
         return st
 
     @torch.no_grad()
@@ -467,7 +469,9 @@ class RAMDA(RMDA):
             else:
                 gs = [grads[i] for i in idx]
                 torch._foreach_add_([st["grad_sum"] for st in sts], gs, alpha=s)
-                torch._foreach_addcmul_([st["grad_sq_sum"] for st in sts], gs, gs, value=s)
+                sq = [st["grad_sq_sum"] for st in sts]
+                gs = _like_sums(gs, sq)
+                torch._foreach_addcmul_(sq, gs, gs, value=s)
                 for st in sts:
                     st.get("prox_point_norms", params[0].new_empty(0)).resize_(0)  # stale after this path
                 buckets.append((idx, alpha + s))
@@ -511,10 +515,7 @@ class RAMDA(RMDA):
             if bucket_info:
                 self.solver_info.append(bucket_info)
                 info.update(bucket_info)
-            if c == 1.0:
-                torch._foreach_copy_(ps, prox_points)
-            else:
-                torch._foreach_lerp_(ps, prox_points, c)
+            average_(ps, prox_points, c)
 
     @torch.no_grad()
     def restart(self, eps_factor: float = 1.0) -> None:

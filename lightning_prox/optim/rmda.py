@@ -33,6 +33,26 @@ def _check_number(name: str, value: Any, low: float, high: float = math.inf, low
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def state_dtype(p: Tensor) -> torch.dtype:
+    """The dtype of the dual-averaging state of ``p``: float32 for half-precision parameters (sums of
+    s·g and s·g² lose their small terms, or underflow, in float16), else the parameter's own."""
+    return torch.float32 if p.dtype in _HALF else p.dtype
+
+
+def average_(params: list[Tensor], points: list[Tensor], c: float) -> None:
+    """W ← (1 − c)·W + c·Ŵ in place (``points`` may be float32 for half-precision ``params``)."""
+    if c == 1.0:
+        torch._foreach_copy_(params, points)
+    elif all(p.dtype == w.dtype for p, w in zip(params, points)):
+        torch._foreach_lerp_(params, points, c)
+    else:
+        for p, w in zip(params, points):
+            p.copy_(torch.lerp(p.to(w.dtype), w, c))
+
+
 def _bucket_by_counters(
     params: list[Tensor], states: list[dict[str, Any]]
 ) -> dict[tuple[Any, ...], list[int]]:
@@ -143,14 +163,29 @@ class RMDA(ProxOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         _check_number("momentum", group["momentum"], 0.0, 1.0)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, except that the float32 state of half-precision
+        parameters stays float32 (torch casts loaded state to the parameter's dtype)."""
+        super().load_state_dict(state_dict)
+        saved = state_dict.get("state", {})
+        params = [p for g in self.param_groups for p in g["params"]]
+        for index, p in enumerate(params):
+            entry = saved.get(index)
+            if entry is None or p.dtype not in _HALF:
+                continue
+            for key, value in entry.items():
+                if isinstance(value, Tensor) and value.dtype == torch.float32 and value.shape == p.shape:
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+
     def _init_state(self, p: Tensor) -> dict[str, Any]:
         st = self.state[p]
         if not st:
             st["step"] = 0
             st["alpha"] = 0.0
-            st["initial_point"] = p.detach().clone(memory_format=torch.preserve_format)
-            st["grad_sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["prox_point"] = p.detach().clone(memory_format=torch.preserve_format)
+            dt = state_dtype(p)
+            st["initial_point"] = p.detach().to(dt, copy=True, memory_format=torch.preserve_format)
+            st["grad_sum"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+            st["prox_point"] = p.detach().to(dt, copy=True, memory_format=torch.preserve_format)
         return st
 
     def _init_group(self, group: dict[str, Any], params: list[Tensor]) -> list[dict[str, Any]]:
@@ -198,13 +233,10 @@ class RMDA(ProxOptimizer):
             if per_tensor:  # the readable reference: one tensor at a time, the regularizer's own prox
                 for p, w_hat in zip(ps, prox_points):
                     prox_tensors_(reg, [w_hat], step, fast=False)
-                    p.copy_(w_hat) if c == 1.0 else p.lerp_(w_hat, c)
+                    average_([p], [w_hat], c)
                 continue
             prox_tensors_(reg, prox_points, step, info=info)
-            if c == 1.0:
-                torch._foreach_copy_(ps, prox_points)
-            else:
-                torch._foreach_lerp_(ps, prox_points, c)
+            average_(ps, prox_points, c)
 
     @torch.no_grad()
     def restart(self, eps_factor: float = 1.0) -> None:
