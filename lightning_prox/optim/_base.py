@@ -237,6 +237,22 @@ class ProxOptimizer(Optimizer):
         info = self.__dict__.setdefault("_last_info", [])
         info.extend({} for _ in range(len(self.param_groups) - len(info)))
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, except that float32 state of half-precision
+        parameters stays float32: torch casts loaded state to the parameter's dtype, and the
+        optimizers keep moments and sums of float16/bfloat16 parameters in float32 (small s·g² terms
+        underflow in float16), so a resumed run continues exactly."""
+        super().load_state_dict(state_dict)
+        saved = state_dict.get("state", {})
+        params = [p for g in self.param_groups for p in g["params"]]
+        for index, p in enumerate(params):
+            entry = saved.get(index)
+            if entry is None or p.dtype not in (torch.float16, torch.bfloat16):
+                continue
+            for key, value in entry.items():
+                if isinstance(value, Tensor) and value.dtype == torch.float32 and value.shape == p.shape:
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+
     # -- hooks ----------------------------------------------------------------------------------
     def register_pre_prox_hook(self, hook: Callable[[ProxOptimizer], None]) -> RemovableHandle:
         """Call ``hook(optimizer)`` in every :meth:`step` after the smooth update, before the prox.

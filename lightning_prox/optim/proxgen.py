@@ -220,24 +220,6 @@ class ProxGen(ProxOptimizer):
             differentiable=differentiable,
         )
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer.load_state_dict``, except that the float32 moments of half-precision
-        parameters stay float32 (torch casts loaded state to the parameter's dtype), so that a resumed
-        run continues exactly."""
-        super().load_state_dict(state_dict)
-        saved = state_dict.get("state", {})
-        index = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                entry = saved.get(index)
-                index += 1
-                if entry is None or p.dtype not in (torch.float16, torch.bfloat16):
-                    continue
-                for key in ("exp_avg", "exp_avg_sq"):
-                    value = entry.get(key)
-                    if isinstance(value, Tensor) and value.dtype == torch.float32:
-                        self.state[p][key] = value.to(device=p.device, copy=True)
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_scratch", _fused.Scratch())

@@ -163,20 +163,6 @@ class RMDA(ProxOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         _check_number("momentum", group["momentum"], 0.0, 1.0)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer.load_state_dict``, except that the float32 state of half-precision
-        parameters stays float32 (torch casts loaded state to the parameter's dtype)."""
-        super().load_state_dict(state_dict)
-        saved = state_dict.get("state", {})
-        params = [p for g in self.param_groups for p in g["params"]]
-        for index, p in enumerate(params):
-            entry = saved.get(index)
-            if entry is None or p.dtype not in _HALF:
-                continue
-            for key, value in entry.items():
-                if isinstance(value, Tensor) and value.dtype == torch.float32 and value.shape == p.shape:
-                    self.state[p][key] = value.to(device=p.device, copy=True)
-
     def _init_state(self, p: Tensor) -> dict[str, Any]:
         st = self.state[p]
         if not st:
