@@ -6,16 +6,13 @@ for rank 1; the test kills the whole process group on timeout.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from helpers.ddp_fit import fit
+from helpers.ddp_launch import run_ddp
 
 SCRIPT = Path(__file__).parent / "helpers" / "ddp_fit.py"
 TIMEOUT_S = 420
@@ -27,27 +24,7 @@ pytestmark = [
 
 
 def _run_ddp(out: Path, optimizer: str) -> None:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)  # Lightning picks a free port; never inherit another run's rendezvous
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(out), "2", "16", optimizer],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"DDP fit did not finish in {TIMEOUT_S}s:\n{log.decode()[-3000:]}")
-    assert proc.returncode == 0, log.decode()[-3000:]
+    run_ddp(SCRIPT, str(out), "2", "16", optimizer)
 
 
 @pytest.mark.parametrize("optimizer", ["ProxGen", "ProxSGD", "RAMDA"])

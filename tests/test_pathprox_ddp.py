@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from helpers.ddp_launch import run_ddp
 from helpers.ddp_pathprox_fit import fit
 
 SCRIPT = Path(__file__).parent / "helpers" / "ddp_pathprox_fit.py"
@@ -23,27 +20,7 @@ pytestmark = [
 
 
 def test_pathprox_ddp_ranks_identical_and_equal_to_one_process(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp_path), "2", "16"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"DDP fit did not finish in {TIMEOUT_S}s:\n{log.decode()[-3000:]}")
-    assert proc.returncode == 0, log.decode()[-3000:]
+    run_ddp(SCRIPT, str(tmp_path), "2", "16")
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["world_size"] == 2 and r0["global_step"] == r1["global_step"] == 2 * 256 // 32

@@ -7,16 +7,13 @@ for rank 1; the test kills the whole process group on timeout.
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from helpers.ddp_fit_sr2 import fit
+from helpers.ddp_launch import run_ddp
 
 SCRIPT = Path(__file__).parent / "helpers" / "ddp_fit_sr2.py"
 TIMEOUT_S = 420
@@ -28,27 +25,7 @@ pytestmark = [
 
 
 def test_sr2_ddp_ranks_agree_and_match_one_process(tmp_path):
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(tmp_path), "2", "16"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"DDP fit did not finish in {TIMEOUT_S}s:\n{log.decode()[-3000:]}")
-    assert proc.returncode == 0, log.decode()[-3000:]
+    run_ddp(SCRIPT, str(tmp_path), "2", "16")
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     steps = 2 * 256 // 32
