@@ -15,7 +15,6 @@ from helpers.ddp_fit import fit
 from helpers.ddp_launch import run_ddp
 
 SCRIPT = Path(__file__).parent / "helpers" / "ddp_fit.py"
-TIMEOUT_S = 420
 
 pytestmark = [
     pytest.mark.ddp,

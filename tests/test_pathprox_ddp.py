@@ -11,7 +11,6 @@ from helpers.ddp_launch import run_ddp
 from helpers.ddp_pathprox_fit import fit
 
 SCRIPT = Path(__file__).parent / "helpers" / "ddp_pathprox_fit.py"
-TIMEOUT_S = 420
 
 pytestmark = [
     pytest.mark.ddp,

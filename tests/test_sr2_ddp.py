@@ -16,7 +16,6 @@ from helpers.ddp_fit_sr2 import fit
 from helpers.ddp_launch import run_ddp
 
 SCRIPT = Path(__file__).parent / "helpers" / "ddp_fit_sr2.py"
-TIMEOUT_S = 420
 
 pytestmark = [
     pytest.mark.ddp,
