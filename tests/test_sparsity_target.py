@@ -175,3 +175,28 @@ def test_guard_halves_lambda_and_warns():
         trainer.fit(_model(), DigitsDataModule(batch_size=64, max_samples=600))
     assert cb.backoffs > 0
     assert cb.lam_factor <= math.exp(cb.max_step * 8)  # held back, not the free climb of 0.25 per update
+
+
+@pytest.mark.parametrize("name", ["ProxSGD", "RMDA", "SR2", "PathProx"])
+def test_every_optimizer_takes_the_controllers_lambda(name):
+    """The controller writes group["lam"] and each optimizer steps with it (a short run: λ moves, the
+    groups hold initial_lam · e^u, and the fit ends)."""
+    from lightning_prox.optim import RMDA, SR2, PathProx, ProxSGD
+
+    factories = {
+        "ProxSGD": (functools.partial(ProxSGD, lr=0.05, momentum=0.9), GroupLasso(1e-4, dim="in"), "group"),
+        "RMDA": (functools.partial(RMDA, lr=0.1, momentum=1.0), GroupLasso(1e-4, dim="in"), "group"),
+        "SR2": (functools.partial(SR2), GroupLasso(1e-4, dim="in"), "group"),
+        "PathProx": (functools.partial(PathProx, lr=0.05, lam=1e-4), None, "active_units"),
+    }
+    opt, reg, metric = factories[name]
+    pl.seed_everything(0)
+    model = ImageClassifier(
+        backbone="mlp", hidden=(32,), optimizer=opt, regularizer=reg, sparsity_table=False
+    )
+    cb = SparsityTarget(0.5 if metric == "group" else 0.8, metric=metric, interval=2)
+    trainer = _trainer(2, [cb])
+    trainer.fit(model, DigitsDataModule(batch_size=64, max_samples=400))
+    assert cb.u != 0.0
+    groups = [g for g in trainer.optimizers[0].param_groups if "initial_lam" in g]
+    assert groups and all(g["lam"] == pytest.approx(g["initial_lam"] * cb.lam_factor) for g in groups)
