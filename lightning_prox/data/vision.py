@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision import transforms as T
@@ -240,7 +241,27 @@ class CIFAR100DataModule(CIFAR10DataModule):
 
 
 class MNISTDataModule(VisionDataModule):
-    """MNIST (idx files under ``MNIST/raw``); 1 channel, 28x28; augmentation (off by default): random crop."""
+    """MNIST (idx files under ``MNIST/raw``); 1 channel, 28x28; augmentation (off by default): random crop.
+
+    ``subset_per_class=k`` trains on a class-balanced subset of the training images, as the PathProx
+    paper's Task 1 (Yang et al., 2022, Section 5 and Appendix D.1.1: 100 random images per class, 1000
+    in all, with the authors' code shuffling the 60,000 training images with seed 42 and keeping the
+    first 100 of each class): the training images are permuted by ``torch.randperm`` with a generator
+    seeded by ``subset_seed`` and the first ``k`` images of each class in that order are kept. The
+    validation set is then every other training image (59,000 for ``k=100``, without augmentation),
+    as in the authors' code; the test set is the full test split. ``val_size`` must stay 0 then.
+
+    Args:
+        subset_per_class: images per class in the training subset; 0 = the whole training split.
+        subset_seed: seed of the permutation that draws the subset (independent of ``seed``).
+
+    The other arguments are those of :class:`VisionDataModule`.
+
+    Example:
+        >>> dm = MNISTDataModule(data_dir="data", subset_per_class=100, subset_seed=42)
+        >>> dm.subset_per_class, dm.subset_seed, dm.val_size
+        (100, 42, 0)
+    """
 
     in_chans = 1
     img_size = 28
@@ -248,6 +269,97 @@ class MNISTDataModule(VisionDataModule):
     mean = (0.1307,)
     std = (0.3081,)
     _cls: Any = datasets.MNIST
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 4,
+        download: bool = True,
+        augment: bool | None = None,
+        val_size: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        verify_integrity: bool = True,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        subset_per_class: int = 0,
+        subset_seed: int = 42,
+    ) -> None:
+        if (
+            isinstance(subset_per_class, bool)
+            or not isinstance(subset_per_class, int)
+            or subset_per_class < 0
+        ):
+            raise ValueError(
+                f"subset_per_class must be an integer >= 0 (0 = the whole training split), got {subset_per_class!r}"
+            )
+        if isinstance(subset_seed, bool) or not isinstance(subset_seed, int):
+            raise ValueError(f"subset_seed must be an integer, got {subset_seed!r}")
+        super().__init__(
+            data_dir,
+            batch_size,
+            num_workers,
+            download,
+            augment,
+            val_size,
+            seed,
+            shuffle,
+            verify_integrity,
+            pin_memory,
+            drop_last,
+        )
+        if subset_per_class and self.val_size:
+            raise ValueError(
+                f"subset_per_class={subset_per_class} validates on the training images outside the subset; "
+                f"val_size={self.val_size} cannot be used with it: set val_size=0"
+            )
+        self.subset_per_class, self.subset_seed = subset_per_class, subset_seed
+
+    def subset_indices(self, targets: Any) -> tuple[list[int], list[int]]:
+        """Indices of the class-balanced training subset and of the remaining (validation) images.
+
+        ``targets`` are the training labels; both index lists are sorted. Raises ``ValueError`` when a
+        class has fewer than ``subset_per_class`` images.
+
+        Example:
+            >>> import torch
+            >>> dm = MNISTDataModule(subset_per_class=1, subset_seed=0)
+            >>> train, val = dm.subset_indices(torch.arange(20) % 10)
+            >>> len(train), len(val), sorted(i % 10 for i in train) == list(range(10))
+            (10, 10, True)
+        """
+        labels = torch.as_tensor(targets, dtype=torch.int64).reshape(-1)
+        k = self.subset_per_class
+        perm = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(self.subset_seed))
+        in_order = labels[perm]
+        keep = []
+        for c in range(self.num_classes):
+            idx = perm[in_order == c]
+            if idx.numel() < k:
+                raise ValueError(
+                    f"{type(self).__name__}: class {c} has {idx.numel()} training images, fewer than "
+                    f"subset_per_class={k}; lower subset_per_class or check the files in {self.data_dir!r}"
+                )
+            keep.append(idx[:k])
+        chosen = torch.zeros(labels.numel(), dtype=torch.bool)
+        chosen[torch.cat(keep)] = True
+        return chosen.nonzero().flatten().tolist(), (~chosen).nonzero().flatten().tolist()
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set") or not self.subset_per_class:
+            super().setup(stage)
+            return
+        try:
+            train = self.make_dataset(True, self.train_transform())
+            train_eval = self.make_dataset(True, self.eval_transform())
+            test = self.make_dataset(False, self.eval_transform())
+        except (OSError, RuntimeError) as err:
+            raise self._unavailable(err, downloading=False) from err
+        keep, rest = self.subset_indices(train.targets)  # type: ignore[attr-defined]
+        self.train_set = Subset(train, keep)
+        self.val_set = Subset(train_eval, rest)
+        self.test_set = test
 
     def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
         return self._cls(self.data_dir, train=train, transform=transform, download=download)
