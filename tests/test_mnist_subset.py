@@ -4,11 +4,13 @@ idx files written in the real MNIST format (no download)."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from lightning_prox.cli import ProxCLI
 from lightning_prox.data import FashionMNISTDataModule, MNISTDataModule
 
 RNG = np.random.default_rng(7)
@@ -125,3 +127,32 @@ def test_a_class_with_too_few_images_is_a_clear_error(tmp_path):
 def test_bad_subset_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         MNISTDataModule(**kw)
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@pytest.mark.parametrize("name", ["pathprox_mnist_subset_fmlp", "pathprox_mnist_subset_fmlp_wd"])
+def test_task1_recipe_trains_on_mnist_files(tmp_path, monkeypatch, name):
+    """The Task 1 recipes run end to end (one step, one validation batch) on MNIST-format files."""
+    monkeypatch.chdir(tmp_path)
+    _write_idx(tmp_path, _balanced_labels(101), n_test=8)
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / f"{name}.yaml"),
+        "--trainer.fast_dev_run=true",
+        "--trainer.accelerator=cpu",
+        f"--data.init_args.data_dir={tmp_path}",
+        "--data.init_args.download=false",
+        "--data.init_args.num_workers=0",
+    ]
+    cli = ProxCLI(args)
+    dm = cli.datamodule
+    assert cli.trainer.global_step == 1 and len(dm.train_set) == 1000 and len(dm.val_set) == 10
+    assert (
+        np.bincount([int(dm.train_set.dataset.targets[i]) for i in dm.train_set.indices]).tolist()
+        == [100] * 10
+    )
+    opt = cli.trainer.optimizers[0]
+    assert type(opt).__name__ == ("SGD" if name.endswith("_wd") else "PathProx")
