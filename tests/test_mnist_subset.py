@@ -156,3 +156,28 @@ def test_task1_recipe_trains_on_mnist_files(tmp_path, monkeypatch, name):
     )
     opt = cli.trainer.optimizers[0]
     assert type(opt).__name__ == ("SGD" if name.endswith("_wd") else "PathProx")
+
+
+def test_seeded_holdout_is_torch_random_split(tmp_path):
+    """``split_seed`` draws the held-out images as ``random_split`` (the PathProx code's 55,000/5,000 split)."""
+    images, labels = _write_idx(tmp_path, _balanced_labels(6))
+    dm = _dm(tmp_path, val_size=10, split_seed=42, augment=False)
+    ref_train, ref_val = torch.utils.data.random_split(
+        range(60), [50, 10], generator=torch.Generator().manual_seed(42)
+    )
+    assert list(dm.train_set.indices) == list(ref_train.indices)
+    assert list(dm.val_set.indices) == list(ref_val.indices)
+    x, y = dm.val_set[0]
+    i = ref_val.indices[0]
+    torch.testing.assert_close(
+        x[0], (torch.as_tensor(images[i], dtype=torch.float32) / 255.0 - 0.1307) / 0.3081
+    )
+    assert y == int(labels[i])
+    other = _dm(tmp_path, val_size=10, split_seed=0)
+    assert sorted(other.val_set.indices) != sorted(dm.val_set.indices)
+    last = _dm(tmp_path, val_size=10)  # no seed: the last images, as before
+    assert list(last.val_set.indices) == list(range(50, 60)) and list(last.train_set.indices) == list(
+        range(50)
+    )
+    with pytest.raises(ValueError, match="split_seed must be None"):
+        MNISTDataModule(val_size=10, split_seed=1.0)

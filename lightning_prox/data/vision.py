@@ -3,7 +3,8 @@
 Each datamodule downloads into ``data_dir`` in ``prepare_data`` (``download=True``) and reads the files
 in their original formats (CIFAR python pickles, MNIST idx, SVHN ``.mat``). By default the validation
 loader is the official test split, as in the papers' CIFAR experiments; ``val_size > 0`` holds out the
-last ``val_size`` training images instead (without augmentation).
+last ``val_size`` training images instead (without augmentation), or a random ``val_size`` of them when
+``split_seed`` is set.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class VisionDataModule(pl.LightningDataModule):
         augment: use the standard train-time augmentation (see each subclass); ``None`` = the data
             set's default (on for CIFAR, SVHN, FashionMNIST; off for MNIST).
         val_size: 0 = validate on the test split; > 0 = hold out that many training images.
+        split_seed: ``None`` = hold out the last ``val_size`` training images; an integer = a random
+            split drawn as ``torch.utils.data.random_split(train, [n - val_size, val_size],
+            generator=torch.Generator().manual_seed(split_seed))`` would (the PathProx code's
+            55,000/5,000 MNIST and 45,000/5,000 CIFAR-10 splits use seed 42).
         seed: seed of the per-epoch shuffling.
         shuffle: shuffle the training set each epoch.
         verify_integrity: check the downloaded files' md5 sums (CIFAR, SVHN).
@@ -103,17 +108,22 @@ class VisionDataModule(pl.LightningDataModule):
         verify_integrity: bool = True,
         pin_memory: bool = False,
         drop_last: bool = False,
+        split_seed: int | None = None,
     ) -> None:
         super().__init__()
         check_common(batch_size, num_workers)
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size!r}")
+        if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, int)):
+            raise ValueError(
+                f"split_seed must be None (hold out the last images) or an integer, got {split_seed!r}"
+            )
         self.save_hyperparameters()
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.download, self.val_size = download, val_size
         self.augment = self.default_augment if augment is None else augment
         self.seed, self.shuffle, self.verify_integrity = seed, shuffle, verify_integrity
-        self.pin_memory, self.drop_last = pin_memory, drop_last
+        self.pin_memory, self.drop_last, self.split_seed = pin_memory, drop_last, split_seed
 
     # -- what a subclass defines ------------------------------------------------------------------
     def make_dataset(self, train: bool, transform: Any, download: bool = False) -> Dataset:
@@ -169,8 +179,12 @@ class VisionDataModule(pl.LightningDataModule):
             raise ValueError(f"val_size={self.val_size} must be smaller than the training set ({n} images)")
         if self.val_size:
             train_eval = self.make_dataset(True, self.eval_transform())
-            self.train_set: Dataset = Subset(train, range(n - self.val_size))
-            self.val_set: Dataset = Subset(train_eval, range(n - self.val_size, n))
+            if self.split_seed is None:
+                order: list[int] = list(range(n))
+            else:  # the index rule of torch.utils.data.random_split
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+            self.train_set: Dataset = Subset(train, order[: n - self.val_size])
+            self.val_set: Dataset = Subset(train_eval, order[n - self.val_size :])
         else:
             self.train_set, self.val_set = train, test
         self.test_set: Dataset = test
@@ -247,7 +261,8 @@ class MNISTDataModule(VisionDataModule):
     paper's Task 1 (Yang et al., 2022, Section 5 and Appendix D.1.1: 100 random images per class, 1000
     in all, with the authors' code shuffling the 60,000 training images with seed 42 and keeping the
     first 100 of each class): the training images are permuted by ``torch.randperm`` with a generator
-    seeded by ``subset_seed`` and the first ``k`` images of each class in that order are kept. The
+    seeded by ``subset_seed`` and the first ``k`` images of each class in that order are kept (the
+    authors' selection rule; ``subset_per_class=100, subset_seed=42`` is their setting). The
     validation set is then every other training image (59,000 for ``k=100``, without augmentation),
     as in the authors' code; the test set is the full test split. ``val_size`` must stay 0 then.
 
@@ -283,6 +298,7 @@ class MNISTDataModule(VisionDataModule):
         verify_integrity: bool = True,
         pin_memory: bool = False,
         drop_last: bool = False,
+        split_seed: int | None = None,
         subset_per_class: int = 0,
         subset_seed: int = 42,
     ) -> None:
@@ -297,17 +313,18 @@ class MNISTDataModule(VisionDataModule):
         if isinstance(subset_seed, bool) or not isinstance(subset_seed, int):
             raise ValueError(f"subset_seed must be an integer, got {subset_seed!r}")
         super().__init__(
-            data_dir,
-            batch_size,
-            num_workers,
-            download,
-            augment,
-            val_size,
-            seed,
-            shuffle,
-            verify_integrity,
-            pin_memory,
-            drop_last,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            download=download,
+            augment=augment,
+            val_size=val_size,
+            seed=seed,
+            shuffle=shuffle,
+            verify_integrity=verify_integrity,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+            split_seed=split_seed,
         )
         if subset_per_class and self.val_size:
             raise ValueError(
