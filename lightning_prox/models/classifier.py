@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..module import ProxMixin
 from ..regularizers import Regularizer
 from .nets import MLP, LeNet
+from .pathprox_nets import FactorizedMLP, VGG19NoBN
 from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
 
 __all__ = ["ImageClassifier", "build_backbone"]
@@ -60,7 +61,12 @@ def build_backbone(
     channels: Sequence[int] = (16, 32),
     drop_rate: float = 0.0,
 ) -> nn.Module:
-    """``"mlp"``, ``"lenet"``, a CIFAR ResNet or any timm model name (``timm.list_models()``).
+    """``"mlp"``, ``"lenet"``, ``"factorized_mlp"``, ``"vgg19_nobn"``, a CIFAR ResNet or any timm model name.
+
+    ``"factorized_mlp"`` is :class:`~lightning_prox.models.FactorizedMLP` with width ``hidden[0]`` and
+    ``depth=len(hidden)`` (all widths equal: ``hidden=[400, 400, 400]`` is the PathProx paper's
+    MLP-3-400 factorized); ``"vgg19_nobn"`` is :class:`~lightning_prox.models.VGG19NoBN` (32x32 inputs).
+    Any other name than the built-in ones is looked up in timm (``timm.list_models()``).
 
     CIFAR ResNets (:class:`~lightning_prox.models.CifarResNet`): ``"resnet20"``, ``"resnet32"``,
     ``"resnet44"``, ``"resnet56"``, ``"resnet110"`` with option-B shortcuts (1x1 conv + BN, as the
@@ -77,6 +83,20 @@ def build_backbone(
         return MLP(in_chans * img_size * img_size, num_classes, hidden, drop_rate)
     if backbone == "lenet":
         return LeNet(in_chans, num_classes, img_size, channels, hidden[0] if hidden else 64)
+    if backbone == "factorized_mlp":
+        if not hidden or len(set(hidden)) != 1:
+            raise ValueError(
+                f"backbone='factorized_mlp' needs hidden = one width per ReLU layer, all equal "
+                f"(e.g. [400, 400, 400]), got hidden={list(hidden)!r}"
+            )
+        return FactorizedMLP(in_chans * img_size * img_size, num_classes, hidden[0], len(hidden))
+    if backbone == "vgg19_nobn":
+        if img_size != 32 or pretrained:
+            raise ValueError(
+                f"backbone='vgg19_nobn' is built for 32x32 inputs without pretrained weights, got "
+                f"img_size={img_size}, pretrained={pretrained}; set img_size=32, pretrained=False"
+            )
+        return VGG19NoBN(num_classes, in_chans)
     cifar = _cifar_resnet_depth(backbone)
     if cifar is not None:
         if pretrained:
@@ -86,7 +106,7 @@ def build_backbone(
 
     if not timm.is_model(backbone):
         raise ValueError(
-            f"backbone={backbone!r} is neither 'mlp', 'lenet', a CIFAR ResNet "
+            f"backbone={backbone!r} is neither 'mlp', 'lenet', 'factorized_mlp', 'vgg19_nobn', a CIFAR ResNet "
             f"({', '.join(f'resnet{d}' for d in CIFAR_RESNET_DEPTHS)}, optionally with '_a') nor a timm "
             "model name; see timm.list_models() (e.g. 'resnet34', 'vgg16')"
         )
@@ -118,7 +138,7 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
                 regularizer: {class_path: lightning_prox.regularizers.L1, init_args: {lam: 1.0e-4}}
 
     Args:
-        backbone: ``"mlp"``, ``"lenet"``, a CIFAR ResNet (``"resnet20"``/``32``/``44``/``56``/``110``,
+        backbone: ``"mlp"``, ``"lenet"``, ``"factorized_mlp"``, ``"vgg19_nobn"``, a CIFAR ResNet (``"resnet20"``/``32``/``44``/``56``/``110``,
             option-B shortcuts; ``"resnet20_a"``: option A; see :func:`build_backbone`) or a timm model
             name; timm models are built with ``pretrained=False`` unless asked (``pretrained=True``
             downloads weights).
@@ -128,7 +148,7 @@ class ImageClassifier(ProxMixin, pl.LightningModule):
         pretrained: load timm's pretrained weights.
         small_input: CIFAR-style adaptation of timm ResNets (3x3 stem, no max-pool) and VGGs (global pool
             + one linear layer instead of the 4096-wide MLP), as in the papers' CIFAR experiments.
-        hidden: hidden widths of the MLP (the first one is LeNet's fully connected width).
+        hidden: hidden widths of the MLP and the factorized MLP (the first one is LeNet's fully connected width).
         channels: conv widths of LeNet.
         label_smoothing: cross-entropy label smoothing.
         drop_rate: dropout of the MLP's hidden layers / timm's classifier dropout.
