@@ -9,7 +9,7 @@ stream) with the regularizer on every conv/linear weight (the selection
 fraction of conv-weight entries that are exactly zero after 1, 10 and 100 steps, for
 ``threshold_cap=1`` (the default) and ``threshold_cap=None`` (the paper's update).
 
-Run: ``python benchmarks/zero_grad_resnet.py --threads 2`` (about 4 minutes on 2 CPU cores for
+Run: ``python benchmarks/zero_grad_resnet.py --threads 2`` (about 7 minutes on 2 CPU cores for
 the full table; ``--steps 1 10`` for a quick look).
 """
 
