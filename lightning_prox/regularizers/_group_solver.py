@@ -381,7 +381,6 @@ def solve_group_lasso(
     else:
         pos = 0
         live = []
-        newton = []
         for b in bk:
             idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const = b
             keep_cpu = ~flags[0, pos : pos + zb.shape[0]]
@@ -392,18 +391,6 @@ def solve_group_lasso(
                 continue
             keep = keep_cpu.nonzero().squeeze(1).to(zb.device)
             zk, mk = zb.index_select(0, keep), mb.index_select(0, keep)
-            if solver == "newton":
-                # scale z and m by their group maxima: same root c, and m⊙z can no longer overflow
-                tiny, big = torch.finfo(zb.dtype).tiny, torch.finfo(zb.dtype).max / 4
-                za = zk.abs().amax(1, keepdim=True).clamp_min(tiny)
-                mxk = mx.index_select(0, keep).unsqueeze(1)
-                mzs = (zk / za) * (mk / mxk)
-                thr_s = (thr / za) / mxk
-                gap = (torch.linalg.vector_norm(mzs, dim=1, keepdim=True) - thr_s).clamp_min(tiny)
-                lo = torch.clamp(thr_s * mn.index_select(0, keep).unsqueeze(1) / gap, max=big)
-                hi = torch.clamp(thr_s * mxk / gap, max=big)
-                newton.append([xb, keep, mzs, mk, thr_s, lo, hi, zk])
-                continue
             eta = mx.index_select(0, keep).reciprocal().unsqueeze(1)
             if x0s is not None:
                 dt = zb.dtype
@@ -414,8 +401,6 @@ def solve_group_lasso(
             d = xk - zk
             dm = d * mk
             live.append([xb, keep, zk, mk, eta, eta * thr, thr, tid.index_select(0, keep), xk, d, dm])
-        if newton:
-            iters = _newton(newton, max_iters, rtol, zs[0].device)
         # constant part of Q: ½Σ m z² over screened groups, per tensor
         dev0 = zs[0].device
         q_const = torch.zeros(n, dtype=torch.float64, device=dev0)
@@ -459,45 +444,3 @@ def solve_group_lasso(
         info["inner_iters"] = max(int(info.get("inner_iters", 0)), iters)
         info["screened"] = int(info.get("screened", 0)) + n_screened
     return out  # type: ignore[return-value]
-
-
-def _newton(entries: list[list], max_iters: int, rtol: float, dev0: torch.device) -> int:
-    """Exact per-group solve: x_g = z⊙m/(m + c) with c > 0 the root of h(c) = ‖c·m⊙z/(m + c)‖ − τw.
-
-    h is increasing, bracketed by [τw·min m/(‖mz‖ − τw), τw·max m/(‖mz‖ − τw)] (equal bounds for a
-    uniform group); safeguarded Newton (geometric bisection when a step leaves the bracket) until
-    |h| ≤ tol·τw or the bracket is relatively narrower than tol for every group, with
-    tol = max(rtol, 16·eps(dtype)), at least 2 (like PG) and at most ``max_iters`` iterations.
-    ``m⊙z`` and ``τw`` arrive divided by the group maxima of |z| and m (the root is scale-free). Writes the solutions into each
-    entry's bucket buffer and returns the number of iterations run.
-    """
-    check_every = 1 if dev0.type == "cpu" else _CHECK_EVERY_DEVICE
-    cs = [torch.sqrt(e[5] * e[6]) for e in entries]  # geometric middle: the bracket may span decades
-    tols = [max(rtol, 16 * torch.finfo(e[2].dtype).eps) for e in entries]
-    iters = 0
-    pending: list[Tensor] = []
-    for j in range(1, max_iters + 1):
-        for k, (_xb, _keep, mz, m, thr, lo, hi, _z) in enumerate(entries):
-            c, tol = cs[k], tols[k]
-            tiny = torch.finfo(mz.dtype).tiny
-            mc = m + c
-            y = mz * (c / mc)  # c·x(c), scaled
-            n = torch.linalg.vector_norm(y, dim=1, keepdim=True)
-            h = n - thr
-            dn = torch.linalg.vecdot(y, mz * m / (mc * mc), dim=1).unsqueeze(1) / n.clamp_min(tiny)
-            below = h < 0
-            lo.copy_(torch.where(below, c, lo))
-            hi.copy_(torch.where(below, hi, c))
-            step = c - h / dn.clamp_min(tiny)
-            inside = (step > lo) & (step < hi)
-            cs[k] = torch.where(inside, step, torch.sqrt(lo * hi))
-            pending.append(((h.abs() <= tol * thr) | (hi - lo <= tol * hi)).all())
-        iters = j
-        if j >= 2 and (j == max_iters or len(pending) >= check_every * len(entries)):
-            done = torch.stack(pending).reshape(-1, len(entries)).all(1).any()
-            if bool(done):
-                break
-            pending = []
-    for k, (xb, keep, _mz, m, _thr, _lo, _hi, z) in enumerate(entries):
-        xb.index_copy_(0, keep, z * (m / (m + cs[k])))
-    return iters
