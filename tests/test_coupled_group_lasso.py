@@ -254,13 +254,31 @@ def test_proxsgd_step_is_the_prox_of_the_gradient_step():
     assert 0 < int((net.head.weight == 0).all(0).sum()) < 6  # some channels zeroed, not all
 
 
-def test_per_tensor_reference_loop_is_refused():
+def test_per_tensor_reference_loop_is_refused_at_construction():
     net = _Res()
-    opt = RMDA(_groups(net, _manual_coupling(0.3)), lr=0.05, foreach=False)
+    with pytest.raises(ValueError, match="param group 0: CoupledGroupLasso's groups span .* foreach=False"):
+        RMDA(_groups(net, _manual_coupling(0.3)), lr=0.05, foreach=False)
+
+
+def test_a_tensor_without_gradient_is_refused_before_any_change():
+    net = _Res()
+    opt = ProxSGD(_groups(net, _manual_coupling(0.3)), lr=0.05, momentum=0.9)
     x, y = _batches(1)[0]
     nn.functional.mse_loss(net(x), y).backward()
-    with pytest.raises(ValueError, match="foreach=False"):
+    opt.step()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state = {
+        id(p): {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+        for p, st in opt.state.items()
+    }
+    net.zero_grad(set_to_none=True)
+    nn.functional.mse_loss(net(x), y).backward()
+    net.head.weight.grad = None  # one tensor of the coupled group takes no part in this step
+    with pytest.raises(ValueError, match="couples every tensor of param group 0.*no gradient at this step"):
         opt.step()
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    for p, st in opt.state.items():
+        assert all(torch.equal(v, st[k]) for k, v in state[id(p)].items())
 
 
 def test_from_model_couples_the_residual_stream():

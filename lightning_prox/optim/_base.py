@@ -324,6 +324,14 @@ class ProxOptimizer(Optimizer):
                     raise ValueError(f"{name} does not support complex parameters ({_label(group, i, j, p)})")
                 params.append(p)
                 grads.append(g)
+            reg = group_regularizer(group) if group.get("regularizer") is not None else None
+            if reg is not None and reg.joint and params and len(params) != len(group["params"]):
+                missing = [_label(group, i, j, p) for j, p in enumerate(group["params"]) if p.grad is None]
+                raise ValueError(
+                    f"{name}: {type(reg).__name__} couples every tensor of param group {i}, but "
+                    f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} has no gradient at this "
+                    "step; every tensor of the group must take part in the loss (nothing was changed)"
+                )
             gathered.append((params, grads))
         if self.check_finite:
             check_finite_grads([g for _, gs in gathered for g in gs], optimizer=self)
@@ -437,6 +445,11 @@ def _normalize_group(opt: ProxOptimizer, group: dict[str, Any], i: int) -> None:
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     except ValueError as err:
         raise ValueError(f"param group {i}: {err}") from None
+    if reg is not None and reg.joint and group.get("foreach") is False:
+        raise ValueError(
+            f"param group {i}: {type(reg).__name__}'s groups span the group's tensors, so the per-tensor "
+            "loop foreach=False cannot apply its prox; leave foreach=None"
+        )
     if reg is not None:
         _check_fit(reg, group, i)
     group["regularizer"] = None if reg is None else reg.spec()

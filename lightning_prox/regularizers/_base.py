@@ -194,6 +194,9 @@ class Regularizer:
     counts_rank: ClassVar[bool] = False
     #: True when :meth:`_prox_multi` writes into ``opts.out`` itself (else the base class copies).
     _writes_out: ClassVar[bool] = False
+    #: True when the prox couples all tensors of its param group (groups that span tensors): every
+    #: tensor of the group needs a gradient at every step, and the per-tensor loop cannot run it.
+    joint: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

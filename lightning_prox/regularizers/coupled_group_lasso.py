@@ -82,6 +82,8 @@ class CoupledGroupLasso(Regularizer):
         [tensor([[2.4000, 0.0000]]), tensor([[0.0000, 3.2000]])]
     """
 
+    joint: ClassVar[bool] = True  # its groups span the tensors of its param group
+
     names: tuple[str, ...] = ()
     dims: tuple[int, ...] = ()
     slice_groups: tuple[tuple[int, ...], ...] = ()
