@@ -177,9 +177,38 @@ def _multi_tensor_ramda(
             return
     for t in prox_point_norms or []:
         t.resize_(0)  # the compiled path's cached ‖Ŵ_g‖ go stale here: drop them
+    _accumulate_(grads, grad_sums, grad_sq_sums, s)
+    _solve_and_average_(
+        params, initial_points, grad_sums, grad_sq_sums, prox_points,
+        alpha=alpha, c=c, eps=eps, regularizer=regularizer, max_inner_iters=max_inner_iters,
+        inner_rtol=inner_rtol, info=info,
+    )  # fmt: skip
+
+
+def _accumulate_(grads: list[Tensor], grad_sums: list[Tensor], grad_sq_sums: list[Tensor], s: float) -> None:
+    """The first half of an eager RAMDA step: V += s·g, U += s·g² (g² in the sums' dtype)."""
     torch._foreach_add_(grad_sums, grads, alpha=s)
     grads = _like_sums(grads, grad_sq_sums)
     torch._foreach_addcmul_(grad_sq_sums, grads, grads, value=s)
+
+
+def _solve_and_average_(
+    params: list[Tensor],
+    initial_points: list[Tensor],
+    grad_sums: list[Tensor],
+    grad_sq_sums: list[Tensor],
+    prox_points: list[Tensor],
+    *,
+    alpha: float,
+    c: float,
+    eps: float,
+    regularizer: Regularizer | None,
+    max_inner_iters: int,
+    inner_rtol: float,
+    info: dict[str, Any] | None,
+) -> None:
+    """The second half: P = ∛U + ε, z = W_0 − V/P, Ŵ = prox^P_{αψ}(z) (into ``prox_points``), then
+    W ← (1 − c)·W + c·Ŵ."""
     P, zs = _precondition(grad_sq_sums, grad_sums, initial_points, eps)
     x0s = _warm_starts(regularizer, params, prox_points)
     _solve(regularizer, zs, alpha, P, x0s, max_inner_iters, inner_rtol, info, prox_points)
@@ -467,11 +496,12 @@ class RAMDA(RMDA):
                     self.solver_info.append(bucket_info)
                     info.update(bucket_info)
             else:
-                gs = [grads[i] for i in idx]
-                torch._foreach_add_([st["grad_sum"] for st in sts], gs, alpha=s)
-                sq = [st["grad_sq_sum"] for st in sts]
-                gs = _like_sums(gs, sq)
-                torch._foreach_addcmul_(sq, gs, gs, value=s)
+                _accumulate_(
+                    [grads[i] for i in idx],
+                    [st["grad_sum"] for st in sts],
+                    [st["grad_sq_sum"] for st in sts],
+                    s,
+                )
                 for st in sts:
                     st.get("prox_point_norms", params[0].new_empty(0)).resize_(0)  # stale after this path
                 buckets.append((idx, alpha + s))
@@ -493,29 +523,24 @@ class RAMDA(RMDA):
         reg, c = group_regularizer(group), group["momentum"]
         for idx, alpha in ctx:
             sts = [state[i] for i in idx]
-            ps, prox_points = [params[i] for i in idx], [st["prox_point"] for st in sts]
-            metrics, zs = _precondition(
-                [st["grad_sq_sum"] for st in sts],
-                [st["grad_sum"] for st in sts],
-                [st["initial_point"] for st in sts],
-                group["eps"],
-            )
             bucket_info: dict[str, Any] = {}
-            _solve(
-                reg if alpha > 0 else None,
-                zs,
-                alpha,
-                metrics,
-                _warm_starts(reg, ps, prox_points),
-                group["max_inner_iters"],
-                group["inner_rtol"],
-                bucket_info,
-                prox_points,
+            _solve_and_average_(
+                [params[i] for i in idx],
+                [st["initial_point"] for st in sts],
+                [st["grad_sum"] for st in sts],
+                [st["grad_sq_sum"] for st in sts],
+                [st["prox_point"] for st in sts],
+                alpha=alpha,
+                c=c,
+                eps=group["eps"],
+                regularizer=reg if alpha > 0 else None,  # α = 0 (lr = 0 so far): the identity
+                max_inner_iters=group["max_inner_iters"],
+                inner_rtol=group["inner_rtol"],
+                info=bucket_info,
             )
             if bucket_info:
                 self.solver_info.append(bucket_info)
                 info.update(bucket_info)
-            average_(ps, prox_points, c)
 
     @torch.no_grad()
     def restart(self, eps_factor: float = 1.0) -> None:
