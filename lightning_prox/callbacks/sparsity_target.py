@@ -240,8 +240,10 @@ class SparsityTarget(Callback):
         target = self.target_at(fraction)
         decision = None
         if trainer.is_global_zero:  # decided once, on rank 0, and broadcast: every rank applies the same λ
-            measured = count(self._entries, self._pairs)[0].get(self.metric, 0.0)
-            decision = (*self._decide(trainer, target, measured, fraction, step), measured)
+            totals = count(self._entries, self._pairs)[0]  # one count (and host read) per decision
+            measured = totals.get(self.metric, 0.0)
+            all_zero = totals.get("unstructured", 0.0) >= 1.0
+            decision = (*self._decide(trainer, target, measured, all_zero, fraction, step), measured)
         self.u, self.e_prev, self.backoffs, measured = trainer.strategy.broadcast(decision, src=0)
         self._apply(trainer)
         lam = self._groups(trainer)[0]["lam"]
@@ -258,7 +260,7 @@ class SparsityTarget(Callback):
 
     # -- the controller -------------------------------------------------------------------------
     def _decide(
-        self, trainer: pl.Trainer, target: float, measured: float, fraction: float, step: int
+        self, trainer: pl.Trainer, target: float, measured: float, all_zero: bool, fraction: float, step: int
     ) -> tuple[float, float | None, int]:
         u, e_prev, backoffs = self.u, self.e_prev, self.backoffs
         if fraction < self.start:
@@ -268,7 +270,7 @@ class SparsityTarget(Callback):
             value = trainer.callback_metrics.get(self.guard_metric)
             if value is not None and float(value) < float(self.guard_min):  # type: ignore[arg-type]
                 guard = f"{self.guard_metric} = {float(value):.4g} < {self.guard_min}"
-        if guard is None and self._all_zero():
+        if guard is None and all_zero:
             guard = "every regularized weight is zero"
         if guard is not None:
             u = max(u - math.log(2.0), math.log(self.lam_factor_min))
@@ -288,10 +290,6 @@ class SparsityTarget(Callback):
         du = min(max(du, -self.max_step), self.max_step)
         u = min(max(u + du, math.log(self.lam_factor_min)), math.log(self.lam_factor_max))
         return u, e, backoffs
-
-    def _all_zero(self) -> bool:
-        totals, _ = count(self._entries)
-        return totals.get("unstructured", 0.0) >= 1.0
 
     def _lam_now(self, u: float) -> float:
         return self._first_lam0 * math.exp(u)
