@@ -8,7 +8,7 @@ Run on a CUDA machine (about 3–5 minutes; the sections print as they finish):
 
 Sections:
 
-1. **Agreement**: for each optimizer (ProxGen, ProxSGD, TwoStageProxSGD, RMDA, RAMDA, SR2 when present)
+1. **Agreement**: for each optimizer (ProxGen, ProxSGD, TwoStageProxSGD, RMDA, RAMDA; SR2 in section 3)
    and regularizer (none, L1, L0, Lq(½), MCP, SCAD, GroupLasso in/out, NuclearNorm, Quantization), 10
    steps on a small conv net's parameters with fixed random gradients, on the device and on CPU from
    the same start: the largest difference relative to the weights' scale, and whether the exact-zero
@@ -36,8 +36,7 @@ import warnings
 import torch
 from torch import nn
 
-from lightning_prox import optim as lp_optim
-from lightning_prox.optim import RAMDA, RMDA, ProxGen, ProxSGD, TwoStageProxSGD
+from lightning_prox.optim import RAMDA, RMDA, SR2, ProxGen, ProxSGD, TwoStageProxSGD
 from lightning_prox.regularizers import L0, L1, MCP, SCAD, GroupLasso, Lq, NuclearNorm, Quantization
 
 OPTIMIZERS = {
@@ -93,15 +92,19 @@ def _run(make, reg, device: str, dtype: torch.dtype, steps: int) -> list[torch.T
     return [p.detach().float().cpu() for p in params]
 
 
+def _rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """max |a − b| over all tensors, relative to the largest |b|."""
+    scale = max(float(x.abs().max()) for x in b) or 1.0
+    return max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
+
+
 def agreement(device: str, steps: int, quick: bool) -> bool:
     print(f"\n1. agreement {device} vs cpu, {steps} steps (max |Δ| / max |w|, entries zero on one side only)")
     ok = True
     regs = dict(list(REGULARIZERS.items())[:4]) if quick else REGULARIZERS
-    opts = dict(OPTIMIZERS)
-    if hasattr(lp_optim, "SR2"):
-        print("   (SR2 needs a loss closure: covered by the Lightning section)")
+    print("   (SR2 needs a loss closure: covered by the Lightning section)")
     print(f"   {'optimizer':<16}" + "".join(f"{r:>16}" for r in regs))
-    for name, make in opts.items():
+    for name, make in OPTIMIZERS.items():
         cells = []
         for reg in regs.values():
             try:
@@ -113,8 +116,7 @@ def agreement(device: str, steps: int, quick: bool) -> bool:
                 cells.append(f"ERR {type(err).__name__}"[:15])
                 ok = False
                 continue
-            scale = max(float(x.abs().max()) for x in b) or 1.0
-            diff = max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
+            diff = _rel_diff(a, b)
             flips = sum(int(((x == 0) != (y == 0)).sum()) for x, y in zip(a, b))
             finite = all(bool(torch.isfinite(x).all()) for x in a)
             bad = not finite or diff > 1e-4 or flips > 3
@@ -140,8 +142,7 @@ def half_precision(device: str, steps: int) -> bool:
                     cells.append(f"ERR {type(err).__name__}"[:15])
                     ok = False
                     continue
-                scale = max(float(x.abs().max()) for x in b) or 1.0
-                diff = max(float((x - y).abs().max()) for x, y in zip(a, b)) / scale
+                diff = _rel_diff(a, b)
                 finite = all(bool(torch.isfinite(x).all()) for x in a)
                 bad = not finite or diff > tol
                 if bad and finite and name in KNOWN_HALF_GAPS and dtype == torch.float16:
@@ -163,9 +164,11 @@ def lightning_fit(device: str) -> None:
 
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     print(f"\n3. Lightning fit, accelerator={accelerator!r}: the quickstart model, 2 epochs")
-    rows = [("ProxGen", functools.partial(ProxGen, lr=1e-2)), ("RAMDA", functools.partial(RAMDA, lr=1e-2))]
-    if hasattr(lp_optim, "SR2"):
-        rows.append(("SR2", functools.partial(lp_optim.SR2)))
+    rows = [
+        ("ProxGen", functools.partial(ProxGen, lr=1e-2)),
+        ("RAMDA", functools.partial(RAMDA, lr=1e-2)),
+        ("SR2", functools.partial(SR2)),
+    ]
     for name, opt in rows:
         pl.seed_everything(0, verbose=False)
         model = ImageClassifier(
