@@ -151,3 +151,41 @@ def weight_groups(model: nn.Module, **extra: Any) -> list[dict[str, Any]]:
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in model.named_parameters() if not n.endswith("weight")]
     return [dict(params=weights, **extra), dict(params=biases, regularizer=None)]
+
+
+def quickstart_cnn(optimizer: Any, regularizer: Any) -> Any:
+    """The quickstart's CNN on 8×8 digits with its two inner layers regularized (``exclude_ends``: the
+    first conv's single input group would end the model), seeded; for the callback tests."""
+    import lightning.pytorch as pl
+
+    from lightning_prox.models import ImageClassifier
+
+    pl.seed_everything(0)
+    return ImageClassifier(
+        backbone="lenet",
+        num_classes=10,
+        in_chans=1,
+        img_size=8,
+        channels=[16, 32],
+        hidden=[64],
+        optimizer=optimizer,
+        regularizer=regularizer,
+        exclude_ends=True,
+        sparsity_table=False,
+    )
+
+
+def quiet_trainer(epochs: int, callbacks: list[Any], **kw: Any) -> Any:
+    """A deterministic CPU Trainer without logger, progress bar, summary or (unless asked) checkpoints."""
+    import lightning.pytorch as pl
+
+    kw.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        callbacks=callbacks,
+        **kw,
+    )

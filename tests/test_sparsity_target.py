@@ -15,6 +15,7 @@ from lightning_prox.data import DigitsDataModule
 from lightning_prox.models import ImageClassifier
 from lightning_prox.optim import RAMDA, ProxGen
 from lightning_prox.regularizers import L1, GroupLasso
+from tests.cases import quickstart_cnn, quiet_trainer
 
 OPTIMIZERS = {
     "ProxGen": functools.partial(ProxGen, lr=1e-2),
@@ -23,32 +24,10 @@ OPTIMIZERS = {
 
 
 def _model(opt: str = "ProxGen", reg=None) -> ImageClassifier:
-    pl.seed_everything(0)
-    return ImageClassifier(
-        backbone="lenet",
-        num_classes=10,
-        in_chans=1,
-        img_size=8,
-        channels=[16, 32],
-        hidden=[64],
-        optimizer=OPTIMIZERS[opt],
-        regularizer=reg if reg is not None else GroupLasso(1e-4, dim="in"),
-        exclude_ends=True,  # the first conv's single input group would end the model
-        sparsity_table=False,
-    )
+    return quickstart_cnn(OPTIMIZERS[opt], reg if reg is not None else GroupLasso(1e-4, dim="in"))
 
 
-def _trainer(epochs: int, callbacks, **kw) -> pl.Trainer:
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        callbacks=callbacks,
-        **kw,
-    )
+_trainer = quiet_trainer
 
 
 # -- the target schedule -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from lightning_prox.data import DigitsDataModule
 from lightning_prox.models import ImageClassifier
 from lightning_prox.optim import RAMDA, ProxGen, ProxSGD
 from lightning_prox.regularizers import L1, GroupLasso
+from tests.cases import quickstart_cnn, quiet_trainer
 
 OPTIMIZERS = {
     "ProxGen": functools.partial(ProxGen, lr=1e-2, weight_decay=1e-2),
@@ -28,32 +29,10 @@ REGS = {
 
 
 def _model(opt="ProxGen", reg=None):
-    pl.seed_everything(0)
-    return ImageClassifier(
-        backbone="lenet",
-        num_classes=10,
-        in_chans=1,
-        img_size=8,
-        channels=[16, 32],
-        hidden=[64],
-        optimizer=OPTIMIZERS[opt],
-        regularizer=REGS[opt] if reg is None else reg,
-        exclude_ends=True,
-        sparsity_table=False,
-    )
+    return quickstart_cnn(OPTIMIZERS[opt], REGS[opt] if reg is None else reg)
 
 
-def _trainer(epochs, callbacks, **kw):
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        callbacks=callbacks,
-        **kw,
-    )
+_trainer = quiet_trainer
 
 
 class _CheckZeros(pl.Callback):
