@@ -324,8 +324,10 @@ class ProxOptimizer(Optimizer):
                     raise ValueError(f"{name} does not support complex parameters ({_label(group, i, j, p)})")
                 params.append(p)
                 grads.append(g)
-            reg = group_regularizer(group) if group.get("regularizer") is not None else None
-            if reg is not None and reg.joint and params and len(params) != len(group["params"]):
+            # only a group where some tensor has no gradient pays for the regularizer lookup
+            partial = bool(params) and len(params) != len(group["params"])
+            reg = group_regularizer(group) if partial and group.get("regularizer") is not None else None
+            if reg is not None and reg.joint:
                 missing = [_label(group, i, j, p) for j, p in enumerate(group["params"]) if p.grad is None]
                 raise ValueError(
                     f"{name}: {type(reg).__name__} couples every tensor of param group {i}, but "
