@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.sgd import sgd
 
 from ..regularizers._base import Regularizer
 from ..structure import PathProxPair, pathprox_pairs
 from ._base import ProxOptimizer, _check_finite_doc
-from .proxsgd import _check_hparams, _sgd_step
+from .proxsgd import _check_hparams
 
 __all__ = ["PathNorm", "PathProx", "layerwise_balance_", "normalize_and_prox_", "path_norms"]
 
@@ -53,18 +54,34 @@ class PathNorm(Regularizer):
         )
 
 
-def _unit_norms(x: Tensor, units: int, dims: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Norms of the ``units`` groups of ``x`` viewed as ``[units, -1]`` (``dims=0``) or
-    ``[out, units, -1]`` (``dims=1``), in ``dtype`` at least."""
-    dt = torch.promote_types(x.dtype, dtype)
-    if dims == 0:
-        return torch.linalg.vector_norm(x.reshape(units, -1), dim=1, dtype=dt)
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], units, -1), dim=(0, 2), dtype=dt)
+def _norms(x: Tensor, dims: tuple[int, ...], dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
+    """Norms over ``dims`` in ``dtype`` at least, reduced in place of a reshape (no copy of a
+    channels_last weight)."""
+    return torch.linalg.vector_norm(x, dim=dims, dtype=torch.promote_types(x.dtype, dtype), out=out)
 
 
-def _v_view(p: PathProxPair) -> Tensor:
-    """``v`` as ``[out, units, block·k]``: unit k's output weights are ``[:, k, :]``."""
-    return p.v.reshape(p.v.shape[0], p.w.shape[0], -1)
+def _w_norms(p: PathProxPair, dtype: torch.dtype = torch.float32, out: Tensor | None = None) -> Tensor:
+    """``‖w_k‖`` of every unit (rows or filters of ``w``)."""
+    return _norms(p.w, tuple(range(1, p.w.ndim)), dtype, out)
+
+
+def _v_norms(p: PathProxPair, dtype: torch.dtype = torch.float32, out: Tensor | None = None) -> Tensor:
+    """``‖v_k‖`` of every unit: ``v`` seen as ``[out, units, ...]`` (``block`` columns per unit)."""
+    v = p.v if p.block == 1 else p.v.unflatten(1, (p.w.shape[0], p.block))
+    return _norms(v, (0, *range(2, v.ndim)), dtype, out)
+
+
+def _w_shape(p: PathProxPair) -> tuple[int, ...]:
+    """Shape that broadcasts a per-unit vector over ``w``."""
+    return (p.w.shape[0],) + (1,) * (p.w.ndim - 1)
+
+
+def _v_factor(p: PathProxPair, f: Tensor) -> Tensor:
+    """A per-unit vector laid out to broadcast over ``v`` (the tensor itself is scaled, never a
+    reshaped copy, so channels_last weights and non-viewable layouts are updated in place)."""
+    if p.v.ndim == 2:
+        return (f if p.block == 1 else f.repeat_interleave(p.block)).view(1, -1)
+    return f.view(1, -1, *([1] * (p.v.ndim - 2)))
 
 
 @torch.no_grad()
@@ -82,13 +99,7 @@ def path_norms(pairs: Sequence[PathProxPair]) -> list[Tensor]:
         >>> [float(p) for p in path_norms(pathprox_pairs(net))]  # 5·2 + 1·5
         [15.0]
     """
-    out = []
-    for p in pairs:
-        units = p.w.shape[0]
-        nw = _unit_norms(p.w.detach(), units, 0, torch.float64)
-        nv = _unit_norms(_v_view(p).detach(), units, 1, torch.float64)
-        out.append((nw * nv).sum())
-    return out
+    return [(_w_norms(p, torch.float64) * _v_norms(p, torch.float64)).sum() for p in pairs]
 
 
 @torch.no_grad()
@@ -165,7 +176,11 @@ def layerwise_balance_(pairs: Sequence[PathProxPair]) -> list[float]:
 
 @torch.no_grad()
 def normalize_and_prox_(
-    pairs: Sequence[PathProxPair], taus: Sequence[float], regularize_bias: bool = False
+    pairs: Sequence[PathProxPair],
+    taus: Sequence[float],
+    regularize_bias: bool = False,
+    *,
+    foreach: bool | None = None,
 ) -> None:
     r"""PathProx's projection and prox on every pair, in place.
 
@@ -175,15 +190,19 @@ def normalize_and_prox_(
 
     .. math::
 
-        v_k \leftarrow \max\!\Big(0,\ 1 - \frac{\tau}{\lVert v_k \rVert_2}\Big)\, v_k ,
+        v_k \leftarrow \max\!\Big(0,\ \frac{\lVert v_k \rVert_2 - \tau}{\lVert v_k \rVert_2}\Big)\, v_k ,
 
     exactly zero when :math:`\lVert v_k \rVert_2 \le \tau` (the prox of :math:`\tau \lVert\cdot\rVert_2`).
-    Norms and factors are computed in float32 at least; a NaN norm gives NaN, never an exact zero.
+    Norms and factors are computed in float32 at least (float64 for float64 weights) and applied to
+    the weights in that precision (one rounding to a float16/bfloat16 weight); a NaN norm gives NaN,
+    never an exact zero, and a NaN in ``w_k`` leaves that unit's input weights as they are.
 
     Args:
         pairs: the layer pairs.
         taus: threshold τ = λ·lr of each pair (τ = 0: the pair is left as is).
         regularize_bias: include the unit's input bias in :math:`n_k`.
+        foreach: ``None``/``True``: the multi-tensor path (pairs batched per device and dtype, no
+            host read); ``False``: the per-pair reference loop. Both give identical results.
 
     Example:
         >>> from lightning_prox.structure import pathprox_pairs
@@ -198,26 +217,79 @@ def normalize_and_prox_(
     """
     if len(taus) != len(pairs):
         raise ValueError(f"taus must hold one threshold per pair: got {len(taus)} for {len(pairs)} pairs")
-    for p, tau in zip(pairs, taus):
-        if not tau > 0:
-            continue
-        units = p.w.shape[0]
-        dt = torch.promote_types(p.w.dtype, torch.float32)
-        sq = _unit_norms(p.w, units, 0).square()
-        if regularize_bias and p.w_bias is not None:
-            sq = sq + p.w_bias.to(dt).square()
-        n = sq.sqrt()
-        inv = torch.where(n > 0, n, torch.ones_like(n)).reciprocal()
-        # scale the tensors themselves (broadcast), never a reshaped copy (channels_last weights)
-        p.w.mul_(inv.to(p.w.dtype).view(units, *([1] * (p.w.ndim - 1))))
-        if p.w_bias is not None:
-            p.w_bias.mul_(inv.to(p.w_bias.dtype))
-        m = _unit_norms(_v_view(p), units, 1)
-        factor = (1.0 - tau / m).clamp_min(0.0).to(p.v.dtype)  # m = 0: -inf -> 0; m NaN stays NaN
-        if p.v.ndim == 2:
-            p.v.mul_(factor.repeat_interleave(p.block).view(1, -1))
-        else:
-            p.v.mul_(factor.view(1, units, *([1] * (p.v.ndim - 2))))
+    if foreach is not None and not isinstance(foreach, bool):
+        raise ValueError(f"foreach must be None, True or False, got {foreach!r}")
+    live = [(p, float(t)) for p, t in zip(pairs, taus) if t > 0]
+    if not live:
+        return
+    if foreach is False:
+        for p, tau in live:
+            _single_pair_prox_(p, tau, regularize_bias)
+        return
+    for idx in _buckets([p.w for p, _ in live]):
+        _multi_normalize_([live[i][0] for i in idx], regularize_bias)
+    for idx in _buckets([p.v for p, _ in live]):
+        _multi_shrink_([live[i][0] for i in idx], [live[i][1] for i in idx])
+
+
+def _single_pair_prox_(p: PathProxPair, tau: float, regularize_bias: bool) -> None:
+    """The readable reference of one pair (the multi-tensor path runs the same ops on lists)."""
+    n = _w_norms(p)
+    if regularize_bias and p.w_bias is not None:
+        n = torch.hypot(n, p.w_bias.to(n.dtype))
+    n = torch.where(n > 0, n, 1.0)  # zero-norm (and NaN) units are left as they are
+    p.w.div_(n.view(_w_shape(p)))
+    if p.w_bias is not None:
+        p.w_bias.div_(n)
+    m = _v_norms(p)
+    f = m.sub(tau).div_(m).clamp_min_(0.0)  # ‖v_k‖ ≤ τ: ≤ 0 exactly, then 0; m = 0: -inf -> 0; NaN stays
+    p.v.mul_(_v_factor(p, f))
+
+
+def _buckets(tensors: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by (device, dtype), in order (the foreach fast paths need it)."""
+    out: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        out.setdefault((t.device, t.dtype), []).append(i)
+    return list(out.values())
+
+
+def _unit_buffer(pairs: Sequence[PathProxPair], like: Tensor) -> tuple[Tensor, list[int]]:
+    sizes = [p.w.shape[0] for p in pairs]
+    dt = torch.promote_types(like.dtype, torch.float32)
+    return torch.empty(sum(sizes), dtype=dt, device=like.device), sizes
+
+
+def _multi_normalize_(pairs: Sequence[PathProxPair], regularize_bias: bool) -> None:
+    """``w_k ← w_k/n_k`` for the pairs of one (device, dtype) of ``w``: the norms of all units are
+    reduced into one buffer, its elementwise ops are single kernels, the scaling is one foreach op."""
+    n, sizes = _unit_buffer(pairs, pairs[0].w)
+    parts = n.split(sizes)
+    for p, part in zip(pairs, parts):
+        _w_norms(p, out=part)  # one reduction per tensor: there is no foreach reduction over dims
+    with_bias = [i for i, p in enumerate(pairs) if p.w_bias is not None]
+    if regularize_bias and with_bias:
+        b = torch.zeros_like(n)
+        bparts = b.split(sizes)
+        torch._foreach_copy_([bparts[i] for i in with_bias], [pairs[i].w_bias for i in with_bias])
+        n = torch.hypot(n, b)  # hypot(n, 0) = n: pairs without a bias are unchanged
+    n = torch.where(n > 0, n, 1.0)
+    parts = n.split(sizes)
+    torch._foreach_div_([p.w for p in pairs], [part.view(_w_shape(p)) for p, part in zip(pairs, parts)])
+    if with_bias:
+        torch._foreach_div_([pairs[i].w_bias for i in with_bias], [parts[i] for i in with_bias])
+
+
+def _multi_shrink_(pairs: Sequence[PathProxPair], taus: Sequence[float]) -> None:
+    """The group soft-threshold of ``v_k`` for the pairs of one (device, dtype) of ``v``."""
+    m, sizes = _unit_buffer(pairs, pairs[0].v)
+    parts = m.split(sizes)
+    for p, part in zip(pairs, parts):
+        _v_norms(p, out=part)
+    f = torch._foreach_sub(parts, list(taus))
+    torch._foreach_div_(f, parts)
+    torch._foreach_clamp_min_(f, 0.0)
+    torch._foreach_mul_([p.v for p in pairs], [_v_factor(p, x) for p, x in zip(pairs, f)])
 
 
 class PathProx(ProxOptimizer):
@@ -275,6 +347,10 @@ class PathProx(ProxOptimizer):
             (:class:`~lightning_prox.callbacks.PathProxBalancing` does it from Lightning instead).
         strict: passed to ``pathprox_pairs`` when ``pairs`` is a model.
         {check_finite}
+        foreach: ``None``/``True``: torch's multi-tensor SGD and the prox batched over all pairs
+            (per device and dtype, no host read); ``False``: torch's per-tensor SGD loop and the
+            per-pair reference loop of the prox (identical results). Per param group; a pair
+            follows the group of its ``v`` tensor.
 
     Raises:
         ValueError: for an invalid hyperparameter (naming it), missing or overlapping pairs, or a
@@ -311,6 +387,7 @@ class PathProx(ProxOptimizer):
         balancing: bool = False,
         strict: bool = True,
         check_finite: bool = True,
+        foreach: bool | None = None,
     ) -> None:
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 or math.isinf(lam):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
@@ -345,7 +422,7 @@ class PathProx(ProxOptimizer):
             other_weight_decay=other_weight_decay,
             regularizer=PathNorm(float(lam)),
         )
-        super().__init__(params, defaults, check_finite=check_finite)
+        super().__init__(params, defaults, check_finite=check_finite, foreach=foreach)
         owned = {id(p) for g in self.param_groups for p in g["params"]}
         for pair in found:
             for what, t in (("w", pair.w), ("v", pair.v), ("w_bias", pair.w_bias), ("v_bias", pair.v_bias)):
@@ -398,25 +475,25 @@ class PathProx(ProxOptimizer):
     ) -> None:
         wd = group["other_weight_decay"]
         wd = group["lam"] if wd is None else wd
-        decayed = [i for i, p in enumerate(params) if p.ndim >= 2 and id(p) not in self._paired]
-        plain = [i for i in range(len(params)) if i not in set(decayed)]
-        for idx, zeta in ((decayed, wd), (plain, 0.0)):
+        decayed = [id(p) not in self._paired and p.ndim >= 2 for p in params]
+        for decay, zeta in ((True, wd), (False, 0.0)):
+            idx = [i for i, d in enumerate(decayed) if d == decay]
             if not idx:
                 continue
             bufs = [state[i] for i in idx]
-            _sgd_step(
+            # torch's own SGD (its multi-tensor path unless foreach=False); it fills new buffers in
+            # place and handles a parameter that joins late (mixed first step) exactly
+            sgd(
                 [params[i] for i in idx],
                 [grads[i] for i in idx],
                 bufs,
-                lr=group["lr"],
+                foreach=group["foreach"] is not False,
+                weight_decay=zeta,
                 momentum=group["momentum"],
+                lr=group["lr"],
                 dampening=group["dampening"],
                 nesterov=group["nesterov"],
-                weight_decay=zeta,
-                regularizer=None,
-                implementation="eager",
-                foreach=group["foreach"],
-                fused=None,
+                maximize=False,  # the skeleton already negated the gradients
             )
             if group["momentum"] != 0:
                 for i, buf in zip(idx, bufs):
@@ -443,8 +520,10 @@ class PathProx(ProxOptimizer):
         if self.balancing:
             layerwise_balance_(self.pairs)
         group_of = self._group_of()
-        taus = [float(group_of[id(p.v)]["lam"]) * float(group_of[id(p.v)]["lr"]) for p in todo]
-        normalize_and_prox_(todo, taus, self.regularize_bias)
+        for foreach in (True, False):  # a pair follows the foreach flag of its v's group
+            sel = [p for p in todo if (group_of[id(p.v)]["foreach"] is not False) == foreach]
+            taus = [float(group_of[id(p.v)]["lam"]) * float(group_of[id(p.v)]["lr"]) for p in sel]
+            normalize_and_prox_(sel, taus, self.regularize_bias, foreach=foreach)
         return loss
 
     def balance_(self) -> list[float]:
