@@ -1000,3 +1000,195 @@ def test_mixin_with_pathprox_and_a_regularizer_says_pathprox_takes_none():
         ImageClassifier(
             "mlp", hidden=(16,), optimizer=functools.partial(PathProx, lr=0.1, lam=1e-3), regularizer=L1(1e-3)
         )
+
+
+# -- the multi-tensor prox --------------------------------------------------------------------------
+def _mixed_mlp() -> nn.Sequential:
+    """mlp5 with its first pair in float64 and the rest in float32 (two dtype buckets)."""
+    net = mlp5()
+    net[0].double()
+    net[2].double()
+    return net
+
+
+_PROX_MODELS = {
+    "mlp": (mlp6, torch.float32),
+    "conv": (vgg_nobn, torch.float32),
+    "conv_linear": (conv_flatten_linear, torch.float32),
+    "conv_linear64": (conv_flatten_linear, torch.float64),
+    "mixed32_64": (_mixed_mlp, None),
+    "float16": (conv_flatten_linear, torch.float16),
+    "bfloat16": (mlp6, torch.bfloat16),
+}
+
+
+def _random_pairs(arch: str, seed: int) -> tuple[nn.Module, list[PathProxPair], float]:
+    """A model of ``arch`` with random weights and biases, its pairs, and τ between two unit norms.
+
+    One column of every pair's v is set to ‖v_k‖ = τ exactly (must become exactly zero) and one
+    row of w to zero (must be left alone)."""
+    build, dtype = _PROX_MODELS[arch]
+    torch.manual_seed(seed)
+    net = build() if dtype is None else build().to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64) * 0.7)
+    pairs = pathprox_pairs(net)
+    norms = torch.cat([_ref_unit_norms(p)[1] for p in pairs]).sort().values
+    mid = len(norms) // 2
+    tau = float((norms[mid] + norms[mid + 1]) / 2)
+    tau = float(torch.tensor(tau, dtype=torch.float16))  # exact in every dtype
+    with torch.no_grad():
+        for p in pairs:
+            col = _ref_units(p, p.v)[1]
+            col.zero_()
+            col[(0,) * col.ndim] = tau
+            p.w[0].zero_()
+    return net, pairs, tau
+
+
+def _ref_units(p: PathProxPair, t: torch.Tensor) -> list[torch.Tensor]:
+    """Unit k's slice of ``t`` (``w``: row/filter k; ``v``: its input column(s)), as views."""
+    if t is p.w:
+        return list(t.unbind(0))
+    if t.ndim == 2:
+        return [t[:, k * p.block : (k + 1) * p.block] for k in range(p.w.shape[0])]
+    return [t[:, k] for k in range(p.w.shape[0])]
+
+
+def _ref_unit_norms(p: PathProxPair) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.stack([u.double().norm() for u in _ref_units(p, p.w)]).detach(),
+        torch.stack([u.double().norm() for u in _ref_units(p, p.v)]).detach(),
+    )
+
+
+def _reference_prox(
+    pairs: list[PathProxPair], tau: float
+) -> tuple[list[list[torch.Tensor | None]], list[torch.Tensor]]:
+    """Expected (w, w_bias, v, v_bias) of every pair in float64, unit by unit from Lemma 4.3, and
+    the expected exact-zero columns."""
+    out, zeros = [], []
+    for p in pairs:
+        w, v = p.w.detach().double().clone(), p.v.detach().double().clone()
+        b = None if p.w_bias is None else p.w_bias.detach().double().clone()
+        q = p._replace(w=w, v=v, w_bias=b)
+        for k, (wk, vk) in enumerate(zip(_ref_units(q, w), _ref_units(q, v))):
+            n = wk.norm()
+            if n > 0:
+                wk /= n
+                if b is not None:
+                    b[k] /= n
+            m = vk.norm()
+            vk *= max(0.0, 1.0 - tau / float(m)) if m > 0 else 0.0
+        zeros.append(torch.stack([(vk == 0).all() for vk in _ref_units(q, v)]))
+        out.append([w, b, v])
+    return out, zeros
+
+
+_ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23, torch.float64: 2.0**-52}
+
+
+def _tolerance(dtype: torch.dtype, cond: float) -> float:
+    """One rounding to ``dtype`` plus 4 ulp of the unit norm (float32, or float64 for float64
+    weights), amplified by ``cond`` = max m/(m − τ) (the shrink factor's conditioning)."""
+    return _ULP[dtype] + 4 * cond * _ULP[torch.promote_types(dtype, torch.float32)]
+
+
+@pytest.mark.parametrize("foreach", [None, False])
+@pytest.mark.parametrize("arch", list(_PROX_MODELS))
+def test_prox_equals_a_float64_reference_and_zeros_exactly(arch: str, foreach: bool | None) -> None:
+    net, pairs, tau = _random_pairs(arch, seed=len(arch))
+    m = torch.cat([_ref_unit_norms(p)[1] for p in pairs])
+    cond = float((m / (m - tau))[m > tau].max())
+    expected, zeros = _reference_prox(pairs, tau)
+    normalize_and_prox_(pairs, [tau] * len(pairs), foreach=foreach)
+    for p, (w, b, v), z in zip(pairs, expected, zeros):
+        for got, want, c in ((p.w, w, 1.0), (p.w_bias, b, 1.0), (p.v, v, cond)):
+            if got is not None:
+                tol = _tolerance(got.dtype, c)
+                torch.testing.assert_close(got.detach().double(), want, rtol=tol, atol=tol * 1e-3)
+        dead = torch.stack([(vk == 0).all() for vk in _ref_units(p, p.v)])
+        assert torch.equal(dead, z), f"{arch}: exact zeros at ‖v_k‖ ≤ τ only"
+        assert (p.w[0] == 0).all()  # the zero-norm unit is left alone
+    dead = torch.cat(zeros)
+    assert 0 < int(dead.sum()) < len(dead)  # both branches of the prox are taken
+    assert len({p.w.dtype for p in pairs}) == (2 if arch == "mixed32_64" else 1)
+
+
+@pytest.mark.parametrize("arch", ["conv_linear", "mixed32_64", "float16"])
+@pytest.mark.parametrize("regularize_bias", [False, True])
+def test_foreach_and_per_pair_prox_are_bit_identical(arch: str, regularize_bias: bool) -> None:
+    a, pa, tau = _random_pairs(arch, seed=5)
+    b, pb, _ = _random_pairs(arch, seed=5)
+    taus = [tau * (i + 1) for i in range(len(pa))]  # one threshold per pair
+    normalize_and_prox_(pa, taus, regularize_bias)
+    normalize_and_prox_(pb, taus, regularize_bias, foreach=False)
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("arch", ["conv_linear", "mlp5"])
+def test_optimizer_foreach_false_equals_the_multi_tensor_step(arch: str) -> None:
+    """Momentum, balancing and other-weight decay: the two paths of PathProx give the same bits."""
+    runs = []
+    for foreach in (None, False):
+        torch.manual_seed(4)
+        m = _MODELS[arch]()
+        opt = PathProx(
+            m.parameters(), lr=0.05, lam=0.4, momentum=0.9, pairs=m, balancing=True, foreach=foreach
+        )
+        _train(m, opt, 4, arch=arch)
+        runs.append(m)
+    for x, y in zip(*(r.parameters() for r in runs)):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_step_is_torch_sgd_then_the_float64_prox_rounded_once(dtype: torch.dtype) -> None:
+    torch.manual_seed(2)
+    net = mlp6().to(dtype)
+    twin = mlp6().to(dtype)
+    twin.load_state_dict(net.state_dict())
+    opt = PathProx(net.parameters(), lr=0.1, lam=2.0, pairs=net, momentum=0.9, other_weight_decay=0.0)
+    sgd = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    pairs = pathprox_pairs(twin)
+    for step in range(2):
+        for m in (net, twin):
+            m.zero_grad()
+            m(_batch("mlp6", step, dtype=dtype)).float().square().mean().backward()
+        opt.step()
+        sgd.step()
+        expected, _ = _reference_prox(pairs, 0.1 * 2.0)
+        with torch.no_grad():
+            for p, (w, b, v) in zip(pairs, expected):
+                for t, e in ((p.w, w), (p.w_bias, b), (p.v, v)):
+                    t.copy_(e)
+        for (name, x), y in zip(net.named_parameters(), twin.parameters()):
+            tol = _tolerance(dtype, 1.0)
+            torch.testing.assert_close(x, y, rtol=tol, atol=1e-6, msg=f"step {step}: {name}")
+    assert any(bool((p.v == 0).any()) for p in opt.pairs)
+
+
+@pytest.mark.parametrize("arch, foreach", [("conv_linear", None), ("conv_linear", False)])
+def test_resume_is_bit_exact_for_block_pairs_on_both_paths(tmp_path, arch: str, foreach) -> None:
+    def make():
+        torch.manual_seed(3)
+        m = _MODELS[arch]()
+        return m, PathProx(m.parameters(), lr=0.05, lam=0.3, momentum=0.9, pairs=m, foreach=foreach)
+
+    straight, opt = make()
+    handle = opt.register_pre_prox_hook(lambda o: o.balance_())
+    _train(straight, opt, 6, arch=arch)
+    handle.remove()
+    model, opt = make()
+    opt.register_pre_prox_hook(lambda o: o.balance_())
+    _train(model, opt, 3, arch=arch)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    resumed, opt2 = make()
+    resumed.load_state_dict(model.state_dict())
+    opt2.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    opt2.register_pre_prox_hook(lambda o: o.balance_())
+    _train(resumed, opt2, 3, start=3, arch=arch)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
