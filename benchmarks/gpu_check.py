@@ -19,7 +19,14 @@ Sections:
 3. **Lightning**: a 2-epoch fit of the quickstart model with ``accelerator="gpu"`` (skipped on CPU:
    ``accelerator="cpu"``), its final group sparsity and validation accuracy.
 4. **Step time**: ResNet-18-sized parameters (11.7 M values), the median step time of each optimizer
-   against ``torch.optim.Adam(fused=True)`` (and ``SGD(fused=True)`` for ProxSGD), interleaved.
+   against ``torch.optim.Adam(fused=True)`` (and ``SGD(fused=True)`` for ProxSGD), interleaved; then
+   PathProx on VGG-19 without BatchNorm (20 M values; per-pair loop, multi-tensor, with balancing)
+   against ``torch.optim.SGD(momentum=0.9)`` on the same model.
+
+PathProx has its own rows in sections 1 and 2 (it needs a model for its layer pairs): a small
+conv → flatten → linear net with momentum and balancing, on the device against CPU, its per-pair loop
+(``foreach=False``) against the multi-tensor path, and on CUDA a step under
+``torch.cuda.set_sync_debug_mode("error")`` (no host read without balancing and the finite check).
 
 Exit status 1 when an agreement or half-precision check fails (the table says which).
 """
@@ -28,15 +35,17 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from lightning_prox.optim import RAMDA, RMDA, SR2, ProxGen, ProxSGD, TwoStageProxSGD
+from lightning_prox.optim import RAMDA, RMDA, SR2, PathProx, ProxGen, ProxSGD, TwoStageProxSGD
 from lightning_prox.regularizers import L0, L1, MCP, SCAD, GroupLasso, Lq, NuclearNorm, Quantization
 
 OPTIMIZERS = {
@@ -123,6 +132,80 @@ def agreement(device: str, steps: int, quick: bool) -> bool:
             ok &= not bad
             cells.append(("!" if bad else "") + f"{diff:.1e}/{flips}")
         print(f"   {name:<16}" + "".join(f"{c:>16}" for c in cells), flush=True)
+    return pathprox_agreement(device, steps) and ok
+
+
+def _pathprox_net(device: str, dtype: torch.dtype) -> nn.Module:
+    """Pairs (conv, conv), (conv, linear) behind a flatten (block columns) and an "other" linear."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+        nn.Linear(64, 10),
+    ).to(device=device, dtype=dtype)  # fmt: skip
+
+
+def _run_pathprox(device: str, dtype: torch.dtype, steps: int, **kwargs) -> list[torch.Tensor]:
+    net = _pathprox_net(device, dtype)
+    opt = PathProx(net.parameters(), lr=0.05, lam=4.0, momentum=0.9, pairs=net, **kwargs)
+    for t in range(steps):
+        g = torch.Generator().manual_seed(1000 + t)
+        for p in net.parameters():
+            p.grad = (torch.randn(p.shape, generator=g) * 0.05).to(device=device, dtype=dtype)
+        opt.step()
+    return [p.detach().float().cpu() for p in net.parameters()]
+
+
+def _cmp(a: list[torch.Tensor], b: list[torch.Tensor], tol: float, max_flips: float = 3) -> tuple[bool, str]:
+    diff = _rel_diff(a, b)
+    flips = sum(int(((x == 0) != (y == 0)).sum()) for x, y in zip(a, b))
+    bad = not all(bool(torch.isfinite(x).all()) for x in a) or diff > tol or flips > max_flips
+    return not bad, ("!" if bad else "") + f"{diff:.1e}/{flips}"
+
+
+def pathprox_agreement(device: str, steps: int) -> bool:
+    """PathProx (momentum, balancing): device vs CPU, per-pair loop vs multi-tensor, host syncs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dev = _run_pathprox(device, torch.float32, steps, balancing=True)
+        cpu = _run_pathprox("cpu", torch.float32, steps, balancing=True)
+        loop = _run_pathprox(device, torch.float32, steps, balancing=True, foreach=False)
+    ok1, vs_cpu = _cmp(dev, cpu, 1e-4)
+    ok2, vs_loop = _cmp(loop, dev, 1e-5)
+    zeros = sum(int((x == 0).all(dim=0).sum()) for x in dev if x.ndim == 2)
+    line = f"   PathProx: {device} vs cpu {vs_cpu}, per-pair vs multi-tensor {vs_loop}, zero linear columns {zeros}"
+    ok = ok1 and ok2 and zeros > 0
+    if device.startswith("cuda"):
+        net = _pathprox_net(device, torch.float32)
+        opt = PathProx(net.parameters(), lr=0.05, lam=4.0, momentum=0.9, pairs=net, check_finite=False)
+        for p in net.parameters():
+            p.grad = torch.randn_like(p) * 0.05
+        opt.step()  # the momentum buffers exist: the step measured is a steady one
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+            line += ", host syncs: none"
+        except RuntimeError:
+            line += ", !host sync in a step"
+            ok = False
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    print(line, flush=True)
+    return ok
+
+
+def pathprox_half(device: str, steps: int) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = _run_pathprox(device, torch.float32, steps, balancing=True)
+        cells, ok = [], True
+        for dtype, tol in ((torch.float16, 2e-2), (torch.bfloat16, 6e-2)):
+            # units at the threshold flip with the dtype's rounding: only the difference counts, as above
+            good, cell = _cmp(_run_pathprox(device, dtype, steps, balancing=True), ref, tol, math.inf)
+            ok &= good
+            cells.append(cell.split("/")[0])
+    print(f"   {'PathProx':<16}" + "".join(f"{c:>11}" for c in cells) + "   (fp16, bf16)", flush=True)
     return ok
 
 
@@ -152,7 +235,7 @@ def half_precision(device: str, steps: int) -> bool:
                 cells.append(("!" if bad else "") + f"{diff:.1e}")
         print(f"   {name:<16}" + "".join(f"{c:>11}" for c in cells), flush=True)
     print("   columns: fp16 L1, fp16 GroupLasso, bf16 L1, bf16 GroupLasso; ~: a known gap (not failed)")
-    return ok
+    return pathprox_half(device, steps) and ok
 
 
 def lightning_fit(device: str) -> None:
@@ -251,6 +334,42 @@ def step_time(device: str, steps: int) -> None:
     for name, t in med.items():
         parent = med["SGD(fused=True)"] if "SGD" in name and "Prox" in name else med["Adam(fused=True)"]
         print(f"   {name:<26} {t:9.3f} ms  {t / parent:6.2f}x", flush=True)
+    pathprox_step_time(device, steps, sync)
+
+
+def pathprox_step_time(device: str, steps: int, sync: Callable[[], None]) -> None:
+    from lightning_prox.models import VGG19NoBN
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        m = VGG19NoBN(10).to(device)
+        for p in m.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        return m
+
+    kw = dict(lr=0.05, lam=1e-4, momentum=0.9)
+    rows: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
+        "SGD(momentum)": lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+        "PathProx per-pair": lambda m: PathProx(m.parameters(), pairs=m, foreach=False, **kw),
+        "PathProx": lambda m: PathProx(m.parameters(), pairs=m, **kw),
+        "PathProx + balancing": lambda m: PathProx(m.parameters(), pairs=m, balancing=True, **kw),
+    }
+    opts = {name: make(model()) for name, make in rows.items()}
+    for opt in opts.values():
+        for _ in range(3):
+            opt.step()
+    times: dict[str, list[float]] = {n: [] for n in opts}
+    for _ in range(steps):
+        for name, opt in opts.items():
+            sync()
+            t0 = time.perf_counter()
+            opt.step()
+            sync()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    med = {n: statistics.median(t) for n, t in times.items()}
+    print("   VGG-19 no BN (20 M values), ratio to SGD(momentum=0.9) on the same model:")
+    for name, t in med.items():
+        print(f"   {name:<26} {t:9.3f} ms  {t / med['SGD(momentum)']:6.2f}x", flush=True)
 
 
 def main() -> int:
