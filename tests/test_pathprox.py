@@ -1192,3 +1192,16 @@ def test_resume_is_bit_exact_for_block_pairs_on_both_paths(tmp_path, arch: str, 
     _train(resumed, opt2, 3, start=3, arch=arch)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [None, False])
+def test_units_with_norm_exactly_tau_are_zero_for_any_tau(foreach: bool | None) -> None:
+    """‖v_k‖ = τ exactly (one nonzero per column): 1 − τ·(1/‖v_k‖) would round above 0 for ~1 in 7 τ."""
+    net = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 1))
+    pairs = pathprox_pairs(net)
+    taus = torch.rand(100, generator=torch.Generator().manual_seed(0)) + 0.01
+    with torch.no_grad():
+        for tau in taus.tolist():
+            net[2].weight.fill_(tau)
+            normalize_and_prox_(pairs, [tau], foreach=foreach)
+            assert (net[2].weight == 0).all(), tau
