@@ -275,6 +275,25 @@ def lightning_fit(device: str) -> None:
         )
 
 
+def _median_step_ms(
+    opts: dict[str, torch.optim.Optimizer], steps: int, sync: Callable[[], None]
+) -> dict[str, float]:
+    """Median step time of each optimizer (ms) after 3 warm-up steps, the optimizers interleaved."""
+    for opt in opts.values():
+        for _ in range(3):
+            opt.step()
+    sync()
+    times: dict[str, list[float]] = {n: [] for n in opts}
+    for _ in range(steps):
+        for name, opt in opts.items():
+            sync()
+            t0 = time.perf_counter()
+            opt.step()
+            sync()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
 def step_time(device: str, steps: int) -> None:
     import timm
 
@@ -318,19 +337,7 @@ def step_time(device: str, steps: int) -> None:
             warnings.simplefilter("ignore")
             opts[name] = make(params())
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for opt in opts.values():
-        for _ in range(3):
-            opt.step()
-    sync()
-    times: dict[str, list[float]] = {n: [] for n in opts}
-    for _ in range(steps):
-        for name, opt in opts.items():
-            sync()
-            t0 = time.perf_counter()
-            opt.step()
-            sync()
-            times[name].append(1e3 * (time.perf_counter() - t0))
-    med = {n: statistics.median(t) for n, t in times.items()}
+    med = _median_step_ms(opts, steps, sync)
     for name, t in med.items():
         parent = med["SGD(fused=True)"] if "SGD" in name and "Prox" in name else med["Adam(fused=True)"]
         print(f"   {name:<26} {t:9.3f} ms  {t / parent:6.2f}x", flush=True)
@@ -355,18 +362,7 @@ def pathprox_step_time(device: str, steps: int, sync: Callable[[], None]) -> Non
         "PathProx + balancing": lambda m: PathProx(m.parameters(), pairs=m, balancing=True, **kw),
     }
     opts = {name: make(model()) for name, make in rows.items()}
-    for opt in opts.values():
-        for _ in range(3):
-            opt.step()
-    times: dict[str, list[float]] = {n: [] for n in opts}
-    for _ in range(steps):
-        for name, opt in opts.items():
-            sync()
-            t0 = time.perf_counter()
-            opt.step()
-            sync()
-            times[name].append(1e3 * (time.perf_counter() - t0))
-    med = {n: statistics.median(t) for n, t in times.items()}
+    med = _median_step_ms(opts, steps, sync)
     print("   VGG-19 no BN (20 M values), ratio to SGD(momentum=0.9) on the same model:")
     for name, t in med.items():
         print(f"   {name:<26} {t:9.3f} ms  {t / med['SGD(momentum)']:6.2f}x", flush=True)
