@@ -14,8 +14,10 @@ from the same seed. Each trained network is exported with ``export_compact``; th
 logits on the whole validation set must equal the original's to 1e-5 relative (the script stops
 otherwise). Columns: validation and test accuracy, channels removed (of the network's coupled channel
 groups: every channel a layer reads, the model's inputs and outputs excepted), parameters and MACs per
-sample after/before, CPU latency before/after at batch 1 and 64 (median over ``--rounds`` rounds of
-``measure_latency`` that alternate the two models, so that a change in the machine's load hits both).
+sample after/before, CPU latency before/after at batch 1 and 64: the median over ``--rounds`` rounds,
+alternating the two models, of ``measure_latency(..., clock="process")`` (the process's CPU time per
+forward pass at one thread: on a shared machine other jobs shift wall-clock times by factors, CPU
+time much less; ``--clock wall`` times elapsed time instead).
 
 **Matched accuracy**: for each regularizer, the run with the fewest MACs whose validation accuracy is
 within ``--tol`` (default 1 point) of the dense run's; its test accuracy is shown next to it (the
@@ -121,11 +123,11 @@ def _accuracy(net: nn.Module, xy) -> float:
     return float((net(x).argmax(1) == y).float().mean())
 
 
-def _latency(a: nn.Module, b: nn.Module, x: torch.Tensor, batch: int, rounds: int, runs: int):
-    ta, tb = [], []
+def _latency(a: nn.Module, b: nn.Module, x: torch.Tensor, batch: int, args):
+    rounds, ta, tb = args.rounds, [], []
     for _ in range(rounds):  # alternate the models: a load change on the shared machine hits both
-        ta.append(measure_latency(a, x, batch=batch, runs=runs))
-        tb.append(measure_latency(b, x, batch=batch, runs=runs))
+        ta.append(measure_latency(a, x, batch=batch, runs=args.runs, clock=args.clock))
+        tb.append(measure_latency(b, x, batch=batch, runs=args.runs, clock=args.clock))
     return sorted(ta)[rounds // 2], sorted(tb)[rounds // 2]
 
 
@@ -140,7 +142,7 @@ def evaluate(spec: Spec, kind: str, lam: float, data, args, n_channels: int) -> 
     rel = float((ref - got).abs().max() / ref.abs().max())
     if not rel <= 1e-5:
         raise SystemExit(f"{spec.label} {kind} λ={lam}: compact logits differ by {rel:.2e} on the val set")
-    latency = {b: _latency(net, compact, xv[:1], b, args.rounds, args.runs) for b in (1, 64)}
+    latency = {b: _latency(net, compact, xv[:1], b, args) for b in (1, 64)}
     return Run(
         kind,
         lam,
@@ -191,18 +193,23 @@ def plot(results: dict[str, list[Run]], tol: float, path: str) -> None:
     style = {"per-tensor": ("o-", "C0", 'GroupLasso(dim="in")'), "coupled": ("s-", "C3", "CoupledGroupLasso")}
     for ax, (label, runs) in zip(axes[0], results.items()):
         dense = next(r for r in runs if r.kind == "dense")
+        floor = dense.val_acc - 0.05  # runs that lost more are listed in the title, not drawn
         ax.axhspan(dense.val_acc - tol, dense.val_acc, color="0.9", label=f"dense − {tol * 100:g} point")
         ax.plot([1.0], [dense.val_acc], "k*", ms=11, label="dense")
+        off = []
         for kind, (fmt, color, name) in style.items():
             rs = sorted((r for r in runs if r.kind == kind), key=lambda r: r.lam)
-            ax.plot([r.macs[1] / r.macs[0] for r in rs], [r.val_acc for r in rs], fmt, color=color, label=name)
-            for r in rs:
-                ax.annotate(f"{r.lam:g}", (r.macs[1] / r.macs[0], r.val_acc), fontsize=7, color=color,
-                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
-        ax.set_xscale("log")
+            off += [f"{kind} λ={r.lam:g}: {r.val_acc:.2f}" for r in rs if r.val_acc < floor]
+            rs = [r for r in rs if r.val_acc >= floor]
+            xs = [r.macs[1] / r.macs[0] for r in rs]
+            ax.plot(xs, [r.val_acc for r in rs], fmt, color=color, label=name)
+            for r, xv in zip(rs, xs):
+                ax.annotate(f"{r.lam:g}", (xv, r.val_acc), fontsize=6, color=color, xytext=(3, 3),
+                            textcoords="offset points")  # fmt: skip
+        ax.set_ylim(floor, min(1.0, dense.val_acc + 0.01) + 0.002)
         ax.set_xlabel("MACs of the exported model / dense MACs")
         ax.set_ylabel("validation accuracy")
-        ax.set_title(label, fontsize=10)
+        ax.set_title(label + (f"\noff the axis: {'; '.join(off)}" if off else ""), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("digits, ProxGen: per-tensor vs coupled channel groups (labels: λ)", fontsize=10)
@@ -214,16 +221,17 @@ def plot(results: dict[str, list[Run]], tol: float, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=16, help="ResNet-20 input size (digits upscaled)")
-    ap.add_argument("--epochs-lenet", type=int, default=30)
-    ap.add_argument("--epochs-resnet", type=int, default=8)
-    ap.add_argument("--lams-lenet", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 4e-3])
-    ap.add_argument("--lams-resnet", type=float, nargs="+", default=[2.5e-4, 5e-4, 1e-3, 2e-3])
+    ap.add_argument("--epochs-lenet", type=int, default=20)
+    ap.add_argument("--epochs-resnet", type=int, default=6)
+    ap.add_argument("--lams-lenet", type=float, nargs="+", default=[1e-4, 2e-4, 3e-4, 5e-4])
+    ap.add_argument("--lams-resnet", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2])
     ap.add_argument("--models", nargs="+", choices=["lenet", "resnet20"], default=["lenet", "resnet20"])
     ap.add_argument("--tol", type=float, default=0.01, help="accuracy drop allowed at matched accuracy")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5, help="alternating latency rounds per batch size")
     ap.add_argument("--runs", type=int, default=10, help="timed forward passes per round")
+    ap.add_argument("--clock", choices=["process", "wall"], default="process", help="latency clock")
     ap.add_argument("--plot", default=None, help="write the accuracy-vs-MACs plot here (PNG)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -247,7 +255,10 @@ def main() -> None:
             {},
         ),
     }
-    print(f"torch {torch.__version__}, {args.threads} thread(s), seed {args.seed}, matched: val acc ≥ dense − {args.tol}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), seed {args.seed}, latency clock {args.clock}, "
+        f"matched: val acc ≥ dense − {args.tol}"
+    )
     results: dict[str, list[Run]] = {}
     t_all = time.perf_counter()
     for key in args.models:
@@ -258,7 +269,9 @@ def main() -> None:
         print(f"\n{spec.label}: ProxGen(lr={spec.lr}), {spec.epochs} epochs; params, MACs: after/before")
         print(HEADER)
         runs = []
-        for kind, lam in [("dense", 0.0)] + [(k, lam) for lam in spec.lams for k in ("per-tensor", "coupled")]:
+        for kind, lam in [("dense", 0.0)] + [
+            (k, lam) for lam in spec.lams for k in ("per-tensor", "coupled")
+        ]:
             runs.append(evaluate(spec, kind, lam, data, args, n_channels))
             print(_row(runs[-1]), flush=True)
         results[spec.label] = runs

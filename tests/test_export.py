@@ -12,7 +12,7 @@ from torch import nn
 
 pytest.importorskip("torch_pruning")
 
-from lightning_prox.export import ExportError, export_compact, export_onnx
+from lightning_prox.export import ExportError, export_compact, export_onnx, measure_latency
 from lightning_prox.models import MLP, CifarResNet, LeNet
 
 
@@ -477,6 +477,9 @@ def test_bad_arguments_and_report_outputs():
         export_compact(net, torch.randn(2, 4), on_unknown="skip")
     with pytest.raises(TypeError, match="example_inputs"):
         export_compact(net, [1, 2])
+    with pytest.raises(ValueError, match="clock"):
+        measure_latency(net, torch.randn(2, 4), clock="cpu")
+    assert measure_latency(net, torch.randn(2, 4), runs=3, clock="process") >= 0
     with torch.no_grad():
         net[2].weight[:, 0] = 0
     compact, report = export_compact(net, torch.randn(2, 4), latency_batches=(1, 4), latency_runs=3)
