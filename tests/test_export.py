@@ -347,7 +347,7 @@ def test_timm_resnet18_trained_with_each_regularizer(kind, tmp_path):
         groups = param_groups_regularized(
             net, GroupLasso(0.02, dim="out"), exclude=[r"^conv1\.", r"conv2\.", r"downsample", r"^fc\."]
         )
-    assert all("layer" in n and ".conv1." in n for n in groups[0]["param_names"])
+        assert all(n.startswith("layer") and ".conv1." in n for n in groups[0]["param_names"])
     opt = ProxSGD(groups, lr=0.1)
     for _ in range(3):
         opt.zero_grad()
