@@ -23,7 +23,7 @@ time much less; ``--clock wall`` times elapsed time instead).
 within ``--tol`` (default 1 point) of the dense run's; its test accuracy is shown next to it (the
 selection uses the validation split only).
 
-    python benchmarks/study_coupled_digits.py --plot docs/img/coupled_digits.png   # about 6 CPU minutes
+    python benchmarks/study_coupled_digits.py --plot docs/img/coupled_digits.png   # 15 minutes on a busy 2-core machine
 """
 
 from __future__ import annotations
