@@ -12,7 +12,7 @@ from torch import nn
 
 pytest.importorskip("torch_pruning")
 
-from lightning_prox.export import ExportError, export_compact, export_onnx
+from lightning_prox.export import ExportError, export_compact, export_onnx, measure_latency
 from lightning_prox.models import MLP, CifarResNet, LeNet
 
 
@@ -278,6 +278,114 @@ def test_timm_resnet18():
     assert report.params[1] == _params_from_shapes(net, shapes)
 
 
+def _timm_resnet18_expected(net: nn.Module) -> dict[str, tuple[int, int]]:
+    """(in, out) channels per layer of a timm ResNet-18 once its zero pattern is removed, read off the
+    architecture: a block-internal channel (conv1's output) goes when conv2's input slice is zero, or
+    when conv1's filter is zero and the constant relu(BN(0)) it leaves is zero (conv2 zero-pads, so a
+    nonzero constant stays); a residual-stream channel goes when every reader's input slice is zero
+    (the stage's blocks without a downsample, the next stage's first block's conv1 and downsample, or
+    the classifier). A layer keeps at least one channel."""
+
+    def zero_in(w: torch.Tensor) -> torch.Tensor:
+        return (w == 0).transpose(0, 1).flatten(1).all(1)
+
+    def kept(dead: torch.Tensor) -> int:
+        return max(1, len(dead) - int(dead.sum()))
+
+    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+    streams = []
+    for s, stage in enumerate(stages):
+        readers = [b.conv1.weight for b in stage if b.downsample is None]
+        if s < 3:
+            readers += [stages[s + 1][0].conv1.weight, stages[s + 1][0].downsample[0].weight]
+        else:
+            readers.append(net.fc.weight)
+        streams.append(kept(torch.stack([zero_in(w) for w in readers]).all(0)))
+    shapes = {"conv1": (3, streams[0]), "bn1": (streams[0],) * 2, "fc": (streams[3], net.fc.out_features)}
+    for s, stage in enumerate(stages):
+        for j, b in enumerate(stage):
+            p, bn = f"layer{s + 1}.{j}", b.bn1
+            const = torch.relu(bn.bias - bn.weight * bn.running_mean / torch.sqrt(bn.running_var + bn.eps))
+            dead_filter = (b.conv1.weight == 0).flatten(1).all(1) & (const == 0)
+            inner = kept(zero_in(b.conv2.weight) | dead_filter)
+            s_in = streams[s - 1] if b.downsample is not None else streams[s]
+            shapes[f"{p}.conv1"], shapes[f"{p}.bn1"] = (s_in, inner), (inner, inner)
+            shapes[f"{p}.conv2"], shapes[f"{p}.bn2"] = (inner, streams[s]), (streams[s], streams[s])
+            if b.downsample is not None:
+                shapes[f"{p}.downsample.0"] = (s_in, streams[s])
+                shapes[f"{p}.downsample.1"] = (streams[s], streams[s])
+    return shapes
+
+
+@pytest.mark.slow  # three short ResNet-18 trainings and exports (about 5 s each on one CPU thread)
+@pytest.mark.parametrize("kind", ["in", "out", "coupled"])
+def test_timm_resnet18_trained_with_each_regularizer(kind, tmp_path):
+    timm = pytest.importorskip("timm")
+    from lightning_prox.optim import ProxSGD
+    from lightning_prox.regularizers import CoupledGroupLasso, GroupLasso
+    from lightning_prox.structure import coupled_channel_groups, param_groups_regularized
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", num_classes=10)  # timm's init, zero_init_last: bn2 weights 0
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # channels of unequal strength, as after training: some groups reach zero first
+        for name, m in net.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and name != "conv1":
+                d = 0 if kind == "out" else 1
+                f = 10 ** (-1.5 * torch.rand(m.weight.shape[d], generator=g))
+                m.weight.mul_(f.view([-1 if i == d else 1 for i in range(m.weight.ndim)]))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    if kind == "coupled":
+        reg = CoupledGroupLasso.from_model(net, x[:1], lam=0.02)
+        rest = [(n, p) for n, p in net.named_parameters() if n not in reg.names]
+        groups = [reg.param_group(net), {"params": [p for _, p in rest], "param_names": [n for n, _ in rest]}]
+    elif kind == "in":  # every conv and linear weight but the stem's (it reads the image)
+        groups = param_groups_regularized(
+            net, GroupLasso(0.02, dim="in"), include_types=["Conv2d", "Linear"], exclude=[r"^conv1\."]
+        )
+    else:  # only the blocks' first convs: their zero filters leave constant channels behind BN
+        groups = param_groups_regularized(
+            net, GroupLasso(0.02, dim="out"), exclude=[r"^conv1\.", r"conv2\.", r"downsample", r"^fc\."]
+        )
+        assert all(n.startswith("layer") and ".conv1." in n for n in groups[0]["param_names"])
+    opt = ProxSGD(groups, lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval()
+    shapes = _timm_resnet18_expected(net)
+    compact, report = _export(net, x[:2])
+    _check_shapes(compact, shapes)
+    assert report.params[1] == _params_from_shapes(net, shapes)
+    assert report.removed_channels > 0, "training made no removable channel"
+    params = dict(net.named_parameters())
+    zero = [
+        [bool((params[n].index_select(d, torch.tensor(ix)) == 0).all()) for n, d, ix in grp]
+        for grp in coupled_channel_groups(net, x[:1])
+    ]
+    stream_removed = sum(all(z) for z in zero if len(z) > 1)
+    if kind == "out":  # zero filters whose constant relu(BN(0)) is positive feed a zero-padded conv: kept
+        kept = 0
+        for b in (b for stage in (net.layer1, net.layer2, net.layer3, net.layer4) for b in stage):
+            bn = b.bn1
+            const = torch.relu(bn.bias - bn.weight * bn.running_mean / torch.sqrt(bn.running_var + bn.eps))
+            kept += int(((b.conv1.weight == 0).flatten(1).all(1) & (const > 0)).sum())
+        assert report.kept_constant_channels == kept
+    if kind == "coupled":
+        assert all(all(z) or not any(z) for z in zero)  # a group is zero as a whole or not at all
+        assert stream_removed > 0
+        pytest.importorskip("onnx")
+        ort = pytest.importorskip("onnxruntime")
+        path = tmp_path / "resnet18.onnx"
+        assert export_onnx(compact, x[:2], path) <= 1e-5
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x[2:5].numpy()}
+        )[0]
+        with torch.no_grad():
+            assert _rel(net(x[2:5]), torch.from_numpy(got)) <= 1e-5
+
+
 # -- ONNX --------------------------------------------------------------------------------------------
 def test_onnx_of_compact_model_runs_in_onnxruntime(tmp_path):
     pytest.importorskip("onnx")
@@ -369,6 +477,9 @@ def test_bad_arguments_and_report_outputs():
         export_compact(net, torch.randn(2, 4), on_unknown="skip")
     with pytest.raises(TypeError, match="example_inputs"):
         export_compact(net, [1, 2])
+    with pytest.raises(ValueError, match="clock"):
+        measure_latency(net, torch.randn(2, 4), clock="cpu")
+    assert measure_latency(net, torch.randn(2, 4), runs=3, clock="process") >= 0
     with torch.no_grad():
         net[2].weight[:, 0] = 0
     compact, report = export_compact(net, torch.randn(2, 4), latency_batches=(1, 4), latency_runs=3)

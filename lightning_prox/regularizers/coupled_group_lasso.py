@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import ProxOptions, Regularizer, Step
-from ._group_solver import _newton_update
+from ._group_solver import _Layout, _newton_update
 from .group_lasso import _PIN_METRIC, _check_solver_args, _pinned
 
 __all__ = ["CoupledGroupLasso"]
@@ -244,9 +244,10 @@ class CoupledGroupLasso(Regularizer):
                 )
 
     # -- segment-sum plumbing -----------------------------------------------------------------------
-    def _plan(self, zs: list[Tensor]) -> tuple[list[Tensor], list[tuple[int, int, int]], Tensor]:
-        """Per tensor: slice → group index (``G`` = the no-group bucket) and its ``[A, I, B]`` view;
-        the group sizes (float64), cached per device and shapes."""
+    def _plan(self, zs: list[Tensor]) -> tuple[list[Tensor], list[_Layout], Tensor]:
+        """Per tensor: slice → group index (``G`` = the no-group bucket) and its layout (per-slice
+        reductions and broadcasts in the tensor's own memory order, as GroupLasso's ``dim="out"`` /
+        ``dim="in"``); the group sizes (float64), cached per device and shapes."""
         key = (zs[0].device, tuple(tuple(z.shape) for z in zs))
         cache = self.__dict__.get("_plans")
         if cache is None:
@@ -257,19 +258,18 @@ class CoupledGroupLasso(Regularizer):
             return hit
         G = self.num_groups
         dev = zs[0].device
-        idx, views = [], []
+        idx, lays = [], []
         sizes = torch.zeros(G + 1, dtype=_F64, device=dev)
         for z, d, row in zip(zs, self.dims, self.slice_groups):
             i = torch.tensor(row, dtype=torch.int64, device=dev)
             i = torch.where(i < 0, G, i)
-            a = 1 if d == 0 else z.shape[0]
-            b = z.numel() // max(a * z.shape[d], 1)
-            views.append((a, z.shape[d], b))
-            sizes.index_add_(0, i, torch.full((len(row),), float(a * b), dtype=_F64, device=dev))
+            lays.append(_Layout(z, "out" if d == 0 else "in"))
+            per_slice = float(z.numel() // max(z.shape[d], 1))
+            sizes.index_add_(0, i, torch.full((len(row),), per_slice, dtype=_F64, device=dev))
             idx.append(i)
         cache.clear()  # one entry: the shapes of a model do not change
-        cache[key] = (idx, views, sizes)
-        return idx, views, sizes
+        cache[key] = (idx, lays, sizes)
+        return idx, lays, sizes
 
     def _weights(self, sizes: Tensor) -> Tensor:
         return sizes.sqrt() if self.weighting == "sqrt" else torch.ones_like(sizes)
@@ -293,9 +293,9 @@ class CoupledGroupLasso(Regularizer):
         """
         xs = list(xs)
         self._check(xs)
-        idx, views, sizes = self._plan(xs)
+        idx, lays, sizes = self._plan(xs)
         G = self.num_groups
-        sq = self._seg(G + 1, idx, [x.reshape(v).to(_F64).square().sum((0, 2)) for x, v in zip(xs, views)])
+        sq = self._seg(G + 1, idx, [lay.sum(lay.view(x.to(_F64)).square()) for x, lay in zip(xs, lays)])
         return self.lam * (self._weights(sizes)[:G] * sq[:G].sqrt()).sum()
 
     def value(self, x: Tensor) -> Tensor:
@@ -320,16 +320,18 @@ class CoupledGroupLasso(Regularizer):
             metrics = [torch.where(p, _PIN_METRIC, m.to(_F64)) for m, p in zip(metrics, pinned)]  # type: ignore[arg-type]
             res = self._prox_multi(zs, step, metrics, dataclasses.replace(opts, out=None))
             return [torch.where(p, z, x) for z, x, p in zip(zs, res, pinned)]
-        idx, views, sizes = self._plan(zs)
+        idx, lays, sizes = self._plan(zs)
         G = self.num_groups
         dev = zs[0].device
         tau = torch.as_tensor(step, dtype=_F64, device=dev) * self.lam
         thr = torch.clamp(tau * self._weights(sizes), max=torch.finfo(_F64).max)
         info = opts.info
         if metrics is None:
-            zv = [z.reshape(v) for z, v in zip(zs, views)]
+            zv = [lay.view(z) for z, lay in zip(zs, lays)]
             dts = [torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype for z in zs]
-            nrm = self._seg(G + 1, idx, [z.to(dt).square().sum((0, 2)) for z, dt in zip(zv, dts)]).sqrt()
+            nrm = self._seg(
+                G + 1, idx, [lay.sum(z.to(dt).square()) for z, dt, lay in zip(zv, dts, lays)]
+            ).sqrt()
             tiny = torch.finfo(_F64).tiny
             scale = torch.where(nrm > thr, 1.0 - thr / nrm.clamp_min(tiny), 0.0)
             scale = torch.where(torch.isnan(nrm), torch.nan, scale)  # NaN never becomes an exact zero
@@ -337,10 +339,10 @@ class CoupledGroupLasso(Regularizer):
             if info is not None:
                 info["screened"] = int(info.get("screened", 0)) + int((~(nrm[:G] > thr[:G])).sum())
             return [
-                (z.to(dt) * scale[i].to(dt).view(1, -1, 1)).reshape(z0.shape).to(z0.dtype)
-                for z, z0, i, dt in zip(zv, zs, idx, dts)
+                (z.to(dt) * lay.bcast(scale[i].to(dt))).reshape(z0.shape).to(z0.dtype)
+                for z, z0, i, dt, lay in zip(zv, zs, idx, dts, lays)
             ]
-        return self._newton(zs, metrics, opts, idx, views, thr, G)
+        return self._newton(zs, metrics, opts, idx, lays, thr, G)
 
     def _newton(
         self,
@@ -348,22 +350,34 @@ class CoupledGroupLasso(Regularizer):
         metrics: list[Tensor],
         opts: ProxOptions,
         idx: list[Tensor],
-        views: list[tuple[int, int, int]],
+        lays: list[_Layout],
         thr: Tensor,
         G: int,
     ) -> list[Tensor]:
         tiny, big = torch.finfo(_F64).tiny, torch.finfo(_F64).max
         G1 = G + 1
-        zv = [z.reshape(v).to(_F64) for z, v in zip(zs, views)]
-        mv = [m.reshape(v).to(_F64) for m, v in zip(metrics, views)]
+        zv = [lay.view(z.to(_F64)) for z, lay in zip(zs, lays)]
+        mv = [lay.view(m.to(_F64)) for m, lay in zip(metrics, lays)]
         av = [m * z for m, z in zip(mv, zv)]  # a = m ⊙ z
-        norm_a = self._seg(G1, idx, [a.square().sum((0, 2)) for a in av]).sqrt()
-        dev = norm_a.device
+        dev = zv[0].device
+        # two scratch buffers shared by all tensors and iterations (no parameter-sized allocation per pass)
+        largest = max(a.numel() for a in av)
+        tbuf = torch.empty(largest, dtype=_F64, device=dev)
+        ubuf = torch.empty(largest, dtype=_F64, device=dev)
+
+        def sq_sums(xs: list[Tensor]) -> Tensor:
+            parts = []
+            for x, lay in zip(xs, lays):
+                t = tbuf[: x.numel()].view(x.shape)
+                parts.append(lay.sum(torch.mul(x, x, out=t)))
+            return self._seg(G1, idx, parts)
+
+        norm_a = sq_sums(av).sqrt()
         mx = torch.full((G1,), -math.inf, dtype=_F64, device=dev)
         mn = torch.full((G1,), math.inf, dtype=_F64, device=dev)
-        for i, m in zip(idx, mv):
-            mx.scatter_reduce_(0, i, m.amax((0, 2)), "amax")
-            mn.scatter_reduce_(0, i, m.amin((0, 2)), "amin")
+        for i, m, lay in zip(idx, mv, lays):
+            mx.scatter_reduce_(0, i, lay.amax(m), "amax")
+            mn.scatter_reduce_(0, i, lay.amin(m), "amin")
         finite = torch.isfinite(norm_a)
         alive = finite & (norm_a > thr)  # zero iff ‖m⊙z‖ ≤ τw (ties → zero)
         alive[G] = False
@@ -373,10 +387,7 @@ class CoupledGroupLasso(Regularizer):
         uniform = alive & (mn == mx)
         c = torch.where(uniform, hi, torch.sqrt(lo) * torch.sqrt(hi))
         if opts.x0s is not None:  # warm start: a solution x0 has c = τw/‖x0_g‖, clamped into the bracket
-            x0n = self._seg(
-                G1, idx, [x.reshape(v).to(_F64).square().sum((0, 2)) for x, v in zip(opts.x0s, views)]
-            )
-            x0n = x0n.sqrt()
+            x0n = sq_sums([lay.view(x.to(_F64)) for x, lay in zip(opts.x0s, lays)]).sqrt()
             warm = torch.clamp(thr / x0n.clamp_min(tiny), max=big)
             c = torch.where((x0n > 0) & alive & ~uniform, torch.minimum(torch.maximum(warm, lo), hi), c)
         done = ~alive | uniform
@@ -385,20 +396,16 @@ class CoupledGroupLasso(Regularizer):
         prev = torch.full_like(c, math.inf)
         ops = (torch.where, torch.sqrt, torch.clamp_min)
         j = 0
-        # two scratch buffers shared by all tensors and iterations (no parameter-sized allocation per pass)
-        largest = max(a.numel() for a in av)
-        tbuf = torch.empty(largest, dtype=_F64, device=dev)
-        ubuf = torch.empty(largest, dtype=_F64, device=dev)
         while not bool(done.all()) and j < max_iters:
             j += 1
             p2, p3 = [], []
-            for i, m, a in zip(idx, mv, av):
+            for i, m, a, lay in zip(idx, mv, av, lays):
                 t, u = tbuf[: a.numel()].view(a.shape), ubuf[: a.numel()].view(a.shape)
-                torch.add(m, c[i].view(1, -1, 1), out=t)
+                torch.add(m, lay.bcast(c[i]), out=t)
                 torch.div(a, t, out=u)
                 u.mul_(u)  # a²/(m + c)²
-                p2.append(u.sum((0, 2)))
-                p3.append(u.div_(t).sum((0, 2)))  # a²/(m + c)³
+                p2.append(lay.sum(u))
+                p3.append(lay.sum(u.div_(t)))  # a²/(m + c)³
             c_new, lo, hi, done, prev = _newton_update(
                 ops, c, self._seg(G1, idx, p2), self._seg(G1, idx, p3), lo, hi, thr, done, prev, tol, tiny
             )
@@ -413,9 +420,9 @@ class CoupledGroupLasso(Regularizer):
             opts.info["inner_iters"] = max(int(opts.info.get("inner_iters", 0)), j)
             opts.info["screened"] = int(opts.info.get("screened", 0)) + int((~alive[:G] & finite[:G]).sum())
         out = []
-        for z, m, i, z0 in zip(zv, mv, idx, zs):
+        for z, m, i, z0, lay in zip(zv, mv, idx, zs, lays):
             t = tbuf[: z.numel()].view(z.shape)
-            torch.add(m, cf[i].view(1, -1, 1), out=t)
+            torch.add(m, lay.bcast(cf[i]), out=t)
             torch.div(m, t, out=t)
             out.append(t.mul_(z).reshape(z0.shape).to(z0.dtype, copy=True))  # the buffer is reused
         return out
