@@ -336,14 +336,20 @@ def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
     header = "\n".join(k.prototypes() for k in table)
     try:
         lib = _load(source, header)
-    except RuntimeError as err:
+        # a declared entry point the source does not define: refused here, never called
+        funcs = {
+            (k.name, d): getattr(lib, f"{k.symbol}_{suffix}")
+            for k in table
+            for d, (suffix, _) in _SUFFIX.items()
+        }
+    except (RuntimeError, AttributeError) as err:
         warnings.warn(f"building {source} failed ({err}); using the eager path", RuntimeWarning, stacklevel=2)
         return None
     ops = SimpleNamespace()
     for k in table:
         _define(k)
-        for dtype, (suffix, _) in _SUFFIX.items():
-            fn = getattr(lib, f"{k.symbol}_{suffix}")
+        for dtype in _SUFFIX:
+            fn = funcs[k.name, dtype]
             fn.argtypes, fn.restype = k.argtypes(), None
             _IMPLS[k.name][dtype] = fn
         setattr(ops, k.name, getattr(torch.ops.lightning_prox, k.name))

@@ -362,13 +362,13 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
 // -- entry points (prototypes generated from the signature table): loops over the n tensors ------------
 // layout: per tensor (rows, R, N, K, offset); the per-group arrays of tensor i start at offset_i.
 #define LP_EXPORT(T, SUF)                                                                                    \
-  void lp_ramda_elementwise_##SUF(int64_t n, const int64_t* numel, T* const* w, const T* const* g,           \
+  extern "C" void lp_ramda_elementwise_##SUF(int64_t n, const int64_t* numel, T* const* w, const T* const* g,           \
                                   const T* const* w0, T* const* v, T* const* u, T* const* x, double s,       \
                                   double eps, double cm, double tau, int nthreads) {                         \
     for (int64_t i = 0; i < n; ++i)                                                                          \
       elementwise<T>(numel[i], w[i], g[i], w0[i], v[i], u[i], x[i], s, eps, cm, tau, nthreads);              \
   }                                                                                                          \
-  void lp_ramda_group_prep_first_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* g,  \
+  extern "C" void lp_ramda_group_prep_first_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* g,  \
                                        const T* const* w0, T* const* v, T* const* u, T* const* P,            \
                                        T* const* pz, double s, double eps, const double* c, double* s2,      \
                                        double* s3, double* sq, double* mx, double* mn, int nthreads) {       \
@@ -379,7 +379,7 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
                           eps, c + o, Out{s2 + o, s3 + o, sq + o, mx + o, mn + o}, nthreads);                \
     }                                                                                                        \
   }                                                                                                          \
-  void lp_ramda_group_secular_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,     \
+  extern "C" void lp_ramda_group_secular_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,     \
                                     const T* const* pz, const double* c, double* s2, double* s3,             \
                                     int nthreads) {                                                          \
     for (int64_t i = 0; i < n; ++i) {                                                                        \
@@ -389,7 +389,7 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
                        Out{s2 + o, s3 + o, nullptr, nullptr, nullptr}, nthreads);                            \
     }                                                                                                        \
   }                                                                                                          \
-  void lp_ramda_group_final_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,       \
+  extern "C" void lp_ramda_group_final_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,       \
                                   const T* const* pz, const double* c, T* const* w, T* const* x, double cm,  \
                                   int nthreads) {                                                            \
     for (int64_t i = 0; i < n; ++i) {                                                                        \
@@ -398,7 +398,7 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
                      nthreads);                                                                              \
     }                                                                                                        \
   }                                                                                                          \
-  void lp_ramda_cbrt_##SUF(int64_t n, const int64_t* numel, const T* const* u, T* const* y, int) {           \
+  extern "C" void lp_ramda_cbrt_##SUF(int64_t n, const int64_t* numel, const T* const* u, T* const* y, int) {           \
     for (int64_t i = 0; i < n; ++i) cbrt_array<T>(numel[i], u[i], y[i]);                                     \
   }
 
