@@ -273,3 +273,27 @@ def test_ungroupable_tensors_are_rejected_at_construction():
 def test_invalid_implementation_is_named():
     with pytest.raises(ValueError, match="implementation must be one of .*'jit'"):
         RAMDA([torch.nn.Parameter(torch.ones(2))], implementation="jit")
+
+
+@pytest.mark.parametrize("dim", ["in", "out"])
+def test_overflowed_second_moment_pins_its_coordinate_as_the_eager_step(dim, monkeypatch):
+    """A finite gradient whose square overflows U (P = +inf): the native group solve pins that coordinate
+    (Ŵ = z = W0 there, exactly) and agrees with the eager step elsewhere; nothing becomes NaN."""
+    calls = _require_compiled(monkeypatch)
+    reg = GroupLasso(1e-3, dim=dim)
+    out = {}
+    for impl in ("eager", "native"):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 8))
+        opt = RAMDA([w], lr=1e-2, momentum=0.5, regularizer=reg, implementation=impl)
+        g = torch.randn(4, 8)
+        g[0, 0] = 1e21
+        w.grad = g
+        opt.step()
+        out[impl] = (w.detach().clone(), opt.state[w]["prox_point"].clone(), opt.state[w]["initial_point"])
+    assert calls
+    (wa, xa, w0), (wb, xb, _) = out["eager"], out["native"]
+    assert torch.isfinite(wb).all() and xb[0, 0] == w0[0, 0]
+    torch.testing.assert_close(xb, xa, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(wb, wa, atol=1e-6, rtol=1e-5)
+    assert torch.equal(xa == 0, xb == 0)
