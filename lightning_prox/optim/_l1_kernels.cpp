@@ -39,19 +39,18 @@ template <typename F> void for_chunks(int64_t n, int nthreads, F f) {
 
 template <typename T> struct AdamScalars {
   T dec, coeff, b2, c2, eps, neg_step, bc2, cb, eb, fb, b;
-  bool small;
 };
 
 // elements [lo, hi) of one tensor; a plain loop over restrict pointers, so that it vectorizes. Tail: the
 // last numel % vec elements, which torch's kernel runs in scalar code, where its compiler fused the second
 // moment the other way round (v·β₂ + (1 − β₂)g·g as fma(v, β₂, (1 − β₂)g·g)).
-template <typename T, bool Floor, bool Tail>
+template <typename T, bool Floor, bool Tail, bool Small>
 void adam_l1_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict m,
                    T* __restrict v, const AdamScalars<T> k) {
   const T emax = T(1e19);
   for (int64_t j = lo; j < hi; ++j) {
     const T gj = g[j];
-    const T mj = fmadd(k.coeff, gj - m[j], k.small ? m[j] : gj);
+    const T mj = fmadd(k.coeff, gj - m[j], Small ? m[j] : gj);  // torch.lerp's two forms
     const T vj = Tail ? fmadd(v[j], k.b2, k.c2 * gj * gj) : fmadd(k.c2 * gj, gj, v[j] * k.b2);
     m[j] = mj;
     v[j] = vj;
@@ -71,13 +70,16 @@ void adam_l1(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, do
   const T W = T(w1);
   const bool small = std::abs(W) < T(0.5);
   const AdamScalars<T> k{T(decay), small ? W : W - T(1), T(beta2), T(c2), T(eps), T(-scal[0]), T(scal[1]),
-                         T(scal[2]), T(scal[3]), T(scal[4]), T(scal[5]), small};
+                         T(scal[2]), T(scal[3]), T(scal[4]), T(scal[5])};
   const int64_t bulk = numel - numel % std::max<int64_t>(vec, 1);
   auto run = [&](int64_t lo, int64_t hi, auto tail) {
+    constexpr bool Tail = decltype(tail)::value;
     if (floor)
-      adam_l1_range<T, true, decltype(tail)::value>(lo, hi, p, g, m, v, k);
+      small ? adam_l1_range<T, true, Tail, true>(lo, hi, p, g, m, v, k)
+            : adam_l1_range<T, true, Tail, false>(lo, hi, p, g, m, v, k);
     else
-      adam_l1_range<T, false, decltype(tail)::value>(lo, hi, p, g, m, v, k);
+      small ? adam_l1_range<T, false, Tail, true>(lo, hi, p, g, m, v, k)
+            : adam_l1_range<T, false, Tail, false>(lo, hi, p, g, m, v, k);
   };
   for_chunks(bulk, nthreads, [&](int64_t lo, int64_t hi) { run(lo, hi, std::false_type{}); });
   run(bulk, numel, std::true_type{});
