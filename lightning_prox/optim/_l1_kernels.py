@@ -131,23 +131,33 @@ def adam_l1_(
     c: float,
     bc2_sqrts: list[float],
     floor: float,
+    preconditioner: str = "adam",
+    bias_correction: bool = True,
 ) -> None:
-    """One native pass per tensor: torch's fused AdamW step, then :func:`soft_threshold_metric_` with
-    threshold ``c`` (= lr·λ), ``bc2_sqrts`` and ``floor`` — the same bits as those two calls.
+    """One native pass per tensor: ProxGen's smooth step, then :func:`soft_threshold_metric_` with
+    threshold ``c`` (= lr·λ), ``bc2_sqrts`` and ``floor``.
 
-    CPU float32/float64 tensors, contiguous, of one dtype; ``steps`` are the incremented counters.
-    The caller checks :func:`native_available` first.
+    ``preconditioner="adam"`` with bias correction is torch's fused AdamW step: the same bits as
+    ``torch._fused_adamw_`` followed by :func:`soft_threshold_metric_`, up to that function's
+    ``torch.sqrt`` (not correctly rounded on every CPU; the kernel's is). ``"rmsprop"`` (v ← βv +
+    (1 − β)g²), ``"adagrad"`` (v ← v + g²) and no bias correction are the same pass with other
+    scalars; they agree with the eager multi-tensor step to rounding. CPU float32/float64 tensors,
+    contiguous, of one dtype; ``steps`` are the incremented counters. The caller checks
+    :func:`native_available` first.
     """
+    adam_bc = preconditioner == "adam" and bias_correction
+    b2, c2 = (1.0, 1.0) if preconditioner == "adagrad" else (beta2, 1 - beta2)
     scal = torch.tensor(
         [
             # torch's fused Adam computes its bias corrections in double with pow and sqrt
-            (lr / (1 - beta1**s), math.sqrt(1 - beta2**s), c * b, eps * b, floor * b, b)
+            (lr / (1 - beta1**s) if bias_correction else lr, math.sqrt(1 - beta2**s) if adam_bc else 1.0,
+             c * b, eps * b, floor * b, b)
             for s, b in zip(steps, bc2_sqrts)
         ],
         dtype=torch.float64,
-    ).reshape(len(params), 6)
+    ).reshape(len(params), 6)  # fmt: skip
     _ops().adam_l1_(
-        params, grads, exp_avgs, exp_avg_sqs, scal, 1 - lr * weight_decay, 1 - beta1, beta2, 1 - beta2, eps,
+        params, grads, exp_avgs, exp_avg_sqs, scal, 1 - lr * weight_decay, 1 - beta1, b2, c2, eps,
         int(floor > 0), _scalar_tail(params[0]),
     )  # fmt: skip
 

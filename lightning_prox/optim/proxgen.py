@@ -141,9 +141,10 @@ class ProxGen(ProxOptimizer):
         threshold_cap: κ > 0, the metric floor λ/κ described above (default 1), or ``None`` for the
             paper's exact update.
         {check_finite}
-        {implementation} Here the native kernel is Adam + ℓ1 (adam preconditioner with bias
-            correction) as one C++ pass per tensor on CPU (float32/float64; equal to the eager step
-            to the bit; built with the system compiler in a few seconds, once per machine);
+        {implementation} Here the native kernel is the smooth step + ℓ1 (adam, rmsprop or adagrad
+            preconditioner) as one C++ pass per tensor on CPU (float32/float64; equal to the eager
+            step to rounding, the adam moments to the bit; built with the system compiler in a few
+            seconds, once per machine);
             ``"auto"`` uses it for a regularized group's ℓ1 tensors from ``AUTO_NATIVE_NUMEL`` =
             2^16 elements on. Groups without a regularizer always run torch's Adam kernels.
         {torch_flags} For ProxGen ``fused=None`` uses torch's fused AdamW kernel for the smooth
@@ -529,8 +530,7 @@ def _smooth(
             and do_prox
             and implementation in ("native", "auto")
             and device.type == "cpu"
-            and preconditioner == "adam"
-            and bias_correction
+            and preconditioner != "identity"
             and prox_metric == "preconditioned"
             and _fused.supports(regularizer, d_params)
             and fused is not False
@@ -541,6 +541,7 @@ def _smooth(
             _l1_kernels.adam_l1_(
                 d_params, list(d_grads), list(d_m), list(d_v), steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=weight_decay, c=lr * regularizer.lam, bc2_sqrts=bc2_sqrts, floor=floor,  # type: ignore[union-attr]
+                preconditioner=preconditioner, bias_correction=bias_correction,
             )  # fmt: skip
             bucket.done = True
             continue
