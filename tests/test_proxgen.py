@@ -16,7 +16,7 @@ from tests.cases import make_cnn, single_thread, train, weight_groups  # noqa: F
 IMPL = {
     "fast": {"implementation": "eager"},
     "forloop": {"foreach": False},
-    "compiled": {"implementation": "native"},
+    "native": {"implementation": "native"},
     "auto": {},
 }
 
@@ -247,20 +247,19 @@ def test_l1_logistic_regression_reaches_sklearn_optimum(digits_l1_logreg, which)
     assert 0.5 < float((w == 0).double().mean()) < 0.99  # a genuinely sparse, non-trivial solution
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("implementation", ["compiled", "auto"])
-def test_compiled_implementation_matches_forloop(implementation, monkeypatch):
-    """The single-pass compiled Adam+L1 kernel (compiled once per process, ~seconds; "auto" picks it
-    for large regularized groups, here every group) equals the reference."""
-    from lightning_prox.optim import proxgen as proxgen_module
-    from lightning_prox.regularizers import _fused
-
-    calls = []
+@pytest.mark.parametrize("implementation", ["native", "auto"])
+def test_native_implementation_matches_forloop(implementation, monkeypatch):
+    """The single-pass native Adam+L1 kernel (built once per machine; "auto" picks it for large
+    regularized groups, here every group) equals the reference."""
     from lightning_prox.optim import _l1_kernels
+    from lightning_prox.optim import proxgen as proxgen_module
 
-    kernel = _l1_kernels.compiled_adam_l1_
-    monkeypatch.setattr(_l1_kernels, "compiled_adam_l1_", lambda *a: calls.append(len(a[0])) or kernel(*a))
-    monkeypatch.setattr(proxgen_module, "AUTO_COMPILE_NUMEL", 1)
+    if not _l1_kernels.native_available():
+        pytest.skip("no working C++ compiler here; the eager fallback runs (tests/test_native_kernels.py)")
+    calls = []
+    kernel = _l1_kernels.adam_l1_
+    monkeypatch.setattr(_l1_kernels, "adam_l1_", lambda *a, **k: calls.append(len(a[0])) or kernel(*a, **k))
+    monkeypatch.setattr(proxgen_module, "AUTO_NATIVE_NUMEL", 1)
     ref = make_cnn()
     comp = copy.deepcopy(ref)
     kw = dict(lr=1e-2, weight_decay=0.1)
@@ -270,8 +269,6 @@ def test_compiled_implementation_matches_forloop(implementation, monkeypatch):
         ProxGen(weight_groups(comp, regularizer=L1(1e-2)), **kw, **IMPL[implementation]),
         range(20),
     )
-    if not _fused.compiled_available():
-        pytest.skip("torch.compile is not usable here; the eager fallback ran (covered by the other tests)")
     assert len(calls) == 20  # regularized groups only: plain groups run torch's fused Adam
     _assert_models_close(ref, comp, atol=1e-6)
     weights = [p for n, p in comp.named_parameters() if n.endswith("weight")]
@@ -319,16 +316,17 @@ def test_group_lasso_under_adam_metric_uses_the_inexact_solver():
     assert 0 < int(zero_cols.sum()) < 8
 
 
-@pytest.mark.slow
-def test_compiled_implementation_runs_one_element_tensors_eagerly(monkeypatch):
-    """Sizes 0/1 are specialized by torch.compile: such tensors take the same kernel eagerly (no recompile)."""
-    from lightning_prox.regularizers import _fused
+def test_native_implementation_on_one_element_tensors():
+    """Tensors of one element (no SIMD body at all) take the native kernel like any other."""
+    from lightning_prox.optim import _l1_kernels
 
+    if not _l1_kernels.native_available():
+        pytest.skip("no working C++ compiler here; the eager fallback runs")
     g = torch.Generator().manual_seed(5)
     inits = [torch.randn(1, generator=g), torch.randn(7, 3, generator=g), torch.randn(1, 1, generator=g)]
     grads = [[torch.randn(t.shape, generator=g) for t in inits] for _ in range(6)]
     outs = {}
-    for impl in ("forloop", "compiled"):
+    for impl in ("forloop", "native"):
         ws = [torch.nn.Parameter(t.clone()) for t in inits]
         opt = ProxGen(ws, lr=0.1, regularizer=L1(0.3), **IMPL[impl])
         for gs in grads:
@@ -336,8 +334,6 @@ def test_compiled_implementation_runs_one_element_tensors_eagerly(monkeypatch):
                 w.grad = gr.clone()
             opt.step()
         outs[impl] = ws
-    if not _fused.compiled_available():
-        pytest.skip("torch.compile is not usable here; the eager fallback ran")
-    for a, b in zip(outs["forloop"], outs["compiled"]):
+    for a, b in zip(outs["forloop"], outs["native"]):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
         assert torch.equal(a == 0, b == 0)

@@ -8,6 +8,7 @@ The C++ kernels build once per machine (a few seconds, cached on disk); every te
 import io
 import os
 import tempfile
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -43,11 +44,16 @@ def _opt_run(impl, reg, shapes, steps=8, momentum=0.3, seed=0, restart_at=None, 
 
 def _require_compiled(monkeypatch):
     """Count compiled-kernel runs; skip when the kernels cannot be built here (the eager path then runs)."""
-    if rc._kernels() is None:
+    ops = rc._ops()
+    if ops is None:
         pytest.skip("no working C++ compiler here: the eager path runs")
     calls = []
-    kernel = rc._kernel
-    monkeypatch.setattr(rc, "_kernel", lambda name, dtype: calls.append(name) or kernel(name, dtype))
+
+    def counted(name):
+        op = getattr(ops, name)
+        return lambda *args: calls.append(name) or op(*args)
+
+    monkeypatch.setattr(rc, "_ops", lambda: SimpleNamespace(**{k.name: counted(k.name) for k in rc.KERNELS}))
     return calls
 
 
@@ -61,7 +67,7 @@ def test_cbrt_is_accurate_on_the_whole_range(dtype):
         [torch.logspace(lo, hi, 20001, dtype=torch.float64).to(dtype), torch.rand(5000, dtype=dtype)]
     )
     u = torch.cat([u, torch.zeros(3, dtype=dtype), torch.tensor([torch.finfo(dtype).tiny / 3], dtype=dtype)])
-    if rc._kernels() is None:
+    if rc._ops() is None:
         pytest.skip("no working C++ compiler here")
     y = rc.cbrt(u)
     assert y.dtype == dtype and torch.isfinite(y).all()
@@ -142,16 +148,14 @@ def test_failed_build_falls_back_to_eager_and_changes_nothing(monkeypatch, tmp_p
     """No working compiler: one warning, and the step runs eagerly, equal to the eager step to the bit."""
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(tmp_path / "cache"))
-    _native.load.cache_clear()
-    rc._kernels.cache_clear()
+    _native.kernels.cache_clear()
     try:
         reg = GroupLasso(0.05, dim="in")
         a, opt_a, _ = _opt_run("eager", reg, SHAPES_IN, steps=3)
         with pytest.warns(RuntimeWarning, match="building _ramda_kernels.cpp failed"):
             b, opt_b, _ = _opt_run("native", reg, SHAPES_IN, steps=3)
     finally:
-        _native.load.cache_clear()
-        rc._kernels.cache_clear()
+        _native.kernels.cache_clear()
     for pa, pb in zip(a, b):
         assert torch.equal(pa, pb)
         assert torch.equal(opt_a.state[pa]["prox_point"], opt_b.state[pb]["prox_point"])
@@ -162,17 +166,17 @@ def test_native_build_is_cached_on_disk(monkeypatch, tmp_path):
     if _native._compiler() is None:
         pytest.skip("no C++ compiler here")
     monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(tmp_path))
-    _native.load.cache_clear()
+    _native.kernels.cache_clear()
     try:
-        assert _native.load("_ramda_kernels.cpp") is not None
+        assert rc._ops() is not None
         built = sorted((tmp_path / "native").glob("_ramda_kernels-*.so"))
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
-        _native.load.cache_clear()
-        assert _native.load("_ramda_kernels.cpp") is not None
+        _native.kernels.cache_clear()
+        assert rc._ops() is not None
         assert sorted((tmp_path / "native").glob("*")) == built and built[0].stat().st_mtime_ns == stamp
     finally:
-        _native.load.cache_clear()
+        _native.kernels.cache_clear()
 
 
 def test_native_fallback_cache_must_be_private(monkeypatch, tmp_path):
@@ -235,8 +239,7 @@ def test_auto_compiles_large_buckets_only(monkeypatch):
 
 def test_compiled_step_does_not_touch_the_global_rng(monkeypatch):
     """The compiled step (the build included) leaves torch's random stream where it was."""
-    _native.load.cache_clear()
-    rc._kernels.cache_clear()
+    _native.kernels.cache_clear()
     w = torch.nn.Parameter(torch.linspace(-1, 1, 24).view(4, 6))
     opt = RAMDA([w], regularizer=GroupLasso(0.01, dim="in"), implementation="native")
     w.grad = torch.linspace(-0.5, 0.5, 24).view(4, 6)
@@ -270,3 +273,27 @@ def test_ungroupable_tensors_are_rejected_at_construction():
 def test_invalid_implementation_is_named():
     with pytest.raises(ValueError, match="implementation must be one of .*'jit'"):
         RAMDA([torch.nn.Parameter(torch.ones(2))], implementation="jit")
+
+
+@pytest.mark.parametrize("dim", ["in", "out"])
+def test_overflowed_second_moment_pins_its_coordinate_as_the_eager_step(dim, monkeypatch):
+    """A finite gradient whose square overflows U (P = +inf): the native group solve pins that coordinate
+    (Ŵ = z = W0 there, exactly) and agrees with the eager step elsewhere; nothing becomes NaN."""
+    calls = _require_compiled(monkeypatch)
+    reg = GroupLasso(1e-3, dim=dim)
+    out = {}
+    for impl in ("eager", "native"):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 8))
+        opt = RAMDA([w], lr=1e-2, momentum=0.5, regularizer=reg, implementation=impl)
+        g = torch.randn(4, 8)
+        g[0, 0] = 1e21
+        w.grad = g
+        opt.step()
+        out[impl] = (w.detach().clone(), opt.state[w]["prox_point"].clone(), opt.state[w]["initial_point"])
+    assert calls
+    (wa, xa, w0), (wb, xb, _) = out["eager"], out["native"]
+    assert torch.isfinite(wb).all() and xb[0, 0] == w0[0, 0]
+    torch.testing.assert_close(xb, xa, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(wb, wa, atol=1e-6, rtol=1e-5)
+    assert torch.equal(xa == 0, xb == 0)

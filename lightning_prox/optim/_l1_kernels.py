@@ -1,6 +1,8 @@
-"""In-place ℓ1 kernels of ProxGen under Adam's metric: a chunked eager pass and a compiled Adam + ℓ1 pass.
+"""In-place ℓ1 kernels of ProxGen and ProxSGD: the chunked eager soft thresholding under Adam's metric,
+and the native one-pass Adam + ℓ1 and SGD + ℓ1 steps (``_l1_kernels.cpp``, operators declared in
+:data:`KERNELS`; equal to the eager step to the bit).
 
-Both take the metric floor of :class:`~lightning_prox.optim.ProxGen` (``threshold_cap``): the
+Both ℓ1 forms under Adam's metric take the metric floor of :class:`~lightning_prox.optim.ProxGen` (``threshold_cap``): the
 soft threshold is ``c / max(D, floor)``, which never exceeds ``c / floor``, and ``c`` (the
 Euclidean threshold) where the second moment is exactly 0. An infinite metric (a
 second moment that overflowed) gives a zero threshold: the coordinate stays where the smooth step
@@ -10,7 +12,6 @@ left it. The softshrink form below never multiplies 0 by inf: the scaled metric 
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -18,9 +19,46 @@ import torch
 from torch import Tensor
 
 from ..regularizers import _fused
-from ..regularizers.functional import prox_l1
+from . import _native
+from ._native import Arg, Kernel
 
-__all__ = ["compiled_adam_l1_", "soft_threshold_metric_"]
+__all__ = ["KERNELS", "adam_l1_", "native_available", "sgd_l1_", "soft_threshold_metric_"]
+
+#: the signature table of ``_l1_kernels.cpp``
+KERNELS = (
+    Kernel(
+        "adam_l1_",
+        (Arg("p", "tensors", out=True), Arg("g", "tensors"), Arg("m", "tensors", out=True),
+         Arg("v", "tensors", out=True), Arg("scal", "array", dtype=torch.float64), Arg("decay", "float"),
+         Arg("w1", "float"), Arg("beta2", "float"), Arg("c2", "float"), Arg("eps", "float"), Arg("floor", "int"),
+         Arg("vec", "int")),
+        check=lambda a: _check_rows(a, "scal", 6),
+    ),
+    Kernel(
+        "sgd_l1_",
+        (Arg("p", "tensors", out=True), Arg("g", "tensors"), Arg("buf", "tensors", out=True, optional=True),
+         Arg("wd", "float"), Arg("mom", "float"), Arg("damp1", "float"), Arg("lr", "float"), Arg("c", "float"),
+         Arg("nesterov", "int"), Arg("first", "int"), Arg("vec", "int")),
+    ),
+)  # fmt: skip
+
+
+def _check_rows(values: dict[str, Any], name: str, width: int) -> None:
+    n = len(values["p"])
+    if values[name].shape != (n, width):
+        raise ValueError(
+            f"{name} has shape {tuple(values[name].shape)}; expected ({n}, {width}): a row per tensor"
+        )
+
+
+def _ops() -> Any:
+    return _native.kernels("_l1_kernels.cpp", KERNELS)
+
+
+def native_available() -> bool:
+    """True when the native kernels are built (the first call builds them, once per machine)."""
+    return _ops() is not None
+
 
 _E_MAX = 1e19
 
@@ -78,53 +116,77 @@ def soft_threshold_metric_(
             torch.div(s, w, out=pc)
 
 
-def _adam_l1_kernel(p: Tensor, g: Tensor, m: Tensor, v: Tensor, scalars: Tensor) -> None:
-    # scalars (p's dtype, CPU): [1 - lr·wd, 1 - beta1, beta2, 1 - beta2, lr / bc1, bc2_sqrt, eps,
-    # lr·lam, 1/floor (inf: no floor, and then no Euclidean metric for v = 0 either)]
-    p.mul_(scalars[0])
-    m.lerp_(g, scalars[1])
-    v.mul_(scalars[2]).addcmul_(g, g, value=scalars[3])
-    r = 1.0 / (v.sqrt() / scalars[5] + scalars[6])  # 1/D: one division serves step and threshold
-    p.sub_(scalars[4] * m * r)
-    rp = torch.where((v == 0) & (scalars[8] < math.inf), 1.0, torch.clamp(r, max=scalars[8]))
-    p.copy_(prox_l1(p, scalars[7] * rp))
-
-
-@functools.lru_cache(maxsize=1)
-def _compiled() -> Any:
-    return torch.compile(_adam_l1_kernel, dynamic=True, fullgraph=True)
-
-
-def compiled_adam_l1_(
+def adam_l1_(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
-    scalars: list[Tensor],
-) -> bool:
-    """One compiled pass per tensor: decoupled decay, Adam moments, Adam step and the floored ℓ1 prox.
+    steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    c: float,
+    bc2_sqrts: list[float],
+    floor: float,
+    preconditioner: str = "adam",
+    bias_correction: bool = True,
+) -> None:
+    """One native pass per tensor: ProxGen's smooth step, then :func:`soft_threshold_metric_` with
+    threshold ``c`` (= lr·λ), ``bc2_sqrts`` and ``floor``.
 
-    CPU tensors, contiguous. Returns False (nothing changed) when compiling fails (every compiled
-    path then runs eager for the rest of the process). Tensors of fewer than 2 elements run the same
-    function eagerly (dynamo would recompile for each of them).
+    ``preconditioner="adam"`` with bias correction is torch's fused AdamW step: the same bits as
+    ``torch._fused_adamw_`` followed by :func:`soft_threshold_metric_`, up to that function's
+    ``torch.sqrt`` (not correctly rounded on every CPU; the kernel's is). ``"rmsprop"`` (v ← βv +
+    (1 − β)g²), ``"adagrad"`` (v ← v + g²) and no bias correction are the same pass with other
+    scalars; they agree with the eager multi-tensor step to rounding. CPU float32/float64 tensors,
+    contiguous, of one dtype; ``steps`` are the incremented counters. The caller checks
+    :func:`native_available` first.
     """
-    if not _fused.compiled_available():
-        return False
-    kernel = _compiled()
-    calls = [
-        (_fused.alias(p, (p.numel(),)), _fused.alias(g, (g.numel(),)), _fused.alias(m, (m.numel(),)),
-         _fused.alias(v, (v.numel(),)), s)
-        for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, scalars)
-    ]  # fmt: skip
-    tiny = [a for a in calls if a[0].numel() < 2]
-    for i, args in enumerate([a for a in calls if a[0].numel() >= 2]):
-        try:
-            kernel(*args)
-        except Exception as err:  # a compiler failure means: use the eager path
-            if i > 0:  # the kernel compiled and ran before: this is a real error
-                raise
-            _fused.mark_compile_failed("Adam + l1", err)
-            return False
-    for args in tiny:
-        _adam_l1_kernel(*args)
-    return True
+    adam_bc = preconditioner == "adam" and bias_correction
+    b2, c2 = (1.0, 1.0) if preconditioner == "adagrad" else (beta2, 1 - beta2)
+    scal = torch.tensor(
+        [
+            # torch's fused Adam computes its bias corrections in double with pow and sqrt
+            (lr / (1 - beta1**s) if bias_correction else lr, math.sqrt(1 - beta2**s) if adam_bc else 1.0,
+             c * b, eps * b, floor * b, b)
+            for s, b in zip(steps, bc2_sqrts)
+        ],
+        dtype=torch.float64,
+    ).reshape(len(params), 6)  # fmt: skip
+    _ops().adam_l1_(
+        params, grads, exp_avgs, exp_avg_sqs, scal, 1 - lr * weight_decay, 1 - beta1, b2, c2, eps,
+        int(floor > 0), _scalar_tail(params[0]),
+    )  # fmt: skip
+
+
+def sgd_l1_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor] | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    c: float,
+    first: bool,
+) -> None:
+    """One native pass per tensor: torch's fused SGD step (``first``: the buffers take the first
+    direction), then soft thresholding at ``c`` (= lr·λ) — the same bits as those two calls.
+
+    ``momentum_buffers`` is None for momentum 0. The caller checks :func:`native_available` first.
+    """
+    _ops().sgd_l1_(
+        params, grads, momentum_buffers or [], weight_decay, momentum, 1 - dampening, lr, c, int(nesterov),
+        int(first), _scalar_tail(params[0]),
+    )  # fmt: skip
+
+
+def _scalar_tail(like: Tensor) -> int:
+    """torch's fused CPU kernels (as its compiler built them) run the last numel % this many elements in
+    scalar code, where a moment update rounds differently (measured on torch 2.14's x86 wheels)."""
+    return (32 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 16) // like.element_size()

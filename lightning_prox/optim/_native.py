@@ -1,22 +1,38 @@
-"""Build and load the library's C++ CPU kernels (``*.cpp`` next to this file) with the system compiler.
+"""The library's native CPU kernels: C++ sources next to this file, built with the system compiler and
+registered as ``torch.library`` operators checked against one signature table.
 
 A kernel source is plain C++ with a C ABI (no torch headers): it compiles in a couple of seconds with
-the compiler that ``torch.compile``'s CPU backend needs anyway, and is called through :mod:`ctypes`
-with the data pointers of contiguous tensors (ctypes releases the GIL during the call). Builds are
-cached on disk by a hash of the source, the compiler and its flags (``$LIGHTNING_PROX_CACHE_DIR``, else
-``$XDG_CACHE_HOME/lightning_prox`` or ``~/.cache/lightning_prox``; when that is not writable, a
-directory of the temporary one that only this user can write), so a build is paid once per machine; concurrent builds (DDP ranks) each write a private file and rename it into place.
+the system C++ compiler and is called through :mod:`ctypes` (which releases the GIL during the call).
+Each entry point is declared once, in Python, as a :class:`Kernel` (its arguments: per-parameter tensor
+lists, single arrays, scalars; which of them it writes). From that one table:
+
+* the C prototypes are generated and force-included into the build (``-include``), so a C++ definition
+  that disagrees with the table is a compile error, never a memory corruption at run time;
+* an operator ``torch.ops.lightning_prox.<name>`` is defined with the matching schema (written tensors
+  marked ``(a!)``, as torch's own in-place ops), whose implementation checks every argument (device,
+  dtype, contiguity, the shape of the parameter it goes with, the kernel's own consistency rule)
+  and raises a ``ValueError`` naming it before anything reaches C++, then bumps the autograd
+  version counters of the written tensors, as an in-place torch op does.
+
+Builds are cached on disk by a hash of the source, the generated prototypes, the compiler and its flags
+(``$LIGHTNING_PROX_CACHE_DIR``, else ``$XDG_CACHE_HOME/lightning_prox`` or ``~/.cache/lightning_prox``;
+when that is not writable, a directory of the temporary one that only this user can write), so a build is
+paid once per machine and announced by one log line; concurrent builds (DDP ranks) each write a private
+file and rename it into place.
 
 The instruction set follows torch's own CPU dispatch (``torch.backends.cpu.get_cpu_capability()``), so
-a cache shared by machines of different CPUs keeps one library per instruction set. OpenMP is used when
-the compiler has it. When no compiler works, :func:`load` returns ``None`` after one warning and the
-callers run their eager paths.
+a cache shared by machines of different CPUs keeps one library per instruction set; ``LP_FMA`` is
+defined where torch's vectorized kernels use fused multiply-adds, so that kernels can round as they do.
+Floating-point contraction is off: every other operation rounds as written. OpenMP is
+used when the compiler has it. When no compiler works, :func:`kernels` returns ``None`` after one
+warning and the callers run their eager paths.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import platform
 import shlex
@@ -25,19 +41,179 @@ import subprocess
 import tempfile
 import uuid
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import torch
+from torch import Tensor
+from torch.autograd.graph import increment_version
 
-__all__ = ["load"]
+__all__ = ["Arg", "Kernel", "kernels"]
 
-_BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-trapping-math", "-fno-math-errno")
+_log = logging.getLogger(__name__)
+
+_BASE_FLAGS = (
+    "-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno",
+)  # fmt: skip
 # -fno-trapping-math lets the compiler if-convert (and so vectorize) selects around floating-point ops;
-# results are IEEE as without it (no -ffast-math: inf and NaN keep their meaning, no reassociation)
+# results are IEEE as without it (no -ffast-math: inf and NaN keep their meaning, no reassociation);
+# -ffp-contract=off: a*b + c rounds twice, as torch's vectorized kernels do (std::fma where they fuse)
 _ISA_FLAGS = {
-    "AVX2": ("-mavx2", "-mfma"),
-    "AVX512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"),
+    "AVX2": ("-mavx2", "-mfma", "-DLP_FMA=1"),
+    "AVX512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-DLP_FMA=1"),
 }
+_SUFFIX = {torch.float32: ("f32", "float"), torch.float64: ("f64", "double")}
+_C_ARRAY = {torch.float64: "double", torch.int64: "int64_t"}
+_LIB = torch.library.Library("lightning_prox", "FRAGMENT")
+_IMPLS: dict[str, Any] = {}  # op name -> the ctypes functions by dtype of the latest load
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a :class:`Kernel`, in C order.
+
+    ``kind``: ``"tensors"``, one tensor per parameter (a list, the C side gets an array of pointers;
+    each tensor is contiguous, of the parameters' dtype ``T`` and of the shape of the kernel's first
+    ``"tensors"`` argument); ``"array"``, one contiguous tensor of ``dtype`` (float64 or int64);
+    ``"float"`` (C ``double``) or ``"int"`` (C ``int64_t``). ``out``: the kernel writes it.
+    ``optional`` (``"tensors"``): an empty list is allowed and arrives in C as a null pointer.
+    """
+
+    name: str
+    kind: Literal["tensors", "array", "float", "int"]
+    out: bool = False
+    dtype: torch.dtype | None = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One native entry point: ``torch.ops.lightning_prox.<name>(*args)``, the C function
+    ``lp_<name without trailing _>_<f32|f64>(int64_t n, const int64_t* numel, <args>, int nthreads)``
+    (``n`` tensors per list, ``numel`` their sizes, ``nthreads`` = ``torch.get_num_threads()``).
+    ``check(values)`` (optional) raises ``ValueError`` on a rule the table cannot state (e.g. a layout
+    array that must match the tensors' shapes); it gets the arguments by name."""
+
+    name: str
+    args: tuple[Arg, ...]
+    check: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def symbol(self) -> str:
+        return "lp_" + self.name.rstrip("_")
+
+    def prototypes(self) -> str:
+        """The C declarations of both dtype variants (what the source must define)."""
+        out = []
+        for suffix, ctype in _SUFFIX.values():
+            params = ["int64_t n", "const int64_t* numel"]
+            for a in self.args:
+                const = "" if a.out else "const "
+                if a.kind == "tensors":
+                    params.append(f"{const}{ctype}* const* {a.name}")
+                elif a.kind == "array":
+                    params.append(f"{const}{_C_ARRAY[a.dtype]}* {a.name}")  # type: ignore[index]
+                else:
+                    params.append(f"{'double' if a.kind == 'float' else 'int64_t'} {a.name}")
+            out.append(f'extern "C" void {self.symbol}_{suffix}({", ".join([*params, "int nthreads"])});')
+        return "\n".join(out)
+
+    def schema(self) -> str:
+        alias = iter("abcdefghijklmnopqrstuvwxyz")
+        parts = []
+        for a in self.args:
+            if a.kind in ("tensors", "array"):
+                t = f"Tensor({next(alias)}!)" if a.out else "Tensor"
+                parts.append(f"{t}{'[]' if a.kind == 'tensors' else ''} {a.name}")
+            else:
+                parts.append(f"{a.kind} {a.name}")
+        return f"{self.name}({', '.join(parts)}) -> ()"
+
+    def argtypes(self) -> list[Any]:
+        types: list[Any] = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
+        kinds = {"tensors": ctypes.POINTER(ctypes.c_void_p), "array": ctypes.c_void_p,
+                 "float": ctypes.c_double, "int": ctypes.c_int64}  # fmt: skip
+        return [*types, *(kinds[a.kind] for a in self.args), ctypes.c_int]
+
+    def validate(self, values: dict[str, Any]) -> tuple[int, list[Tensor], torch.dtype]:
+        """Check ``values`` against the table; returns (n, the first list, T). Raises ``ValueError``."""
+        op = f"lightning_prox::{self.name}"
+        lists = [a for a in self.args if a.kind == "tensors"]
+        ref = list(values[lists[0].name])
+        n = len(ref)
+        dtype = ref[0].dtype if ref else torch.float32
+        if dtype not in _SUFFIX:
+            raise ValueError(f"{op}: {lists[0].name}[0] has dtype {dtype}; expected float32 or float64")
+        for a in self.args:
+            v = values[a.name]
+            if a.kind == "tensors":
+                if a.optional and len(v) == 0:
+                    continue
+                if len(v) != n:
+                    raise ValueError(f"{op}: {a.name} has {len(v)} tensors, {lists[0].name} has {n}")
+                for i, (t, r) in enumerate(zip(v, ref)):
+                    _check_tensor(op, f"{a.name}[{i}]", t, dtype, f"the dtype of {lists[0].name}[0]")
+                    if t.shape != r.shape:
+                        raise ValueError(
+                            f"{op}: {a.name}[{i}] has shape {tuple(t.shape)}; it must have the shape of "
+                            f"{lists[0].name}[{i}], {tuple(r.shape)}"
+                        )
+            elif a.kind == "array":
+                _check_tensor(op, a.name, v, a.dtype, "its declared dtype")  # type: ignore[arg-type]
+        if self.check is not None:
+            self.check(values)
+        return n, ref, dtype
+
+
+def _check_tensor(op: str, name: str, t: Any, dtype: torch.dtype, why: str) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{op}: {name} is on {t.device}; the native kernels run on CPU tensors only")
+    if t.dtype != dtype:
+        raise ValueError(f"{op}: {name} has dtype {t.dtype}; expected {dtype} ({why})")
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{op}: {name} is not contiguous (strides {t.stride()}); pass a contiguous tensor "
+            "(the kernel walks memory in row-major order)"
+        )
+
+
+def _define(kernel: Kernel) -> None:
+    """Define ``torch.ops.lightning_prox.<name>`` once per process; its implementation calls the ctypes
+    function of the latest successful load (:data:`_IMPLS`)."""
+    if kernel.name in _IMPLS:
+        return
+    names = [a.name for a in kernel.args]
+    written = [a.name for a in kernel.args if a.out]
+
+    def impl(*args: Any) -> None:
+        values = dict(zip(names, args))
+        n, ref, dtype = kernel.validate(values)
+        c_args: list[Any] = [n, (ctypes.c_int64 * max(n, 1))(*(t.numel() for t in ref))]
+        for a in kernel.args:
+            v = values[a.name]
+            if a.kind == "tensors":
+                c_args.append((ctypes.c_void_p * len(v))(*(t.data_ptr() for t in v)) if len(v) else None)
+            elif a.kind == "array":
+                c_args.append(v.data_ptr())
+            else:
+                c_args.append(v)
+        _IMPLS[kernel.name][dtype](*c_args, torch.get_num_threads())
+        # the kernel wrote through raw pointers: tell autograd, as an in-place torch op does (a graph
+        # that saved a written tensor for backward then fails loudly instead of using the new values)
+        for w in written:
+            v = values[w]
+            if len(v) if isinstance(v, (list, tuple)) else True:
+                increment_version(v)
+
+    _LIB.define(kernel.schema())
+    # every backend key: a tensor on another device reaches the check above and gets its clear error
+    _LIB.impl(kernel.name, impl, "CompositeExplicitAutograd")
+    _IMPLS[kernel.name] = {}
 
 
 def _compiler() -> str | None:
@@ -88,63 +264,93 @@ def _isa_flags() -> tuple[str, ...]:
     return _ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())
 
 
-def _build(cxx: str, src: Path, flags: tuple[str, ...], out_dir: Path) -> Path:
-    """Compile ``src`` into ``out_dir`` (cached by source, compiler and flags); raises on failure."""
+def _build(cxx: str, src: Path, header: str, flags: tuple[str, ...], out_dir: Path) -> Path:
+    """Compile ``src`` with the prototypes ``header`` force-included into ``out_dir`` (cached by source,
+    prototypes, compiler and flags); raises on failure."""
     cmd = shlex.split(cxx)  # CXX may carry a launcher or flags, e.g. "ccache g++"
     version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60).stdout
     # a SHA-1 name-based UUID of everything the library depends on: a stable, collision-safe file name
     key = uuid.uuid5(
-        uuid.NAMESPACE_URL, "\0".join((src.read_text(), cxx, version, " ".join(flags), platform.machine()))
+        uuid.NAMESPACE_URL,
+        "\0".join((src.read_text(), header, cxx, version, " ".join(flags), platform.machine())),
     ).hex[:20]
     target = out_dir / f"{src.stem}-{key}.so"
     if target.exists():
         return target
+    _log.warning(
+        "building the native kernels %s once for this machine (a few seconds; cached in %s)",
+        src.name,
+        out_dir,
+    )
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
+    hfd, htmp = tempfile.mkstemp(suffix=".h", dir=out_dir)
+    with os.fdopen(hfd, "w") as f:
+        f.write("#pragma once\n#include <cstdint>\n" + header + "\n")
     try:
-        res = subprocess.run([*cmd, *flags, str(src), "-o", tmp], capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [*cmd, *flags, "-include", htmp, str(src), "-o", tmp], capture_output=True, text=True, timeout=600
+        )
         if res.returncode != 0:
             raise RuntimeError(f"{cxx} exited with {res.returncode}: {res.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, htmp):
+            if os.path.exists(path):
+                os.unlink(path)
     return target
 
 
-@functools.cache
-def load(source: str) -> ctypes.CDLL | None:
-    """The compiled library of the C++ file ``source`` (next to this module), or ``None`` (with one
-    warning) when it cannot be built or loaded here. Cached per process.
-
-    Example:
-        >>> lib = load("_ramda_kernels.cpp")  # builds once per machine (about 3 s), then loads from cache
-        >>> lib is None or hasattr(lib, "lp_ramda_cbrt_f32")
-        True
-    """
+def _load(source: str, header: str) -> ctypes.CDLL:
+    """Build (or find in the cache) and load ``source``; raises ``RuntimeError`` with the reasons."""
     src = Path(__file__).with_name(source)
     cxx = _compiler()
     if cxx is None:
-        warnings.warn(
-            f"no C++ compiler found (set CXX) for {source}; using the eager path",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
+        raise RuntimeError("no C++ compiler found (set CXX)")
     flags = (*_BASE_FLAGS, *_isa_flags())
     errors = []
     try:
         out_dir = _out_dir()
         for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang) the passes run on one thread
             try:
-                return ctypes.CDLL(str(_build(cxx, src, (*flags, *extra), out_dir)))
+                return ctypes.CDLL(str(_build(cxx, src, header, (*flags, *extra), out_dir)))
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 errors.append(repr(err))
     except (OSError, RuntimeError) as err:
         errors.append(repr(err))
-    warnings.warn(
-        f"building {source} failed ({'; '.join(errors)[-3000:]}); using the eager path",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    return None
+    raise RuntimeError("; ".join(errors)[-3000:])
+
+
+@functools.cache
+def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
+    """The operators of the C++ file ``source`` (next to this module) declared by ``table``, as
+    attributes by kernel name, or ``None`` (with one warning) when it cannot be built or loaded here.
+    Cached per process (``kernels.cache_clear()`` forgets the loaded library).
+
+    Example:
+        >>> from lightning_prox.optim._ramda_compiled import KERNELS
+        >>> ops = kernels("_ramda_kernels.cpp", KERNELS)  # built once per machine, then loaded from cache
+        >>> ops is None or ops.ramda_cbrt_ is torch.ops.lightning_prox.ramda_cbrt_
+        True
+    """
+    header = "\n".join(k.prototypes() for k in table)
+    try:
+        lib = _load(source, header)
+        # a declared entry point the source does not define: refused here, never called
+        funcs = {
+            (k.name, d): getattr(lib, f"{k.symbol}_{suffix}")
+            for k in table
+            for d, (suffix, _) in _SUFFIX.items()
+        }
+    except (RuntimeError, AttributeError) as err:
+        warnings.warn(f"building {source} failed ({err}); using the eager path", RuntimeWarning, stacklevel=2)
+        return None
+    ops = SimpleNamespace()
+    for k in table:
+        _define(k)
+        for dtype in _SUFFIX:
+            fn = funcs[k.name, dtype]
+            fn.argtypes, fn.restype = k.argtypes(), None
+            _IMPLS[k.name][dtype] = fn
+        setattr(ops, k.name, getattr(torch.ops.lightning_prox, k.name))
+    return ops

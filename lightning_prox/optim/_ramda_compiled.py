@@ -3,7 +3,8 @@
 The eager multi-tensor step (:func:`lightning_prox.optim.ramda._multi_tensor_ramda`) runs the
 bookkeeping V, U, P = ∛U + ε, z = W0 − V/P and the subproblem solve as separate memory passes, about
 30 of them per step for group lasso. Here the same math runs in C++ kernels (``_ramda_kernels.cpp``,
-built at first use by :mod:`._native` and cached on disk):
+built at first use by :mod:`._native` and cached on disk, each pass one ``torch.ops.lightning_prox``
+operator over all tensors of a bucket, declared in :data:`KERNELS`):
 
 * **elementwise** regularizers (none, ``L1``): one pass per tensor,
   ``V += s·g; U += s·g²; P = ∛U + ε; z = W0 − V/P; Ŵ = prox(z); W ← lerp(W, Ŵ, c)``;
@@ -16,7 +17,8 @@ The per-group root search is the library's (``_group_solver._newton_update``: th
 Newton, stop rule and warm start as ``GroupLasso(solver="newton")``), run in float64 on unscaled values
 (the root c of c‖P⊙z/(P + c)‖ = α·λ·w_g is scale-free; |q| ≤ |z|). The warm start c = τw/‖Ŵ_{t−1,g}‖
 comes from the group norms of the last solution, kept with the optimizer state (``prox_point_norms``),
-so no pass over Ŵ is needed. ∛U is a division-free Newton iteration for U^{−1/3} from a bit-level first
+so no pass over Ŵ is needed. An overflowed U (P = +inf) pins its coordinate as ``GroupLasso``'s prox does
+(Ŵ = z there). ∛U is a division-free Newton iteration for U^{−1/3} from a bit-level first
 guess plus one correction (≤ 1 ulp in float32; :func:`cbrt` exposes it). The kernels sum in the
 parameter's dtype over short runs and add the runs up in float64. Results agree with the eager step to
 rounding (tests: 1e-6 of the weights' scale, same zeros, same solver iterations).
@@ -29,14 +31,11 @@ threads; a given thread count gives the same bits on every run.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.graph import increment_version
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
@@ -46,40 +45,65 @@ from ..regularizers.group_lasso import GroupLasso
 from ..regularizers.l1 import L1
 from ..structure import check_groupable
 from . import _native
+from ._native import Arg, Kernel
 
-__all__ = ["cbrt", "ramda_compiled_", "supports"]
+__all__ = ["KERNELS", "cbrt", "ramda_compiled_", "supports"]
 
 _NP_OPS = (np.where, np.sqrt, np.maximum)  # the ops _newton_update runs on
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-_P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-_SIGNATURES = {
-    "elementwise": [_I64, *[_P] * 6, _D, _D, _D, _D, _INT],
-    "group_prep_first": [_INT, _I64, _I64, _I64, *[_P] * 6, _D, _D, *[_P] * 6, _INT],
-    "group_secular": [_INT, _I64, _I64, _I64, *[_P] * 5, _INT],
-    "group_final": [_INT, _I64, _I64, _I64, *[_P] * 5, _D, _INT],
-    "cbrt": [_I64, _P, _P],
-}
+_DTYPES = (torch.float32, torch.float64)
 
 
-@functools.cache
-def _kernels() -> dict[tuple[str, torch.dtype], Any] | None:
-    """The C++ kernels by (name, dtype), or None when they cannot be built here (then eager runs)."""
-    lib = _native.load("_ramda_kernels.cpp")
-    if lib is None:
-        return None
-    table = {}
-    for name, argtypes in _SIGNATURES.items():
-        for dtype, suffix in _SUFFIX.items():
-            fn = getattr(lib, f"lp_ramda_{name}_{suffix}")
-            fn.argtypes, fn.restype = argtypes, None
-            table[name, dtype] = fn
-    return table
+def _check_layout(values: dict[str, Any]) -> None:
+    """The layout rows (rows, R, N, K, offset) match the tensors and fit the per-group arrays."""
+    lay, first = values["layout"], next(v for v in values.values() if isinstance(v, (list, tuple)))
+    if lay.shape != (len(first), 5):
+        raise ValueError(f"layout has shape {tuple(lay.shape)}; expected ({len(first)}, 5)")
+    size = min(values[k].numel() for k in ("c", "s2", "s3", "sq", "mx", "mn") if k in values)
+    for i, ((rows, R, N, K, o), t) in enumerate(zip(lay.tolist(), first)):
+        groups = R if rows else N // max(K, 1)
+        if rows not in (0, 1) or R * N != t.numel() or K < 1 or N % K or not 0 <= o <= size - groups:
+            raise ValueError(
+                f"layout[{i}] = {(rows, R, N, K, o)} does not describe a tensor of shape {tuple(t.shape)} "
+                f"whose {groups} groups fit arrays of {size} values"
+            )
 
 
-def _kernel(name: str, dtype: torch.dtype) -> Any:
-    kernels = _kernels()
-    assert kernels is not None
-    return kernels[name, dtype]
+_GROUP = Arg("layout", "array", dtype=torch.int64)
+#: the signature table of ``_ramda_kernels.cpp``: one ``torch.ops.lightning_prox`` operator per entry
+KERNELS = (
+    Kernel(
+        "ramda_elementwise_",
+        (Arg("w", "tensors", out=True), Arg("g", "tensors"), Arg("w0", "tensors"), Arg("v", "tensors", out=True),
+         Arg("u", "tensors", out=True), Arg("x", "tensors", out=True), Arg("s", "float"), Arg("eps", "float"),
+         Arg("cm", "float"), Arg("tau", "float")),
+    ),
+    Kernel(
+        "ramda_group_prep_first_",
+        (_GROUP, Arg("g", "tensors"), Arg("w0", "tensors"), Arg("v", "tensors", out=True),
+         Arg("u", "tensors", out=True), Arg("P", "tensors", out=True), Arg("pz", "tensors", out=True),
+         Arg("s", "float"), Arg("eps", "float"), Arg("c", "array", dtype=torch.float64),
+         *(Arg(k, "array", out=True, dtype=torch.float64) for k in ("s2", "s3", "sq", "mx", "mn"))),
+        check=_check_layout,
+    ),
+    Kernel(
+        "ramda_group_secular_",
+        (_GROUP, Arg("P", "tensors"), Arg("pz", "tensors"), Arg("c", "array", dtype=torch.float64),
+         Arg("s2", "array", out=True, dtype=torch.float64), Arg("s3", "array", out=True, dtype=torch.float64)),
+        check=_check_layout,
+    ),
+    Kernel(
+        "ramda_group_final_",
+        (_GROUP, Arg("P", "tensors"), Arg("pz", "tensors"), Arg("c", "array", dtype=torch.float64),
+         Arg("w", "tensors", out=True), Arg("x", "tensors", out=True), Arg("cm", "float")),
+        check=_check_layout,
+    ),
+    Kernel("ramda_cbrt_", (Arg("u", "tensors"), Arg("y", "tensors", out=True))),
+)  # fmt: skip
+
+
+def _ops() -> Any:
+    """The operators of :data:`KERNELS`, or None when they cannot be built here (then eager runs)."""
+    return _native.kernels("_ramda_kernels.cpp", KERNELS)
 
 
 def cbrt(u: Tensor) -> Tensor:
@@ -90,11 +114,12 @@ def cbrt(u: Tensor) -> Tensor:
         >>> cbrt(torch.tensor([0.0, 8.0, 1e-3]))
         tensor([0.0000, 2.0000, 0.1000])
     """
-    if _kernels() is None:
+    ops = _ops()
+    if ops is None:
         raise RuntimeError("the compiled RAMDA kernels are not available here (no working C++ compiler)")
     u = u.detach().contiguous()
     y = torch.empty_like(u)
-    _kernel("cbrt", u.dtype)(u.numel(), u.data_ptr(), y.data_ptr())
+    ops.ramda_cbrt_([u], [y])
     return y
 
 
@@ -105,8 +130,8 @@ def supports(reg: Regularizer | None, params: list[Tensor]) -> bool:
     return (
         _kind(reg) is not None
         and bool(params)
-        and all(p.device.type == "cpu" and p.dtype in _SUFFIX for p in params)
-        and _kernels() is not None
+        and all(p.device.type == "cpu" and p.dtype in _DTYPES for p in params)
+        and _ops() is not None
     )
 
 
@@ -152,16 +177,12 @@ def ramda_compiled_(
     dtype = params[0].dtype
     if not all(t.is_contiguous() and t.dtype == dtype for t in tensors):
         return False
-    threads = torch.get_num_threads()
-    # the kernels write through raw pointers: tell autograd, as an in-place torch op would (a graph that
-    # saved W for backward then fails loudly instead of using the new values)
-    increment_version([*params, *grad_sums, *grad_sq_sums, *prox_points])
+    ops = _ops()
     if _kind(regularizer) == "elementwise":
         tau = 0.0 if regularizer is None else alpha * regularizer.lam  # soft thresholding at 0: identity
-        kernel = _kernel("elementwise", dtype)
-        for p, g, w0, v, u, x in zip(params, grads, initial_points, grad_sums, grad_sq_sums, prox_points):
-            ptrs = (t.data_ptr() for t in (p, g, w0, v, u, x))
-            kernel(p.numel(), *ptrs, s, eps, c, tau, threads)
+        ops.ramda_elementwise_(
+            params, grads, initial_points, grad_sums, grad_sq_sums, prox_points, s, eps, c, tau
+        )
         if info is not None and tau > 0:  # what the eager prox_multi reports: a closed form
             info["inner_iters"] = int(info.get("inner_iters", 0))
             info["screened"] = int(info.get("screened", 0))
@@ -175,9 +196,7 @@ def ramda_compiled_(
     rows = zip(params, grads, initial_points, grad_sums, grad_sq_sums, prox_points, pbufs, pzbufs, norms)
     rows = [r for r in rows if r[0].numel()]
     iters, screened = (
-        _group_bucket(
-            rows, regularizer, alpha * regularizer.lam, s, eps, c, max_inner_iters, inner_rtol, threads
-        )
+        _group_bucket(ops, rows, regularizer, alpha * regularizer.lam, s, eps, c, max_inner_iters, inner_rtol)
         if rows
         else (0, 0)
     )
@@ -188,6 +207,7 @@ def ramda_compiled_(
 
 
 def _group_bucket(
+    ops: Any,
     rows: list[tuple[Tensor, ...]],
     reg: GroupLasso,
     tau: float,
@@ -196,14 +216,13 @@ def _group_bucket(
     momentum: float,
     max_iters: int,
     rtol: float,
-    threads: int,
 ) -> tuple[int, int]:
     """Prep, Newton and final passes of every tensor of a bucket; returns (iterations, screened groups).
 
     ``rows``: per tensor (W, g, W0, V, U, Ŵ, P buffer, P⊙z buffer, cached ‖Ŵ_g‖). The root search runs on
     the groups of all tensors at once (one set of numpy operations per iteration, not one per tensor);
     each tensor keeps its own iteration count and stop test, as the eager solver's per-tensor loop, and
-    a pass runs only over tensors still iterating.
+    a pass runs only over tensors still iterating (one operator call per pass over those tensors).
 
     The prep pass returns the secular sums at the warm start c = τw/‖Ŵ_{t−1,g}‖ together with
     ‖P⊙z‖², max P and min P per group: screening, the root bracket and the first Newton step come out
@@ -215,6 +234,9 @@ def _group_bucket(
     sizes = np.array([lay[4] for lay in layouts])
     offs = np.concatenate([[0], np.cumsum(sizes)])
     starts = offs[:-1]
+    # per tensor (rows, R, N, K, offset of its first group in the per-group arrays)
+    layout = torch.tensor([(*lay[:4], o) for lay, o in zip(layouts, starts.tolist())], dtype=torch.int64)
+    cols = list(zip(*rows))
     for (*_, x, _pb, _pz, nrm), (lay_rows, R, N, K, n_groups) in zip(rows, layouts):
         if nrm.numel() != n_groups:  # no cached ‖Ŵ_g‖ (first step, or a state from the eager path)
             xv = x.view(R, N) if lay_rows else x.view(R, n_groups, K)
@@ -230,11 +252,12 @@ def _group_bucket(
         warm = thr / np.maximum(x0n, tiny)  # a solution x0 has c = τw/‖x0‖
     cv = np.where(x0n > 0, warm, 1.0)
     s2, s3, pz_sq, mx, mn = (np.empty(offs[-1]) for _ in range(5))
-    prep = _kernel("group_prep_first", dtype)
-    bases = [_addr(a) for a in (cv, s2, s3, pz_sq, mx, mn)]  # float64 arrays: group g at base + 8g
-    for (_p, g, w0, v, u, _x, pbuf, pzbuf, _n), lay, o in zip(rows, layouts, starts):
-        ptrs = (t.data_ptr() for t in (g, w0, v, u, pbuf, pzbuf))
-        prep(*lay[:4], *ptrs, s, eps, *(b + 8 * int(o) for b in bases), threads)
+    s2_t, s3_t = torch.from_numpy(s2), torch.from_numpy(s3)  # the kernels write the numpy arrays
+    g, w0, v, u, pbufs, pzbufs = cols[1], cols[2], cols[3], cols[4], list(cols[6]), list(cols[7])
+    ops.ramda_group_prep_first_(
+        layout, g, w0, v, u, pbufs, pzbufs, s, eps, torch.from_numpy(cv), s2_t, s3_t,
+        *(torch.from_numpy(a) for a in (pz_sq, mx, mn)),
+    )  # fmt: skip
     norm = np.sqrt(pz_sq)
     alive = norm > thr  # zero iff ‖P⊙z‖ ≤ α·λ·w_g (ties → zero)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -250,12 +273,13 @@ def _group_bucket(
     done, prev = ~alive, np.full_like(cv, np.inf)
     j = np.where(closed, 0, 1)  # the prep pass was the first evaluation
     active = ~closed
-    secular = _kernel("group_secular", dtype)
     while active.any():
-        at = (_addr(cv), bases[1], bases[2])
-        for i in np.flatnonzero(evaluate):
-            pb, pz = rows[i][6].data_ptr(), rows[i][7].data_ptr()
-            secular(*layouts[i][:4], pb, pz, *(b + 8 * int(starts[i]) for b in at), threads)
+        idx = np.flatnonzero(evaluate)
+        if idx.size:
+            ops.ramda_group_secular_(
+                layout[torch.from_numpy(idx)], [pbufs[i] for i in idx], [pzbufs[i] for i in idx],
+                torch.from_numpy(cv), s2_t, s3_t,
+            )  # fmt: skip
         mask = np.repeat(active, sizes)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # inf steps are rejected
             new = _newton_update(_NP_OPS, cv, s2, s3, lo, hi, thr, done, prev, tol, tiny)
@@ -265,27 +289,14 @@ def _group_bucket(
         j = np.where(active, j + 1, j)
         evaluate = active
     cv = np.where(alive, cv, np.inf)  # screened groups: Ŵ = P⊙z/(P + inf) = 0 exactly
-    final, cv_addr = _kernel("group_final", dtype), _addr(cv)
+    ops.ramda_group_final_(
+        layout, pbufs, pzbufs, torch.from_numpy(cv), list(cols[0]), list(cols[5]), momentum
+    )
     with np.errstate(divide="ignore"):
         new_norms = torch.from_numpy(np.where(alive, thr / cv, 0.0))  # ‖Ŵ_g‖ = τw/c: the next warm start
-    for (p, _g, _w0, _v, _u, x, pbuf, pzbuf, nrm), lay, o, n in zip(rows, layouts, starts, sizes):
-        final(
-            *lay[:4],
-            pbuf.data_ptr(),
-            pzbuf.data_ptr(),
-            cv_addr + 8 * int(o),
-            p.data_ptr(),
-            x.data_ptr(),
-            momentum,
-            threads,
-        )
+    for nrm, o, n in zip(cols[8], starts, sizes):
         nrm.copy_(new_norms[o : o + n])
     return int(j.max()), int((~alive).sum())
-
-
-def _addr(a: np.ndarray) -> int:
-    """The address of contiguous ``a``'s first element (ctypes' ``a.ctypes.data`` costs ~10 µs a call)."""
-    return a.__array_interface__["data"][0]
 
 
 def _layout(p: Tensor, dim: str) -> tuple[int, int, int, int, int]:

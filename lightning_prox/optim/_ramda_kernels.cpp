@@ -1,8 +1,11 @@
 // RAMDA's CPU step as a few memory passes per tensor (lightning_prox.optim._ramda_compiled drives them).
 //
-// Built at first use by lightning_prox.optim._native with the system C++ compiler (as torch.compile's CPU
-// backend is) and loaded with ctypes: plain C ABI, raw pointers to contiguous tensors, no torch headers
-// (a build takes about 3 s). Every function exists for float (_f32) and double (_f64).
+// Built at first use by lightning_prox.optim._native with the system C++ compiler and called through the
+// torch.library operators it registers: plain C ABI, no torch headers (a build takes about 3 s). The
+// prototypes of the entry points are generated from the Python signature table (_ramda_compiled.KERNELS)
+// and force-included, so a definition below that disagrees with the table does not compile. Every entry
+// point takes n tensors per list argument (arrays of pointers to contiguous tensors) and exists for float
+// (_f32) and double (_f64).
 //
 // Per element, with s = η√t, ε, c_m (momentum weight) and τ = α·λ:
 //   V += s·g;  U += s·g²;  P = ∛U + ε;  z = W0 − V/P
@@ -12,9 +15,12 @@
 //                       caller's warm start c), ‖P⊙z‖², max P and min P;
 //     group_secular     returns Σq², Σq²/(P + c) at new c;
 //     group_final       writes Ŵ and W ← lerp(W, Ŵ, c_m).
+//   An overflowed U (P = +inf) pins its coordinate, as GroupLasso's prox does for an infinite metric:
+//   the solve sees the metric kPin (and z = W0), and Ŵ = z exactly there.
 //
 // Layouts of a tensor viewed as [R, N] (row-major): "cols" (dim="in": a group per input channel, the
-// columns j with j / K = g, K the kernel size) and "rows" (dim="out": a group per row). The loops walk
+// columns j with j / K = g, K the kernel size) and "rows" (dim="out": a group per row); the per-tensor
+// layout array holds (rows, R, N, K, offset of the tensor's first group in the per-group arrays). The loops walk
 // memory contiguously in both and GCC/Clang vectorize them (-O3, -fno-trapping-math lets the selects be
 // if-converted). Sums run in T over at most kBlock terms per accumulator and are added up in double, so a
 // float32 group of a million elements sums as accurately as a short one. The row split over OpenMP
@@ -34,6 +40,9 @@ namespace {
 constexpr int64_t kBlock = 64;     // rows summed in T before a flush into double ("cols")
 constexpr int64_t kLanes = 64;     // lanes of a row's partial sums ("rows")
 constexpr int64_t kSerial = 1 << 16;  // below this many elements one thread runs the pass
+// the metric of a pinned coordinate (P = +inf) in the group solve: a power of two (so that P⊙z/kPin = z
+// exactly) near GroupLasso's own pin metric √(float max)/16; P⊙z and its square stay finite for |z| < 16
+template <typename T> constexpr T kPin = T(1152921504606846976.0);  // 2^60
 
 template <typename T> struct Cbrt;
 template <> struct Cbrt<float> {
@@ -96,8 +105,10 @@ inline void prep_first_row(int64_t n, const T* __restrict g, const T* __restrict
                            const T* __restrict c, T* __restrict a2, T* __restrict a3, T* __restrict aq,
                            T* __restrict mx, T* __restrict mn) {
   for (int64_t j = 0; j < n; ++j) {
-    const T P = accumulate_(g[j], v[j], u[j], s, eps);
-    const T pz = P * w0[j] - v[j];  // P⊙(W0 − V/P) without a division
+    const T Pu = accumulate_(g[j], v[j], u[j], s, eps);
+    const bool pin = !(Pu <= std::numeric_limits<T>::max());  // U overflowed: z = W0 − V/inf = W0
+    const T P = pin ? kPin<T> : Pu;
+    const T pz = pin ? kPin<T> * w0[j] : P * w0[j] - v[j];  // P⊙(W0 − V/P) without a division
     p_out[j] = P;
     pz_out[j] = pz;
     const T r = T(1) / (P + (ScalarC ? c[0] : c[j]));
@@ -127,7 +138,8 @@ template <typename T, bool ScalarC>
 inline void final_row(int64_t n, const T* __restrict P, const T* __restrict pz, const T* __restrict c,
                       T* __restrict w, T* __restrict x, T cm) {
   for (int64_t j = 0; j < n; ++j) {
-    const T xn = pz[j] / (P[j] + (ScalarC ? c[0] : c[j]));  // c = inf (screened): exactly 0
+    // c = inf (screened): exactly 0; a pinned coordinate keeps z = (kPin·z)/kPin exactly
+    const T xn = P[j] == kPin<T> ? pz[j] * (T(1) / kPin<T>) : pz[j] / (P[j] + (ScalarC ? c[0] : c[j]));
     x[j] = xn;
     w[j] = lerp_(w[j], xn, cm);
   }
@@ -347,28 +359,48 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
 
 }  // namespace
 
+// -- entry points (prototypes generated from the signature table): loops over the n tensors ------------
+// layout: per tensor (rows, R, N, K, offset); the per-group arrays of tensor i start at offset_i.
 #define LP_EXPORT(T, SUF)                                                                                    \
-  extern "C" void lp_ramda_elementwise_##SUF(int64_t n, T* w, const T* g, const T* w0, T* v, T* u, T* x,     \
-                                             double s, double eps, double cm, double tau, int nthreads) {   \
-    elementwise<T>(n, w, g, w0, v, u, x, s, eps, cm, tau, nthreads);                                         \
+  extern "C" void lp_ramda_elementwise_##SUF(int64_t n, const int64_t* numel, T* const* w, const T* const* g,           \
+                                  const T* const* w0, T* const* v, T* const* u, T* const* x, double s,       \
+                                  double eps, double cm, double tau, int nthreads) {                         \
+    for (int64_t i = 0; i < n; ++i)                                                                          \
+      elementwise<T>(numel[i], w[i], g[i], w0[i], v[i], u[i], x[i], s, eps, cm, tau, nthreads);              \
   }                                                                                                          \
-  extern "C" void lp_ramda_group_prep_first_##SUF(int rows, int64_t R, int64_t N, int64_t K, const T* g,     \
-                                                  const T* w0, T* v, T* u, T* P, T* pz, double s,           \
-                                                  double eps, const double* c, double* s2, double* s3,      \
-                                                  double* sq, double* mx, double* mn, int nthreads) {       \
-    group_prep_first<T>(rows, R, N, K, g, w0, v, u, P, pz, s, eps, c, Out{s2, s3, sq, mx, mn}, nthreads);    \
+  extern "C" void lp_ramda_group_prep_first_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* g,  \
+                                       const T* const* w0, T* const* v, T* const* u, T* const* P,            \
+                                       T* const* pz, double s, double eps, const double* c, double* s2,      \
+                                       double* s3, double* sq, double* mx, double* mn, int nthreads) {       \
+    for (int64_t i = 0; i < n; ++i) {                                                                        \
+      const int64_t* l = layout + 5 * i;                                                                     \
+      const int64_t o = l[4];                                                                                \
+      group_prep_first<T>(static_cast<int>(l[0]), l[1], l[2], l[3], g[i], w0[i], v[i], u[i], P[i], pz[i], s, \
+                          eps, c + o, Out{s2 + o, s3 + o, sq + o, mx + o, mn + o}, nthreads);                \
+    }                                                                                                        \
   }                                                                                                          \
-  extern "C" void lp_ramda_group_secular_##SUF(int rows, int64_t R, int64_t N, int64_t K, const T* P,        \
-                                               const T* pz, const double* c, double* s2, double* s3,        \
-                                               int nthreads) {                                              \
-    group_secular<T>(rows, R, N, K, P, pz, c, Out{s2, s3, nullptr, nullptr, nullptr}, nthreads);             \
+  extern "C" void lp_ramda_group_secular_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,     \
+                                    const T* const* pz, const double* c, double* s2, double* s3,             \
+                                    int nthreads) {                                                          \
+    for (int64_t i = 0; i < n; ++i) {                                                                        \
+      const int64_t* l = layout + 5 * i;                                                                     \
+      const int64_t o = l[4];                                                                                \
+      group_secular<T>(static_cast<int>(l[0]), l[1], l[2], l[3], P[i], pz[i], c + o,                        \
+                       Out{s2 + o, s3 + o, nullptr, nullptr, nullptr}, nthreads);                            \
+    }                                                                                                        \
   }                                                                                                          \
-  extern "C" void lp_ramda_group_final_##SUF(int rows, int64_t R, int64_t N, int64_t K, const T* P,          \
-                                             const T* pz, const double* c, T* w, T* x, double cm,           \
-                                             int nthreads) {                                                \
-    group_final<T>(rows, R, N, K, P, pz, c, w, x, cm, nthreads);                                             \
+  extern "C" void lp_ramda_group_final_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,       \
+                                  const T* const* pz, const double* c, T* const* w, T* const* x, double cm,  \
+                                  int nthreads) {                                                            \
+    for (int64_t i = 0; i < n; ++i) {                                                                        \
+      const int64_t* l = layout + 5 * i;                                                                     \
+      group_final<T>(static_cast<int>(l[0]), l[1], l[2], l[3], P[i], pz[i], c + l[4], w[i], x[i], cm,       \
+                     nthreads);                                                                              \
+    }                                                                                                        \
   }                                                                                                          \
-  extern "C" void lp_ramda_cbrt_##SUF(int64_t n, const T* u, T* y) { cbrt_array<T>(n, u, y); }
+  extern "C" void lp_ramda_cbrt_##SUF(int64_t n, const int64_t* numel, const T* const* u, T* const* y, int) {           \
+    for (int64_t i = 0; i < n; ++i) cbrt_array<T>(numel[i], u[i], y[i]);                                     \
+  }
 
 LP_EXPORT(float, f32)
 LP_EXPORT(double, f64)

@@ -39,10 +39,10 @@ ProxMetric = Literal["preconditioned", "euclidean"]
 _PRECONDITIONERS = ("adam", "rmsprop", "adagrad", "identity")
 _PROX_METRICS = ("preconditioned", "euclidean")
 _HALF = (torch.float16, torch.bfloat16)
-#: ``implementation="auto"`` compiles the Adam + ℓ1 pass for a (device, dtype) bucket of a
-#: regularized group from this many elements on: there one fused pass saves ~40% of the step,
-#: while small models would only pay the seconds of compiling.
-AUTO_COMPILE_NUMEL = 1 << 20
+#: ``implementation="auto"`` runs the native Adam + ℓ1 pass for a (device, dtype) bucket of a
+#: regularized group from this many elements on (smaller models: the eager step costs little, and
+#: nothing is built).
+AUTO_NATIVE_NUMEL = 1 << 16
 
 
 class ProxGen(ProxOptimizer):
@@ -141,11 +141,12 @@ class ProxGen(ProxOptimizer):
         threshold_cap: κ > 0, the metric floor λ/κ described above (default 1), or ``None`` for the
             paper's exact update.
         {check_finite}
-        {implementation} Here the native kernel is Adam + ℓ1 as one ``torch.compile``\ d pass per
-            tensor on CPU (float32/float64; the first step compiles for seconds, once per
-            process); ``"auto"`` uses it for a regularized group's ℓ1 tensors from
-            ``AUTO_COMPILE_NUMEL`` = 2^20 elements on. Groups without a regularizer always run
-            torch's Adam kernels.
+        {implementation} Here the native kernel is the smooth step + ℓ1 (adam, rmsprop or adagrad
+            preconditioner) as one C++ pass per tensor on CPU (float32/float64; equal to the eager
+            step to rounding, the adam moments to the bit; built with the system compiler in a few
+            seconds, once per machine);
+            ``"auto"`` uses it for a regularized group's ℓ1 tensors from ``AUTO_NATIVE_NUMEL`` =
+            2^16 elements on. Groups without a regularizer always run torch's Adam kernels.
         {torch_flags} For ProxGen ``fused=None`` uses torch's fused AdamW kernel for the smooth
             part on CPU (adam with bias correction), ``fused=True`` also on CUDA,
             ``fused=False`` the multi-tensor ops.
@@ -417,7 +418,7 @@ class _Bucket:
     exp_avg_sqs: list[Tensor | None]
     steps: list[float]
     bc2_sqrts: list[float]
-    done: bool = False  # the compiled kernel applied the prox already
+    done: bool = False  # the native kernel applied the prox already
     denoms: list[Tensor] | None = field(default=None)  # the reference loop's D (float32 for half)
 
 
@@ -486,7 +487,7 @@ def _smooth(
     fuse_prox: bool,
 ) -> list[_Bucket]:
     """The smooth half (moments and preconditioned step) per (device, dtype) bucket, dispatched like
-    torch's ``adam``: the reference loop (``foreach=False``), the compiled Adam + ℓ1 pass (which also
+    torch's ``adam``: the reference loop (``foreach=False``), the native Adam + ℓ1 pass (which also
     applies the prox; only with ``fuse_prox``), torch's fused AdamW kernel, or multi-tensor ops."""
     hp = dict(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -529,37 +530,21 @@ def _smooth(
             and do_prox
             and implementation in ("native", "auto")
             and device.type == "cpu"
-            and preconditioner == "adam"
-            and bias_correction
+            and preconditioner != "identity"
             and prox_metric == "preconditioned"
             and _fused.supports(regularizer, d_params)
-            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_COMPILE_NUMEL)
+            and fused is not False
+            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
             and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
+            and _l1_kernels.native_available()
         ):
-            c = lr * regularizer.lam  # type: ignore[union-attr]
-            inv_floor = 1.0 / floor if floor > 0 else math.inf
-            # scalars in the parameters' dtype: float64 scalars would make the float32 loop
-            # compute in float64 (~25% slower); torch's fused Adam also rounds them to float32
-            scalars = [
-                torch.tensor(
-                    [
-                        1 - lr * weight_decay,
-                        1 - beta1,
-                        beta2,
-                        1 - beta2,
-                        lr / (1 - beta1**s),
-                        b,
-                        eps,
-                        c,
-                        inv_floor,
-                    ],
-                    dtype=dtype,
-                )
-                for s, b in zip(steps, bc2_sqrts)
-            ]
-            if _l1_kernels.compiled_adam_l1_(d_params, list(d_grads), list(d_m), list(d_v), scalars):
-                bucket.done = True
-                continue
+            _l1_kernels.adam_l1_(
+                d_params, list(d_grads), list(d_m), list(d_v), steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                weight_decay=weight_decay, c=lr * regularizer.lam, bc2_sqrts=bc2_sqrts, floor=floor,  # type: ignore[union-attr]
+                preconditioner=preconditioner, bias_correction=bias_correction,
+            )  # fmt: skip
+            bucket.done = True
+            continue
         use_fused = device.type == "cpu" if fused is None else (fused and device.type in ("cpu", "cuda"))
         if preconditioner == "adam" and bias_correction and use_fused:
             torch._fused_adamw_(

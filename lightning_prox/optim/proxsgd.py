@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
+from . import _l1_kernels
 from ._base import (
     Implementation,
     ProxOptimizer,
@@ -34,9 +35,9 @@ from .proxgen import Preconditioner, ProxGen, _prox, _single_tensor_smooth
 
 __all__ = ["ProxSGD", "TwoStageProxSGD", "proxsgd"]
 
-#: ``implementation="auto"`` compiles the SGD + ℓ1 pass for a (device, dtype) bucket of a
-#: regularized group from this many elements on (small models would only pay the compile time).
-AUTO_COMPILE_NUMEL = 1 << 20
+#: ``implementation="auto"`` runs the native SGD + ℓ1 pass for a (device, dtype) bucket of a
+#: regularized group from this many elements on (smaller models: nothing is built).
+AUTO_NATIVE_NUMEL = 1 << 16
 
 
 class ProxSGD(ProxOptimizer):
@@ -78,9 +79,10 @@ class ProxSGD(ProxOptimizer):
         weight_decay: ζ ≥ 0, L2 penalty added to the gradient.
         regularizer: default regularizer of every group (``None``: plain SGD).
         {check_finite}
-        {implementation} Here the native kernel is SGD + ℓ1 as one ``torch.compile``\ d pass per
-            tensor on CPU from the second step on (compiled once per process); ``"auto"`` uses it
-            for a regularized group's ℓ1 tensors from ``AUTO_COMPILE_NUMEL`` = 2^20 elements on.
+        {implementation} Here the native kernel is SGD + ℓ1 as one C++ pass per tensor on CPU
+            (float32/float64; equal to the eager step to the bit; built with the system compiler
+            in a few seconds, once per machine); ``"auto"`` uses it for a regularized group's ℓ1
+            tensors from ``AUTO_NATIVE_NUMEL`` = 2^16 elements on.
         {torch_flags} For ProxSGD ``fused=None`` uses torch's fused SGD kernel for the smooth part on
             CPU and CUDA, ``fused=False`` the multi-tensor ops, ``fused=True`` requires the
             fused kernel (parameters on CPU or CUDA).
@@ -269,7 +271,7 @@ def _sgd_step(
     fused: bool | None,
 ) -> list[Tensor]:
     """The smooth half of a ProxSGD step, dispatched like torch's ``sgd``; returns the tensors whose
-    prox was already applied (the compiled SGD + ℓ1 kernel, only when ``regularizer`` is given)."""
+    prox was already applied (the native SGD + ℓ1 kernel, only when ``regularizer`` is given)."""
     kwargs: dict[str, Any] = dict(
         lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay
     )
@@ -348,9 +350,9 @@ def _multi_tensor_sgd(
     implementation: str,
     fused: bool | None,
 ) -> list[Tensor]:
-    """Per (device, dtype) bucket: the compiled SGD + ℓ1 pass where it applies, else torch's fused SGD
+    """Per (device, dtype) bucket: the native SGD + ℓ1 pass where it applies, else torch's fused SGD
     kernel (CPU/CUDA, unless ``fused=False``), else the multi-tensor ops. Returns the tensors whose
-    prox the compiled pass already applied."""
+    prox the native pass already applied."""
     do_prox = regularizer is not None and regularizer.lam > 0 and lr > 0
     first = [momentum != 0 and b is None for b in momentum_buffer_list]
     if any(first):
@@ -368,26 +370,25 @@ def _multi_tensor_sgd(
         with_indices=False,
     )
     done: list[Tensor] = []
-    for (device, dtype), ((d_params, d_grads, d_bufs), _) in grouped.items():
+    for (device, _), ((d_params, d_grads, d_bufs), _) in grouped.items():
         d_params = list(d_params)
         if (
             implementation in ("native", "auto")
             and do_prox
-            and not is_first
             and device.type == "cpu"
+            and fused is not False
             and _fused.supports(regularizer, d_params)
-            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_COMPILE_NUMEL)
-            and _fused.compiled_available()
+            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
             and all(t.is_contiguous() for t in (*d_params, *d_grads, *(d_bufs if momentum != 0 else ())))
+            and _l1_kernels.native_available()
         ):
-            scalars = torch.tensor(
-                [weight_decay, momentum, 1 - dampening, lr, lr * regularizer.lam],  # type: ignore[union-attr]
-                dtype=dtype,
-            )
-            bufs = list(d_bufs) if momentum != 0 else None
-            if _fused.compiled_sgd_l1_(d_params, list(d_grads), bufs, scalars, nesterov):
-                done.extend(d_params)
-                continue
+            _l1_kernels.sgd_l1_(
+                d_params, list(d_grads), list(d_bufs) if momentum != 0 else None, lr=lr, momentum=momentum,
+                dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+                c=lr * regularizer.lam, first=is_first,  # type: ignore[union-attr]
+            )  # fmt: skip
+            done.extend(d_params)
+            continue
         if fused is not False and device.type in ("cpu", "cuda"):
             torch._fused_sgd_(
                 d_params, d_grads, [] if momentum == 0 else d_bufs, weight_decay=weight_decay,

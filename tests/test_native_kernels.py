@@ -1,0 +1,254 @@
+"""The native-kernel mechanism (``lightning_prox.optim._native``) and the one-pass ℓ1 kernels of ProxGen
+and ProxSGD built on it: arguments are checked against each kernel's signature table before anything
+reaches C++, a C++ definition that disagrees with the table does not build, native and eager steps
+agree on shapes, dtypes and options drawn at random (ProxSGD to the bit; ProxGen to rounding with
+the same zeros), without a compiler one warning and the eager path bit for bit, thread counts change no
+bit, a resumed run continues bit for bit, and the first build logs one line.
+
+The C++ kernels build once per machine (a few seconds, cached on disk); every test here shares them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_prox.optim import ProxGen, ProxSGD, _l1_kernels, _native
+from lightning_prox.regularizers import L1
+
+
+@pytest.fixture
+def ops():
+    ops = _l1_kernels._ops()
+    if ops is None:
+        pytest.skip("no working C++ compiler here: the eager path runs")
+    return ops
+
+
+def _adam_args(n=10, dtype=torch.float32):
+    p, g, m, v = (torch.randn(n, dtype=dtype) for _ in range(4))
+    scal = torch.tensor([[1e-3, 0.5, 1e-4, 1e-9, 0.0, 0.5]], dtype=torch.float64)
+    return [[p], [g], [m], [v.abs()], scal, 1.0, 0.1, 0.999, 0.001, 1e-8, 0, 8]
+
+
+@pytest.mark.parametrize(
+    "index, bad, match",
+    [
+        (
+            1,
+            [torch.randn(10, dtype=torch.float64)],
+            r"g\[0\] has dtype torch.float64; expected torch.float32",
+        ),
+        (2, [torch.randn(11)], r"m\[0\] has shape \(11,\); it must have the shape of p\[0\], \(10,\)"),
+        (3, [torch.rand(20)[::2]], r"v\[0\] is not contiguous \(strides \(2,\)\)"),
+        (
+            1,
+            [torch.randn(10, device="meta")],
+            r"g\[0\] is on meta; the native kernels run on CPU tensors only",
+        ),
+        (1, [], r"g has 0 tensors, p has 1"),
+        (4, torch.zeros(2, 6, dtype=torch.float64), r"scal has shape \(2, 6\); expected \(1, 6\)"),
+        (4, torch.zeros(1, 6), r"scal has dtype torch.float32; expected torch.float64"),
+    ],
+    ids=["dtype", "shape", "stride", "device", "count", "rows", "array-dtype"],
+)
+def test_a_wrong_argument_raises_before_the_kernel_runs(ops, index, bad, match):
+    args = _adam_args()
+    written = [*args[0], *args[2], *args[3]]
+    before = [t.clone() for t in written]
+    args[index] = bad
+    with pytest.raises(ValueError, match=match):
+        ops.adam_l1_(*args)
+    assert all(torch.equal(a, b) for a, b in zip(before, written))
+
+
+def test_half_precision_parameters_are_refused(ops):
+    args = _adam_args(dtype=torch.float16)
+    args[4] = args[4].double()
+    with pytest.raises(ValueError, match=r"p\[0\] has dtype torch.float16; expected float32 or float64"):
+        ops.adam_l1_(*args)
+
+
+def test_the_schema_declares_what_the_kernel_writes(ops):
+    schema = str(torch.ops.lightning_prox.adam_l1_.default._schema)
+    assert schema.startswith(
+        "lightning_prox::adam_l1_(Tensor(a!)[] p, Tensor[] g, Tensor(b!)[] m, Tensor(c!)[] v,"
+    )
+    p = torch.nn.Parameter(torch.randn(10))
+    loss = (p * p).sum()  # saves p for backward
+    args = _adam_args()
+    args[0] = [p]
+    with torch.no_grad():
+        ops.adam_l1_(*args)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_a_definition_that_disagrees_with_the_table_does_not_build(tmp_path):
+    """The prototypes generated from the table are force-included: a C++ definition with another
+    argument list is a compile error, not a memory corruption at run time."""
+    cxx = _native._compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler here")
+    kernel = _native.Kernel("lp_test_", (_native.Arg("x", "tensors", out=True), _native.Arg("a", "float")))
+    good = '#include <cstdint>\n#define E(T, S) extern "C" void lp_lp_test_##S(int64_t, const int64_t*, T* const*, double, int) {}\nE(float, f32) E(double, f64)\n'
+    bad = good.replace("double, int) {}", "float, int) {}")  # a float where the table says double
+    for name, text in (("good.cpp", good), ("bad.cpp", bad)):
+        (tmp_path / name).write_text(text)
+    flags = (*_native._BASE_FLAGS,)
+    assert _native._build(cxx, tmp_path / "good.cpp", kernel.prototypes(), flags, tmp_path).exists()
+    with pytest.raises(RuntimeError, match="conflicting declaration|conflicting types"):
+        _native._build(cxx, tmp_path / "bad.cpp", kernel.prototypes(), flags, tmp_path)
+
+
+_SHAPE = st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple)
+
+
+def _run(cls, impl, shapes, dtype, steps, seed, **kw):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in shapes]
+    opt = cls([{"params": params, "regularizer": L1(0.05)}], implementation=impl, **kw)
+    for _ in range(steps):
+        for p in params:
+            keep = torch.rand(p.shape, generator=g) < 0.8  # exact-zero gradients: v = 0 at step 1
+            p.grad = (torch.randn(p.shape, generator=g) * keep).to(dtype)
+        opt.step()
+    return params, opt
+
+
+def _bits(t):
+    return t.view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    shapes=st.lists(_SHAPE, min_size=1, max_size=3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    momentum=st.sampled_from([0.0, 0.9]),
+    nesterov=st.booleans(),
+    dampening=st.sampled_from([0.0, 0.3]),
+    weight_decay=st.sampled_from([0.0, 1e-2]),
+    seed=st.integers(0, 2**16),
+)
+def test_native_proxsgd_equals_eager_to_the_bit(
+    shapes, dtype, momentum, nesterov, dampening, weight_decay, seed
+):
+    if _l1_kernels._ops() is None:
+        pytest.skip("no working C++ compiler here: the eager path runs")
+    nesterov = nesterov and momentum > 0
+    kw = dict(lr=0.1, momentum=momentum, nesterov=nesterov, dampening=0.0 if nesterov else dampening,
+              weight_decay=weight_decay)  # fmt: skip
+    a, opt_a = _run(ProxSGD, "eager", shapes, dtype, 3, seed, **kw)
+    b, opt_b = _run(ProxSGD, "native", shapes, dtype, 3, seed, **kw)
+    for pa, pb in zip(a, b):
+        assert torch.equal(_bits(pa), _bits(pb))
+        if momentum:
+            assert torch.equal(
+                _bits(opt_a.state[pa]["momentum_buffer"]), _bits(opt_b.state[pb]["momentum_buffer"])
+            )
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    shapes=st.lists(_SHAPE, min_size=1, max_size=3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    preconditioner=st.sampled_from(["adam", "adam", "rmsprop", "adagrad"]),
+    bias_correction=st.booleans(),
+    weight_decay=st.sampled_from([0.0, 0.1]),
+    threshold_cap=st.sampled_from([1.0, None]),
+    seed=st.integers(0, 2**16),
+)
+def test_native_proxgen_equals_eager_to_rounding(
+    shapes, dtype, preconditioner, bias_correction, weight_decay, threshold_cap, seed
+):
+    """Adam with bias correction: the moments to the bit (the fused AdamW kernel's operations);
+    parameters, and the other preconditioners' moments (torch's multi-tensor ops), within a few ulp,
+    with the same zeros (torch.sqrt is not correctly rounded on every CPU, the kernel's is)."""
+    if _l1_kernels._ops() is None:
+        pytest.skip("no working C++ compiler here: the eager path runs")
+    kw = dict(lr=1e-2, weight_decay=weight_decay, threshold_cap=threshold_cap, preconditioner=preconditioner,
+              bias_correction=bias_correction)  # fmt: skip
+    a, opt_a = _run(ProxGen, "eager", shapes, dtype, 3, seed, **kw)
+    b, opt_b = _run(ProxGen, "native", shapes, dtype, 3, seed, **kw)
+    eps = torch.finfo(dtype).eps
+    for pa, pb in zip(a, b):
+        for key in ("exp_avg", "exp_avg_sq"):
+            ma, mb = opt_a.state[pa][key], opt_b.state[pb][key]
+            if preconditioner == "adam" and bias_correction:
+                assert torch.equal(_bits(ma), _bits(mb)), key
+            else:
+                assert float((ma - mb).abs().max()) <= 8 * eps * float(ma.abs().max()), key
+        tol = 8 * eps * float(pa.detach().abs().max())
+        assert float((pa - pb).detach().abs().max()) <= tol
+        assert torch.equal(pa == 0, pb == 0)
+
+
+@pytest.mark.parametrize("cls", [ProxGen, ProxSGD])
+def test_without_a_compiler_one_warning_and_the_eager_step_bit_for_bit(cls, monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(tmp_path / "cache"))
+    _native.kernels.cache_clear()
+    kw = dict(lr=1e-2, momentum=0.9) if cls is ProxSGD else dict(lr=1e-2)
+    shapes = ((6, 5), (40,))
+    try:
+        a, _ = _run(cls, "eager", shapes, torch.float32, 3, 0, **kw)
+        with pytest.warns(RuntimeWarning, match="building _l1_kernels.cpp failed") as record:
+            b, _ = _run(cls, "native", shapes, torch.float32, 3, 0, **kw)
+    finally:
+        _native.kernels.cache_clear()
+    assert len([w for w in record if "_l1_kernels.cpp" in str(w.message)]) == 1
+    for pa, pb in zip(a, b):
+        assert torch.equal(_bits(pa), _bits(pb))
+
+
+@pytest.mark.parametrize("cls", [ProxGen, ProxSGD])
+def test_thread_count_changes_no_bit(cls, ops):
+    shapes = ((300, 700),)  # several work items of the threaded pass
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a, _ = _run(cls, "native", shapes, torch.float32, 2, 3, lr=1e-2)
+        torch.set_num_threads(1)
+        b, _ = _run(cls, "native", shapes, torch.float32, 2, 3, lr=1e-2)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(_bits(a[0]), _bits(b[0]))
+
+
+def test_native_proxgen_resumes_bit_for_bit(ops):
+    shapes = ((7, 9), (33,))
+    full, _ = _run(ProxGen, "native", shapes, torch.float32, 4, 5)
+    g = torch.Generator().manual_seed(5)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    opt = ProxGen([{"params": params, "regularizer": L1(0.05)}], implementation="native")
+    for k in range(4):
+        if k == 2:  # a fresh optimizer from the state dict, as after a restart
+            sd = opt.state_dict()
+            opt = ProxGen([{"params": params, "regularizer": L1(0.05)}], implementation="native")
+            opt.load_state_dict(sd)
+        for p in params:
+            keep = torch.rand(p.shape, generator=g) < 0.8
+            p.grad = torch.randn(p.shape, generator=g) * keep
+        opt.step()
+    for pa, pb in zip(full, params):
+        assert torch.equal(_bits(pa), _bits(pb))
+
+
+def test_the_first_build_logs_one_line_and_a_cached_one_none(monkeypatch, tmp_path, caplog):
+    if _native._compiler() is None:
+        pytest.skip("no C++ compiler here")
+    monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(tmp_path))
+    _native.kernels.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="lightning_prox.optim._native"):
+            assert _l1_kernels._ops() is not None
+            _native.kernels.cache_clear()
+            assert _l1_kernels._ops() is not None
+    finally:
+        _native.kernels.cache_clear()
+    lines = [r.getMessage() for r in caplog.records if "_l1_kernels.cpp" in r.getMessage()]
+    assert len(lines) == 1 and "once for this machine" in lines[0]
