@@ -589,6 +589,29 @@ def threshold_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
+#: (regularizer class, tensor shape, cap) already warned about by :func:`warn_at_cap`
+_CAP_WARNED: set[tuple] = set()
+
+
+def warn_at_cap(
+    name: str, index: int, shape: tuple[int, ...], gap: float, max_iters: int, rtol: float
+) -> None:
+    """Warn once per (regularizer, tensor shape, cap) that an iterative prox stopped at its cap with
+    relative duality gap ``gap`` (an upper bound on the relative objective gap of the result)."""
+    key = (name, tuple(shape), max_iters)
+    if key in _CAP_WARNED:
+        return
+    _CAP_WARNED.add(key)
+    warnings.warn(
+        f"{name}: the prox solver stopped at its cap max_iters={max_iters} on tensor {index} of the call "
+        f"(shape {tuple(shape)}) with relative duality gap {gap:.2e} > rtol={rtol:g}: its objective is up to "
+        "that far (relative) from the exact prox's. Raise max_iters (RAMDA: max_inner_iters) or rtol; "
+        "this warning is shown once per tensor shape.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def copy_into(res: list[Tensor], out: list[Tensor] | None) -> list[Tensor]:
     """``res`` itself, or ``res`` copied into ``out`` (which is returned) when ``out`` is given."""
     if out is None:
