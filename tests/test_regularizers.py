@@ -17,16 +17,19 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from lightning_prox.optim._prox import prox_tensors_
 from lightning_prox.regularizers import (
     L0,
     L1,
     MCP,
     SCAD,
+    CoupledGroupLasso,
     GroupLasso,
     Lq,
     NuclearNorm,
     Quantization,
     Regularizer,
+    SquaredL2,
     _base,
     from_spec,
 )
@@ -677,3 +680,78 @@ def test_group_lasso_pg_warns_at_its_cap_with_a_gap_that_bounds_the_error():
     with warnings.catch_warnings():  # a solve that meets rtol before the cap does not warn
         warnings.simplefilter("error")
         GroupLasso(tau, solver="pg", max_iters=20000, rtol=1e-12).prox(z, 1.0, m)
+
+
+# -- the non-finite policy: NaN in → NaN out, ±inf → ±inf (closed forms) or NaN (iterative solves) ----
+def _cgl(lam: float, **kw) -> CoupledGroupLasso:
+    return CoupledGroupLasso.from_groups(lam, [[("a", 1, [j])] for j in range(4)], {"a": (3, 4)}, **kw)
+
+
+#: (regularizer, id, kind, what ±inf gives with a non-uniform metric); groups are the columns of a
+#: [3, 4] tensor (dim="in"), a matrix is the whole tensor
+NONFINITE_CASES = [
+    (L1(0.3), "l1", "elementwise", "inf"),
+    (L0(0.3), "l0", "elementwise", "inf"),
+    (Lq(0.3, q=0.5), "lq1/2", "elementwise", "inf"),
+    (Lq(0.3, q=2 / 3), "lq2/3", "elementwise", "inf"),
+    (MCP(0.3), "mcp", "elementwise", "inf"),
+    (MCP(0.3, exact=False), "mcp-paper", "elementwise", "inf"),
+    (SCAD(0.3), "scad", "elementwise", "inf"),
+    (SCAD(0.3, exact=False), "scad-paper", "elementwise", "inf"),
+    (Quantization(0.3), "quant", "elementwise", "inf"),
+    (Quantization(0.3, levels=(-1, 0, 1), q=0.5), "quant-ternary-q1/2", "elementwise", "inf"),
+    (SquaredL2(0.3), "l2", "elementwise", "inf"),
+    (GroupLasso(0.3), "group", "group", "nan"),
+    (GroupLasso(0.3, solver="pg"), "group-pg", "group", "nan"),
+    (_cgl(0.3), "coupled", "group", "inf"),
+    (NuclearNorm(0.3), "nuclear", "matrix", "nan"),
+]
+
+
+def _apply(reg, z, m, path):
+    if path == "prox":
+        return reg.prox(z, 0.7, m)
+    if path == "prox_multi":
+        return reg.prox_multi([z], 0.7, None if m is None else [m])[0]
+    p = z.clone()  # the optimizers' in-place path (fused kernels, prox_multi(out=params))
+    prox_tensors_(reg, [p], 0.7, None if m is None else [m])
+    return p
+
+
+@pytest.mark.parametrize("path", ["prox", "prox_multi", "optimizer"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("use_metric", [False, True], ids=["euclidean", "metric"])
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=[c[1] for c in NONFINITE_CASES])
+def test_nan_stays_nan_and_inf_follows_the_documented_policy(case, use_metric, dtype, path):
+    reg, _, kind, inf_metric = case
+    base = torch.tensor([[0.05, 0.01, 2.0, 0.3], [0.01, -0.02, -3.0, 0.8], [0.0, 0.01, 0.5, 1.0]])
+    m = torch.tensor([[1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 1.0, 9.0], [1.0, 1.0, 5.0, 1.0]]).to(dtype)
+    m = m if use_metric else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a NaN solve may stop at its cap
+        finite = _apply(reg, base.to(dtype), m, path)
+        z = base.clone()
+        z[0, 0] = float("nan")  # small: the prox of 0.05 alone is an exact zero or a level
+        x = _apply(reg, z.to(dtype), m, path)
+        z = base.clone()
+        z[0, 3], z[1, 3] = float("inf"), float("-inf")
+        xi = _apply(reg, z.to(dtype), m, path)
+    assert x.dtype == dtype and xi.dtype == dtype
+    assert bool(torch.isnan(x[0, 0])), x
+    others = torch.ones_like(x, dtype=torch.bool)
+    others[{"elementwise": (0, 0), "group": (slice(None), 0), "matrix": (slice(None), slice(None))}[kind]] = (
+        False
+    )
+    assert torch.equal(x[others], finite[others])  # the NaN stays in its group
+    if kind == "matrix":
+        assert bool(torch.isnan(x).all())
+    if kind == "group":  # the rest of a NaN group: NaN or zero (z·0 of the screened group)
+        assert bool((torch.isnan(x[:, 0]) | (x[:, 0] == 0)).all())
+    expect_inf = inf_metric == "inf" or (not use_metric and kind == "group")
+    if expect_inf:
+        assert xi[0, 3].item() == float("inf") and xi[1, 3].item() == float("-inf"), xi
+        assert bool(torch.isfinite(xi[:, :3]).all())
+        if kind == "group":  # the limit of the prox: the rest of an infinite group is not shrunk
+            assert xi[2, 3].item() == z[2, 3].to(dtype).item()
+    else:
+        assert bool(torch.isnan(xi if kind == "matrix" else xi[:2, 3]).all()), xi

@@ -15,13 +15,17 @@ the object.
 
 Non-finite inputs (the same policy for every regularizer):
 
-* NaN in ``z`` stays NaN in the result (for a group or a matrix, the whole group or matrix is NaN):
-  a NaN never comes out as an exact zero or a quantization level, so divergence is never reported
-  as sparsity.
-* ``z = ±inf`` comes out as ``±inf`` (no finite penalty pulls an infinite point back); the other
-  entries of its group are then left unshrunk (the limit of the prox). A matrix of
-  :class:`~lightning_prox.regularizers.NuclearNorm` with an infinite entry has no SVD and comes out
-  NaN.
+* NaN in ``z`` stays NaN in the result, in ``prox``, ``prox_multi`` and the optimizers' in-place
+  kernels alike: a NaN never comes out as an exact zero or a quantization level, so divergence is
+  never reported as sparsity. The other entries of its group (group lasso) come out NaN or zero;
+  a :class:`~lightning_prox.regularizers.NuclearNorm` matrix with a NaN is NaN throughout.
+* ``z = ±inf`` comes out as ``±inf`` (no finite penalty pulls an infinite point back) for the
+  elementwise regularizers, the closed forms of group lasso (no metric, or one constant on each
+  group; the other entries of the group are then left unshrunk, the limit of the prox) and
+  :class:`~lightning_prox.regularizers.CoupledGroupLasso`. Where the prox needs an iterative solve
+  (``GroupLasso`` under a metric that varies inside the group) the infinite entries come out NaN,
+  and a ``NuclearNorm`` matrix with an infinite entry (it has no SVD) is NaN throughout. An infinite
+  input never comes out finite.
 * ``metric = +inf`` pins the coordinate: ``x_i = z_i`` (no ``0·inf``, no ``inf/inf``); a tiny or
   subnormal metric gives a large but finite threshold, never NaN or inf.
 * A metric that is NaN, zero or negative is rejected with a ``ValueError`` when it lives on the CPU

@@ -387,16 +387,21 @@ def solve_group_lasso(
         thr = cap(tau * group_weight(zb.shape[1], weighting), zb)  # τ·w_g, the same for the whole bucket
         mz = mb * zb
         mz_norm = torch.linalg.vector_norm(mz, dim=1)
-        screened = ~(mz_norm > thr)  # zero iff ‖m_g z_g‖ ≤ τ w_g (ties → zero)
+        finite = torch.isfinite(zb).all(1)
+        # zero iff ‖m_g z_g‖ ≤ τ w_g (ties → zero); a group with a NaN or ±inf entry skips the solve
+        # (it would turn every iterate NaN, and the stop test with it)
+        screened = ~(mz_norm > thr) | ~finite
         mn, mx = torch.aminmax(mb, dim=1)
         const = 0.5 * torch.linalg.vecdot(mz, zb, dim=1)  # objective of x_g = 0
-        bk.append([idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const])
+        bk.append([idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const, finite])
 
     # one host read for every bucket: which groups survive, and whether every metric is uniform
     flags = (
-        torch.cat([torch.stack([b[7], b[8] != b[9]]).to(torch.bool).cpu() for b in bk], dim=1) if bk else None
+        torch.cat([torch.stack([b[7], b[8] != b[9], b[11]]).to(torch.bool).cpu() for b in bk], dim=1)
+        if bk
+        else None
     )
-    n_screened = int(flags[0].sum()) if flags is not None else 0
+    n_screened = int((flags[0] & flags[2]).sum()) if flags is not None else 0
     all_uniform = bool(not flags[1].any()) if flags is not None else True
     iters = 0
 
@@ -408,10 +413,12 @@ def solve_group_lasso(
         pos = 0
         live = []
         for b in bk:
-            idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const = b
+            idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const, finite = b
             keep_cpu = ~flags[0, pos : pos + zb.shape[0]]
             pos += zb.shape[0]
-            xb = torch.zeros_like(zb)
+            # screened groups are zero; a non-finite group is z·0 as in the closed form: NaN at its
+            # NaN and ±inf entries, zero elsewhere
+            xb = torch.where(finite.unsqueeze(1), 0.0, zb * 0.0)
             b.append(xb)
             if not bool(keep_cpu.any()):
                 continue
@@ -431,7 +438,9 @@ def solve_group_lasso(
         dev0 = zs[0].device
         q_const = torch.zeros(n, dtype=torch.float64, device=dev0)
         for b in bk:
-            q_const.index_add_(0, b[4].to(dev0), torch.where(b[7], b[10], 0.0).to(torch.float64).to(dev0))
+            q_const.index_add_(
+                0, b[4].to(dev0), torch.where(b[7] & b[11], b[10], 0.0).to(torch.float64).to(dev0)
+            )
         if live:
             check_every = 1 if dev0.type == "cpu" else _CHECK_EVERY_DEVICE
             q_prev = None

@@ -30,6 +30,10 @@ def _svt(y: Tensor, thr: Tensor | float) -> tuple[Tensor, Tensor]:
     return (u * s.unsqueeze(-2)) @ vh, s
 
 
+def _nan_unless(ok: Tensor, x: Tensor) -> Tensor:
+    return torch.where(ok, x, torch.nan)
+
+
 class _Batch:
     """Matrices of one shape solved together: Z, metric M, step η = 1/max M, iterate X, extrapolated
     point Y, momentum t, and the last relative duality gap of each matrix."""
@@ -210,15 +214,19 @@ class NuclearNorm(Regularizer):
         max_iters = self.max_iters if opts.max_iters is None else opts.max_iters
         rtol = self.rtol if opts.rtol is None else opts.rtol
         out: list[Tensor | None] = [None] * len(zs)
-        mats = {}
+        mats, finite = {}, {}
         for t, z in enumerate(zs):
             if z.numel() == 0:
                 out[t] = z.clone()
             else:
-                mats[t] = z.to(threshold_dtype(z)).reshape(z.shape[0], -1)
+                zm = z.to(threshold_dtype(z)).reshape(z.shape[0], -1)
+                # a matrix with a NaN or ±inf entry has no SVD: it is solved as zeros and comes out
+                # all NaN (a 0-dim mask, so no device sync)
+                finite[t] = torch.isfinite(zm).all()
+                mats[t] = torch.where(finite[t], zm, 0.0)
         if metrics is None:
             for t, zm in mats.items():
-                out[t] = _svt(zm, tau)[0].reshape(zs[t].shape).to(zs[t].dtype)
+                out[t] = _nan_unless(finite[t], _svt(zm, tau)[0]).reshape(zs[t].shape).to(zs[t].dtype)
             return out  # type: ignore[return-value]
 
         ms = {t: metrics[t].to(mats[t].dtype).reshape(mats[t].shape) for t in mats}
@@ -263,6 +271,8 @@ class NuclearNorm(Regularizer):
                     out[t] = x.reshape(zs[t].shape).to(zs[t].dtype)
             if iters == max_iters:
                 _warn_if_capped(type(self).__name__, batches, zs, tau, max_iters, rtol)
+        for t in keys:
+            out[t] = _nan_unless(finite[t], out[t])  # type: ignore[arg-type]
         if info is not None:
             info["inner_iters"] = iters
             info["screened"] = n_screened
