@@ -755,3 +755,65 @@ def test_nan_stays_nan_and_inf_follows_the_documented_policy(case, use_metric, d
             assert xi[2, 3].item() == z[2, 3].to(dtype).item()
     else:
         assert bool(torch.isnan(xi if kind == "matrix" else xi[:2, 3]).all()), xi
+
+
+# -- the extreme ranges: at the limits of the dtype --------------------------------------------------
+EXTREME_REGS = [c[0] for c in NONFINITE_CASES]
+EXTREME_IDS = [c[1] for c in NONFINITE_CASES]
+HALF_AND_FULL = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _both_paths(reg, z, step, m):
+    """``prox`` and the optimizers' in-place multi-tensor path, which must agree to the bit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an ill-posed solve may stop at its cap
+        a = reg.prox(z, step, m)
+        p = z.clone()
+        prox_tensors_(reg, [p], step, None if m is None else [m])
+    return a, p
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("reg", EXTREME_REGS, ids=EXTREME_IDS)
+def test_huge_z_up_to_the_dtype_max_stays_finite_and_both_paths_agree(reg, dtype):
+    """|z| from 1e19 (z² overflows float32) to the dtype's max; MCP/SCAD's flat piece returns z."""
+    big = torch.finfo(dtype).max
+    vals = torch.tensor([[1e19, -3e19, 1e30, big], [2.0, -1e25, 0.5, -big], [0.1, 0.2, -0.3, 1.0]], dtype=DT)
+    z = vals.clamp(-big, big).to(dtype)
+    for m in (None, torch.linspace(0.5, 1.5, 12).reshape(3, 4).to(dtype)):
+        a, p = _both_paths(reg, z, 1.0, m)
+        assert bool(torch.isfinite(a).all()), (m, a)
+        assert torch.equal(a, p)
+        if isinstance(reg, (MCP, SCAD)):
+            huge = z.abs() >= 1e19
+            assert torch.equal(a[huge], z[huge])  # beyond b·λ / a·λ the penalty is flat: x = z
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("reg", EXTREME_REGS, ids=EXTREME_IDS)
+def test_subnormal_metric_gives_a_finite_capped_threshold(reg, dtype):
+    """A subnormal metric entry: step·λ/metric overflows and is capped, never NaN or inf."""
+    z = torch.tensor([[0.5, -2.0, 3.0, 0.1]] * 3, dtype=dtype)
+    m = torch.full_like(z, torch.finfo(dtype).smallest_normal / 4)
+    assert bool((m > 0).all()) and bool((m < torch.finfo(dtype).smallest_normal).all())  # subnormal
+    m[0, 0] = 1.0
+    a, p = _both_paths(reg, z, 1.0, m)
+    assert bool(torch.isfinite(a).all()) and bool(torch.isfinite(p).all())
+    if isinstance(reg, (L1, GroupLasso)):  # an infinite threshold: every shrinking prox gives zero
+        assert bool((a[1:] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("reg", EXTREME_REGS, ids=EXTREME_IDS)
+def test_step_times_lam_below_the_smallest_float32_is_the_identity(reg, dtype):
+    """step·λ = 1e-50 underflows every threshold: the prox returns z (up to the rounding of a
+    quantizer's level arithmetic and of an SVD round trip)."""
+    z = torch.tensor([[0.5, -2.0, 3.0, 0.1], [1e-3, 0.7, -0.2, 4.0], [0.3, 0.2, -0.3, 1.0]], dtype=dtype)
+    for m in (None, torch.linspace(0.5, 1.5, 12).reshape(3, 4).to(dtype)):
+        a, p = _both_paths(reg.with_lam(1e-20), z, 1e-30, m)
+        assert torch.equal(a, p)
+        if isinstance(reg, (NuclearNorm, Quantization)):
+            # level + (z − level) and U·S·Vᵀ round off at the scale of the largest level / entry
+            torch.testing.assert_close(a, z, rtol=0, atol=16 * torch.finfo(dtype).eps * float(z.abs().max()))
+        else:
+            assert torch.equal(a, z)

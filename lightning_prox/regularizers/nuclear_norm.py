@@ -30,6 +30,12 @@ def _svt(y: Tensor, thr: Tensor | float) -> tuple[Tensor, Tensor]:
     return (u * s.unsqueeze(-2)) @ vh, s
 
 
+def _pow2(v: Tensor) -> Tensor:
+    """2^(e−1) for v = f·2^e, f ∈ [0.5, 1) (0.5 for v = 0): v/2^(e−1) ∈ [1, 2), an exact division, and
+    2^(e−1) ≤ v stays finite for the dtype's max."""
+    return torch.ldexp(torch.ones_like(v), torch.frexp(v).exponent - 1)
+
+
 def _nan_unless(ok: Tensor, x: Tensor) -> Tensor:
     return torch.where(ok, x, torch.nan)
 
@@ -38,14 +44,16 @@ class _Batch:
     """Matrices of one shape solved together: Z, metric M, step η = 1/max M, iterate X, extrapolated
     point Y, momentum t, and the last relative duality gap of each matrix."""
 
-    def __init__(self, idxs: list[int], z: Tensor, m: Tensor, eta: Tensor, x0: Tensor | None) -> None:
-        self.idxs, self.z, self.m, self.eta = idxs, z, m, eta
+    def __init__(
+        self, idxs: list[int], z: Tensor, m: Tensor, eta: Tensor, tau: Tensor, x0: Tensor | None
+    ) -> None:
+        self.idxs, self.z, self.m, self.eta, self.tau = idxs, z, m, eta, tau
         self.x = z.clone() if x0 is None else x0
         self.y = self.x
         self.t = torch.ones_like(eta)
         self.gap = torch.full((len(idxs),), torch.inf, dtype=torch.float64, device=z.device)
 
-    def step(self, tau: Tensor | float, accelerated: bool) -> Tensor:
+    def step(self, accelerated: bool) -> Tensor:
         """One proximal-gradient step from Y; returns the objective Q of the new iterate (float64).
 
         The dual point ``G = (W − X)/η = U·min(S, ητ)·Vᴴ/η`` of the step (W = Y − η M⊙(Y − Z),
@@ -54,7 +62,8 @@ class _Batch:
         """
         w = self.y - self.eta * self.m * (self.y - self.z)
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        thr = self.eta.reshape(-1, 1) * tau
+        tau = self.tau
+        thr = self.eta.reshape(-1, 1) * tau.reshape(-1, 1)
         s_x = torch.clamp_min(s - thr, 0.0)
         x = (u * s_x.unsqueeze(-2)) @ vh
         g = (u * torch.minimum(s, thr).unsqueeze(-2)) @ vh / self.eta
@@ -76,7 +85,7 @@ class _Batch:
         return q
 
 
-def _solve(batches: list[_Batch], tau: Tensor | float, max_iters: int, rtol: float, solver: str, dev0) -> int:
+def _solve(batches: list[_Batch], max_iters: int, rtol: float, solver: str, dev0) -> int:
     """Run every batch to its stop test; returns the iterations run (``max_iters``: stopped at the cap).
 
     ``"apg"``: stop once every matrix's relative duality gap is ≤ tol = max(rtol, 8·eps) (at least one
@@ -89,7 +98,7 @@ def _solve(batches: list[_Batch], tau: Tensor | float, max_iters: int, rtol: flo
     q_prev = None
     pending: list[Tensor] = []
     for j in range(1, max_iters + 1):
-        q = torch.cat([b.step(tau, accelerated).to(dev0) for b in batches])
+        q = torch.cat([b.step(accelerated).to(dev0) for b in batches])
         if accelerated:
             pending.append(torch.cat([b.gap.to(dev0) for b in batches]).max() <= tol)
         elif q_prev is not None:
@@ -103,9 +112,7 @@ def _solve(batches: list[_Batch], tau: Tensor | float, max_iters: int, rtol: flo
     return max_iters
 
 
-def _warn_if_capped(
-    name: str, batches: list[_Batch], zs: list[Tensor], tau: Tensor | float, max_iters: int, rtol: float
-) -> None:
+def _warn_if_capped(name: str, batches: list[_Batch], zs: list[Tensor], max_iters: int, rtol: float) -> None:
     """Warn when a solve ended at its cap farther than rtol from optimal (worst matrix of the call).
 
     Far from the optimum the step's dual point can be poor, so the gap also tries ``M⊙(Z − X)``
@@ -115,6 +122,7 @@ def _warn_if_capped(
     for b in batches:
         g = b.m * (b.z - b.x)
         nrm = torch.linalg.matrix_norm(g, ord=2).reshape(-1, 1, 1)
+        tau = b.tau.reshape(-1, 1, 1)
         g = g * torch.where(nrm > tau, tau / nrm.clamp_min(torch.finfo(nrm.dtype).tiny), 1.0)
         dual = ((g * b.z).sum((1, 2)) - 0.5 * (g * g / b.m).sum((1, 2))).to(torch.float64)
         best = torch.maximum(dual, b.dual)
@@ -214,7 +222,7 @@ class NuclearNorm(Regularizer):
         max_iters = self.max_iters if opts.max_iters is None else opts.max_iters
         rtol = self.rtol if opts.rtol is None else opts.rtol
         out: list[Tensor | None] = [None] * len(zs)
-        mats, finite = {}, {}
+        mats, finite, scale, taus = {}, {}, {}, {}
         for t, z in enumerate(zs):
             if z.numel() == 0:
                 out[t] = z.clone()
@@ -223,13 +231,24 @@ class NuclearNorm(Regularizer):
                 # a matrix with a NaN or ±inf entry has no SVD: it is solved as zeros and comes out
                 # all NaN (a 0-dim mask, so no device sync)
                 finite[t] = torch.isfinite(zm).all()
-                mats[t] = torch.where(finite[t], zm, 0.0)
+                zm = torch.where(finite[t], zm, 0.0)
+                # solved in units of a power of two near max|z| (exact scaling): an SVD of entries
+                # near the dtype's max overflows; τ scales along (svt(s·Y, s·τ) = s·svt(Y, τ))
+                scale[t] = _pow2(zm.abs().amax())
+                mats[t] = zm / scale[t]
+                taus[t] = torch.clamp(tau / scale[t], max=torch.finfo(zm.dtype).max)
         if metrics is None:
             for t, zm in mats.items():
-                out[t] = _nan_unless(finite[t], _svt(zm, tau)[0]).reshape(zs[t].shape).to(zs[t].dtype)
+                x = _svt(zm, taus[t])[0] * scale[t]
+                out[t] = _nan_unless(finite[t], x).reshape(zs[t].shape).to(zs[t].dtype)
             return out  # type: ignore[return-value]
 
-        ms = {t: metrics[t].to(mats[t].dtype).reshape(mats[t].shape) for t in mats}
+        ms = {}
+        for t in mats:
+            m = metrics[t].to(mats[t].dtype).reshape(mats[t].shape)
+            mu = _pow2(m.amax())  # the metric in units of its max too: τ/μ solves the same problem
+            ms[t] = m / mu
+            taus[t] = torch.clamp(taus[t] / mu, max=torch.finfo(m.dtype).max)
         # one host read: which metrics are constant, which matrices are screened to zero
         mnmx = {t: torch.aminmax(m) for t, m in ms.items()}
         spec = {t: torch.linalg.matrix_norm(ms[t] * mats[t], ord=2) for t in mats}
@@ -238,7 +257,7 @@ class NuclearNorm(Regularizer):
             return out  # type: ignore[return-value]
         dev0 = zs[keys[0]].device
         flags = torch.stack(
-            [torch.stack([(mnmx[t][0] == mnmx[t][1]), ~(spec[t] > tau)]).to(dev0) for t in keys]
+            [torch.stack([(mnmx[t][0] == mnmx[t][1]), ~(spec[t] > taus[t])]).to(dev0) for t in keys]
         ).cpu()
         uniform = {t: bool(flags[i, 0]) for i, t in enumerate(keys)}
         screened = {t: bool(flags[i, 1]) for i, t in enumerate(keys)}
@@ -249,7 +268,8 @@ class NuclearNorm(Regularizer):
             if screened[t]:
                 out[t] = torch.zeros_like(z)
             elif uniform[t]:
-                out[t] = _svt(mats[t], tau / mnmx[t][1])[0].reshape(z.shape).to(z.dtype)
+                x = _svt(mats[t], taus[t] / mnmx[t][1])[0] * scale[t]
+                out[t] = x.reshape(z.shape).to(z.dtype)
             else:
                 live.setdefault((tuple(mats[t].shape), mats[t].dtype, z.device), []).append(t)
         iters = 0
@@ -261,16 +281,16 @@ class NuclearNorm(Regularizer):
                 x0 = (
                     None
                     if x0s is None
-                    else torch.stack([x0s[t].to(zb.dtype).reshape(zb.shape[1:]) for t in idxs])
+                    else torch.stack([x0s[t].to(zb.dtype).reshape(zb.shape[1:]) / scale[t] for t in idxs])
                 )
                 eta = torch.stack([mnmx[t][1] for t in idxs]).reciprocal().reshape(-1, 1, 1)
-                batches.append(_Batch(idxs, zb, mb, eta, x0))
-            iters = _solve(batches, tau, max_iters, rtol, self.solver, dev0)
+                batches.append(_Batch(idxs, zb, mb, eta, torch.stack([taus[t] for t in idxs]), x0))
+            iters = _solve(batches, max_iters, rtol, self.solver, dev0)
             for b in batches:
                 for t, x in zip(b.idxs, b.x):
-                    out[t] = x.reshape(zs[t].shape).to(zs[t].dtype)
+                    out[t] = (x * scale[t]).reshape(zs[t].shape).to(zs[t].dtype)
             if iters == max_iters:
-                _warn_if_capped(type(self).__name__, batches, zs, tau, max_iters, rtol)
+                _warn_if_capped(type(self).__name__, batches, zs, max_iters, rtol)
         for t in keys:
             out[t] = _nan_unless(finite[t], out[t])  # type: ignore[arg-type]
         if info is not None:
