@@ -817,3 +817,21 @@ def test_step_times_lam_below_the_smallest_float32_is_the_identity(reg, dtype):
             torch.testing.assert_close(a, z, rtol=0, atol=16 * torch.finfo(dtype).eps * float(z.abs().max()))
         else:
             assert torch.equal(a, z)
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("solver", ["apg", "pg"])
+def test_nuclear_norm_infinite_metric_entry_pins_the_whole_matrix(solver, dtype):
+    """An overflowed second moment (+inf metric) pins its matrix: x = z exactly, never zeros or NaN;
+    the other matrices of the call are solved as without it."""
+    g = torch.Generator().manual_seed(8)
+    zs = [torch.randn(4, 6, generator=g, dtype=DT).to(dtype) for _ in range(2)]
+    ms = [(torch.rand(4, 6, generator=g, dtype=DT) + 0.5).to(dtype) for _ in range(2)]
+    reg = NuclearNorm(0.4, solver=solver)
+    alone = reg.prox(zs[1], 1.0, ms[1])
+    ms[0][1, 2] = float("inf")
+    assert torch.equal(reg.prox(zs[0], 1.0, ms[0]), zs[0])
+    both = [z.clone() for z in zs]
+    prox_tensors_(reg, both, 1.0, ms)
+    assert torch.equal(both[0], zs[0])
+    torch.testing.assert_close(both[1], alone)

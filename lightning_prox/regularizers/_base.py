@@ -26,7 +26,8 @@ Non-finite inputs (the same policy for every regularizer):
   (``GroupLasso`` under a metric that varies inside the group) the infinite entries come out NaN,
   and a ``NuclearNorm`` matrix with an infinite entry (it has no SVD) is NaN throughout. An infinite
   input never comes out finite.
-* ``metric = +inf`` pins the coordinate: ``x_i = z_i`` (no ``0·inf``, no ``inf/inf``); a tiny or
+* ``metric = +inf`` pins the coordinate: ``x_i = z_i`` (no ``0·inf``, no ``inf/inf``; a
+  ``NuclearNorm`` matrix with such an entry is pinned whole, ``x = z``); a tiny or
   subnormal metric gives a large but finite threshold, never NaN or inf.
 * A metric that is NaN, zero or negative is rejected with a ``ValueError`` when it lives on the CPU
   (checked before anything is computed); on accelerators that check would cost a device sync, and a

@@ -161,7 +161,8 @@ class NuclearNorm(Regularizer):
       it guarantees only a monotone decrease of ``Q``: with a metric spread over three decades it
       stops 1e-2 (relative) from the optimum, with too high a rank.
 
-    Either way the result is the iterate at the stop; when a solve reaches ``max_iters`` with a
+    A ``+inf`` metric entry pins the whole matrix (the result is ``z``: the entry is fixed and the
+    singular values cannot move without it). Either way the result is the iterate at the stop; when a solve reaches ``max_iters`` with a
     duality gap above ``rtol``, a ``RuntimeWarning`` names the tensor, the gap and the cap (once per
     tensor shape).
 
@@ -243,9 +244,13 @@ class NuclearNorm(Regularizer):
                 out[t] = _nan_unless(finite[t], x).reshape(zs[t].shape).to(zs[t].dtype)
             return out  # type: ignore[return-value]
 
-        ms = {}
+        ms, pinned = {}, {}
         for t in mats:
             m = metrics[t].to(mats[t].dtype).reshape(mats[t].shape)
+            # a +inf entry couples to the whole spectrum: the matrix is pinned (x = z), solved with a
+            # unit metric (the closed form) and discarded; 0-dim masks, no device sync
+            pinned[t] = torch.isposinf(m).any()
+            m = torch.where(pinned[t], 1.0, m)
             mu = _pow2(m.amax())  # the metric in units of its max too: τ/μ solves the same problem
             ms[t] = m / mu
             taus[t] = torch.clamp(taus[t] / mu, max=torch.finfo(m.dtype).max)
@@ -292,7 +297,8 @@ class NuclearNorm(Regularizer):
             if iters == max_iters:
                 _warn_if_capped(type(self).__name__, batches, zs, max_iters, rtol)
         for t in keys:
-            out[t] = _nan_unless(finite[t], out[t])  # type: ignore[arg-type]
+            x = torch.where(pinned[t], zs[t], out[t])  # type: ignore[arg-type]
+            out[t] = _nan_unless(finite[t], x)
         if info is not None:
             info["inner_iters"] = iters
             info["screened"] = n_screened
