@@ -162,9 +162,11 @@ class NuclearNorm(Regularizer):
       stops 1e-2 (relative) from the optimum, with too high a rank.
 
     A ``+inf`` metric entry pins the whole matrix (the result is ``z``: the entry is fixed and the
-    singular values cannot move without it). Either way the result is the iterate at the stop; when a solve reaches ``max_iters`` with a
-    duality gap above ``rtol``, a ``RuntimeWarning`` names the tensor, the gap and the cap (once per
-    tensor shape).
+    singular values cannot move without it). The gap bounds the objective; the entries are accurate
+    to about its square root (in float32, whose gap floor is ~1e-6: ~1e-3 relative along the
+    worst-conditioned direction). Either way the result is the iterate at the stop; when a solve
+    reaches ``max_iters`` with a duality gap above ``rtol``, a ``RuntimeWarning`` names the tensor,
+    the gap and the cap (once per tensor shape).
 
     Args:
         lam: λ ≥ 0.
@@ -178,9 +180,10 @@ class NuclearNorm(Regularizer):
         >>> NuclearNorm(lam=1.0).prox(torch.diag(torch.tensor([3.0, 0.5])), step=1.0)
         tensor([[2., 0.],
                 [0., 0.]])
-        >>> x = NuclearNorm(lam=1.0).prox(torch.eye(2), step=1.0, metric=torch.tensor([[4.0, 1.0], [1.0, 2.0]]))
+        >>> m = torch.tensor([[4.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> x = NuclearNorm(lam=1.0).prox(torch.eye(2, dtype=torch.float64), step=1.0, metric=m)
         >>> x.diagonal().round(decimals=3)  # the optimum is diag(0.75, 0.5)
-        tensor([0.7500, 0.5000])
+        tensor([0.7500, 0.5000], dtype=torch.float64)
     """
 
     max_iters: int = 1000
