@@ -8,6 +8,8 @@ point) of ``step·ρ(x) + ½·metric·(x − z)²`` over many orders of magnitud
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -15,16 +17,20 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from lightning_prox.optim._prox import prox_tensors_
 from lightning_prox.regularizers import (
     L0,
     L1,
     MCP,
     SCAD,
+    CoupledGroupLasso,
     GroupLasso,
     Lq,
     NuclearNorm,
     Quantization,
     Regularizer,
+    SquaredL2,
+    _base,
     from_spec,
 )
 from lightning_prox.regularizers.functional import prox_lhalf, prox_ltwothirds
@@ -542,3 +548,290 @@ def test_chunked_fallback_of_l1_and_lq_equals_per_tensor_prox(reg, dtype):
             reg.prox_multi(buf, step, metrics, out=buf)
             for w, a, b in zip(want, got, buf):
                 assert torch.equal(a, w) and torch.equal(b, w)
+
+
+# -- the iterative solvers under a realistic (ill-conditioned) metric -------------------------------
+def _adam_metric() -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, sqrt(v̂) + eps) of a small CNN's second conv after 5 Adam steps on random data: the
+    metric spans ~three decades within the tensor, as in a trained network."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 10),
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(5):
+        opt.zero_grad()
+        x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    w = net[2].weight.detach()
+    v_hat = opt.state[net[2].weight]["exp_avg_sq"] / (1 - 0.999**5)
+    return w.to(DT), (v_hat.sqrt() + 1e-8).to(DT)
+
+
+def _metric_case(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if kind == "adam":
+        return _adam_metric()
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(16, 8, 3, 3, generator=g, dtype=DT) * 1e-2
+    return z, 10 ** (4 + 3 * torch.rand(z.shape, generator=g, dtype=DT))  # log-uniform over 1e4–1e7
+
+
+def _nuclear_objective(x, z, m, tau):
+    mat = lambda v: v.reshape(v.shape[0], -1)  # noqa: E731
+    return float(tau * torch.linalg.svdvals(mat(x)).sum() + 0.5 * (m * (x - z) ** 2).sum())
+
+
+def _nuclear_fista_reference(z, m, tau, tol=1e-12, iters=6000):
+    """The test's own solver: restarted FISTA in float64, stopped by the duality gap of the projected
+    dual point m⊙(z − x) (a different certificate from the library's), run to ``tol``."""
+    zm, mm = z.reshape(z.shape[0], -1), m.reshape(z.shape[0], -1)
+    lip = float(mm.max())
+    x, y, t = zm.clone(), zm.clone(), 1.0
+    for j in range(iters):
+        u, s, vh = torch.linalg.svd(y - mm * (y - zm) / lip, full_matrices=False)
+        xn = (u * (s - tau / lip).clamp_min(0)) @ vh
+        if float(((y - xn) * (xn - x)).sum()) > 0:
+            t, y = 1.0, xn
+        else:
+            tn = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            y, t = xn + (t - 1) / tn * (xn - x), tn
+        x = xn
+        if j % 10 == 0:
+            g = mm * (zm - x)
+            g = g * min(1.0, tau / float(torch.linalg.matrix_norm(g, ord=2)))
+            dual = float((g * zm).sum() - 0.5 * (g * g / mm).sum())
+            primal = _nuclear_objective(x, zm, mm, tau)
+            if primal - dual <= tol * abs(primal):
+                return x.reshape(z.shape)
+    raise AssertionError("the reference did not converge")
+
+
+def _rank(x: torch.Tensor, scale: float) -> int:
+    return int((torch.linalg.svdvals(x.reshape(x.shape[0], -1)) > 1e-7 * scale).sum())
+
+
+@pytest.mark.parametrize("kind", ["adam", "loguniform"])
+@pytest.mark.parametrize("frac", [0.01, 0.1, 0.5])
+def test_nuclear_norm_default_is_exact_under_a_realistic_metric(kind, frac):
+    """Default solver within 1e-6 relative objective of a long-run reference, with the same rank, where
+    the papers' capped PG is ~1e-2 off with too high a rank (τ = frac·‖m⊙Z‖₂)."""
+    z, m = _metric_case(kind)
+    tau = frac * float(torch.linalg.matrix_norm((m * z).reshape(z.shape[0], -1), ord=2))
+    ref = _nuclear_fista_reference(z, m, tau)
+    q_ref = _nuclear_objective(ref, z, m, tau)
+    scale = float(torch.linalg.svdvals(ref.reshape(z.shape[0], -1)).max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exact solve never stops at its cap
+        x = NuclearNorm(tau).prox(z, 1.0, m)
+    assert (_nuclear_objective(x, z, m, tau) - q_ref) / q_ref <= 1e-6
+    assert _rank(x, scale) == _rank(ref, scale)
+    x32 = NuclearNorm(tau).prox(z.float(), 1.0, m.float()).to(DT)  # float32: within its rounding
+    assert (_nuclear_objective(x32, z, m, tau) - q_ref) / q_ref <= 1e-5
+
+
+@pytest.fixture
+def fresh_cap_warnings(monkeypatch):
+    monkeypatch.setattr(_base, "_CAP_WARNED", set())
+
+
+def _reported_gap(record) -> float:
+    (w,) = [w for w in record if issubclass(w.category, RuntimeWarning)]
+    return float(re.search(r"relative duality gap ([0-9.e+-]+)", str(w.message)).group(1))
+
+
+@pytest.mark.usefixtures("fresh_cap_warnings")
+@pytest.mark.parametrize("solver", ["apg", "pg"])
+def test_nuclear_norm_warns_at_its_cap_with_a_gap_that_bounds_the_error(solver):
+    z, m = _metric_case("loguniform")
+    tau = 0.1 * float(torch.linalg.matrix_norm((m * z).reshape(z.shape[0], -1), ord=2))
+    q_ref = _nuclear_objective(_nuclear_fista_reference(z, m, tau), z, m, tau)
+    small = torch.randn(3, 2, dtype=DT)
+    with pytest.warns(
+        RuntimeWarning, match=r"max_iters=20 on tensor 1 of the call \(shape \(16, 8, 3, 3\)\)"
+    ) as rec:
+        # tensor 0 converges (uniform-ish metric), tensor 1 does not
+        x = NuclearNorm(tau, max_iters=20, solver=solver).prox_multi([small, z], 1.0, [small.abs() + 1, m])[1]
+    err = (_nuclear_objective(x, z, m, tau) - q_ref) / q_ref
+    assert 1e-6 < err <= _reported_gap(rec)
+    with warnings.catch_warnings():  # once per tensor shape
+        warnings.simplefilter("error")
+        NuclearNorm(tau, max_iters=20, solver=solver).prox(z, 1.0, m)
+
+
+@pytest.mark.usefixtures("fresh_cap_warnings")
+def test_group_lasso_pg_warns_at_its_cap_with_a_gap_that_bounds_the_error():
+    z, m = _metric_case("loguniform")
+    reg = GroupLasso(0.0, dim="in")
+    norms = torch.linalg.vector_norm((m * z).transpose(0, 1).reshape(8, -1), dim=1)
+    tau = float(norms.median()) / math.sqrt(16 * 9)  # about half the groups survive
+    obj = lambda x: float(tau * reg.with_lam(1.0).value(x) + 0.5 * (m * (x - z) ** 2).sum())  # noqa: E731
+    exact = GroupLasso(tau, rtol=0.0, max_iters=200).prox(z, 1.0, m)  # the Newton solver
+    with pytest.warns(RuntimeWarning, match=r"GroupLasso: .* max_iters=5 on tensor 0") as rec:
+        x = GroupLasso(tau, solver="pg", max_iters=5).prox(z, 1.0, m)
+    err = (obj(x) - obj(exact)) / obj(exact)
+    assert 1e-6 < err <= _reported_gap(rec)
+    with warnings.catch_warnings():  # a solve that meets rtol before the cap does not warn
+        warnings.simplefilter("error")
+        GroupLasso(tau, solver="pg", max_iters=20000, rtol=1e-12).prox(z, 1.0, m)
+
+
+# -- the non-finite policy: NaN in → NaN out, ±inf → ±inf (closed forms) or NaN (iterative solves) ----
+def _cgl(lam: float, **kw) -> CoupledGroupLasso:
+    return CoupledGroupLasso.from_groups(lam, [[("a", 1, [j])] for j in range(4)], {"a": (3, 4)}, **kw)
+
+
+#: (regularizer, id, kind, what ±inf gives with a non-uniform metric); groups are the columns of a
+#: [3, 4] tensor (dim="in"), a matrix is the whole tensor
+NONFINITE_CASES = [
+    (L1(0.3), "l1", "elementwise", "inf"),
+    (L0(0.3), "l0", "elementwise", "inf"),
+    (Lq(0.3, q=0.5), "lq1/2", "elementwise", "inf"),
+    (Lq(0.3, q=2 / 3), "lq2/3", "elementwise", "inf"),
+    (MCP(0.3), "mcp", "elementwise", "inf"),
+    (MCP(0.3, exact=False), "mcp-paper", "elementwise", "inf"),
+    (SCAD(0.3), "scad", "elementwise", "inf"),
+    (SCAD(0.3, exact=False), "scad-paper", "elementwise", "inf"),
+    (Quantization(0.3), "quant", "elementwise", "inf"),
+    (Quantization(0.3, levels=(-1, 0, 1), q=0.5), "quant-ternary-q1/2", "elementwise", "inf"),
+    (SquaredL2(0.3), "l2", "elementwise", "inf"),
+    (GroupLasso(0.3), "group", "group", "nan"),
+    (GroupLasso(0.3, solver="pg"), "group-pg", "group", "nan"),
+    (_cgl(0.3), "coupled", "group", "inf"),
+    (NuclearNorm(0.3), "nuclear", "matrix", "nan"),
+]
+
+
+def _apply(reg, z, m, path):
+    if path == "prox":
+        return reg.prox(z, 0.7, m)
+    if path == "prox_multi":
+        return reg.prox_multi([z], 0.7, None if m is None else [m])[0]
+    p = z.clone()  # the optimizers' in-place path (fused kernels, prox_multi(out=params))
+    prox_tensors_(reg, [p], 0.7, None if m is None else [m])
+    return p
+
+
+@pytest.mark.parametrize("path", ["prox", "prox_multi", "optimizer"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("use_metric", [False, True], ids=["euclidean", "metric"])
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=[c[1] for c in NONFINITE_CASES])
+def test_nan_stays_nan_and_inf_follows_the_documented_policy(case, use_metric, dtype, path):
+    reg, _, kind, inf_metric = case
+    base = torch.tensor([[0.05, 0.01, 2.0, 0.3], [0.01, -0.02, -3.0, 0.8], [0.0, 0.01, 0.5, 1.0]])
+    m = torch.tensor([[1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 1.0, 9.0], [1.0, 1.0, 5.0, 1.0]]).to(dtype)
+    m = m if use_metric else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a NaN solve may stop at its cap
+        finite = _apply(reg, base.to(dtype), m, path)
+        z = base.clone()
+        z[0, 0] = float("nan")  # small: the prox of 0.05 alone is an exact zero or a level
+        x = _apply(reg, z.to(dtype), m, path)
+        z = base.clone()
+        z[0, 3], z[1, 3] = float("inf"), float("-inf")
+        xi = _apply(reg, z.to(dtype), m, path)
+    assert x.dtype == dtype and xi.dtype == dtype
+    assert bool(torch.isnan(x[0, 0])), x
+    others = torch.ones_like(x, dtype=torch.bool)
+    others[{"elementwise": (0, 0), "group": (slice(None), 0), "matrix": (slice(None), slice(None))}[kind]] = (
+        False
+    )
+    assert torch.equal(x[others], finite[others])  # the NaN stays in its group
+    if kind == "matrix":
+        assert bool(torch.isnan(x).all())
+    if kind == "group":  # the rest of a NaN group: NaN or zero (z·0 of the screened group)
+        assert bool((torch.isnan(x[:, 0]) | (x[:, 0] == 0)).all())
+    expect_inf = inf_metric == "inf" or (not use_metric and kind == "group")
+    if expect_inf:
+        assert xi[0, 3].item() == float("inf") and xi[1, 3].item() == float("-inf"), xi
+        assert bool(torch.isfinite(xi[:, :3]).all())
+        if kind == "group":  # the limit of the prox: the rest of an infinite group is not shrunk
+            assert xi[2, 3].item() == z[2, 3].to(dtype).item()
+    else:
+        assert bool(torch.isnan(xi if kind == "matrix" else xi[:2, 3]).all()), xi
+
+
+# -- the extreme ranges: at the limits of the dtype --------------------------------------------------
+EXTREME_REGS = [c[0] for c in NONFINITE_CASES]
+EXTREME_IDS = [c[1] for c in NONFINITE_CASES]
+HALF_AND_FULL = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _both_paths(reg, z, step, m):
+    """``prox`` and the optimizers' in-place multi-tensor path, which must agree to the bit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an ill-posed solve may stop at its cap
+        a = reg.prox(z, step, m)
+        p = z.clone()
+        prox_tensors_(reg, [p], step, None if m is None else [m])
+    return a, p
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("reg", EXTREME_REGS, ids=EXTREME_IDS)
+def test_huge_z_up_to_the_dtype_max_stays_finite_and_both_paths_agree(reg, dtype):
+    """|z| from 1e19 (z² overflows float32) to the dtype's max; MCP/SCAD's flat piece returns z."""
+    big = torch.finfo(dtype).max
+    vals = torch.tensor([[1e19, -3e19, 1e30, big], [2.0, -1e25, 0.5, -big], [0.1, 0.2, -0.3, 1.0]], dtype=DT)
+    z = vals.clamp(-big, big).to(dtype)
+    for m in (None, torch.linspace(0.5, 1.5, 12).reshape(3, 4).to(dtype)):
+        a, p = _both_paths(reg, z, 1.0, m)
+        assert bool(torch.isfinite(a).all()), (m, a)
+        assert torch.equal(a, p)
+        if isinstance(reg, (MCP, SCAD)):
+            huge = z.abs() >= 1e19
+            assert torch.equal(a[huge], z[huge])  # beyond b·λ / a·λ the penalty is flat: x = z
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("reg", EXTREME_REGS, ids=EXTREME_IDS)
+def test_subnormal_metric_gives_a_finite_capped_threshold(reg, dtype):
+    """A subnormal metric entry: step·λ/metric overflows and is capped, never NaN or inf."""
+    z = torch.tensor([[0.5, -2.0, 3.0, 0.1]] * 3, dtype=dtype)
+    m = torch.full_like(z, torch.finfo(dtype).smallest_normal / 4)
+    assert bool((m > 0).all()) and bool((m < torch.finfo(dtype).smallest_normal).all())  # subnormal
+    m[0, 0] = 1.0
+    a, p = _both_paths(reg, z, 1.0, m)
+    assert bool(torch.isfinite(a).all()) and bool(torch.isfinite(p).all())
+    if isinstance(reg, (L1, GroupLasso)):  # an infinite threshold: every shrinking prox gives zero
+        assert bool((a[1:] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("reg", EXTREME_REGS, ids=EXTREME_IDS)
+def test_step_times_lam_below_the_smallest_float32_is_the_identity(reg, dtype):
+    """step·λ = 1e-50 underflows every threshold: the prox returns z (up to the rounding of a
+    quantizer's level arithmetic and of an SVD round trip)."""
+    z = torch.tensor([[0.5, -2.0, 3.0, 0.1], [1e-3, 0.7, -0.2, 4.0], [0.3, 0.2, -0.3, 1.0]], dtype=dtype)
+    for m in (None, torch.linspace(0.5, 1.5, 12).reshape(3, 4).to(dtype)):
+        a, p = _both_paths(reg.with_lam(1e-20), z, 1e-30, m)
+        assert torch.equal(a, p)
+        if isinstance(reg, (NuclearNorm, Quantization)):
+            # level + (z − level) and U·S·Vᵀ round off at the scale of the largest level / entry
+            torch.testing.assert_close(a, z, rtol=0, atol=16 * torch.finfo(dtype).eps * float(z.abs().max()))
+        else:
+            assert torch.equal(a, z)
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_FULL, ids=str)
+@pytest.mark.parametrize("solver", ["apg", "pg"])
+def test_nuclear_norm_infinite_metric_entry_pins_the_whole_matrix(solver, dtype):
+    """An overflowed second moment (+inf metric) pins its matrix: x = z exactly, never zeros or NaN;
+    the other matrices of the call are solved as without it."""
+    g = torch.Generator().manual_seed(8)
+    zs = [torch.randn(4, 6, generator=g, dtype=DT).to(dtype) for _ in range(2)]
+    ms = [(torch.rand(4, 6, generator=g, dtype=DT) + 0.5).to(dtype) for _ in range(2)]
+    reg = NuclearNorm(0.4, solver=solver)
+    alone = reg.prox(zs[1], 1.0, ms[1])
+    ms[0][1, 2] = float("inf")
+    assert torch.equal(reg.prox(zs[0], 1.0, ms[0]), zs[0])
+    both = [z.clone() for z in zs]
+    prox_tensors_(reg, both, 1.0, ms)
+    assert torch.equal(both[0], zs[0])
+    torch.testing.assert_close(both[1], alone)

@@ -15,14 +15,19 @@ the object.
 
 Non-finite inputs (the same policy for every regularizer):
 
-* NaN in ``z`` stays NaN in the result (for a group or a matrix, the whole group or matrix is NaN):
-  a NaN never comes out as an exact zero or a quantization level, so divergence is never reported
-  as sparsity.
-* ``z = ±inf`` comes out as ``±inf`` (no finite penalty pulls an infinite point back); the other
-  entries of its group are then left unshrunk (the limit of the prox). A matrix of
-  :class:`~lightning_prox.regularizers.NuclearNorm` with an infinite entry has no SVD and comes out
-  NaN.
-* ``metric = +inf`` pins the coordinate: ``x_i = z_i`` (no ``0·inf``, no ``inf/inf``); a tiny or
+* NaN in ``z`` stays NaN in the result, in ``prox``, ``prox_multi`` and the optimizers' in-place
+  kernels alike: a NaN never comes out as an exact zero or a quantization level, so divergence is
+  never reported as sparsity. The other entries of its group (group lasso) come out NaN or zero;
+  a :class:`~lightning_prox.regularizers.NuclearNorm` matrix with a NaN is NaN throughout.
+* ``z = ±inf`` comes out as ``±inf`` (no finite penalty pulls an infinite point back) for the
+  elementwise regularizers, the closed forms of group lasso (no metric, or one constant on each
+  group; the other entries of the group are then left unshrunk, the limit of the prox) and
+  :class:`~lightning_prox.regularizers.CoupledGroupLasso`. Where the prox needs an iterative solve
+  (``GroupLasso`` under a metric that varies inside the group) the infinite entries come out NaN,
+  and a ``NuclearNorm`` matrix with an infinite entry (it has no SVD) is NaN throughout. An infinite
+  input never comes out finite.
+* ``metric = +inf`` pins the coordinate: ``x_i = z_i`` (no ``0·inf``, no ``inf/inf``; a
+  ``NuclearNorm`` matrix with such an entry is pinned whole, ``x = z``); a tiny or
   subnormal metric gives a large but finite threshold, never NaN or inf.
 * A metric that is NaN, zero or negative is rejected with a ``ValueError`` when it lives on the CPU
   (checked before anything is computed); on accelerators that check would cost a device sync, and a
@@ -587,6 +592,29 @@ def check_positive(metrics: list[Tensor]) -> None:
 def threshold_dtype(x: Tensor) -> torch.dtype:
     """Thresholds and comparisons run in float32 for half types (their rounding would decide which entries become zero), else in x's dtype."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+#: (regularizer class, tensor shape, cap) already warned about by :func:`warn_at_cap`
+_CAP_WARNED: set[tuple] = set()
+
+
+def warn_at_cap(
+    name: str, index: int, shape: tuple[int, ...], gap: float, max_iters: int, rtol: float
+) -> None:
+    """Warn once per (regularizer, tensor shape, cap) that an iterative prox stopped at its cap with
+    relative duality gap ``gap`` (an upper bound on the relative objective gap of the result)."""
+    key = (name, tuple(shape), max_iters)
+    if key in _CAP_WARNED:
+        return
+    _CAP_WARNED.add(key)
+    warnings.warn(
+        f"{name}: the prox solver stopped at its cap max_iters={max_iters} on tensor {index} of the call "
+        f"(shape {tuple(shape)}) with relative duality gap {gap:.2e} > rtol={rtol:g}: its objective is up to "
+        "that far (relative) from the exact prox's. Raise max_iters (RAMDA: max_inner_iters) or rtol; "
+        "this warning is shown once per tensor shape.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def copy_into(res: list[Tensor], out: list[Tensor] | None) -> list[Tensor]:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..structure import check_groupable
-from ._base import Step, threshold_dtype
+from ._base import Step, threshold_dtype, warn_at_cap
 from ._elementwise import cap
 
 __all__ = ["group_major", "from_group_major", "solve_group_lasso"]
@@ -325,6 +325,32 @@ def _solve_newton(
     return out
 
 
+def _warn_if_capped(live: list, q: Tensor, zs: list[Tensor], max_iters: int, rtol: float) -> None:
+    """Duality gap of a PG solve that reached its cap; warns when it exceeds rtol (worst tensor).
+
+    Returns nothing; the gap is relative to the dual value (≤ the optimum), so it bounds the relative
+    objective gap. The dual point of group g is ``y_g = m_g⊙(z_g − x_g)`` scaled into the ball of radius τw_g, with
+    value ``⟨y_g, z_g⟩ − ½ Σ y_g²/m_g``; screened groups (x_g = 0, ‖m_g⊙z_g‖ ≤ τw_g) have zero gap.
+    """
+    dev0 = q.device
+    gap = torch.zeros_like(q)
+    dual_total = q.clone()  # screened groups: dual value = primal value
+    for _xb, _keep, zk, mk, _eta, _eta_thr, thr, tidk, xk, d, dm in live:
+        y = -dm  # m⊙(z − x) of the last iterate
+        ny = torch.linalg.vector_norm(y, dim=1, keepdim=True)
+        y = y * torch.where(ny > thr, thr / ny.clamp_min(torch.finfo(ny.dtype).tiny), 1.0)
+        dual = torch.linalg.vecdot(y, zk, dim=1) - 0.5 * (y * y / mk).sum(1)
+        primal = 0.5 * torch.linalg.vecdot(d, dm, dim=1) + thr * torch.linalg.vector_norm(xk, dim=1)
+        gap.index_add_(0, tidk.to(dev0), (primal - dual).to(torch.float64).to(dev0))
+    dual_total -= gap
+    # relative to the dual value, a lower bound on the optimum: bounds (Q(x) − Q*)/Q*
+    rel = (gap / dual_total.clamp_min(torch.finfo(torch.float64).tiny)).cpu()
+    worst = int(rel.argmax())
+    tol = max(rtol, 8 * torch.finfo(live[0][2].dtype).eps)
+    if float(rel[worst]) > tol:
+        warn_at_cap("GroupLasso", worst, tuple(zs[worst].shape), float(rel[worst]), max_iters, rtol)
+
+
 def solve_group_lasso(
     zs: list[Tensor],
     tau: Step,
@@ -361,16 +387,21 @@ def solve_group_lasso(
         thr = cap(tau * group_weight(zb.shape[1], weighting), zb)  # τ·w_g, the same for the whole bucket
         mz = mb * zb
         mz_norm = torch.linalg.vector_norm(mz, dim=1)
-        screened = ~(mz_norm > thr)  # zero iff ‖m_g z_g‖ ≤ τ w_g (ties → zero)
+        finite = torch.isfinite(zb).all(1)
+        # zero iff ‖m_g z_g‖ ≤ τ w_g (ties → zero); a group with a NaN or ±inf entry skips the solve
+        # (it would turn every iterate NaN, and the stop test with it)
+        screened = ~(mz_norm > thr) | ~finite
         mn, mx = torch.aminmax(mb, dim=1)
         const = 0.5 * torch.linalg.vecdot(mz, zb, dim=1)  # objective of x_g = 0
-        bk.append([idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const])
+        bk.append([idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const, finite])
 
     # one host read for every bucket: which groups survive, and whether every metric is uniform
     flags = (
-        torch.cat([torch.stack([b[7], b[8] != b[9]]).to(torch.bool).cpu() for b in bk], dim=1) if bk else None
+        torch.cat([torch.stack([b[7], b[8] != b[9], b[11]]).to(torch.bool).cpu() for b in bk], dim=1)
+        if bk
+        else None
     )
-    n_screened = int(flags[0].sum()) if flags is not None else 0
+    n_screened = int((flags[0] & flags[2]).sum()) if flags is not None else 0
     all_uniform = bool(not flags[1].any()) if flags is not None else True
     iters = 0
 
@@ -382,10 +413,12 @@ def solve_group_lasso(
         pos = 0
         live = []
         for b in bk:
-            idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const = b
+            idxs, counts, zb, mb, tid, thr, mz_norm, screened, mn, mx, const, finite = b
             keep_cpu = ~flags[0, pos : pos + zb.shape[0]]
             pos += zb.shape[0]
-            xb = torch.zeros_like(zb)
+            # screened groups are zero; a non-finite group is z·0 as in the closed form: NaN at its
+            # NaN and ±inf entries, zero elsewhere
+            xb = torch.where(finite.unsqueeze(1), 0.0, zb * 0.0)
             b.append(xb)
             if not bool(keep_cpu.any()):
                 continue
@@ -405,7 +438,9 @@ def solve_group_lasso(
         dev0 = zs[0].device
         q_const = torch.zeros(n, dtype=torch.float64, device=dev0)
         for b in bk:
-            q_const.index_add_(0, b[4].to(dev0), torch.where(b[7], b[10], 0.0).to(torch.float64).to(dev0))
+            q_const.index_add_(
+                0, b[4].to(dev0), torch.where(b[7] & b[11], b[10], 0.0).to(torch.float64).to(dev0)
+            )
         if live:
             check_every = 1 if dev0.type == "cpu" else _CHECK_EVERY_DEVICE
             q_prev = None
@@ -433,6 +468,8 @@ def solve_group_lasso(
             for entry in live:
                 xb, keep, xk = entry[0], entry[1], entry[8]
                 xb.index_copy_(0, keep, xk)
+            if iters == max_iters:
+                _warn_if_capped(live, q, zs, max_iters, rtol)
 
     # -- scatter buckets back to tensors -----------------------------------------------------------
     for b in bk:

@@ -55,7 +55,9 @@ class GroupLasso(Regularizer):
     * ``"pg"``: the inexact proximal gradient of RAMDA/ProxGen (Huang & Lee, 2024, Algorithm 2):
       per-group step ``1/max(metric_g)``, warm start ``x0s``, stop when
       ``(Q_{j-1} − Q_j)/(|Q_j| + 1) < rtol`` for every tensor (at least 2, at most ``max_iters``
-      iterations). Its accuracy degrades when the metric varies by orders of magnitude inside a group.
+      iterations). It guarantees only that the objective decreases: its accuracy degrades when the
+      metric varies by orders of magnitude inside a group. A solve that reaches ``max_iters`` with a
+      relative duality gap above ``rtol`` warns (``RuntimeWarning`` naming the tensor, the gap and the cap).
 
     A metric constant within every group takes the closed form above (no iteration).
 
