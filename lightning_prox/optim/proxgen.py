@@ -68,7 +68,7 @@ class ProxGen(ProxOptimizer):
             \end{cases} \\
         &\quad D_t = C_t + \delta \text{ (denom)}, \qquad
             \hat\theta_t = \tilde\theta_t - \alpha\, \hat m_t / D_t \\
-        &\quad \bar D_t = \max(D_t,\ \lambda / \kappa)
+        &\quad \bar D_t = \max(D_t,\ D_{\min}),\ D_{\min} = \lambda\alpha\,(c/(\kappa\alpha))^{1/p}
             && \text{the prox metric (} \bar D_t = D_t \text{ when } \kappa = \text{None)} \\
         &\quad \theta_t = \operatorname{prox}^{\bar D_t}_{\alpha R_\lambda}(\hat\theta_t)
             = \operatorname{argmin}_x\ \alpha R_\lambda(x) + \tfrac12 \textstyle\sum_i
@@ -97,10 +97,14 @@ class ProxGen(ProxOptimizer):
     timm ``resnet18``'s last stage runs at 1×1, so 8 of the 9 taps of its 3×3 convs only ever see
     zero padding; these weights do not change the loss at all.
 
-    The default ``threshold_cap=1`` floors the prox metric at λ/κ = λ: the soft threshold is
-    :math:`\alpha \min(\lambda / D_{t,i}, \kappa)`, so the prox never moves a coordinate farther in
-    one step than κ·α, the distance Adam's own step moves it (|m̂/D| ≲ 1). Coordinates with ordinary
-    statistics (D > λ/κ) get exactly the paper's prox. A coordinate with no gradient history at all
+    The default ``threshold_cap=1`` floors the prox metric at the :math:`D_{\min}` where the
+    regularizer's zeroing threshold :math:`c\,(\alpha\lambda/D)^p` (its
+    :attr:`~lightning_prox.regularizers.Regularizer.zero_threshold_law`) equals κ·α. For ℓ1, group
+    lasso and the other soft thresholds (c = p = 1) that is λ/κ = λ: the soft threshold is
+    :math:`\alpha \min(\lambda / D_{t,i}, \kappa)`; for ℓ0 (:math:`\sqrt{2\alpha\lambda/D}`) it is
+    2λ/(κ²α), for Lq(½) and Lq(⅔) the same from their closed-form thresholds. So the prox never
+    zeroes a coordinate farther than κ·α from zero in one step, the distance Adam's own step moves it
+    (|m̂/D| ≲ 1). Coordinates with ordinary statistics (D > D_min) get exactly the paper's prox. A coordinate with no gradient history at all
     (:math:`v_t = 0`) gets the Euclidean prox (metric 1, threshold :math:`\alpha\lambda`). Kind (1)
     coordinates shrink by at most α per
     step until their gradient arrives and then follow the paper's update; kind (2) coordinates shrink
@@ -138,7 +142,7 @@ class ProxGen(ProxOptimizer):
         preconditioner: ``"adam"``, ``"rmsprop"``, ``"adagrad"`` or ``"identity"``.
         bias_correction: divide by :math:`1-\rho^t` and :math:`1-\beta^t` (adam) as Adam does.
         prox_metric: ``"preconditioned"`` (ProxGen) or ``"euclidean"`` (original ProxQuant).
-        threshold_cap: κ > 0, the metric floor λ/κ described above (default 1), or ``None`` for the
+        threshold_cap: κ > 0, the cap of the metric floor described above (λ/κ for ℓ1) (default 1), or ``None`` for the
             paper's exact update.
         {check_finite}
         {implementation} Here the native kernel is the smooth step + ℓ1 (adam, rmsprop or adagrad
@@ -338,11 +342,15 @@ class ProxGen(ProxOptimizer):
     def _prox_metrics(self, group: dict[str, Any]) -> list[Tensor | None] | None:
         if group["prox_metric"] != "preconditioned":
             return None
-        floor = _floor(group["lam"], group["threshold_cap"], group["preconditioner"], group["prox_metric"])
+        reg = group_regularizer(group)
+        floor = _floor(
+            reg, group["lr"], group["threshold_cap"], group["preconditioner"], group["prox_metric"]
+        )
         out: list[Tensor | None] = []
         for p, d in zip(group["params"], self.denoms(group)):
             v = self.state[p].get("exp_avg_sq") if d is not None else None
-            out.append(d if d is None or v is None or floor == 0.0 else _floored([d], [v], floor)[0])
+            fill = _history_free_metric(reg, floor)
+            out.append(d if d is None or v is None or floor == 0.0 else _floored([d], [v], floor, fill)[0])
         return out
 
 
@@ -381,11 +389,30 @@ def _check_hparams(
         )
 
 
-def _floor(lam: float, threshold_cap: float | None, preconditioner: str, prox_metric: str) -> float:
-    """The prox metric floor λ/κ (0: none)."""
-    if threshold_cap is None or preconditioner == "identity" or prox_metric != "preconditioned":
+def _floor(
+    regularizer: Regularizer | None,
+    step: float,
+    threshold_cap: float | None,
+    preconditioner: str,
+    prox_metric: str,
+) -> float:
+    """The prox metric floor (0: none): the smallest D at which the zeroing threshold
+    c·(step·λ/D)^p of the regularizer's :attr:`~Regularizer.zero_threshold_law` is at most κ·step;
+    λ/κ for soft thresholding (p = 1, c = 1), 2λ/(κ²·step) for ℓ0."""
+    if (
+        regularizer is None
+        or threshold_cap is None
+        or preconditioner == "identity"
+        or prox_metric != "preconditioned"
+    ):
         return 0.0
-    return lam / threshold_cap
+    lam = regularizer.lam
+    c, p = regularizer.zero_threshold_law
+    if p == 1.0:
+        return lam * c / threshold_cap  # step-free (and λ/κ to the bit for c = 1)
+    if step <= 0:
+        return 0.0  # no prox at step 0
+    return lam * step * (c / (threshold_cap * step)) ** (1.0 / p)
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -496,9 +523,7 @@ def _smooth(
     if foreach is False:
         return [_single_tensor_smooth(params, grads, exp_avgs, exp_avg_sqs, state_steps, **hp)]
     do_prox = regularizer is not None and regularizer.lam > 0 and lr > 0
-    floor = _floor(
-        regularizer.lam if regularizer is not None else 0.0, threshold_cap, preconditioner, prox_metric
-    )
+    floor = _floor(regularizer, lr, threshold_cap, preconditioner, prox_metric)
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, state_steps]  # type: ignore[list-item]
     )
@@ -667,7 +692,8 @@ def _prox(
     step = lr if step is None else step
     if regularizer is None or regularizer.lam == 0 or step == 0:
         return
-    floor = _floor(regularizer.lam, threshold_cap, preconditioner, prox_metric)
+    floor = _floor(regularizer, step, threshold_cap, preconditioner, prox_metric)
+    fill = _history_free_metric(regularizer, floor)
     euclidean = prox_metric == "euclidean" or preconditioner == "identity"
     for b in buckets:
         if b.done or not b.params:
@@ -678,7 +704,7 @@ def _prox(
             prox_tensors_(regularizer, targets, step, None, info, fast=b.denoms is None)
         elif b.denoms is not None:  # the reference loop: its own D, the regularizer's prox per tensor
             for t, d, v in zip(targets, b.denoms, b.exp_avg_sqs):
-                metric = _floored([d.clone()], [v], floor)[0] if floor > 0 else d
+                metric = _floored([d.clone()], [v], floor, fill)[0] if floor > 0 else d
                 prox_tensors_(regularizer, [t], step, [metric], info, fast=False)
         elif not half and _fused.supports(regularizer, targets):
             _l1_kernels.soft_threshold_metric_(
@@ -695,18 +721,29 @@ def _prox(
             reuse = scratch if targets[0].device.type == "cpu" else None  # GPU allocators cache blocks
             metrics = _foreach_denoms(vs, b.steps, beta2, eps, preconditioner, bias_correction, reuse)
             if floor > 0:
-                _floored(metrics, b.exp_avg_sqs, floor)  # type: ignore[arg-type]
+                _floored(metrics, b.exp_avg_sqs, floor, fill)  # type: ignore[arg-type]
             prox_tensors_(regularizer, targets, step, metrics, info)
         if half:
             torch._foreach_copy_(b.params, targets)
 
 
-def _floored(metrics: list[Tensor], exp_avg_sqs: list[Tensor], floor: float) -> list[Tensor]:
-    """D̄ = max(D, floor), and 1 where v = 0 (no gradient history), in place."""
+def _floored(
+    metrics: list[Tensor], exp_avg_sqs: list[Tensor], floor: float, fill: float = 1.0
+) -> list[Tensor]:
+    """D̄ = max(D, floor), and ``fill`` where v = 0 (no gradient history), in place."""
     torch._foreach_clamp_min_(metrics, floor)
     for d, v in zip(metrics, exp_avg_sqs):
-        d.masked_fill_(v == 0, 1.0)
+        d.masked_fill_(v == 0, fill)
     return metrics
+
+
+def _history_free_metric(regularizer: Regularizer | None, floor: float) -> float:
+    """The metric of a coordinate without gradient history: Euclidean (1), raised to the floor for a
+    hard threshold (ℓ0, Lq) whose Euclidean threshold would exceed the cap (soft thresholds keep 1:
+    their Euclidean threshold lr·λ is within κ·lr for λ ≤ κ)."""
+    if regularizer is None or regularizer.zero_threshold_law == (1.0, 1.0):
+        return 1.0
+    return max(1.0, floor)
 
 
 def _foreach_denoms(

@@ -420,6 +420,22 @@ class Regularizer:
         return None
 
     @property
+    def zero_threshold_law(self) -> tuple[float, float]:
+        r"""``(c, p)`` such that the Euclidean prox with step ``s`` maps exactly the values with
+        :math:`|z| \le c\,(s\lambda)^p` to zero (for a group, its norm; for a matrix, its singular
+        values). :class:`~lightning_prox.optim.ProxGen`'s metric floor uses it to keep every step's
+        zeroing threshold within its cap. The default ``(1, 1)`` is soft thresholding's; a
+        regularizer that does not zero values (e.g. a quantizer) keeps it, which bounds its
+        pull per step the same way.
+
+        Example:
+            >>> from lightning_prox.regularizers import L0, L1
+            >>> L1(0.1).zero_threshold_law, L0(0.1).zero_threshold_law
+            ((1.0, 1.0), (1.4142135623730951, 0.5))
+        """
+        return (1.0, 1.0)
+
+    @property
     def warm_start(self) -> str:
         """Which point should warm-start an iterative solver: ``"iterate"`` (the current weights, as
         proximal-gradient solvers want) or ``"solution"`` (the previous prox result, for exact

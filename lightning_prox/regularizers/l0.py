@@ -41,6 +41,10 @@ class L0(ElementwiseRegularizer):
     def _factor(self) -> float:
         return 2.0 * self.lam
 
+    @property
+    def zero_threshold_law(self) -> tuple[float, float]:
+        return (math.sqrt(2.0), 0.5)  # |z| ≤ sqrt(2·s·λ)
+
     def map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         # s = 2·step·λ/metric: keep z where |z| > sqrt(s) (ties → 0), as prox_l0 with mu = s/2
         thr = s.sqrt() if isinstance(s, Tensor) else s**0.5

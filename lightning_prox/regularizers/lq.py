@@ -51,6 +51,17 @@ class Lq(ElementwiseRegularizer):
     def value(self, x: Tensor) -> Tensor:
         return self.lam * lq_penalty(x.to(threshold_dtype(x)), self.q).sum()
 
+    @property
+    def zero_threshold_law(self) -> tuple[float, float]:
+        # the table above with λ̃ = 2·s·λ
+        if self.q == 0:
+            return (2.0**0.5, 0.5)
+        if self.q == 0.5:
+            return (54.0 ** (1 / 3) / 4 * 2.0 ** (2 / 3), 2.0 / 3.0)
+        if self.q == 2.0 / 3.0:
+            return (2 / 3 * 3.0**0.25 * 2.0**0.75, 0.75)
+        return (1.0, 1.0)
+
     def map(self, zf: Tensor, s: Tensor | float) -> Tensor:
         return prox_lq(zf, s, self.q)  # s = step·λ/metric
 
