@@ -103,6 +103,19 @@ class _Layout:
     def amin(self, x: Tensor) -> Tensor:
         return x.amin(1) if self.dim == "out" else x.amin(0).view(self.g, self.k).amin(1)
 
+    def aminmax(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-group (min, max) in one read of ``x``."""
+        if self.dim == "out":
+            return torch.aminmax(x, dim=1)
+        lo, hi = torch.aminmax(x, dim=0)
+        return lo.view(self.g, self.k).amin(1), hi.view(self.g, self.k).amax(1)
+
+    def norm(self, x: Tensor) -> Tensor:
+        """Per-group 2-norm in one read of ``x`` (no squared temporary)."""
+        if self.dim == "out":
+            return torch.linalg.vector_norm(x, dim=1)
+        return torch.linalg.vector_norm(torch.linalg.vector_norm(x, dim=0).view(self.g, self.k), dim=1)
+
 
 #: elements per block of the Newton iterations on CPU: the two block buffers (2 MiB each in float32)
 #: stay cache resident while the iteration streams the scaled metric and a² through them
@@ -223,16 +236,14 @@ def _solve_newton(
         thr = cap(tau * group_weight(n // lay.g, weighting), zv)
         check_every = 1 if dev.type == "cpu" else _CHECK_EVERY_DEVICE
 
-        mx = lay.amax(mv).clamp_min(tiny)
-        mn = lay.amin(mv)
+        mn, mx = lay.aminmax(mv)
+        mx = mx.clamp_min(tiny)
         torch.div(mv, lay.bcast(mx), out=M)  # scaled metric, group max 1
         torch.abs(zv, out=A)
         za = lay.amax(A).clamp_min(tiny)
-        A.div_(lay.bcast(za))
+        A.mul_(lay.bcast(za.reciprocal()))
         A.mul_(M)  # |a| = (|z|/za)⊙(m/mx) ≤ 1
-        sq = lay.view(bufs[2][:n])
-        torch.mul(A, A, out=sq)
-        norm_a = torch.sqrt(lay.sum(sq))
+        norm_a = lay.norm(A)
         thr_s = torch.clamp((thr / za) / mx, max=big)
         alive = norm_a > thr_s  # zero iff ‖m⊙z‖ ≤ τw (ties → zero)
         if info is not None:
@@ -253,9 +264,7 @@ def _solve_newton(
         c = torch.sqrt(lo) * torch.sqrt(hi)  # geometric middle: the bracket may span decades
         if x0s is not None:
             # warm start: a solution x0 has c = τw/‖x0‖ (scaled: thr_s·za/‖x0‖); clamped into the bracket
-            x0v = lay.view(x0s[i].to(dt))
-            torch.mul(x0v, x0v, out=sq)
-            x0n = torch.sqrt(lay.sum(sq))
+            x0n = lay.norm(lay.view(x0s[i].to(dt)))
             warm = torch.clamp(thr_s * za / x0n.clamp_min(tiny), max=big)
             c = torch.where((x0n > 0) & alive, torch.minimum(torch.maximum(warm, lo), hi), c)
         if uniform:
