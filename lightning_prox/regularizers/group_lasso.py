@@ -198,9 +198,10 @@ def _group_soft_threshold(
 ) -> list[Tensor]:
     """The Euclidean prox, x_g = max(0, 1 − τw/‖z_g‖)·z_g, written into ``outs`` when given (may alias zs).
 
-    Group norms run in the tensor's own layout: contiguous reductions (for dim="in" down the columns
-    of [out, in·k], then over each group's k columns), no strided multi-dim reduce. The scaling is one
-    pass into the output, so a step reads z twice and writes x once, with no tensor-sized temporary.
+    Group norms run in the tensor's own layout (:meth:`_Layout.norm`: for dim="in" down the columns
+    of [out, in·k] block by block, then over each group's k columns), no strided multi-dim reduce. The
+    scaling is one pass into the output, so a step reads z twice and writes x once, with no
+    tensor-sized temporary.
     """
     res: list[Tensor] = []
     zero_counts = []
@@ -214,10 +215,7 @@ def _group_soft_threshold(
         thr = cap(tau * group_weight(group_size(z, reg.dim), reg.weighting), zf)
         lay = _Layout(z, reg.dim)
         zv = lay.view(zf)
-        if reg.dim == "out":
-            nrm = torch.linalg.vector_norm(zv, dim=1)
-        else:
-            nrm = torch.linalg.vector_norm(torch.linalg.vector_norm(zv, dim=0).view(lay.g, lay.k), dim=1)
+        nrm = lay.norm(zv)
         scale = lay.bcast(_scale(nrm, thr))
         if given is not None and given.dtype == zf.dtype and given.is_contiguous():
             torch.mul(zv, scale, out=lay.view(given))
