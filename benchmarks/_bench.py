@@ -147,11 +147,15 @@ def header(threads: int, steps: int, extra: str = "") -> None:
     print(f"|{'-' * 54}|{'-' * 10}|{'-' * 15}|{'-' * 11}|{'-' * 8}|{'-' * 9}|{'-' * 9}|{'-' * 11}|")
 
 
-def row(name: str, t: list[float], parent: str, tp: list[float], mem: tuple[int, int, float]) -> None:
-    peak, kept, per_param = mem
+def row(name: str, t: list[float], parent: str, tp: list[float], mem: tuple[int, int, float] | None) -> None:
+    """One table line; ``mem`` None prints no memory columns (rows too slow to trace)."""
+    cols = "| {:>7} | {:>7} | {:>9} |".format("-", "-", "-")
+    if mem is not None:
+        peak, kept, per_param = mem
+        cols = f"| {peak / MB:7.1f} | {kept / MB:7.1f} | {per_param:9.2f} |"
     print(
         f"| {name:<52} | {statistics.median(t):8.2f} | {parent:<13} | {statistics.median(tp):9.2f} "
-        f"| {paired_ratio(t, tp):5.2f}x | {peak / MB:7.1f} | {kept / MB:7.1f} | {per_param:9.2f} |"
+        f"| {paired_ratio(t, tp):5.2f}x {cols}"
     )
 
 

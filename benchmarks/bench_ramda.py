@@ -21,7 +21,8 @@ ismoptgroup/RAMDA), written here from the paper's Algorithm 1 and 2, not copied:
 of plain torch operations, with the subproblem solved group by group in Python (screening, then
 proximal gradient with step 1/max P_g from the previous iterate, stopped when the relative objective
 decrease falls below 1e-8 or after 100 iterations). It is timed on its first step only, without warm-up
-(it takes tens of seconds), and its memory columns come from that step, less the state it allocates.
+(it takes tens of seconds), and has no memory columns (tracing its millions of operator calls would
+take more memory than the machine has).
 
 Columns ``peak MB``, ``kept MB`` and ``state B/p`` as in ``bench_optim.py`` (see ``benchmarks/_bench.py``).
 ``--profile`` prints the per-operator (per-pass) CPU profile of one step of every selected row.
@@ -152,17 +153,14 @@ ROWS = {
 }
 
 
-def memory(make, slow: bool) -> tuple[int, int, float]:
-    """As ``bench_optim.memory``; a ``slow`` row is measured on its first step only."""
+def memory(make) -> tuple[int, int, float]:
+    """As ``bench_optim.memory``, with this benchmark's gradients (a mid-stage row holds its state
+    before the first step)."""
     params = resnet18_params()
     for p, g in zip(params, POOL[0]):
         p.grad = g
     opt = make(params)
-    st0 = state_bytes(opt)  # a mid-stage row holds its state before the first step
-    if slow:
-        peak = peak_extra_bytes(opt.step)
-        new_state = state_bytes(opt) - st0
-        return peak - new_state, 0, state_bytes(opt) / sum(p.numel() for p in params)
+    st0 = state_bytes(opt)
     kept = kept_bytes(opt.step)
     st = state_bytes(opt)
     opt.step()
@@ -185,8 +183,8 @@ def main() -> None:
         runs = {}
         for name in names:
             make, slow = ROWS[name], name.startswith("authors")
-            if name not in mems:
-                mems[name] = memory(make, slow)
+            if name not in mems:  # the authors' loop is not traced: millions of operator events
+                mems[name] = None if slow else memory(make)
             params, ref_params = resnet18_params(), resnet18_params()
             opt, ref = make(params), torch.optim.Adam(ref_params, lr=1e-3, fused=True)
 
