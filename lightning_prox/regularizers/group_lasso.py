@@ -152,45 +152,14 @@ class GroupLasso(Regularizer):
             res = [torch.where(pin, z, x) for z, x, pin in zip(zs, res, pinned)]
             return copy_into(res, out)
         tau = step * self.lam
-        if metrics is not None and self.solver == "newton":
-            return _solve_newton(
-                zs,
-                tau,
-                metrics,
-                x0s,
-                self.dim,
-                self.weighting,
-                self.max_iters if max_iters is None else max_iters,
-                self.rtol if rtol is None else rtol,
-                info,
-                out,
-            )
         if metrics is None:
             return _group_soft_threshold(self, zs, tau, info, out)
-        return copy_into(self._prox_pg(zs, step, metrics, x0s, max_iters, rtol, info), out)
-
-    def _prox_pg(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor],
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-    ) -> list[Tensor]:
-        return solve_group_lasso(
-            zs,
-            step * self.lam,
-            metrics,
-            x0s,
-            self.dim,
-            self.weighting,
-            self.max_iters if max_iters is None else max_iters,
-            self.rtol if rtol is None else rtol,
-            info,
-            self.solver,
-        )
+        max_iters = self.max_iters if max_iters is None else max_iters
+        rtol = self.rtol if rtol is None else rtol
+        args = (zs, tau, metrics, x0s, self.dim, self.weighting, max_iters, rtol, info)
+        if self.solver == "newton":
+            return _solve_newton(*args, out)
+        return copy_into(solve_group_lasso(*args, self.solver), out)
 
 
 def _group_soft_threshold(
