@@ -131,6 +131,9 @@ class ProxGen(ProxOptimizer):
     :math:`\alpha\lambda\,\mathrm{mean}_i(1/\bar D_{t,i})`, the exact-zero count and the number of
     inner iterations of an inexact prox; it is computed when called (after a step), not during it.
 
+    Memory: the state is 8 bytes per parameter value (``exp_avg``, ``exp_avg_sq`` in float32 for
+    float32 and half parameters; 4 with ``preconditioner="identity"``) plus a one-value ``step`` per tensor.
+
     Args:
         params: iterable of parameters or param-group dicts (a group may set its own
             ``regularizer``/``lam``, ``lr``, ``betas``, ``preconditioner``, ...).

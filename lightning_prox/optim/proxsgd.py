@@ -69,6 +69,9 @@ class ProxSGD(ProxOptimizer):
     Statistics: :meth:`prox_stats` returns, per param group, ``mean_threshold`` = γλ, the
     exact-zero count and, for an inexact prox, its inner iterations (computed when called).
 
+    Memory: the state is 0 bytes per parameter value (4 with momentum: ``momentum_buffer`` in the
+    parameter's dtype, for float32 parameters).
+
     Args:
         params: iterable of parameters or param-group dicts (a group may set its own
             ``regularizer``/``lam``, ``lr``, ``momentum``, ...).
@@ -425,6 +428,8 @@ class TwoStageProxSGD(ProxGen):
     preconditioner is Adam's, as in the paper's lasso study); this update always runs the
     per-tensor loop (it is a baseline, not a hot path). ``threshold_cap`` defaults to ``None``
     (the method as published); ``lr = 0`` leaves the parameters where they are.
+
+    Memory: as :class:`ProxGen`, 8 bytes per parameter value (``exp_avg``, ``exp_avg_sq``).
 
     Example:
         >>> import torch

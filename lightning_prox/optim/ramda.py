@@ -330,6 +330,10 @@ class RAMDA(RMDA):
         and a relative-decrease stop, like the authors' code, not the paper's global step and
         subgradient test (condition (7) of Huang & Lee, 2024).
 
+    Memory: the state is 16 bytes per parameter value (W_0, V, U and Ŵ in float32 for float32 and half
+    parameters) plus one value per group of the native group-lasso path; the native step also keeps
+    two float32 work buffers (P and P⊙z, 8 bytes per value stepped) between steps.
+
     Args:
         params: tensors, ``(name, tensor)`` pairs or param-group dicts; a group may carry its own
             ``"regularizer"`` and ``"lam"``.

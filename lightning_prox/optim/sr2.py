@@ -133,6 +133,9 @@ class SR2(ProxOptimizer):
     code calls PyHessian in eval mode), clamped to ≥ σ_min; a non-positive estimate falls back to
     1.0 with a warning. Under DDP the ranks' estimates are averaged. Until the first step ``lr`` is 0.
 
+    Memory: the state is 0 bytes per parameter value (σ and counters only); a step keeps a copy of
+    the parameters (4 bytes per float32 value) between steps, to undo a rejected step.
+
     Args:
         params: iterable of parameters or param-group dicts (a group may set its own
             ``regularizer``/``lam``; it may not set ``lr``: SR2 has none).

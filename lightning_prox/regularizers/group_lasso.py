@@ -154,68 +154,51 @@ class GroupLasso(Regularizer):
             res = [torch.where(pin, z, x) for z, x, pin in zip(zs, res, pinned)]
             return copy_into(res, out)
         tau = step * self.lam
-        if metrics is not None and self.solver == "newton":
-            return _solve_newton(
-                zs,
-                tau,
-                metrics,
-                x0s,
-                self.dim,
-                self.weighting,
-                self.max_iters if max_iters is None else max_iters,
-                self.rtol if rtol is None else rtol,
-                info,
-                out,
-            )
-        return copy_into(self._prox_closed_or_pg(zs, step, metrics, x0s, max_iters, rtol, info), out)
+        if metrics is None:
+            return _group_soft_threshold(self, zs, tau, info, out)
+        max_iters = self.max_iters if max_iters is None else max_iters
+        rtol = self.rtol if rtol is None else rtol
+        args = (zs, tau, metrics, x0s, self.dim, self.weighting, max_iters, rtol, info)
+        if self.solver == "newton":
+            return _solve_newton(*args, out)
+        return copy_into(solve_group_lasso(*args, self.solver), out)
 
-    def _prox_closed_or_pg(
-        self,
-        zs: list[Tensor],
-        step: Step,
-        metrics: list[Tensor] | None,
-        x0s: list[Tensor] | None,
-        max_iters: int | None,
-        rtol: float | None,
-        info: dict | None,
-    ) -> list[Tensor]:
-        tau = step * self.lam
-        if metrics is not None:
-            return solve_group_lasso(
-                zs,
-                tau,
-                metrics,
-                x0s,
-                self.dim,
-                self.weighting,
-                self.max_iters if max_iters is None else max_iters,
-                self.rtol if rtol is None else rtol,
-                info,
-                self.solver,
-            )
-        out = []
-        zero_counts = []
-        for z in zs:
-            check_groupable(z, self.dim)
-            zf = z.to(threshold_dtype(z))
-            if z.numel() == 0:
-                out.append(z.clone())
-                continue
-            thr = cap(tau * group_weight(group_size(z, self.dim), self.weighting), zf)
-            # group norms in the tensor's own layout: contiguous reductions (for dim="in" down the
-            # columns of [out, in·k], then over each group's k columns), no strided multi-dim reduce
-            lay = _Layout(z, self.dim)
-            zv = lay.view(zf)
-            if self.dim == "out":
-                nrm = torch.linalg.vector_norm(zv, dim=1)
-            else:
-                nrm = torch.linalg.vector_norm(torch.linalg.vector_norm(zv, dim=0).view(lay.g, lay.k), dim=1)
-            out.append((zv * lay.bcast(_scale(nrm, thr))).reshape(z.shape).to(z.dtype))
-            if info is not None:
-                zero_counts.append((~(nrm > thr)).sum())
-        if info is not None and zero_counts:
-            info["screened"] = int(torch.stack([c.to(zero_counts[0].device) for c in zero_counts]).sum())
-        return out
+
+def _group_soft_threshold(
+    reg: GroupLasso, zs: list[Tensor], tau: Step, info: dict | None, outs: list[Tensor] | None
+) -> list[Tensor]:
+    """The Euclidean prox, x_g = max(0, 1 − τw/‖z_g‖)·z_g, written into ``outs`` when given (may alias zs).
+
+    Group norms run in the tensor's own layout (:meth:`_Layout.norm`: for dim="in" down the columns
+    of [out, in·k] block by block, then over each group's k columns), no strided multi-dim reduce. The
+    scaling is one pass into the output, so a step reads z twice and writes x once, with no
+    tensor-sized temporary.
+    """
+    res: list[Tensor] = []
+    zero_counts = []
+    for i, z in enumerate(zs):
+        check_groupable(z, reg.dim)
+        given = outs[i] if outs is not None else None
+        if z.numel() == 0:
+            res.append(z.clone() if given is None else given)
+            continue
+        zf = z.to(threshold_dtype(z))
+        thr = cap(tau * group_weight(group_size(z, reg.dim), reg.weighting), zf)
+        lay = _Layout(z, reg.dim)
+        zv = lay.view(zf)
+        nrm = lay.norm(zv)
+        scale = lay.bcast(_scale(nrm, thr))
+        if given is not None and given.dtype == zf.dtype and given.is_contiguous():
+            torch.mul(zv, scale, out=lay.view(given))
+            res.append(given)
+        else:
+            x = (zv * scale).reshape(z.shape).to(z.dtype)
+            res.append(x if given is None else given.copy_(x))
+        if info is not None:
+            zero_counts.append((~(nrm > thr)).sum())
+    if info is not None and zero_counts:
+        info["screened"] = int(torch.stack([c.to(zero_counts[0].device) for c in zero_counts]).sum())
+    return res
 
 
 #: stands in for a metric of +inf inside the solvers: sqrt of float32's largest value, so that
@@ -228,8 +211,16 @@ def _pinned(metrics: list[Tensor] | None) -> list[Tensor] | None:
     accelerators the masks are always built, to avoid a device sync)."""
     if metrics is None:
         return None
+    on_cpu = all(m.device.type == "cpu" for m in metrics)
+    if on_cpu:
+        # a finite largest value means no +inf: one read per tensor and no mask-sized temporary in
+        # the common case (a NaN max, possible only for a metric the optimizers would reject, falls
+        # through to the masks)
+        top = [m.amax() for m in metrics if m.numel()]
+        if not top or bool(torch.isfinite(torch.stack(top).max())):
+            return None
     masks = [torch.isposinf(m) for m in metrics]
-    if all(m.device.type == "cpu" for m in metrics) and not any(bool(k.any()) for k in masks):
+    if on_cpu and not any(bool(k.any()) for k in masks):
         return None
     return masks
 
