@@ -276,3 +276,52 @@ def test_a_listed_callbacks_argument_can_be_overridden_from_the_command_line(cap
         main(["fit", "--config", str(QUICKSTART), "--trainer.callbacks.HardQuantization.epoch=3"])
     assert exc.value.code == 2
     assert "error: trainer.callbacks.HardQuantization.epoch: no HardQuantization" in capsys.readouterr().err
+
+
+# -- the console script in a fresh process: exit status and what reaches the terminal -------------
+def _console_script(tmp_path, *args, **env):
+    """``lightning-prox ARGS`` as its installed wrapper runs it (``sys.exit(main())``), in ``tmp_path``."""
+    import os
+    import subprocess
+
+    (ep,) = entry_points(group="console_scripts", name="lightning-prox")
+    module, _, func = ep.value.partition(":")
+    code = f"import sys; from {module} import {func}; sys.exit({func}())"
+    root = str(QUICKSTART.parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]), **env}
+    env.pop("COLUMNS", None)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch and Lightning (about 10 s each)
+def test_console_script_exit_status_and_output_in_a_fresh_process(tmp_path):
+    ok = _console_script(tmp_path, "fit", "--config", str(QUICKSTART), "--trainer.fast_dev_run=true")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "sparsity per layer" in ok.stdout
+    noise = [line for line in (ok.stdout + ok.stderr).splitlines() if "Tip" in line or "Warning" in line]
+    assert noise == []  # Lightning's tips and warnings users cannot act on are filtered
+
+    # no network: a proxy that refuses every connection, so the download fails the same way everywhere
+    refused = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+    recipe = str(QUICKSTART.parent / "proxgen_cifar10_vgg16_l1.yaml")
+    bad = _console_script(
+        tmp_path,
+        "fit",
+        "--config",
+        recipe,
+        "--trainer.fast_dev_run=true",
+        "--trainer.accelerator=cpu",
+        **refused,
+    )
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-3000:]
+    assert errors[0].startswith("error: data.init_args.data_dir: CIFAR10DataModule")
+    assert "cifar-10-python.tar.gz" in errors[0] and str(tmp_path / "data") in errors[0]
+    assert "Traceback" not in bad.stderr
