@@ -141,7 +141,9 @@ def test_bad_recipe_fails_before_training_naming_the_key(tmp_path, capsys, old, 
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", _write(tmp_path, old, new)])
     assert exc.value.code == 2
-    assert named in capsys.readouterr().err
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert named in line and "Traceback" not in err
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -191,6 +193,26 @@ def _run_err(capsys, *args):
             "matches no",
         ),
         ("--trainer.enable_checkpointing=false", "trainer", "ModelCheckpoint"),
+        (
+            "--trainer.callbacks+=lightning_prox.callbacks.SparsityMonitor",  # the recipe has one already
+            "trainer.callbacks",
+            "more than one stateful callback of type `SparsityMonitor`",
+        ),
+        # type errors found by the parser: the nested key, not jsonargparse's 15-line report
+        (
+            "--model.init_args.regularizer.init_args.dim=sideways",
+            "model.init_args.regularizer.init_args.dim",
+            "Got value: sideways",
+        ),
+        ("--model.init_args.penalty_mode=sub", "model.init_args.penalty_mode", "Got value: sub"),
+        ("--data.init_args.batch_size=abc", "data.init_args.batch_size", "Expected a <class 'int'>"),
+        ("--model.init_args.lr_scheduler=StepLR", "model.init_args.lr_scheduler", "required: step_size"),
+        (
+            "--trainer.callbacks.SparsityMonitor.logging_interval=batch",
+            "trainer.callbacks.SparsityMonitor.logging_interval",
+            "Got value: batch",
+        ),
+        ("--trainer.max_epochz=3", "trainer.max_epochz", "unrecognized arguments"),
     ],
     ids=[
         "negative-lam",
@@ -200,6 +222,13 @@ def _run_err(capsys, *args):
         "reg-twice",
         "rule",
         "trainer",
+        "duplicate-callback",
+        "nested-type",
+        "literal",
+        "data-type",
+        "scheduler-args",
+        "callback-override",
+        "unknown-option",
     ],
 )
 def test_every_mistake_exits_2_with_one_error_line_naming_the_key(tmp_path, capsys, arg, key, words):
