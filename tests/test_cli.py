@@ -79,24 +79,33 @@ def test_console_script_exits_zero_and_prints_no_object(monkeypatch, capsys):
     assert "ProxCLI object" not in captured.out + captured.err
 
 
-def test_quickstart_logs_and_checkpoints_every_epoch(tmp_path):
+def test_quickstart_logs_and_keeps_few_checkpoints(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     cli = ProxCLI(
         [
             "fit",
             "--config",
             str(QUICKSTART),
-            "--trainer.max_epochs=2",
+            "--trainer.max_epochs=5",
             "--data.init_args.max_samples=200",
             "--trainer.enable_progress_bar=false",
         ]
     )
     run_dir = Path(cli.trainer.log_dir).resolve()
     assert run_dir.is_relative_to(tmp_path / "lightning_logs" / "quickstart")
-    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    assert [c.name for c in ckpts][-1] == "last.ckpt" and len(ckpts) == 3  # two epochs + last.ckpt
+    ckpts = sorted(c.name for c in (run_dir / "checkpoints").glob("*.ckpt"))
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    acc = [e.value for e in ea.Scalars("val/acc")]
+    assert len(acc) == 5
+    # three of the best epochs and last.ckpt, not one file per epoch
+    assert len(ckpts) == 4 and ckpts[-1] == "last.ckpt"
+    kept = sorted(float(name.split("-")[1].removesuffix(".ckpt")) for name in ckpts[:3])
+    assert kept == pytest.approx(sorted(acc)[-3:], abs=6e-4)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (
-        state["epoch"] == 1
+        state["epoch"] == 4
         and state["optimizer_states"][0]["param_groups"][0]["regularizer"]["name"] == "GroupLasso"
     )
     assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "config.yaml").is_file()
