@@ -347,7 +347,11 @@ class ProxCLI(LightningCLI):
             "subclass_mode_data": True,
             "auto_configure_optimizers": False,
             "save_config_kwargs": {"overwrite": True},
-            "parser_kwargs": {"epilog": _epilog(), "formatter_class": _RawEpilogFormatter},
+            "parser_kwargs": {  # the example and the recipes under `--help` and `fit --help` alike
+                key: {"epilog": _epilog(), "formatter_class": _RawEpilogFormatter}
+                for key in ("fit", "validate", "test")
+            }
+            | {"epilog": _epilog(), "formatter_class": _RawEpilogFormatter},
             "parser_class": _OneLineErrorParser,
         }
         self._started = _TrainingStarted()

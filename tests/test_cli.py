@@ -293,9 +293,10 @@ def test_short_class_names_in_help(capsys):
     assert exc.value.code == 0 and "--optimizer.lr" in out and "--optimizer.preconditioner" in out
 
 
-def test_help_shows_an_example_and_the_recipes(capsys):
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"]])
+def test_help_shows_an_example_and_the_recipes(capsys, args):
     with pytest.raises(SystemExit) as exc:
-        main(["--help"])
+        main(args)
     out = capsys.readouterr().out
     assert exc.value.code == 0
     assert "lightning-prox fit --config recipes/quickstart.yaml" in out

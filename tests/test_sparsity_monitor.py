@@ -441,3 +441,33 @@ def test_layer_history_image_has_labelled_rows_viridis_cells_and_a_colour_bar():
     bar = [y for y in range(2 * h, img.shape[0]) if tuple(img[y, x0]) == _VIRIDIS_0]
     assert bar and tuple(img[bar[0], x0 + 2 * w - 1]) == _VIRIDIS_1
     assert (img[2 * h :, :x0].sum(axis=2) < 200).any()  # the bar's "0 dense" caption
+
+
+@pytest.mark.parametrize("step", [4, 5])  # mid-epoch: a logged step and an unlogged one
+def test_history_is_the_same_after_a_mid_epoch_resume(tmp_path, step):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_prox.data._common import consumed_batches, make_loader
+
+    def run(root, max_steps, ckpt_path=None):
+        pl.seed_everything(0)
+        mon = SparsityMonitor(table=False, every_n_steps=2)
+        cb = ModelCheckpoint(dirpath=root / "ck", filename="{step}", every_n_train_steps=1, save_top_k=-1)
+        trainer = _trainer(root, [mon, cb], max_epochs=3, max_steps=max_steps)
+        # a loader that resumes mid-epoch (Lightning's stateful-dataloader protocol), as the datamodules'
+        loader = make_loader(
+            _loader().dataset, 8, train=True, shuffle=False, seed=0, num_workers=0,
+            progress=lambda: consumed_batches(trainer),
+        )  # fmt: skip
+        trainer.fit(_Net(lam=0.02), loader, ckpt_path=ckpt_path)
+        steps = [int(r["step"]) for r in _csv(trainer.logger.log_dir) if r.get("sparsity/unstructured")]
+        return mon, steps
+
+    straight, steps_straight = run(tmp_path / "a", -1)
+    _, steps_first = run(tmp_path / "b", step)
+    resumed, steps_resumed = run(tmp_path / "c", -1, str(tmp_path / "b" / "ck" / f"step={step}.ckpt"))
+    assert steps_straight == [0, 2, 3, 4, 6, 8, 9]
+    # the first run's own end-of-training point (step 5) is not in the checkpoint written before it
+    assert steps_first == [s for s in steps_straight if s <= step] + ([step] if step == 5 else [])
+    assert steps_resumed == [s for s in steps_straight if s > step]  # no extra point at the resume
+    assert resumed.history == straight.history
