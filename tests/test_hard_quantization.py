@@ -326,9 +326,8 @@ def test_table_notes_show_levels_and_the_freeze(tmp_path):
 
 def test_dashboard_and_end_of_fit_table_of_a_binary_network(tmp_path, capsys):
     """λ and the quantization error get charts of their own; the one table shows levels and the freeze."""
+    from helpers.tensorboard import read_dashboard
     from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.custom_scalar import layout_pb2
 
     from lightning_prox.callbacks import SparsityMonitor
 
@@ -339,11 +338,7 @@ def test_dashboard_and_end_of_fit_table_of_a_binary_network(tmp_path, capsys):
         _BinNet("preconditioned"), _loader()
     )
     logger.experiment.flush()
-    ea = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "scalars": 0})
-    ea.Reload()
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
-    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    ea, charts = read_dashboard(logger.log_dir)
     assert charts["quantization error (mean squared distance to the levels)"] == ["^quant/error$"]
     assert charts["λ (regularization strength)"] == ["^prox/lambda"]
     assert not any("validation" in t for t in charts)  # validation_step but no val loader: no trade-off

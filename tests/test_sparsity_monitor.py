@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.tensorboard import read_dashboard
 from helpers.trainers import csv_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -180,8 +181,7 @@ def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_pa
     net = _Net(lam=0.05)
     trainer.fit(net, _loader())
     logger.experiment.flush()
-    ea = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "histograms": 0, "images": 0})
-    ea.Reload()
+    ea, charts = read_dashboard(logger.log_dir)
     tags = ea.Tags()
     for t in ("sparsity/unstructured", "sparsity/group", "sparsity/group_weighted", "prox/lambda"):
         assert t in tags["scalars"], t
@@ -190,12 +190,6 @@ def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_pa
     assert {"group_norms/conv.weight", "group_norms/fc.weight"} <= set(tags["histograms"])
     assert "sparsity/layer_history" in tags["images"]
     assert "custom_scalars__config__" in tags["tensors"]
-    from tensorboard.plugins.custom_scalar import layout_pb2
-
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
-    assert layout.category[0].title == "Sparsity"
-    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
     assert "^sparsity/group_weighted$" in charts["zero fractions (global)"]
     assert "^sparsity/active_units$" not in charts["zero fractions (global)"]  # a dense fraction: own chart
     assert charts["λ (regularization strength)"] == ["^prox/lambda"]
@@ -400,19 +394,13 @@ class _AtValidationEnd(pl.Callback):
 
 
 def test_tradeoff_chart_plots_the_validation_metric_against_the_global_sparsity(tmp_path):
-    from tensorboard.plugins.custom_scalar import layout_pb2
-
     pl.seed_everything(0)
     logger = TensorBoardLogger(tmp_path, name="tb")
     rec = _AtValidationEnd()
     trainer = _trainer(tmp_path, [SparsityMonitor(table=False), rec], max_epochs=4, logger=logger)
     trainer.fit(_ValNet(lam=0.2), _loader(), _loader())
     logger.experiment.flush()
-    ea = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "scalars": 0})
-    ea.Reload()
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
-    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    ea, charts = read_dashboard(logger.log_dir)
     assert charts["validation metric vs sparsity (x axis: sparsity × 10⁴)"] == ["^tradeoff/"]
     points = [(e.step, e.value) for e in ea.Scalars("tradeoff/val_acc_vs_sparsity")]
     assert len(points) == 4 and len({x for x, _ in rec.points}) > 1  # the sparsity moved
