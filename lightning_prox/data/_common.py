@@ -156,9 +156,8 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._progress = progress
         self._seed = int(seed)
-        self._yielded = 0
         if isinstance(self.dataset, SeededSamples) and hasattr(self.sampler, "_take_skip"):
-            # the epoch as the sampler starts (Lightning may call iter() before set_epoch on a resume)
+            # the epoch the sampler actually iterates (without workers it starts lazily, after iter())
             self.sampler._on_iter = self.dataset.set_epoch  # type: ignore[union-attr]
 
     def _epoch(self) -> int:
