@@ -25,7 +25,7 @@ import traceback
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from jsonargparse import DefaultHelpFormatter, Namespace, set_parsing_settings
@@ -169,6 +169,62 @@ def _parser_error_message(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+_STRUCTURE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Given value:",
+    "Expected a <class 'NoneType'>",
+    "Not a valid subclass of",
+)
+_CALLABLE_PREFIX = re.compile(r"^Type .* expects a function or a callable class: ")
+
+
+def _nested_error(message: str) -> tuple[str, str]:
+    """(key, message) of jsonargparse's nested "Parser key ... Does not validate" report: the keys
+    along its first error branch (``model.init_args.regularizer.init_args.dim``) and that error."""
+    keys: list[str] = []
+    lines = message.splitlines()
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        line = line[2:] if line.startswith("- ") else line
+        m = re.match(r'^Parser key "([^"]+)":\s*(.*)$', line)
+        if m:
+            keys.append(m.group(1))
+            if m.group(2):
+                return ".".join(keys), m.group(2)
+            continue
+        if line.startswith("Problem with given class_path"):
+            keys.append("init_args")
+            continue
+        if not line or line.startswith(_STRUCTURE):
+            continue
+        if keys and keys[-1] == "init_args":  # the class itself failed, not one of its arguments
+            keys.pop()
+        text = _CALLABLE_PREFIX.sub("", line)
+        given = next((g.strip() for g in lines[i:] if g.strip().startswith("Given value:")), "")
+        value = given.partition(":")[2].strip()
+        if "Got value" not in text and value and value not in text and len(value) < 60:
+            text += f" (given value: {value})"
+        return ".".join(keys), text
+    return "", message.strip().splitlines()[0] if message.strip() else message
+
+
+class _OneLineErrorParser(LightningArgumentParser):
+    """Parse errors as one line ``error: <key>: <message>`` (exit status 2), without the usage dump."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        key, text = _nested_error(message)
+        unknown = re.match(r"^unrecognized arguments: --([\w.]+)", text, re.IGNORECASE)
+        if not key and unknown:
+            key = unknown.group(1)
+        print(f"error: {key + ': ' if key else ''}{_one_line(text)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _key_for(message: str, config: Mapping[str, Any], root: str) -> str:
     """The init argument of ``config[root]`` the message is about (``backbone='x' is ...``, ``lam must``)."""
     node = config.get(root)
@@ -291,7 +347,12 @@ class ProxCLI(LightningCLI):
             "subclass_mode_data": True,
             "auto_configure_optimizers": False,
             "save_config_kwargs": {"overwrite": True},
-            "parser_kwargs": {"epilog": _epilog(), "formatter_class": _RawEpilogFormatter},
+            "parser_kwargs": {  # the example and the recipes under `--help` and `fit --help` alike
+                key: {"epilog": _epilog(), "formatter_class": _RawEpilogFormatter}
+                for key in ("fit", "validate", "test")
+            }
+            | {"epilog": _epilog(), "formatter_class": _RawEpilogFormatter},
+            "parser_class": _OneLineErrorParser,
         }
         self._started = _TrainingStarted()
         super().__init__(args=args, run=run, **{**defaults, **kwargs})
@@ -330,9 +391,20 @@ class ProxCLI(LightningCLI):
         except (ValueError, TypeError) as err:
             message = _parser_error_message(err)
             text = str(err)
+            if "callbacks.callback.Callback" in text:  # a callback's argument, e.g. a command-line override
+                overridden = [
+                    f"trainer.callbacks.{name}.{arg}"
+                    for name, arg, value in self._callback_overrides
+                    if f"Got value: {value}" in message or re.search(rf"\b{arg}\b", message)
+                ]
+                _fail(next(iter(overridden), "trainer.callbacks"), message)
             roots = [r for r in ("model", "data", "trainer") if f'"{r}' in text.split("\n")[0]]
             keys = [_key_for(message, config, r) for r in (roots or ["model", "data"])]
             _fail(next((k for k in keys if "." in k), keys[0]), message)
+        except RuntimeError as err:  # e.g. the Trainer refusing two callbacks with the same state_key
+            if "callback" not in str(err):
+                raise
+            _fail("trainer.callbacks", str(err))
         except Exception as err:  # Lightning's MisconfigurationException for Trainer arguments
             if type(err).__name__ != "MisconfigurationException":
                 raise

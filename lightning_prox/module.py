@@ -191,6 +191,7 @@ class ProxMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _check_base_order(cls)
         step = cls.__dict__.get("training_step")
         if step is not None and not getattr(step, "_prox_wrapped", False):
             cls.training_step = _with_penalty(step)  # type: ignore[method-assign]
@@ -534,6 +535,23 @@ def _take_optimizer_regularizer(factory: Any, reg: Regularizer | None) -> tuple[
 
 def _is_lightning_class(cls: type) -> bool:
     return cls.__module__.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_prox")
+
+
+def _check_base_order(cls: type) -> None:
+    """Refuse ProxMixin after ``nn.Module`` in the MRO: its ``__init__`` and hooks would never run there
+    (``LightningModule`` defines every hook, so the mixin's configure_optimizers, checkpoint and
+    end-of-fit hooks would be silently shadowed)."""
+    mro = cls.__mro__
+    if nn.Module not in mro or mro.index(ProxMixin) < mro.index(nn.Module):
+        return
+    first = next(c for c in cls.__bases__ if issubclass(c, nn.Module))
+    bases = ", ".join(c.__name__ for c in cls.__bases__)
+    fixed = ", ".join(["ProxMixin", *(c.__name__ for c in cls.__bases__ if c is not ProxMixin)])
+    raise TypeError(
+        f"class {cls.__name__}({bases}): ProxMixin comes after {first.__name__}, so its __init__ "
+        "and hooks (configure_optimizers, checkpoints, the end-of-fit table) would never run and the "
+        f"regularizer would be ignored; put ProxMixin first: class {cls.__name__}({fixed})"
+    )
 
 
 def _check_shadowed_configure_optimizers(cls: type) -> None:

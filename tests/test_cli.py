@@ -79,24 +79,33 @@ def test_console_script_exits_zero_and_prints_no_object(monkeypatch, capsys):
     assert "ProxCLI object" not in captured.out + captured.err
 
 
-def test_quickstart_logs_and_checkpoints_every_epoch(tmp_path):
+def test_quickstart_logs_and_keeps_few_checkpoints(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     cli = ProxCLI(
         [
             "fit",
             "--config",
             str(QUICKSTART),
-            "--trainer.max_epochs=2",
+            "--trainer.max_epochs=5",
             "--data.init_args.max_samples=200",
             "--trainer.enable_progress_bar=false",
         ]
     )
     run_dir = Path(cli.trainer.log_dir).resolve()
     assert run_dir.is_relative_to(tmp_path / "lightning_logs" / "quickstart")
-    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
-    assert [c.name for c in ckpts][-1] == "last.ckpt" and len(ckpts) == 3  # two epochs + last.ckpt
+    ckpts = sorted(c.name for c in (run_dir / "checkpoints").glob("*.ckpt"))
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    acc = [e.value for e in ea.Scalars("val/acc")]
+    assert len(acc) == 5
+    # three of the best epochs and last.ckpt, not one file per epoch
+    assert len(ckpts) == 4 and ckpts[-1] == "last.ckpt"
+    kept = sorted(float(name.split("-")[1].removesuffix(".ckpt")) for name in ckpts[:3])
+    assert kept == pytest.approx(sorted(acc)[-3:], abs=6e-4)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (
-        state["epoch"] == 1
+        state["epoch"] == 4
         and state["optimizer_states"][0]["param_groups"][0]["regularizer"]["name"] == "GroupLasso"
     )
     assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "config.yaml").is_file()
@@ -141,7 +150,9 @@ def test_bad_recipe_fails_before_training_naming_the_key(tmp_path, capsys, old, 
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", _write(tmp_path, old, new)])
     assert exc.value.code == 2
-    assert named in capsys.readouterr().err
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert named in line and "Traceback" not in err
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -191,6 +202,26 @@ def _run_err(capsys, *args):
             "matches no",
         ),
         ("--trainer.enable_checkpointing=false", "trainer", "ModelCheckpoint"),
+        (
+            "--trainer.callbacks+=lightning_prox.callbacks.SparsityMonitor",  # the recipe has one already
+            "trainer.callbacks",
+            "more than one stateful callback of type `SparsityMonitor`",
+        ),
+        # type errors found by the parser: the nested key, not jsonargparse's 15-line report
+        (
+            "--model.init_args.regularizer.init_args.dim=sideways",
+            "model.init_args.regularizer.init_args.dim",
+            "Got value: sideways",
+        ),
+        ("--model.init_args.penalty_mode=sub", "model.init_args.penalty_mode", "Got value: sub"),
+        ("--data.init_args.batch_size=abc", "data.init_args.batch_size", "Expected a <class 'int'>"),
+        ("--model.init_args.lr_scheduler=StepLR", "model.init_args.lr_scheduler", "required: step_size"),
+        (
+            "--trainer.callbacks.SparsityMonitor.logging_interval=batch",
+            "trainer.callbacks.SparsityMonitor.logging_interval",
+            "Got value: batch",
+        ),
+        ("--trainer.max_epochz=3", "trainer.max_epochz", "unrecognized arguments"),
     ],
     ids=[
         "negative-lam",
@@ -200,6 +231,13 @@ def _run_err(capsys, *args):
         "reg-twice",
         "rule",
         "trainer",
+        "duplicate-callback",
+        "nested-type",
+        "literal",
+        "data-type",
+        "scheduler-args",
+        "callback-override",
+        "unknown-option",
     ],
 )
 def test_every_mistake_exits_2_with_one_error_line_naming_the_key(tmp_path, capsys, arg, key, words):
@@ -255,9 +293,10 @@ def test_short_class_names_in_help(capsys):
     assert exc.value.code == 0 and "--optimizer.lr" in out and "--optimizer.preconditioner" in out
 
 
-def test_help_shows_an_example_and_the_recipes(capsys):
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"]])
+def test_help_shows_an_example_and_the_recipes(capsys, args):
     with pytest.raises(SystemExit) as exc:
-        main(["--help"])
+        main(args)
     out = capsys.readouterr().out
     assert exc.value.code == 0
     assert "lightning-prox fit --config recipes/quickstart.yaml" in out
@@ -276,3 +315,52 @@ def test_a_listed_callbacks_argument_can_be_overridden_from_the_command_line(cap
         main(["fit", "--config", str(QUICKSTART), "--trainer.callbacks.HardQuantization.epoch=3"])
     assert exc.value.code == 2
     assert "error: trainer.callbacks.HardQuantization.epoch: no HardQuantization" in capsys.readouterr().err
+
+
+# -- the console script in a fresh process: exit status and what reaches the terminal -------------
+def _console_script(tmp_path, *args, **env):
+    """``lightning-prox ARGS`` as its installed wrapper runs it (``sys.exit(main())``), in ``tmp_path``."""
+    import os
+    import subprocess
+
+    (ep,) = entry_points(group="console_scripts", name="lightning-prox")
+    module, _, func = ep.value.partition(":")
+    code = f"import sys; from {module} import {func}; sys.exit({func}())"
+    root = str(QUICKSTART.parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]), **env}
+    env.pop("COLUMNS", None)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch and Lightning (about 10 s each)
+def test_console_script_exit_status_and_output_in_a_fresh_process(tmp_path):
+    ok = _console_script(tmp_path, "fit", "--config", str(QUICKSTART), "--trainer.fast_dev_run=true")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "sparsity per layer" in ok.stdout
+    noise = [line for line in (ok.stdout + ok.stderr).splitlines() if "Tip" in line or "Warning" in line]
+    assert noise == []  # Lightning's tips and warnings users cannot act on are filtered
+
+    # no network: a proxy that refuses every connection, so the download fails the same way everywhere
+    refused = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+    recipe = str(QUICKSTART.parent / "proxgen_cifar10_vgg16_l1.yaml")
+    bad = _console_script(
+        tmp_path,
+        "fit",
+        "--config",
+        recipe,
+        "--trainer.fast_dev_run=true",
+        "--trainer.accelerator=cpu",
+        **refused,
+    )
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-3000:]
+    assert errors[0].startswith("error: data.init_args.data_dir: CIFAR10DataModule")
+    assert "cifar-10-python.tar.gz" in errors[0] and str(tmp_path / "data") in errors[0]
+    assert "Traceback" not in bad.stderr

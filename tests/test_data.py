@@ -209,3 +209,42 @@ def test_svhn_reads_mat_files(tmp_path):
         assert y == int(y_all[i, 0]) % 10  # label 10 means digit 0
     names = [type(t).__name__ for t in SVHNDataModule(data_dir=str(tmp_path)).train_transform().transforms]
     assert names[0] == "RandomCrop" and "RandomHorizontalFlip" not in names
+
+
+# -- mid-epoch resume with random augmentation -------------------------------------------------------
+def _augmented_fit(root, data, num_workers, max_steps=-1, ckpt_path=None):
+    import lightning.pytorch as pl
+    from helpers.trainers import quiet_trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_prox.models import ImageClassifier
+    from lightning_prox.regularizers import L1
+
+    pl.seed_everything(0)
+    model = ImageClassifier(
+        "mlp", in_chans=3, img_size=32, hidden=(8,), drop_rate=0.3, regularizer=L1(1e-3), sparsity_table=False
+    )
+    ckpt = ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    trainer = quiet_trainer(
+        max_epochs=2, max_steps=max_steps, deterministic=True, enable_checkpointing=True,
+        callbacks=[ckpt], num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    dm = CIFAR10DataModule(
+        data_dir=str(data), download=False, verify_integrity=False, num_workers=num_workers, batch_size=8
+    )
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return model
+
+
+@pytest.mark.parametrize("step", [5, 7])  # the last batch of epoch 0, inside epoch 1
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_mid_epoch_resume_with_random_crops_and_flips_is_bit_exact(tmp_path, num_workers, step):
+    """Each image's crop and flip are drawn from (seed, epoch, index) alone: the same after a resume."""
+    _cifar(tmp_path / "data", n=8)  # 40 training images: 5 batches an epoch
+    straight = _augmented_fit(tmp_path / "a", tmp_path / "data", num_workers)
+    _augmented_fit(tmp_path / "b", tmp_path / "data", num_workers, max_steps=step)
+    resumed = _augmented_fit(
+        tmp_path / "c", tmp_path / "data", num_workers, ckpt_path=tmp_path / "b" / f"step={step}.ckpt"
+    )
+    for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), f"{n} differs after resuming from a mid-epoch checkpoint"

@@ -255,14 +255,24 @@ def _on_levels(model):
     return int(((w != 1) & (w != -1)).sum())
 
 
-@pytest.mark.parametrize("decay", [0.9, 0.999])
-def test_ema_weight_averaging_ends_with_only_level_values(tmp_path, decay, recwarn):
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+def _averaging(kind):
+    from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 
+    if kind == "swa":  # torch's AveragedModel default: the running mean of every update
+        return WeightAveraging()
+    if kind == "ema-late":  # the first average update comes after the freeze
+        return EMAWeightAveraging(decay=0.9, update_starting_at_epoch=3)
+    return EMAWeightAveraging(decay=float(kind.split("-")[1]))
+
+
+@pytest.mark.parametrize("first", ["quant", "averaging"])  # the order of the callbacks
+@pytest.mark.parametrize("kind", ["ema-0.9", "ema-0.999", "ema-late", "swa"])
+def test_weight_averaging_ends_with_only_level_values(tmp_path, kind, first, recwarn):
     pl.seed_everything(0)
     model = _BinNet("preconditioned")
-    ema = EMAWeightAveraging(decay=decay)
-    trainer = _trainer(tmp_path, [HardQuantization(epoch=2), ema], max_epochs=4)
+    ema = _averaging(kind)
+    callbacks = [HardQuantization(epoch=2), ema]
+    trainer = _trainer(tmp_path, callbacks if first == "quant" else callbacks[::-1], max_epochs=4)
     trainer.fit(model, _loader(), _loader())
     assert _on_levels(model) == 0, "the averaged model handed back unquantized weights"
     assert not [w for w in recwarn if "off their levels" in str(w.message)]  # exact, not repaired
@@ -312,3 +322,31 @@ def test_table_notes_show_levels_and_the_freeze(tmp_path):
         "conv.weight": "100% on {-1,1} frozen",
         "fc.weight": "100% on {-1,1} frozen",
     }
+
+
+def test_dashboard_and_end_of_fit_table_of_a_binary_network(tmp_path, capsys):
+    """λ and the quantization error get charts of their own; the one table shows levels and the freeze."""
+    from helpers.tensorboard import read_dashboard
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_prox.callbacks import SparsityMonitor
+
+    pl.seed_everything(0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    cbs = [SparsityMonitor(), HardQuantization(epoch=2), RegularizationScheduler("linear", offset=1)]
+    csv_trainer(tmp_path, cbs, 3, num_sanity_val_steps=0, logger=logger).fit(
+        _BinNet("preconditioned"), _loader()
+    )
+    logger.experiment.flush()
+    ea, charts = read_dashboard(logger.log_dir)
+    assert charts["quantization error (mean squared distance to the levels)"] == ["^quant/error$"]
+    assert charts["λ (regularization strength)"] == ["^prox/lambda"]
+    assert not any("validation" in t for t in charts)  # validation_step but no val loader: no trade-off
+    assert [e.step for e in ea.Scalars("quant/error")] == [3, 6]  # before the freeze only
+    out = capsys.readouterr().out
+    assert out.count("sparsity per layer") == 1
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = {line.split()[0]: line for line in lines if line.strip()}
+    assert rows["conv"].rstrip().endswith("100% on {-1,1} frozen")
+    assert rows["fc"].rstrip().endswith("100% on {-1,1} frozen")

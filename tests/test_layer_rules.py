@@ -65,6 +65,23 @@ def test_mixin_first_refuses_to_silently_replace_the_users_optimizer():
     )
 
 
+def test_users_module_first_in_the_bases_is_refused_at_class_definition():
+    """``class Sparse(UserModule, ProxMixin)``: Lightning's hooks would shadow every mixin hook."""
+    with pytest.raises(
+        TypeError, match=r"class Sparse\(UserModule, ProxMixin\): ProxMixin comes after"
+    ) as err:
+
+        class Sparse(UserModule, ProxMixin):
+            pass
+
+    assert "put ProxMixin first: class Sparse(ProxMixin, UserModule)" in str(err.value)
+    with pytest.raises(TypeError, match="ProxMixin comes after LightningModule"):
+
+        class Own(pl.LightningModule, ProxMixin):
+            def configure_optimizers(self):
+                return ProxGen(self.prox_param_groups(), lr=1e-2)
+
+
 def test_mixin_first_with_an_explicit_choice_keeps_the_users_scheduler_and_regularizes():
     class Sparse(ProxMixin, UserModule):
         def configure_optimizers(self):
@@ -282,6 +299,9 @@ def test_per_layer_rules_from_yaml_reach_the_optimizer_the_table_and_the_monitor
     assert all(g["regularizer"] is None for g in groups[2:])
     out = capsys.readouterr().out
     assert out.count("sparsity per layer") == 1  # one end-of-fit table: the monitor's
-    assert "GroupLasso" in out and "L1" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "GroupLasso λ=0.002" in rows["features.3"] and "L1 λ=0.0003" in rows["classifier.1"]
+    assert "features.0" not in rows and "classifier.3" not in rows  # the ends stay dense, unlisted
+    assert max(len(line) for line in out.splitlines()) <= 80
     monitor = cli.trainer.callbacks[0]
     assert [e.regularizer for e in monitor._entries][:2] == ["GroupLasso λ=0.002", "L1 λ=0.0003"]

@@ -211,3 +211,14 @@ def test_subgradient_of_lq_at_exact_zero_is_zero_not_nan():
     assert bool(torch.isfinite(g).all()) and bool((g[0, :3] == 0).all())
     w = model.fc1.weight[1, 0].detach()
     torch.testing.assert_close(g[1, 0], 0.1 * 0.5 * torch.sign(w) * w.abs() ** -0.5)
+
+
+def test_default_optimizer_is_announced_when_training_starts(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        trainer = _fit(TinyNet(regularizer=L1(1e-3)), 1)
+    assert isinstance(trainer.optimizers[0], ProxGen) and trainer.optimizers[0].defaults["lr"] == 1e-3
+    assert [r.getMessage() for r in caplog.records if "optimizer=None" in r.getMessage()] == [
+        "ProxMixin: optimizer=None, training with ProxGen(lr=1e-3) (proximal Adam)"
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.tensorboard import read_dashboard
 from helpers.trainers import csv_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -180,8 +181,7 @@ def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_pa
     net = _Net(lam=0.05)
     trainer.fit(net, _loader())
     logger.experiment.flush()
-    ea = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "histograms": 0, "images": 0})
-    ea.Reload()
+    ea, charts = read_dashboard(logger.log_dir)
     tags = ea.Tags()
     for t in ("sparsity/unstructured", "sparsity/group", "sparsity/group_weighted", "prox/lambda"):
         assert t in tags["scalars"], t
@@ -190,16 +190,11 @@ def test_tensorboard_event_files_have_scalars_layout_histograms_and_image(tmp_pa
     assert {"group_norms/conv.weight", "group_norms/fc.weight"} <= set(tags["histograms"])
     assert "sparsity/layer_history" in tags["images"]
     assert "custom_scalars__config__" in tags["tensors"]
-    from tensorboard.plugins.custom_scalar import layout_pb2
-
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(ea.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
-    assert layout.category[0].title == "Sparsity"
-    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
     assert "^sparsity/group_weighted$" in charts["zero fractions (global)"]
     assert "^sparsity/active_units$" not in charts["zero fractions (global)"]  # a dense fraction: own chart
     assert charts["λ (regularization strength)"] == ["^prox/lambda"]
     assert not any("quantization" in t for t in charts)  # no HardQuantization: no always-empty chart
+    assert not any("validation" in t for t in charts)  # no validation_step: no trade-off chart
     # the logged final value is the exact count on the trained weights
     final = ea.Scalars("sparsity/group")[-1]
     assert final.step == trainer.global_step
@@ -379,3 +374,88 @@ def test_collapse_guard_warns_once_per_layer_naming_lam_and_step(tmp_path):
     assert sum("conv.weight" in m for m in messages) == 1  # once, not every logged step
     assert sum("fc.weight" in m for m in messages) == 1
     assert sum("the model has collapsed" in m for m in messages) == 1
+
+
+# -- the dashboard's trade-off chart and layer-history image ---------------------------------------
+class _ValNet(_Net):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/acc", (self(x).argmax(1) == y).float().mean())
+
+
+class _AtValidationEnd(pl.Callback):
+    def __init__(self):
+        self.points = []
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            m = trainer.callback_metrics
+            self.points.append((float(m["sparsity/group"]), float(m["val/acc"])))
+
+
+def test_tradeoff_chart_plots_the_validation_metric_against_the_global_sparsity(tmp_path):
+    pl.seed_everything(0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    rec = _AtValidationEnd()
+    trainer = _trainer(tmp_path, [SparsityMonitor(table=False), rec], max_epochs=4, logger=logger)
+    trainer.fit(_ValNet(lam=0.2), _loader(), _loader())
+    logger.experiment.flush()
+    ea, charts = read_dashboard(logger.log_dir)
+    assert charts["validation metric vs sparsity (x axis: sparsity × 10⁴)"] == ["^tradeoff/"]
+    points = [(e.step, e.value) for e in ea.Scalars("tradeoff/val_acc_vs_sparsity")]
+    assert len(points) == 4 and len({x for x, _ in rec.points}) > 1  # the sparsity moved
+    assert points == [(round(1e4 * x), pytest.approx(acc)) for x, acc in rec.points]
+
+
+_VIRIDIS_0, _VIRIDIS_HALF, _VIRIDIS_1 = (68, 1, 84), (33, 144, 141), (253, 231, 37)
+
+
+def test_layer_history_image_has_labelled_rows_viridis_cells_and_a_colour_bar():
+    from lightning_prox.callbacks._dashboard import history_image
+
+    # layer a: dense, then all zero; layer b: all zero, then half
+    img = history_image([[0.0, 1.0], [1.0, 0.5]], ["net.a.weight", "net.b.weight"]).astype(int)
+    assert img.ndim == 3 and img.shape[1] >= 480  # readable, not one pixel per point
+    row = [tuple(p) for p in img[1]]
+    x0 = row.index(_VIRIDIS_0)  # the first heat cell (layer a, first point)
+    w = next(i for i in range(x0, len(row)) if row[i] != _VIRIDIS_0) - x0
+    h = next(y for y in range(img.shape[0]) if tuple(img[y, x0]) != _VIRIDIS_0)
+    assert tuple(img[h + 1, x0]) == _VIRIDIS_1 and tuple(img[1, x0 + w]) == _VIRIDIS_1
+    assert tuple(img[h + 1, x0 + w]) == _VIRIDIS_HALF
+    # a label (dark text pixels) left of each layer's row
+    for y in (0, h):
+        assert (img[y : y + h, :x0].sum(axis=2) < 200).any(), f"no label for the row at y={y}"
+    # a colour bar under the cells: one row running from the colour of 0 to the colour of 1
+    bar = [y for y in range(2 * h, img.shape[0]) if tuple(img[y, x0]) == _VIRIDIS_0]
+    assert bar and tuple(img[bar[0], x0 + 2 * w - 1]) == _VIRIDIS_1
+    assert (img[2 * h :, :x0].sum(axis=2) < 200).any()  # the bar's "0 dense" caption
+
+
+@pytest.mark.parametrize("step", [4, 5])  # mid-epoch: a logged step and an unlogged one
+def test_history_is_the_same_after_a_mid_epoch_resume(tmp_path, step):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_prox.data._common import consumed_batches, make_loader
+
+    def run(root, max_steps, ckpt_path=None):
+        pl.seed_everything(0)
+        mon = SparsityMonitor(table=False, every_n_steps=2)
+        cb = ModelCheckpoint(dirpath=root / "ck", filename="{step}", every_n_train_steps=1, save_top_k=-1)
+        trainer = _trainer(root, [mon, cb], max_epochs=3, max_steps=max_steps)
+        # a loader that resumes mid-epoch (Lightning's stateful-dataloader protocol), as the datamodules'
+        loader = make_loader(
+            _loader().dataset, 8, train=True, shuffle=False, seed=0, num_workers=0,
+            progress=lambda: consumed_batches(trainer),
+        )  # fmt: skip
+        trainer.fit(_Net(lam=0.02), loader, ckpt_path=ckpt_path)
+        steps = [int(r["step"]) for r in _csv(trainer.logger.log_dir) if r.get("sparsity/unstructured")]
+        return mon, steps
+
+    straight, steps_straight = run(tmp_path / "a", -1)
+    _, steps_first = run(tmp_path / "b", step)
+    resumed, steps_resumed = run(tmp_path / "c", -1, str(tmp_path / "b" / "ck" / f"step={step}.ckpt"))
+    assert steps_straight == [0, 2, 3, 4, 6, 8, 9]
+    # the first run's own end-of-training point (step 5) is not in the checkpoint written before it
+    assert steps_first == [s for s in steps_straight if s <= step] + ([step] if step == 5 else [])
+    assert steps_resumed == [s for s in steps_straight if s > step]  # no extra point at the resume
+    assert resumed.history == straight.history

@@ -257,7 +257,7 @@ class SparsityMonitor(Callback):
             kinds.append("lambda")
         if any(hasattr(cb, "table_notes") for cb in trainer.callbacks):
             kinds.append("quant")
-        if self.tradeoff_metric is not None:
+        if self.tradeoff_metric is not None and trainer.enable_validation:  # else it would stay empty
             kinds.append("tradeoff")
         return kinds
 

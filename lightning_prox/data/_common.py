@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 __all__ = [
     "EpochShuffleSampler",
     "ResumableDataLoader",
+    "SeededSamples",
     "consumed_batches",
     "distributed_info",
     "make_loader",
@@ -59,7 +60,13 @@ class EpochShuffleSampler(Sampler[int]):
         """Leave out the first ``count`` indices of the next iteration, if it is of epoch ``epoch``."""
         self._skip = (int(count), int(epoch))
 
+    #: called with the epoch when an iteration starts (set by ResumableDataLoader for SeededSamples)
+    _on_iter: Callable[[int], None] | None = None
+
     def _take_skip(self) -> int:
+        """Start an iteration: the number of indices to leave out (and the epoch to ``_on_iter``)."""
+        if self._on_iter is not None:
+            self._on_iter(self.epoch)
         skip, self._skip = self._skip, None
         return skip[0] if skip is not None and skip[1] == self.epoch else 0
 
@@ -75,12 +82,49 @@ class _ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` with :meth:`EpochShuffleSampler.skip_next` (each rank skips its own)."""
 
     _skip: tuple[int, int] | None = None
+    _on_iter: Callable[[int], None] | None = None
     skip_next = EpochShuffleSampler.skip_next
     _take_skip = EpochShuffleSampler._take_skip
 
     def __iter__(self) -> Iterator[int]:
         skip = self._take_skip()
         return iter(list(super().__iter__())[skip:])
+
+
+class SeededSamples(Dataset):
+    """``dataset`` whose random transforms draw from ``(seed, epoch, index)`` alone.
+
+    Each ``__getitem__`` runs under a forked torch RNG seeded from the three, so an image's random crop
+    and flip do not depend on which worker loads it, on what was loaded before, or on the global RNG
+    (dropout's numbers are not shifted by data loading): a run resumed mid-epoch sees exactly the
+    augmented batches of an uninterrupted run. :class:`ResumableDataLoader`'s sampler sets the epoch
+    when it starts an epoch (kept in shared memory, so persistent workers see it). The transforms must
+    draw from torch's RNG, as torchvision's ``RandomCrop``/``RandomHorizontalFlip`` do.
+
+    Example:
+        >>> noisy = SeededSamples([0.0, 0.0], seed=1)
+        >>> noisy.dataset = type("Noise", (), {"__getitem__": lambda self, i: torch.rand(1).item()})()
+        >>> a = noisy[1]; _ = torch.rand(1); a == noisy[1] and a != noisy[0]
+        True
+        >>> noisy.set_epoch(1); a != noisy[1]
+        True
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        seed = ((self.seed * 1_000_003 + int(self._epoch)) * 1_000_000_007 + int(index)) % (2**63)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 class ResumableDataLoader(DataLoader):
@@ -92,9 +136,9 @@ class ResumableDataLoader(DataLoader):
     number taken is read from the Trainer (``progress``), not counted at the loader, because Lightning
     fetches one batch ahead. The loader draws its worker base seed from its own generator, reseeded
     from ``seed`` and the epoch, never from the global RNG, so iterating it does not shift the random
-    numbers of dropout and the like. What resumes exactly: the batch order and contents for data
-    without random augmentation; with random augmentation (CIFAR crops and flips) the images of each
-    batch, not their random transforms.
+    numbers of dropout and the like. What resumes exactly: the batch order and contents, and, when the
+    dataset is a :class:`SeededSamples` (the vision datamodules' augmented training sets), their
+    random transforms too.
 
     Example:
         >>> loader = ResumableDataLoader(list(range(10)), batch_size=4, sampler=EpochShuffleSampler(range(10)))
@@ -112,7 +156,9 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._progress = progress
         self._seed = int(seed)
-        self._yielded = 0
+        if isinstance(self.dataset, SeededSamples) and hasattr(self.sampler, "_take_skip"):
+            # the epoch the sampler actually iterates (without workers it starts lazily, after iter())
+            self.sampler._on_iter = self.dataset.set_epoch  # type: ignore[union-attr]
 
     def _epoch(self) -> int:
         return int(getattr(self.sampler, "epoch", 0))
@@ -129,6 +175,13 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         batches = int(state_dict.get("batches", 0))
+        epoch = int(state_dict.get("epoch", 0))
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            # Lightning creates the resumed iterator before it calls set_epoch, and with workers the
+            # sampler is iterated right then: give it the epoch that continues (the next one when the
+            # checkpoint's epoch was complete)
+            set_epoch(epoch + 1 if batches >= len(self) else epoch)
         skip = getattr(self.sampler, "skip_next", None)
         if batches <= 0:
             return
@@ -138,7 +191,7 @@ class ResumableDataLoader(DataLoader):
                 "or its distributed sampler"
             )
         if batches * self.batch_size < len(self.sampler):  # type: ignore[arg-type]
-            skip(batches * self.batch_size, epoch=int(state_dict.get("epoch", 0)))
+            skip(batches * self.batch_size, epoch=epoch)
 
 
 def make_loader(

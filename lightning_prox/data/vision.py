@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from ._common import check_common, consumed_batches, distributed_info, make_loader
+from ._common import SeededSamples, check_common, consumed_batches, distributed_info, make_loader
 
 __all__ = [
     "DataUnavailableError",
@@ -211,7 +211,9 @@ class VisionDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
+        # random crops and flips drawn per (seed, epoch, image): a mid-epoch resume repeats them exactly
+        train = SeededSamples(self.train_set, self.seed) if self.augment else self.train_set
+        return self._loader(train, True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)
