@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lightning_prox.optim import RAMDA, RMDA, ProxGen, ProxSGD, TwoStageProxSGD
-from lightning_prox.regularizers import L1, GroupLasso, Lq
+from lightning_prox.regularizers import L0, L1, GroupLasso, Lq
 from lightning_prox.structure import param_groups_regularized
 from tests.cases import single_thread  # noqa: F401
 
@@ -74,6 +74,30 @@ def test_metric_floor_caps_the_threshold_at_kappa_lr():
     w2.grad = torch.tensor([1.0])  # D = 1 + eps > λ/κ = 5e-3: the paper's threshold
     opt2.step()
     assert float(w2[0]) == pytest.approx(1.0 - lr - lr * lam / (1.0 + 1e-8), abs=1e-6)
+
+
+@pytest.mark.parametrize("reg", [L0(0.5), Lq(0.5, q=0.5), Lq(0.5, q=2 / 3)], ids=["L0", "Lq1/2", "Lq2/3"])
+def test_metric_floor_caps_hard_thresholds_at_kappa_lr(reg):
+    """ℓ0 and Lq zero |θ̂| ≤ c·(lr·λ/D)^p, which grows faster than lr·λ/D as D → 0: the floor makes the
+    zeroing threshold exactly κ·lr for tiny statistics and for coordinates without gradient history,
+    where the paper's update (threshold_cap=None) zeroes weights far from zero."""
+    lr, kappa = 1e-2, 1.5
+    c, p = reg.zero_threshold_law
+    assert c * (lr * reg.lam) ** p > kappa * lr  # the Euclidean threshold (v = 0) exceeds the cap too
+    values = torch.tensor([0.5, 0.99, 1.01, 2.0]) * kappa * lr  # around the cap's threshold κ·lr
+    for grad in (0.0, 1e-6):  # no gradient history (v = 0), tiny statistics
+        for cap, expect_zero in ((kappa, [True, True, False, False]), (None, [True] * 4)):
+            # start one Adam step (lr·g/(g + eps) at t = 1) above the values, so that θ̂ ≈ values
+            w = nn.Parameter(values + lr * grad / (grad + 1e-8))
+            opt = ProxGen([w], lr=lr, regularizer=reg, threshold_cap=cap)
+            w.grad = torch.full_like(w, grad)
+            opt.step()
+            assert (w == 0).tolist() == expect_zero, (grad, cap, w.tolist())
+    # the law itself: the Euclidean prox zeroes exactly |z| ≤ c·(s·λ)^p
+    for s in (1e-3, 0.3):
+        t = c * (s * reg.lam) ** p
+        z = torch.tensor([t * (1 - 1e-9), t * (1 + 1e-9)], dtype=torch.float64)
+        assert (reg.prox(z, s) == 0).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1"])
