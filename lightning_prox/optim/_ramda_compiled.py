@@ -14,7 +14,9 @@ operator over all tensors of a bucket, declared in :data:`KERNELS`):
   Σ q², Σ q²/(P + c) with q = P⊙z/(P + c)); and a *final* pass ``Ŵ = P⊙z/(P + c); W ← lerp(W, Ŵ, c)``.
 
 The per-group root search is the library's (``_group_solver._newton_update``: the same safeguarded
-Newton, stop rule and warm start as ``GroupLasso(solver="newton")``), run in float64 on unscaled values
+Newton, stop rule and warm start as ``GroupLasso(solver="newton")``; without a warm start it begins
+inside the metric's bracket, where the eager solver also uses the lower bound τw/‖z_g‖, so iteration
+counts can differ by a few), run in float64 on unscaled values
 (the root c of c‖P⊙z/(P + c)‖ = α·λ·w_g is scale-free; |q| ≤ |z|). The warm start c = τw/‖Ŵ_{t−1,g}‖
 comes from the group norms of the last solution, kept with the optimizer state (``prox_point_norms``),
 so no pass over Ŵ is needed. An overflowed U (P = +inf) pins its coordinate as ``GroupLasso``'s prox does
