@@ -1205,3 +1205,22 @@ def test_units_with_norm_exactly_tau_are_zero_for_any_tau(foreach: bool | None) 
             net[2].weight.fill_(tau)
             normalize_and_prox_(pairs, [tau], foreach=foreach)
             assert (net[2].weight == 0).all(), tau
+
+
+def test_path_norms_in_row_chunks_equal_the_whole_tensor_reduction(monkeypatch):
+    """float64 path norms of float32 weights are reduced in row chunks (no float64 copy of a whole
+    weight): the same bits as one reduction of the whole tensor, conv and linear pairs alike."""
+    import lightning_prox.optim.pathprox as pp
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 37, 3), nn.ReLU(), nn.Conv2d(37, 5, 3), nn.Flatten(), nn.Linear(5 * 4 * 4, 3)
+    )
+    net(torch.randn(1, 3, 8, 8))
+    pairs = pathprox_pairs(net)
+    whole = path_norms(pairs)
+    monkeypatch.setattr(pp, "_CHUNK", 50)  # a few rows per chunk, with a shorter last one
+    for p in pairs:
+        ref = torch.linalg.vector_norm(p.w, dim=tuple(range(1, p.w.ndim)), dtype=torch.float64)
+        assert torch.equal(pp._w_norms(p, torch.float64), ref)
+    assert all(torch.equal(a, b) for a, b in zip(path_norms(pairs), whole))

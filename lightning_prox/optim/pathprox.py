@@ -60,9 +60,15 @@ _CHUNK = 1 << 20
 
 def _w_norms(p: PathProxPair, dtype: torch.dtype = torch.float32, out: Tensor | None = None) -> Tensor:
     """``‖w_k‖`` of every unit (rows or filters of ``w``), in ``dtype`` at least, reduced over the
-    dims in place of a reshape (no copy of a channels_last weight)."""
+    dims in place of a reshape (no copy of a channels_last weight). A wider ``dtype`` is reached
+    in row chunks of at most ``_CHUNK`` elements (``vector_norm(dtype=)`` casts its whole input)."""
     dt = torch.promote_types(p.w.dtype, dtype)
-    return torch.linalg.vector_norm(p.w, dim=tuple(range(1, p.w.ndim)), dtype=dt, out=out)
+    dims = tuple(range(1, p.w.ndim))
+    if dt == p.w.dtype or p.w.numel() <= _CHUNK:
+        return torch.linalg.vector_norm(p.w, dim=dims, dtype=dt, out=out)
+    rows = max(1, _CHUNK // max(1, p.w[0].numel()))
+    parts = [torch.linalg.vector_norm(c, dim=dims, dtype=dt) for c in p.w.split(rows)]
+    return torch.cat(parts) if out is None else torch.cat(parts, out=out)
 
 
 def _v_norms(p: PathProxPair, dtype: torch.dtype = torch.float32, out: Tensor | None = None) -> Tensor:
