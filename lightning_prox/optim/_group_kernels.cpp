@@ -33,6 +33,7 @@ namespace {
 
 constexpr int64_t kSerial = 1 << 15;  // below this many elements one thread runs the tensor
 constexpr int kLanes = 8;             // independent partial sums (vectorizable without reassociation)
+constexpr int64_t kRefine = 10;       // Newton steps past a loose ("stalled") stop, see solve_group
 
 inline int threads_for(int64_t n, int nthreads) { return n < kSerial ? 1 : std::max(nthreads, 1); }
 
@@ -119,7 +120,8 @@ int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg,
     // the safeguarded Newton update of _group_solver._newton_update, in double
     const double dtiny = std::numeric_limits<double>::min(), th = thr_s, sq_tol = std::sqrt(tol);
     double cv = c, lo_v = lo, hi_v = hi, prev = std::numeric_limits<double>::infinity();
-    bool done = false;
+    bool done = false, tight = false;
+    int64_t extra = 0, iters = 0;
     const int64_t min_iters = std::min<int64_t>(2, max_iters);
     while (j < max_iters) {
       ++j;
@@ -135,11 +137,18 @@ int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg,
       const double delta = std::abs(c_new - cv), resid = std::abs(nrm - th);
       const bool stalled = delta >= 0.5 * prev && resid <= sq_tol * th;
       const bool small = inside && (delta <= tol * cv || stalled);
-      done = done || resid <= tol * th || hi_v - lo_v <= tol * hi_v || small;
+      tight = resid <= tol * th || hi_v - lo_v <= tol * hi_v || (inside && delta <= tol * cv);
+      done = done || tight || small;
       prev = inside ? delta : std::numeric_limits<double>::infinity();
       cv = done ? (inside ? c_new : cv) : c_new;
-      if (done && j >= min_iters) break;
+      if (done && j >= min_iters) {
+        if (iters == 0) iters = j;  // where the eager solver's stop rule is met: the reported count
+        // the eager solver keeps refining converged groups until every group of the tensor has
+        // converged; refine a group stopped by the loose "stalled" rule a few more steps likewise
+        if (tight || !inside || ++extra > kRefine) break;
+      }
     }
+    j = iters ? iters : j;
     c = uniform ? hi : static_cast<T>(cv);  // constant metric: the closed form
   }
   for (int64_t i = 0; i < n; ++i) xg[i] = mg[i] == inf ? zg[i] : zg[i] * (M[i] / (M[i] + c));
