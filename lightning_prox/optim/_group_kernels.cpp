@@ -32,8 +32,10 @@
 namespace {
 
 constexpr int64_t kSerial = 1 << 15;  // below this many elements one thread runs the tensor
-constexpr int kLanes = 8;             // independent partial sums (vectorizable without reassociation)
+constexpr int kL = 8;                 // independent lanes: the loops vectorize without reassociation
+constexpr int64_t kChunk = 128;       // elements summed in T lanes before a flush into double
 constexpr int64_t kRefine = 10;       // Newton steps past a loose ("stalled") stop, see solve_group
+constexpr int64_t kTile = 16;         // dim="in": columns gathered per row and tile (a float32 cache line)
 
 inline int threads_for(int64_t n, int nthreads) { return n < kSerial ? 1 : std::max(nthreads, 1); }
 
@@ -41,61 +43,88 @@ inline double lanes_sum(const double* p) {
   return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
 }
 
-// Σ a²/(M + c)², Σ a²/(M + c)³ with the eager rounding of each term: t = M + c, u = a/t, u², u²/t
-template <typename T> void secular(int64_t n, const T* __restrict M, const T* __restrict A, T c, double& p2,
-                                   double& p3) {
-  double s2[kLanes] = {}, s3[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int q = 0; q < kLanes; ++q) {
-      const T t = M[i + q] + c;
-      T u = A[i + q] / t;
-      u = u * u;
-      s2[q] += static_cast<double>(u);
-      s3[q] += static_cast<double>(u / t);
+// Two sums over n elements: fill(i0, len, t1, t2) writes the terms of elements i0 … i0 + len − 1 into
+// t1, t2 (a plain loop that vectorizes); they are added in kL lanes of T per chunk of kChunk elements
+// and the chunks in double lanes (a float32 group of any size sums as accurately as a short one)
+template <typename T, typename F> inline void sum2(int64_t n, double& out1, double& out2, F fill) {
+  alignas(64) T t1[kChunk], t2[kChunk];
+  double d1[kL] = {}, d2[kL] = {};
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t len = std::min(kChunk, n - i0);
+    fill(i0, len, t1, t2);
+    T a1[kL] = {}, a2[kL] = {};
+    int64_t k = 0;
+    for (; k + kL <= len; k += kL)
+      for (int q = 0; q < kL; ++q) {
+        a1[q] += t1[k + q];
+        a2[q] += t2[k + q];
+      }
+    for (; k < len; ++k) {
+      a1[k % kL] += t1[k];
+      a2[k % kL] += t2[k];
     }
-  for (; i < n; ++i) {
-    const T t = M[i] + c;
-    T u = A[i] / t;
-    u = u * u;
-    s2[i % kLanes] += static_cast<double>(u);
-    s3[i % kLanes] += static_cast<double>(u / t);
+    for (int q = 0; q < kL; ++q) {
+      d1[q] += static_cast<double>(a1[q]);
+      d2[q] += static_cast<double>(a2[q]);
+    }
   }
-  p2 = lanes_sum(s2);
-  p3 = lanes_sum(s3);
+  out1 = lanes_sum(d1);
+  out2 = lanes_sum(d2);
 }
 
-// One group: z, m (and x0) gathered into zg, mg (x0g); returns the Newton iterations; writes xg, flags
-// (bit 0: alive, bit 1: constant metric). M, A: scratch of n values. xg may alias zg or x0g (the prox
-// written over its input): each is read before x is written, element by element.
+// One group: z, m (and x0) of n values (gathered for dim="in"); returns the Newton iterations where the
+// eager stop rule is met; writes xg and flags (bit 0: alive, bit 1: constant metric). M, A: scratch of n
+// values. xg may alias zg or x0g (the prox written over its input): they are read before x is written.
 template <typename T>
-int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg,
-                    T* __restrict M, T* __restrict A, T thr, T pin, double tol, int64_t max_iters,
-                    int64_t& flags) {
+int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg, T* __restrict M,
+                    T* __restrict A, T thr, T pin, double tol, int64_t max_iters, int64_t& flags) {
   constexpr T tiny = std::numeric_limits<T>::min(), big = std::numeric_limits<T>::max();
   constexpr T inf = std::numeric_limits<T>::infinity();
-  T mx = -inf, mn = inf, za = T(0);
-  for (int64_t i = 0; i < n; ++i) {
-    const T m = mg[i] == inf ? pin : mg[i];
-    mx = std::max(mx, m);
-    mn = std::min(mn, m);
-    za = std::max(za, std::abs(zg[i]));
+  // pass 1: group max/min of the metric (+inf → the pin metric), max |z|
+  T mxl[kL], mnl[kL], zal[kL];
+  std::fill(mxl, mxl + kL, -inf);
+  std::fill(mnl, mnl + kL, inf);
+  std::fill(zal, zal + kL, T(0));
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t len = std::min(kChunk, n - i0);
+    alignas(64) T mc[kChunk], zc[kChunk];
+    for (int64_t k = 0; k < len; ++k) {
+      mc[k] = mg[i0 + k] == inf ? pin : mg[i0 + k];
+      zc[k] = std::abs(zg[i0 + k]);
+    }
+    for (int64_t k = len; k < (len + kL - 1) / kL * kL; ++k) {  // pad the last lanes neutrally
+      mc[k] = mc[0];
+      zc[k] = T(0);
+    }
+    for (int64_t k = 0; k < len; k += kL)
+      for (int q = 0; q < kL; ++q) {
+        mxl[q] = mxl[q] < mc[k + q] ? mc[k + q] : mxl[q];
+        mnl[q] = mnl[q] > mc[k + q] ? mc[k + q] : mnl[q];
+        zal[q] = zal[q] < zc[k + q] ? zc[k + q] : zal[q];
+      }
   }
-  mx = std::max(mx, tiny);
-  za = std::max(za, tiny);
+  T mx = std::max(*std::max_element(mxl, mxl + kL), tiny), mn = *std::min_element(mnl, mnl + kL);
+  const T za = std::max(*std::max_element(zal, zal + kL), tiny);
   const T rza = T(1) / za;
-  double nz[kLanes] = {}, na[kLanes] = {};
-  for (int64_t i = 0; i < n; ++i) {
-    const T m = (mg[i] == inf ? pin : mg[i]) / mx;  // scaled metric, group max 1
-    const T a0 = std::abs(zg[i]) * rza;
-    const T a = a0 * m;  // |a| = (|z|/za)⊙(m/mx) ≤ 1
-    M[i] = m;
-    A[i] = a;
-    nz[i % kLanes] += static_cast<double>(a0 * a0);
-    na[i % kLanes] += static_cast<double>(a * a);
-  }
-  const T norm_z = static_cast<T>(std::sqrt(lanes_sum(nz)));
-  const T norm_a = static_cast<T>(std::sqrt(lanes_sum(na)));
+  // pass 2: the scaled metric M = m/mx and |a| = (|z|/za)⊙M, ‖z‖ and ‖a‖ (scaled)
+  double nz2, na2;
+  sum2<T>(n, nz2, na2, [&](int64_t i0, int64_t len, T* __restrict s, T* __restrict t) {
+    const T* zp = zg + i0;
+    const T* mp = mg + i0;
+    T* __restrict Mp = M + i0;
+    T* __restrict Ap = A + i0;
+    for (int64_t k = 0; k < len; ++k) {
+      const T m = (mp[k] == inf ? pin : mp[k]) / mx;
+      const T a0 = std::abs(zp[k]) * rza;
+      const T a = a0 * m;
+      Mp[k] = m;
+      Ap[k] = a;
+      s[k] = a0 * a0;
+      t[k] = a * a;
+    }
+  });
+  const T norm_z = static_cast<T>(std::sqrt(nz2));
+  const T norm_a = static_cast<T>(std::sqrt(na2));
   const T thr_s = std::min((thr / za) / mx, big);
   const bool alive = norm_a > thr_s;  // zero iff ‖m⊙z‖ ≤ τw (ties → zero; NaN → screened, x = z·0)
   const bool uniform = mn == mx;
@@ -111,9 +140,14 @@ int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg,
     lo = std::min(std::max(lo, lo_z), hi);
     c = lo;
     if (x0g) {
-      double s[kLanes] = {};
-      for (int64_t i = 0; i < n; ++i) s[i % kLanes] += static_cast<double>(x0g[i] * x0g[i]);
-      const T x0n = static_cast<T>(std::sqrt(lanes_sum(s)));
+      double x02, unused;
+      sum2<T>(n, x02, unused, [&](int64_t i0, int64_t len, T* __restrict s, T* __restrict t) {
+        for (int64_t k = 0; k < len; ++k) {
+          s[k] = x0g[i0 + k] * x0g[i0 + k];
+          t[k] = T(0);
+        }
+      });
+      const T x0n = static_cast<T>(std::sqrt(x02));
       const T warm = std::min(thr_s * za / std::max(x0n, tiny), big);
       if (x0n > T(0)) c = std::min(std::max(warm, lo), hi);
     }
@@ -125,8 +159,20 @@ int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg,
     const int64_t min_iters = std::min<int64_t>(2, max_iters);
     while (j < max_iters) {
       ++j;
+      // Σ a²/(M + c)², Σ a²/(M + c)³ (one division per element)
       double p2, p3;
-      secular<T>(n, M, A, static_cast<T>(cv), p2, p3);
+      const T ct = static_cast<T>(cv);
+      sum2<T>(n, p2, p3, [&](int64_t i0, int64_t len, T* __restrict s, T* __restrict t) {
+        const T* __restrict Mp = M + i0;
+        const T* __restrict Ap = A + i0;
+        for (int64_t k = 0; k < len; ++k) {
+          const T r = T(1) / (Mp[k] + ct);
+          const T u = Ap[k] * r;
+          const T u2 = u * u;
+          s[k] = u2;
+          t[k] = u2 * r;
+        }
+      });
       const double nrm = cv * std::sqrt(p2);
       const bool below = nrm < th;
       if (below) lo_v = cv; else hi_v = cv;
@@ -151,41 +197,60 @@ int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg,
     j = iters ? iters : j;
     c = uniform ? hi : static_cast<T>(cv);  // constant metric: the closed form
   }
-  for (int64_t i = 0; i < n; ++i) xg[i] = mg[i] == inf ? zg[i] : zg[i] * (M[i] / (M[i] + c));
+  for (int64_t k = 0; k < n; ++k) xg[k] = mg[k] == inf ? zg[k] : zg[k] * (M[k] / (M[k] + c));
   return j;
 }
 
 template <typename T>
 void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T* m, const T* x0, T* x, T thr,
                  T pin, double tol, int64_t max_iters, int64_t* iters, int64_t* flags, int nthreads) {
-  const int64_t G = rows ? R : N / K, size = R * N / G;
   const int nt = threads_for(R * N, nthreads);
+  if (rows) {  // dim="out": a group per row, solved in place
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<T> buf(static_cast<size_t>(2 * N));
+#pragma omp for schedule(static)
+      for (int64_t g = 0; g < R; ++g) {
+        const int64_t o = g * N;
+        iters[g] = solve_group<T>(N, z + o, m + o, x0 ? x0 + o : nullptr, x + o, buf.data(), buf.data() + N, thr,
+                                  pin, tol, max_iters, flags[g]);
+      }
+    }
+    return;
+  }
+  // dim="in": tiles of B groups (B·K ≥ kTile columns) gathered row by row into group-major buffers
+  const int64_t G = N / K, size = R * K, B = std::min(G, std::max<int64_t>(1, (kTile + K - 1) / K));
+  const int64_t tiles = (G + B - 1) / B;
 #pragma omp parallel num_threads(nt)
   {
-    // dim="out" groups are contiguous rows, solved in place; dim="in" groups are gathered
-    std::vector<T> buf(static_cast<size_t>(size) * (rows ? 2 : (x0 ? 6 : 5)));
-    T* M = buf.data();
+    const int64_t w = B * size;
+    std::vector<T> buf(static_cast<size_t>(w) * (x0 ? 4 : 3) + 2 * size);
+    T* zg = buf.data();
+    T* mg = zg + w;
+    T* xg = mg + w;
+    T* x0g = x0 ? xg + w : nullptr;
+    T* M = xg + w * (x0 ? 2 : 1);
     T* A = M + size;
-    T* zg = A + size;
-    T* mg = zg + size;
-    T* xg = mg + size;
-    T* x0g = x0 ? xg + size : nullptr;
 #pragma omp for schedule(static)
-    for (int64_t g = 0; g < G; ++g) {
-      if (rows) {
-        const int64_t o = g * N;
-        iters[g] = solve_group<T>(N, z + o, m + o, x0 ? x0 + o : nullptr, x + o, M, A, thr, pin, tol,
-                                  max_iters, flags[g]);
-        continue;
-      }
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t g0 = t * B, nb = std::min(B, G - g0);
       for (int64_t r = 0; r < R; ++r) {
-        const int64_t o = r * N + g * K;
-        std::memcpy(zg + r * K, z + o, sizeof(T) * K);
-        std::memcpy(mg + r * K, m + o, sizeof(T) * K);
-        if (x0) std::memcpy(x0g + r * K, x0 + o, sizeof(T) * K);
+        const int64_t o = r * N + g0 * K;
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t k = 0; k < K; ++k) {
+            zg[b * size + r * K + k] = z[o + b * K + k];
+            mg[b * size + r * K + k] = m[o + b * K + k];
+            if (x0) x0g[b * size + r * K + k] = x0[o + b * K + k];
+          }
       }
-      iters[g] = solve_group<T>(size, zg, mg, x0g, xg, M, A, thr, pin, tol, max_iters, flags[g]);
-      for (int64_t r = 0; r < R; ++r) std::memcpy(x + r * N + g * K, xg + r * K, sizeof(T) * K);
+      for (int64_t b = 0; b < nb; ++b)
+        iters[g0 + b] = solve_group<T>(size, zg + b * size, mg + b * size, x0 ? x0g + b * size : nullptr,
+                                       xg + b * size, M, A, thr, pin, tol, max_iters, flags[g0 + b]);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t o = r * N + g0 * K;
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t k = 0; k < K; ++k) x[o + b * K + k] = xg[b * size + r * K + k];
+      }
     }
   }
 }
