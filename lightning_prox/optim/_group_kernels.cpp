@@ -35,7 +35,7 @@ constexpr int64_t kSerial = 1 << 15;  // below this many elements one thread run
 constexpr int kL = 8;                 // independent lanes: the loops vectorize without reassociation
 constexpr int64_t kChunk = 128;       // elements summed in T lanes before a flush into double
 constexpr int64_t kRefine = 10;       // Newton steps past a loose ("stalled") stop, see solve_group
-constexpr int64_t kTile = 16;         // dim="in": columns gathered per row and tile (a float32 cache line)
+constexpr int64_t kTileBytes = 1 << 19;  // dim="in": the gathered tile (z, m, M, x0) stays in L2
 
 inline int threads_for(int64_t n, int nthreads) { return n < kSerial ? 1 : std::max(nthreads, 1); }
 
@@ -73,11 +73,11 @@ template <typename T, typename F> inline void sum2(int64_t n, double& out1, doub
 }
 
 // One group: z, m (and x0) of n values (gathered for dim="in"); returns the Newton iterations where the
-// eager stop rule is met; writes xg and flags (bit 0: alive, bit 1: constant metric). M, A: scratch of n
-// values. xg may alias zg or x0g (the prox written over its input): they are read before x is written.
+// eager stop rule is met, and writes flags (bit 0: alive, bit 1: constant metric), the scaled metric M
+// (n values, kept for the solution, see solution()) and c_out. A: scratch of n values.
 template <typename T>
-int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg, T* __restrict M,
-                    T* __restrict A, T thr, T pin, double tol, int64_t max_iters, int64_t& flags) {
+int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* __restrict M, T* __restrict A, T thr,
+                    T pin, double tol, int64_t max_iters, int64_t& flags, T& c_out) {
   constexpr T tiny = std::numeric_limits<T>::min(), big = std::numeric_limits<T>::max();
   constexpr T inf = std::numeric_limits<T>::infinity();
   // pass 1: group max/min of the metric (+inf → the pin metric), max |z|
@@ -197,8 +197,13 @@ int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* xg, T*
     j = iters ? iters : j;
     c = uniform ? hi : static_cast<T>(cv);  // constant metric: the closed form
   }
-  for (int64_t k = 0; k < n; ++k) xg[k] = mg[k] == inf ? zg[k] : zg[k] * (M[k] / (M[k] + c));
+  c_out = c;
   return j;
+}
+
+// the solution x = z⊙M/(M + c) (c = inf: z·0), z where the metric is +inf
+template <typename T> inline T solution(T z, T m, T M, T c) {
+  return m == std::numeric_limits<T>::infinity() ? z : z * (M / (M + c));
 }
 
 template <typename T>
@@ -209,28 +214,34 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
 #pragma omp parallel num_threads(nt)
     {
       std::vector<T> buf(static_cast<size_t>(2 * N));
+      const T* M = buf.data();
 #pragma omp for schedule(static)
       for (int64_t g = 0; g < R; ++g) {
         const int64_t o = g * N;
-        iters[g] = solve_group<T>(N, z + o, m + o, x0 ? x0 + o : nullptr, x + o, buf.data(), buf.data() + N, thr,
-                                  pin, tol, max_iters, flags[g]);
+        T c;
+        iters[g] = solve_group<T>(N, z + o, m + o, x0 ? x0 + o : nullptr, buf.data(), buf.data() + N, thr, pin, tol,
+                                  max_iters, flags[g], c);
+        // x may alias z or x0: each element is read before it is written
+        for (int64_t k = 0; k < N; ++k) x[o + k] = solution(z[o + k], m[o + k], M[k], c);
       }
     }
     return;
   }
-  // dim="in": tiles of B groups (B·K ≥ kTile columns) gathered row by row into group-major buffers
-  const int64_t G = N / K, size = R * K, B = std::min(G, std::max<int64_t>(1, (kTile + K - 1) / K));
+  // dim="in": tiles of B groups gathered row by row into group-major buffers; wide tiles, since every row
+  // of a tile is another memory page (a TLB miss per row and tile)
+  const int64_t G = N / K, size = R * K;
+  const int64_t B = std::min(G, std::max<int64_t>(1, kTileBytes / (size * static_cast<int64_t>(sizeof(T)) * (x0 ? 4 : 3))));
   const int64_t tiles = (G + B - 1) / B;
 #pragma omp parallel num_threads(nt)
   {
     const int64_t w = B * size;
-    std::vector<T> buf(static_cast<size_t>(w) * (x0 ? 4 : 3) + 2 * size);
+    std::vector<T> buf(static_cast<size_t>(w) * (x0 ? 4 : 3) + size + B);
     T* zg = buf.data();
     T* mg = zg + w;
-    T* xg = mg + w;
-    T* x0g = x0 ? xg + w : nullptr;
-    T* M = xg + w * (x0 ? 2 : 1);
-    T* A = M + size;
+    T* M = mg + w;  // the scaled metric of every group of the tile, for the solution
+    T* x0g = x0 ? M + w : nullptr;
+    T* A = M + w * (x0 ? 2 : 1);
+    T* c = A + size;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t g0 = t * B, nb = std::min(B, G - g0);
@@ -245,11 +256,14 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
       }
       for (int64_t b = 0; b < nb; ++b)
         iters[g0 + b] = solve_group<T>(size, zg + b * size, mg + b * size, x0 ? x0g + b * size : nullptr,
-                                       xg + b * size, M, A, thr, pin, tol, max_iters, flags[g0 + b]);
+                                       M + b * size, A, thr, pin, tol, max_iters, flags[g0 + b], c[b]);
       for (int64_t r = 0; r < R; ++r) {
         const int64_t o = r * N + g0 * K;
         for (int64_t b = 0; b < nb; ++b)
-          for (int64_t k = 0; k < K; ++k) x[o + b * K + k] = xg[b * size + r * K + k];
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t i = b * size + r * K + k;
+            x[o + b * K + k] = solution(zg[i], mg[i], M[i], c[b]);
+          }
       }
     }
   }
