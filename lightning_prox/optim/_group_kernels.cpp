@@ -206,7 +206,11 @@ template <typename T> inline T solution(T z, T m, T M, T c) {
   return m == std::numeric_limits<T>::infinity() ? z : z * (M / (M + c));
 }
 
+// the gather/scatter loops copy K elements (often 1 or 9) at a time: GCC would call memcpy for each
 template <typename T>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T* m, const T* x0, T* x, T thr,
                  T pin, double tol, int64_t max_iters, int64_t* iters, int64_t* flags, int nthreads) {
   const int nt = threads_for(R * N, nthreads);
@@ -245,15 +249,16 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t g0 = t * B, nb = std::min(B, G - g0);
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t o = r * N + g0 * K;
-        for (int64_t b = 0; b < nb; ++b)
+      // group by group: the buffers are written contiguously, the tile's rows are read from cache
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t o = r * N + (g0 + b) * K, d = b * size + r * K;
           for (int64_t k = 0; k < K; ++k) {
-            zg[b * size + r * K + k] = z[o + b * K + k];
-            mg[b * size + r * K + k] = m[o + b * K + k];
-            if (x0) x0g[b * size + r * K + k] = x0[o + b * K + k];
+            zg[d + k] = z[o + k];
+            mg[d + k] = m[o + k];
+            if (x0) x0g[d + k] = x0[o + k];
           }
-      }
+        }
       for (int64_t b = 0; b < nb; ++b)
         iters[g0 + b] = solve_group<T>(size, zg + b * size, mg + b * size, x0 ? x0g + b * size : nullptr,
                                        M + b * size, A, thr, pin, tol, max_iters, flags[g0 + b], c[b]);
