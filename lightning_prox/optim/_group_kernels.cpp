@@ -249,16 +249,16 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t g0 = t * B, nb = std::min(B, G - g0);
-      // group by group: the buffers are written contiguously, the tile's rows are read from cache
-      for (int64_t b = 0; b < nb; ++b)
-        for (int64_t r = 0; r < R; ++r) {
-          const int64_t o = r * N + (g0 + b) * K, d = b * size + r * K;
+      // row by row: each row of the tile is read once, as one run (a memory page and a TLB entry each)
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t o = r * N + g0 * K;
+        for (int64_t b = 0; b < nb; ++b)
           for (int64_t k = 0; k < K; ++k) {
-            zg[d + k] = z[o + k];
-            mg[d + k] = m[o + k];
-            if (x0) x0g[d + k] = x0[o + k];
+            zg[b * size + r * K + k] = z[o + b * K + k];
+            mg[b * size + r * K + k] = m[o + b * K + k];
+            if (x0) x0g[b * size + r * K + k] = x0[o + b * K + k];
           }
-        }
+      }
       for (int64_t b = 0; b < nb; ++b)
         iters[g0 + b] = solve_group<T>(size, zg + b * size, mg + b * size, x0 ? x0g + b * size : nullptr,
                                        M + b * size, A, thr, pin, tol, max_iters, flags[g0 + b], c[b]);
