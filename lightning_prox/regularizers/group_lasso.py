@@ -143,6 +143,29 @@ class GroupLasso(Regularizer):
         if self.layout is not None:
             return _prox_multi_layout(self, zs, step, metrics, opts)
         x0s, max_iters, rtol, info, out = opts.x0s, opts.max_iters, opts.rtol, opts.info, opts.out
+        max_iters = self.max_iters if max_iters is None else max_iters
+        rtol = self.rtol if rtol is None else rtol
+        if metrics is not None and self.solver == "newton":
+            for z in zs:
+                check_groupable(z, self.dim)
+            # CPU float32/float64: the native solve, one pass per group in cache (None: not covered)
+            from ..optim._group_kernels import prox_group_lasso
+
+            res = prox_group_lasso(
+                zs,
+                step * self.lam,
+                metrics,
+                x0s,
+                self.dim,
+                self.weighting,
+                max_iters,
+                rtol,
+                info,
+                out,
+                _PIN_METRIC,
+            )
+            if res is not None:
+                return res
         pinned = _pinned(metrics)
         if pinned is not None:  # +inf metric entries: solve with a huge finite metric, then pin
             # in float32 or wider: _PIN_METRIC itself overflows float16
@@ -156,8 +179,6 @@ class GroupLasso(Regularizer):
         tau = step * self.lam
         if metrics is None:
             return _group_soft_threshold(self, zs, tau, info, out)
-        max_iters = self.max_iters if max_iters is None else max_iters
-        rtol = self.rtol if rtol is None else rtol
         args = (zs, tau, metrics, x0s, self.dim, self.weighting, max_iters, rtol, info)
         if self.solver == "newton":
             return _solve_newton(*args, out)
