@@ -196,6 +196,25 @@ def test_infinite_metric_pinned_and_nan_stays_nan(monkeypatch, dim):
     assert torch.equal(xn[~nan] == 0, xe[~nan] == 0)
 
 
+@pytest.mark.parametrize("dim", ["in", "out"])
+def test_nan_stays_nan_when_every_group_is_screened(monkeypatch, dim):
+    """A τ that screens every group (the solver's early exit) still leaves a NaN entry NaN on both
+    paths, never an exact zero (that would hide divergence as sparsity); the rest is exactly zero."""
+    gen = torch.Generator().manual_seed(8)
+    z = torch.randn(6, 4, 3, 3, generator=gen)
+    z[2, 1, 0, 0] = math.nan
+    m = _metric("log-uniform", z, gen)
+    reg = GroupLasso(1.0, dim=dim)
+    nan = torch.isnan(z)
+    for path in ("native", "eager"):
+        with contextlib.ExitStack() as stack:
+            if path == "eager":
+                stack.enter_context(eager(monkeypatch))
+            x = reg.prox_multi([z], 1e12, metrics=[m])[0]
+        assert bool(x[nan].isnan().all()), path
+        assert bool((x[~nan] == 0).all()), path
+
+
 def test_proxgen_steps_native_match_eager(monkeypatch):
     """ProxGen (Adam metric) + GroupLasso: steps with the native and the eager prox agree (values, zeros,
     reported iterations and screened groups)."""

@@ -277,9 +277,9 @@ def _solve_newton(
         any_alive, uniform = (
             bool(v) for v in torch.stack([alive.any(), ((mn == mx) | ~alive).all()]).tolist()
         )  # one host read
-        if not any_alive:  # every group screened: exact zeros, nothing to solve
+        if not any_alive:  # every group screened: zeros, nothing to solve; z·0 keeps a NaN group NaN
             given = outs[i] if outs is not None else None
-            out.append(given.zero_() if given is not None else torch.zeros_like(z))
+            out.append(torch.mul(z, 0.0, out=given) if given is not None else torch.mul(z, 0.0))
             continue
         gap = (norm_a - thr_s).clamp_min(tiny)
         t_over_gap = torch.where(alive, torch.clamp(thr_s / gap, max=big), 1.0)
