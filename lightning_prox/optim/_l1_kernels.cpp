@@ -43,7 +43,7 @@ template <typename T> struct AdamScalars {
   T dec, coeff, b2, c2, eps, neg_step, bc2;
 };
 
-// elements [lo, hi) of one tensor: the smooth step, then prox(θ̂, √v, v); a plain loop over restrict
+// elements [lo, hi) of one tensor: the smooth step, then prox(θ̂, √v, its denominator √v/√bc2 + eps, v); a plain loop over restrict
 // pointers, so that it vectorizes. Tail: the last numel % vec elements, which torch's kernel runs in scalar
 // code, where its compiler fused the second moment the other way round (v·β₂ + (1 − β₂)g·g as
 // fma(v, β₂, (1 − β₂)g·g)).
@@ -57,7 +57,8 @@ void adam_prox_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restric
     m[j] = mj;
     v[j] = vj;
     const T root = std::sqrt(vj);
-    p[j] = prox(p[j] * k.dec + k.neg_step * mj / (root / k.bc2 + k.eps), root, vj);
+    const T den = root / k.bc2 + k.eps;
+    p[j] = prox(p[j] * k.dec + k.neg_step * mj / den, root, den, vj);
   }
 }
 
@@ -87,7 +88,7 @@ void adam_prox(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, 
 // E = b·D̄ = min(max(√v + eps·b, floor·b), 1e19), and b where v = 0 under the floor
 template <typename T, bool Floor> struct L1Prox {
   T cb, eb, fb, b;
-  T operator()(T z, T root, T vj) const {
+  T operator()(T z, T root, T, T vj) const {
     T e = std::min(std::max(root + eb, fb), T(1e19));
     if (Floor) e = vj == T(0) ? b : e;
     return softshrink(z * e, cb) / e;
@@ -124,10 +125,10 @@ template <typename T> inline T cbrt_pos(T x) {
 // non-finite policy of pin_nonfinite: θ̂ where θ̂ is not finite or D = inf. kind 0: hard thresholding
 // (L0: |z| > sqrt(min(num/D, max)); 1: Lq with q = 0, the same threshold times √2); 2: q = 1/2
 // (lhalf_kernel); 3: q = 2/3 (ltwothirds_kernel, |z|^{1/3} by cbrt_pos instead of exp(log|z|/3)).
-template <typename T, bool Floor, int Kind> struct LqProx {
+template <typename T, bool Floor, int Kind, bool Shared> struct LqProx {
   T b, eps, floor, fill, a;  // a: num (kinds 0, 1), −a/4 (2), −2a/3 (3)
-  T operator()(T z, T root, T vj) const {
-    T d = root / b + eps;
+  T operator()(T z, T root, T den, T vj) const {
+    T d = Shared ? den : root / b + eps;  // Shared: b is the smooth step's √bc2, D its denominator
     if (Floor) d = vj == T(0) ? fill : std::max(d, floor);
     const T az = std::abs(z);
     T x;
@@ -180,9 +181,13 @@ void adam_lq(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, do
   const T coef = kind <= 1 ? T(1) : (kind == 2 ? T(-0.25) : T(-2.0 / 3.0));
   const T args[5] = {T(scal[2]), T(eps), T(floor), T(fill), ta * coef};
   auto with = [&](auto kd) {
-    constexpr int K = decltype(kd)::value;
-    adam_prox(numel, p, g, m, v, scal, decay, w1, beta2, c2, eps, int64_t(floor > 0), vec, nthreads,
-              [&](auto fl) { return LqProx<T, decltype(fl)::value, K>{args[0], args[1], args[2], args[3], args[4]}; });
+    auto go = [&](auto sh) {
+      adam_prox(numel, p, g, m, v, scal, decay, w1, beta2, c2, eps, int64_t(floor > 0), vec, nthreads, [&](auto fl) {
+        return LqProx<T, decltype(fl)::value, decltype(kd)::value, decltype(sh)::value>{args[0], args[1], args[2],
+                                                                                        args[3], args[4]};
+      });
+    };
+    T(scal[1]) == args[0] ? go(std::true_type{}) : go(std::false_type{});
   };
   switch (kind) {
     case 0: with(std::integral_constant<int, 0>{}); break;
