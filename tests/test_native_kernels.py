@@ -37,34 +37,76 @@ def _adam_args(n=10, dtype=torch.float32):
     return [[p], [g], [m], [v.abs()], scal, 1.0, 0.1, 0.999, 0.001, 1e-8, 0, 8]
 
 
+def _lq_args(n=10):
+    p, g, m, v = (torch.randn(n) for _ in range(4))
+    scal = torch.tensor([[1e-3, 0.5, 0.5]], dtype=torch.float64)
+    return [[p], [g], [m], [v.abs()], scal, 1.0, 0.1, 0.999, 0.001, 1e-8, 1e-3, 2, 0.0, 1.0, 8]
+
+
 @pytest.mark.parametrize(
-    "index, bad, match",
+    "op, index, bad, match",
     [
         (
+            "adam_l1_",
             1,
             [torch.randn(10, dtype=torch.float64)],
             r"g\[0\] has dtype torch.float64; expected torch.float32",
         ),
-        (2, [torch.randn(11)], r"m\[0\] has shape \(11,\); it must have the shape of p\[0\], \(10,\)"),
-        (3, [torch.rand(20)[::2]], r"v\[0\] is not contiguous \(strides \(2,\)\)"),
         (
+            "adam_l1_",
+            2,
+            [torch.randn(11)],
+            r"m\[0\] has shape \(11,\); it must have the shape of p\[0\], \(10,\)",
+        ),
+        ("adam_l1_", 3, [torch.rand(20)[::2]], r"v\[0\] is not contiguous \(strides \(2,\)\)"),
+        (
+            "adam_l1_",
             1,
             [torch.randn(10, device="meta")],
             r"g\[0\] is on meta; the native kernels run on CPU tensors only",
         ),
-        (1, [], r"g has 0 tensors, p has 1"),
-        (4, torch.zeros(2, 6, dtype=torch.float64), r"scal has shape \(2, 6\); expected \(1, 6\)"),
-        (4, torch.zeros(1, 6), r"scal has dtype torch.float32; expected torch.float64"),
+        ("adam_l1_", 1, [], r"g has 0 tensors, p has 1"),
+        (
+            "adam_l1_",
+            4,
+            torch.zeros(2, 6, dtype=torch.float64),
+            r"scal has shape \(2, 6\); expected \(1, 6\)",
+        ),
+        ("adam_l1_", 4, torch.zeros(1, 6), r"scal has dtype torch.float32; expected torch.float64"),
+        (
+            "adam_lq_",
+            4,
+            torch.zeros(1, 6, dtype=torch.float64),
+            r"scal has shape \(1, 6\); expected \(1, 3\)",
+        ),
+        ("adam_lq_", 11, 4, r"kind is 4; expected one of \[0, 1, 2, 3\]"),
+        (
+            "adam_lq_",
+            2,
+            [torch.randn(10, dtype=torch.float64)],
+            r"m\[0\] has dtype torch.float64; expected torch.float32",
+        ),
     ],
-    ids=["dtype", "shape", "stride", "device", "count", "rows", "array-dtype"],
+    ids=[
+        "dtype",
+        "shape",
+        "stride",
+        "device",
+        "count",
+        "rows",
+        "array-dtype",
+        "lq-rows",
+        "lq-kind",
+        "lq-dtype",
+    ],
 )
-def test_a_wrong_argument_raises_before_the_kernel_runs(ops, index, bad, match):
-    args = _adam_args()
+def test_a_wrong_argument_raises_before_the_kernel_runs(ops, op, index, bad, match):
+    args = {"adam_l1_": _adam_args, "adam_lq_": _lq_args}[op]()
     written = [*args[0], *args[2], *args[3]]
     before = [t.clone() for t in written]
     args[index] = bad
     with pytest.raises(ValueError, match=match):
-        ops.adam_l1_(*args)
+        getattr(ops, op)(*args)
     assert all(torch.equal(a, b) for a, b in zip(before, written))
 
 
@@ -154,8 +196,8 @@ def test_native_proxsgd_equals_eager_to_the_bit(
             )
 
 
-@settings(max_examples=10, deadline=None)
-@given(
+#: the ProxGen options the native-vs-eager tests draw
+_PROXGEN_OPTIONS = dict(
     shapes=st.lists(_SHAPE, min_size=1, max_size=3),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     preconditioner=st.sampled_from(["adam", "adam", "rmsprop", "adagrad"]),
@@ -164,6 +206,23 @@ def test_native_proxsgd_equals_eager_to_the_bit(
     threshold_cap=st.sampled_from([1.0, None]),
     seed=st.integers(0, 2**16),
 )
+
+
+def _assert_moments_agree(state_a, state_b, preconditioner, bias_correction, eps):
+    """Adam with bias correction to the bit; otherwise within a few ulp of the tensor's scale (torch's
+    multi-tensor ops round differently), with the same non-finite entries."""
+    for key in ("exp_avg", "exp_avg_sq"):
+        ma, mb = state_a[key], state_b[key]
+        if preconditioner == "adam" and bias_correction:
+            assert torch.equal(_bits(ma), _bits(mb)), key
+        else:
+            fin = ma.isfinite()
+            assert torch.equal(fin, mb.isfinite()) and torch.equal(ma[~fin], mb[~fin]), key
+            assert float((ma - mb)[fin].abs().max()) <= 8 * eps * float(ma[fin].abs().max()), key
+
+
+@settings(max_examples=10, deadline=None)
+@given(**_PROXGEN_OPTIONS)
 def test_native_proxgen_equals_eager_to_rounding(
     shapes, dtype, preconditioner, bias_correction, weight_decay, threshold_cap, seed
 ):
@@ -178,12 +237,7 @@ def test_native_proxgen_equals_eager_to_rounding(
     b, opt_b = _run(ProxGen, "native", shapes, dtype, 3, seed, **kw)
     eps = torch.finfo(dtype).eps
     for pa, pb in zip(a, b):
-        for key in ("exp_avg", "exp_avg_sq"):
-            ma, mb = opt_a.state[pa][key], opt_b.state[pb][key]
-            if preconditioner == "adam" and bias_correction:
-                assert torch.equal(_bits(ma), _bits(mb)), key
-            else:
-                assert float((ma - mb).abs().max()) <= 8 * eps * float(ma.abs().max()), key
+        _assert_moments_agree(opt_a.state[pa], opt_b.state[pb], preconditioner, bias_correction, eps)
         tol = 8 * eps * float(pa.detach().abs().max())
         assert float((pa - pb).detach().abs().max()) <= tol
         assert torch.equal(pa == 0, pb == 0)
@@ -203,16 +257,7 @@ def _metric(v, b, eps, floor, fill):
 
 
 @settings(max_examples=16, deadline=None)
-@given(
-    reg=st.sampled_from(_LQ_REGS),
-    shapes=st.lists(_SHAPE, min_size=1, max_size=3),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
-    preconditioner=st.sampled_from(["adam", "adam", "rmsprop", "adagrad"]),
-    bias_correction=st.booleans(),
-    weight_decay=st.sampled_from([0.0, 0.1]),
-    threshold_cap=st.sampled_from([1.0, None]),
-    seed=st.integers(0, 2**16),
-)
+@given(reg=st.sampled_from(_LQ_REGS), **_PROXGEN_OPTIONS)
 def test_native_proxgen_lq_equals_eager_to_rounding(
     reg, shapes, dtype, preconditioner, bias_correction, weight_decay, threshold_cap, seed
 ):
@@ -254,14 +299,7 @@ def test_native_proxgen_lq_equals_eager_to_rounding(
             opt.step()
         for pa, pb in zip(params["eager"], params["native"]):
             sa, sb = opts["eager"].state[pa], opts["native"].state[pb]
-            for key in ("exp_avg", "exp_avg_sq"):
-                ma, mb = sa[key], sb[key]
-                if preconditioner == "adam" and bias_correction:
-                    assert torch.equal(_bits(ma), _bits(mb)), key
-                else:
-                    fin = ma.isfinite()
-                    assert torch.equal(fin, mb.isfinite()) and torch.equal(ma[~fin], mb[~fin]), key
-                    assert float((ma - mb)[fin].abs().max()) <= 8 * eps * float(ma[fin].abs().max()), key
+            _assert_moments_agree(sa, sb, preconditioner, bias_correction, eps)
             a, b = pa.detach(), pb.detach()
             if a.numel() > 1:
                 assert sa["exp_avg_sq"].view(-1)[1] == torch.inf and b.view(-1)[1] != 0  # pinned: θ̂ kept
@@ -307,35 +345,6 @@ def test_auto_runs_the_native_lq_pass_from_the_size_threshold(ops, monkeypatch):
         p.grad = torch.randn(n)
         ProxGen([{"params": [p], "regularizer": Lq(0.05, q=0.5)}], lr=1e-2).step()
         assert len(calls) == expected
-
-
-def _lq_args(n=10):
-    p, g, m, v = (torch.randn(n) for _ in range(4))
-    scal = torch.tensor([[1e-3, 0.5, 0.5]], dtype=torch.float64)
-    return [[p], [g], [m], [v.abs()], scal, 1.0, 0.1, 0.999, 0.001, 1e-8, 1e-3, 2, 0.0, 1.0, 8]
-
-
-@pytest.mark.parametrize(
-    "index, bad, match",
-    [
-        (4, torch.zeros(1, 6, dtype=torch.float64), r"scal has shape \(1, 6\); expected \(1, 3\)"),
-        (11, 4, r"kind is 4; expected one of \[0, 1, 2, 3\]"),
-        (
-            2,
-            [torch.randn(10, dtype=torch.float64)],
-            r"m\[0\] has dtype torch.float64; expected torch.float32",
-        ),
-    ],
-    ids=["rows", "kind", "dtype"],
-)
-def test_a_wrong_lq_argument_raises_before_the_kernel_runs(ops, index, bad, match):
-    args = _lq_args()
-    written = [*args[0], *args[2], *args[3]]
-    before = [t.clone() for t in written]
-    args[index] = bad
-    with pytest.raises(ValueError, match=match):
-        ops.adam_lq_(*args)
-    assert all(torch.equal(a, b) for a, b in zip(before, written))
 
 
 @pytest.mark.parametrize("cls", [ProxGen, ProxSGD])
