@@ -1,4 +1,4 @@
-// ProxGen's Adam + ℓ1 step and ProxSGD's SGD + ℓ1 step as one memory pass per tensor
+// ProxGen's Adam + ℓ1 and Adam + ℓ0/Lq steps and ProxSGD's SGD + ℓ1 step as one memory pass per tensor
 // (lightning_prox.optim._l1_kernels drives them; prototypes generated from its signature table KERNELS and
 // force-included by lightning_prox.optim._native, so a definition that disagrees does not compile).
 //
@@ -8,7 +8,8 @@
 // written out as std::fma under LP_FMA) followed by the chunked soft thresholding of lightning_prox.optim._l1_kernels
 // (Adam's metric) or softshrink (Euclidean). Contraction is off (ISO C++), so every other operation rounds
 // as written and the result is the eager path's to the bit; the data is read and written once instead of
-// twice. Elements are independent: the OpenMP split changes no bit.
+// twice. The ℓ0/Lq prox (LqProx) follows the eager chunk kernels' operations the same way, to a few ulp
+// (see there). Elements are independent: the OpenMP split changes no bit.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
