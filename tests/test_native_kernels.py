@@ -221,6 +221,23 @@ def _assert_moments_agree(state_a, state_b, preconditioner, bias_correction, eps
             assert float((ma - mb)[fin].abs().max()) <= 8 * eps * float(ma[fin].abs().max()), key
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_proxsgd_zeros_carry_the_eager_signs(ops, dtype):
+    """torch's softshrink gives −0 for a zeroed negative value in the elements it runs in scalar code
+    (a tensor's last numel % (64 bytes / element size)) and +0 elsewhere: the native pass too."""
+    for n in (1, 7, 31, 69, 100):
+        out = []
+        for impl in ("eager", "native"):
+            p = torch.nn.Parameter(
+                -0.001 * torch.rand(n, generator=torch.Generator().manual_seed(n), dtype=dtype)
+            )
+            p.grad = torch.zeros(n, dtype=dtype)
+            ProxSGD([{"params": [p], "regularizer": L1(0.05)}], lr=0.1, implementation=impl).step()
+            out.append(p.detach())
+        assert torch.equal(out[0], torch.zeros(n, dtype=dtype))
+        assert torch.equal(torch.signbit(out[0]), torch.signbit(out[1])), n
+
+
 @settings(max_examples=10, deadline=None)
 @given(**_PROXGEN_OPTIONS)
 def test_native_proxgen_equals_eager_to_rounding(

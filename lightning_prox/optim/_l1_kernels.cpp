@@ -29,9 +29,10 @@ template <typename T> inline T fmadd(T a, T b, T c) {
 #endif
 }
 
-// torch.nn.functional.softshrink as its vectorized CPU kernel rounds: |a| ≤ λ → +0, NaN stays NaN
-template <typename T> inline T softshrink(T a, T lam) {
-  return a > lam ? a - lam : (a < -lam ? a + lam : (a == a ? T(0) : a));
+// torch.nn.functional.softshrink as its vectorized CPU kernel rounds: |a| ≤ λ → +0, NaN stays NaN; its
+// scalar code (Signed) gives a·0 there (−0 for a < 0)
+template <typename T, bool Signed = false> inline T softshrink(T a, T lam) {
+  return a > lam ? a - lam : (a < -lam ? a + lam : (Signed ? a * T(0) : (a == a ? T(0) : a)));
 }
 
 template <typename F> void for_chunks(int64_t n, int nthreads, F f) {
@@ -201,8 +202,9 @@ void adam_lq(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, do
 }
 
 // Tail as in adam_prox_range: there torch's compiler fused the momentum update the other way round
-// (buf·μ + d·(1 − τ) as fma(buf, μ, d·(1 − τ))).
-template <typename T, bool Buf, bool Tail>
+// (buf·μ + d·(1 − τ) as fma(buf, μ, d·(1 − τ))). ShrinkTail: the elements torch's softshrink runs in
+// scalar code (a range of its own longer than Tail's).
+template <typename T, bool Buf, bool Tail, bool ShrinkTail>
 void sgd_l1_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict buf, T w,
                   T mu, T d1, T neg_lr, T c, bool decay, bool nesterov, bool first) {
   for (int64_t j = lo; j < hi; ++j) {
@@ -213,25 +215,29 @@ void sgd_l1_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g
       buf[j] = bj;
       d = nesterov ? fmadd(bj, mu, d) : bj;
     }
-    p[j] = softshrink(fmadd(d, neg_lr, pj), c);
+    p[j] = softshrink<T, ShrinkTail>(fmadd(d, neg_lr, pj), c);
   }
 }
 
 template <typename T>
 void sgd_l1(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, double damp1, double lr, double c,
-            int64_t nesterov, int64_t first, int64_t vec, int nthreads) {
+            int64_t nesterov, int64_t first, int64_t vec, int64_t shrink_vec, int nthreads) {
   const T w = T(wd), mu = T(mom), d1 = T(damp1), neg_lr = T(-lr), cc = T(c);
   const int64_t bulk = numel - numel % std::max<int64_t>(vec, 1);
-  auto run = [&](int64_t lo, int64_t hi, auto tail) {
+  const int64_t shrink = std::min(bulk, numel - numel % std::max<int64_t>(shrink_vec, 1));
+  auto run = [&](int64_t lo, int64_t hi, auto tail, auto shrink_tail) {
+    constexpr bool Tail = decltype(tail)::value, ShrinkTail = decltype(shrink_tail)::value;
     if (buf)
-      sgd_l1_range<T, true, decltype(tail)::value>(lo, hi, p, g, buf, w, mu, d1, neg_lr, cc, wd != 0.0,
-                                                  nesterov, first);
+      sgd_l1_range<T, true, Tail, ShrinkTail>(lo, hi, p, g, buf, w, mu, d1, neg_lr, cc, wd != 0.0, nesterov,
+                                              first);
     else
-      sgd_l1_range<T, false, decltype(tail)::value>(lo, hi, p, g, buf, w, mu, d1, neg_lr, cc, wd != 0.0,
-                                                   nesterov, first);
+      sgd_l1_range<T, false, Tail, ShrinkTail>(lo, hi, p, g, buf, w, mu, d1, neg_lr, cc, wd != 0.0, nesterov,
+                                               first);
   };
-  for_chunks(bulk, nthreads, [&](int64_t lo, int64_t hi) { run(lo, hi, std::false_type{}); });
-  run(bulk, numel, std::true_type{});
+  for_chunks(shrink, nthreads,
+             [&](int64_t lo, int64_t hi) { run(lo, hi, std::false_type{}, std::false_type{}); });
+  run(shrink, bulk, std::false_type{}, std::true_type{});
+  run(bulk, numel, std::true_type{}, std::true_type{});
 }
 
 }  // namespace
@@ -254,10 +260,10 @@ void sgd_l1(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, doub
   }                                                                                                          \
   extern "C" void lp_sgd_l1_##SUF(int64_t n, const int64_t* numel, T* const* p, const T* const* g, T* const* buf,       \
                        double wd, double mom, double damp1, double lr, double c, int64_t nesterov,           \
-                       int64_t first, int64_t vec, int nthreads) {                                           \
+                       int64_t first, int64_t vec, int64_t shrink_vec, int nthreads) {                       \
     for (int64_t i = 0; i < n; ++i)                                                                          \
       sgd_l1<T>(numel[i], p[i], g[i], buf ? buf[i] : nullptr, wd, mom, damp1, lr, c, nesterov, first, vec,  \
-                nthreads);                                                                                   \
+                shrink_vec, nthreads);                                                                       \
   }
 
 LP_EXPORT(float, f32)

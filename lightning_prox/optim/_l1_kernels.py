@@ -55,7 +55,7 @@ KERNELS = (
         "sgd_l1_",
         (Arg("p", "tensors", out=True), Arg("g", "tensors"), Arg("buf", "tensors", out=True, optional=True),
          Arg("wd", "float"), Arg("mom", "float"), Arg("damp1", "float"), Arg("lr", "float"), Arg("c", "float"),
-         Arg("nesterov", "int"), Arg("first", "int"), Arg("vec", "int")),
+         Arg("nesterov", "int"), Arg("first", "int"), Arg("vec", "int"), Arg("shrink_vec", "int")),
     ),
 )  # fmt: skip
 
@@ -259,13 +259,16 @@ def sgd_l1_(
     first: bool,
 ) -> None:
     """One native pass per tensor: torch's fused SGD step (``first``: the buffers take the first
-    direction), then soft thresholding at ``c`` (= lr·λ) — the same bits as those two calls.
+    direction), then soft thresholding at ``c`` (= lr·λ) — the same bits as those two calls (torch's
+    softshrink runs the last numel % (64 bytes / element size) values in scalar code, where it gives
+    −0 for a zeroed negative value: measured on torch 2.14's x86 wheels; a tensor it splits between
+    threads has such ranges inside too, where only the sign of a zero can differ).
 
     ``momentum_buffers`` is None for momentum 0. The caller checks :func:`native_available` first.
     """
     _ops().sgd_l1_(
         params, grads, momentum_buffers or [], weight_decay, momentum, 1 - dampening, lr, c, int(nesterov),
-        int(first), _scalar_tail(params[0]),
+        int(first), _scalar_tail(params[0]), 64 // params[0].element_size(),
     )  # fmt: skip
 
 
