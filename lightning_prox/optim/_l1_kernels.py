@@ -1,6 +1,7 @@
 """In-place ℓ1 kernels of ProxGen and ProxSGD: the chunked eager soft thresholding under Adam's metric,
 and the native one-pass Adam + ℓ1 and SGD + ℓ1 steps (``_l1_kernels.cpp``, operators declared in
-:data:`KERNELS`; equal to the eager step to the bit).
+:data:`KERNELS`; equal to the eager step to the bit); and the one-pass Adam + ℓ0 / Lq (q = 0, 1/2, 2/3)
+step of ProxGen (:func:`adam_lq_`: the same moments, the closed-form prox to a few ulp).
 
 Both ℓ1 forms under Adam's metric take the metric floor of :class:`~lightning_prox.optim.ProxGen` (``threshold_cap``): the
 soft threshold is ``c / max(D, floor)``, which never exceeds ``c / floor``, and ``c`` (the
@@ -18,11 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..regularizers import _fused
+from ..regularizers import L0, Lq, Regularizer, _fused
 from . import _native
 from ._native import Arg, Kernel
 
-__all__ = ["KERNELS", "adam_l1_", "native_available", "sgd_l1_", "soft_threshold_metric_"]
+__all__ = [
+    "KERNELS",
+    "adam_l1_",
+    "adam_lq_",
+    "lq_kind",
+    "native_available",
+    "sgd_l1_",
+    "soft_threshold_metric_",
+]
 
 #: the signature table of ``_l1_kernels.cpp``
 KERNELS = (
@@ -35,10 +44,18 @@ KERNELS = (
         check=lambda a: _check_rows(a, "scal", 6),
     ),
     Kernel(
+        "adam_lq_",
+        (Arg("p", "tensors", out=True), Arg("g", "tensors"), Arg("m", "tensors", out=True),
+         Arg("v", "tensors", out=True), Arg("scal", "array", dtype=torch.float64), Arg("decay", "float"),
+         Arg("w1", "float"), Arg("beta2", "float"), Arg("c2", "float"), Arg("eps", "float"), Arg("a", "float"),
+         Arg("kind", "int"), Arg("floor", "float"), Arg("fill", "float"), Arg("vec", "int")),
+        check=lambda a: (_check_rows(a, "scal", 3), _check_kind(a["kind"])),
+    ),
+    Kernel(
         "sgd_l1_",
         (Arg("p", "tensors", out=True), Arg("g", "tensors"), Arg("buf", "tensors", out=True, optional=True),
          Arg("wd", "float"), Arg("mom", "float"), Arg("damp1", "float"), Arg("lr", "float"), Arg("c", "float"),
-         Arg("nesterov", "int"), Arg("first", "int"), Arg("vec", "int")),
+         Arg("nesterov", "int"), Arg("first", "int"), Arg("vec", "int"), Arg("shrink_vec", "int")),
     ),
 )  # fmt: skip
 
@@ -49,6 +66,24 @@ def _check_rows(values: dict[str, Any], name: str, width: int) -> None:
         raise ValueError(
             f"{name} has shape {tuple(values[name].shape)}; expected ({n}, {width}): a row per tensor"
         )
+
+
+def _check_kind(kind: int) -> None:
+    if kind not in _KINDS.values():
+        raise ValueError(
+            f"kind is {kind}; expected one of {sorted(_KINDS.values())} (one per regularizer, see lq_kind)"
+        )
+
+
+#: the prox of ``adam_lq_`` by ``(regularizer type, q)`` (q = None: the type has no exponent): hard
+#: thresholding (ℓ0: |z| > sqrt(2·step·λ/D); Lq with q = 0: the same threshold as sqrt(step·λ/D)·√2,
+#: rounded as that class rounds it) and the polynomial + Newton forms of q = 1/2 and 2/3
+_KINDS = {(L0, None): 0, (Lq, 0.0): 1, (Lq, 0.5): 2, (Lq, 2.0 / 3.0): 3}
+
+
+def lq_kind(regularizer: Regularizer | None) -> int | None:
+    """The ``adam_lq_`` prox that computes ``regularizer``'s closed form (its exact type), else None."""
+    return _KINDS.get((type(regularizer), getattr(regularizer, "q", None)))
 
 
 def _ops() -> Any:
@@ -145,21 +180,69 @@ def adam_l1_(
     contiguous, of one dtype; ``steps`` are the incremented counters. The caller checks
     :func:`native_available` first.
     """
-    adam_bc = preconditioner == "adam" and bias_correction
-    b2, c2 = (1.0, 1.0) if preconditioner == "adagrad" else (beta2, 1 - beta2)
+    b2, c2, smooth = _adam_scalars(steps, lr, beta1, beta2, preconditioner, bias_correction)
     scal = torch.tensor(
-        [
-            # torch's fused Adam computes its bias corrections in double with pow and sqrt
-            (lr / (1 - beta1**s) if bias_correction else lr, math.sqrt(1 - beta2**s) if adam_bc else 1.0,
-             c * b, eps * b, floor * b, b)
-            for s, b in zip(steps, bc2_sqrts)
-        ],
-        dtype=torch.float64,
-    ).reshape(len(params), 6)  # fmt: skip
+        [(*row, c * b, eps * b, floor * b, b) for row, b in zip(smooth, bc2_sqrts)], dtype=torch.float64
+    ).reshape(len(params), 6)
     _ops().adam_l1_(
         params, grads, exp_avgs, exp_avg_sqs, scal, 1 - lr * weight_decay, 1 - beta1, b2, c2, eps,
         int(floor > 0), _scalar_tail(params[0]),
     )  # fmt: skip
+
+
+def adam_lq_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    regularizer: Regularizer,
+    bc2_sqrts: list[float],
+    floor: float,
+    fill: float,
+    preconditioner: str = "adam",
+    bias_correction: bool = True,
+) -> None:
+    """One native pass per tensor: the smooth step of :func:`adam_l1_`, then ``regularizer``'s closed-form
+    prox with step lr (one of :func:`lq_kind`'s: ℓ0, or Lq with q = 0, 1/2, 2/3) under the metric
+    D = √v/b + eps (b = ``bc2_sqrts``), floored as ProxGen floors it: D̄ = max(D, ``floor``), and
+    ``fill`` where v = 0 (``floor`` > 0 only).
+
+    The moments are :func:`adam_l1_`'s (the same bits as the eager step); the prox follows the eager
+    chunk kernels' operations in the parameters' dtype (the non-finite policy included: θ̂ where θ̂ is
+    not finite or D = inf), except that q = 2/3 takes |θ̂|^{1/3} by Newton steps instead of torch's
+    exp(log(·)/3): parameters agree to a few ulp, and a coordinate within rounding of its zeroing
+    threshold may fall on the other side. The caller checks :func:`native_available` and
+    :func:`lq_kind` first.
+    """
+    kind = lq_kind(regularizer)
+    b2, c2, smooth = _adam_scalars(steps, lr, beta1, beta2, preconditioner, bias_correction)
+    scal = torch.tensor([(*row, b) for row, b in zip(smooth, bc2_sqrts)], dtype=torch.float64)
+    a = lr * (2.0 * regularizer.lam if kind == 0 else regularizer.lam)  # ℓ0's s = step·2λ/D
+    _ops().adam_lq_(
+        params, grads, exp_avgs, exp_avg_sqs, scal.reshape(len(params), 3), 1 - lr * weight_decay, 1 - beta1,
+        b2, c2, eps, a, kind, floor, fill, _scalar_tail(params[0]),
+    )  # fmt: skip
+
+
+def _adam_scalars(
+    steps: list[float], lr: float, beta1: float, beta2: float, preconditioner: str, bias_correction: bool
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """β₂ and 1 − β₂ of the second moment (1, 1 for AdaGrad) and per tensor lr/bc1 and the √bc2 of the
+    smooth step (torch's fused Adam computes its bias corrections in double with pow and sqrt)."""
+    adam_bc = preconditioner == "adam" and bias_correction
+    b2, c2 = (1.0, 1.0) if preconditioner == "adagrad" else (beta2, 1 - beta2)
+    rows = [
+        (lr / (1 - beta1**s) if bias_correction else lr, math.sqrt(1 - beta2**s) if adam_bc else 1.0)
+        for s in steps
+    ]
+    return b2, c2, rows
 
 
 def sgd_l1_(
@@ -176,13 +259,16 @@ def sgd_l1_(
     first: bool,
 ) -> None:
     """One native pass per tensor: torch's fused SGD step (``first``: the buffers take the first
-    direction), then soft thresholding at ``c`` (= lr·λ) — the same bits as those two calls.
+    direction), then soft thresholding at ``c`` (= lr·λ) — the same bits as those two calls (torch's
+    softshrink runs the last numel % (64 bytes / element size) values in scalar code, where it gives
+    −0 for a zeroed negative value: measured on torch 2.14's x86 wheels; a tensor it splits between
+    threads has such ranges inside too, where only the sign of a zero can differ).
 
     ``momentum_buffers`` is None for momentum 0. The caller checks :func:`native_available` first.
     """
     _ops().sgd_l1_(
         params, grads, momentum_buffers or [], weight_decay, momentum, 1 - dampening, lr, c, int(nesterov),
-        int(first), _scalar_tail(params[0]),
+        int(first), _scalar_tail(params[0]), 64 // params[0].element_size(),
     )  # fmt: skip
 
 

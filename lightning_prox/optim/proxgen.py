@@ -39,7 +39,7 @@ ProxMetric = Literal["preconditioned", "euclidean"]
 _PRECONDITIONERS = ("adam", "rmsprop", "adagrad", "identity")
 _PROX_METRICS = ("preconditioned", "euclidean")
 _HALF = (torch.float16, torch.bfloat16)
-#: ``implementation="auto"`` runs the native Adam + ℓ1 pass for a (device, dtype) bucket of a
+#: ``implementation="auto"`` runs the native Adam + prox pass (ℓ1, ℓ0, Lq) for a (device, dtype) bucket of a
 #: regularized group from this many elements on (smaller models: the eager step costs little, and
 #: nothing is built).
 AUTO_NATIVE_NUMEL = 1 << 16
@@ -148,11 +148,12 @@ class ProxGen(ProxOptimizer):
         threshold_cap: κ > 0, the cap of the metric floor described above (λ/κ for ℓ1) (default 1), or ``None`` for the
             paper's exact update.
         {check_finite}
-        {implementation} Here the native kernel is the smooth step + ℓ1 (adam, rmsprop or adagrad
-            preconditioner) as one C++ pass per tensor on CPU (float32/float64; equal to the eager
-            step to rounding, the adam moments to the bit; built with the system compiler in a few
-            seconds, once per machine);
-            ``"auto"`` uses it for a regularized group's ℓ1 tensors from ``AUTO_NATIVE_NUMEL`` =
+        {implementation} Here the native kernel is the smooth step + the prox of ℓ1, ℓ0 or Lq
+            (q = 0, 1/2, 2/3) (adam, rmsprop or adagrad preconditioner) as one C++ pass per tensor on
+            CPU (float32/float64; the moments as the eager step's, the adam ones to the bit; the
+            parameters to a few ulp, a coordinate within rounding of an ℓ0/Lq zeroing threshold on
+            either side; built with the system compiler in a few seconds, once per machine);
+            ``"auto"`` uses it for a regularized group's tensors from ``AUTO_NATIVE_NUMEL`` =
             2^16 elements on. Groups without a regularizer always run torch's Adam kernels.
         {torch_flags} For ProxGen ``fused=None`` uses torch's fused AdamW kernel for the smooth
             part on CPU (adam with bias correction), ``fused=True`` also on CUDA,
@@ -517,7 +518,7 @@ def _smooth(
     fuse_prox: bool,
 ) -> list[_Bucket]:
     """The smooth half (moments and preconditioned step) per (device, dtype) bucket, dispatched like
-    torch's ``adam``: the reference loop (``foreach=False``), the native Adam + ℓ1 pass (which also
+    torch's ``adam``: the reference loop (``foreach=False``), the native Adam + prox pass (which also
     applies the prox; only with ``fuse_prox``), torch's fused AdamW kernel, or multi-tensor ops."""
     hp = dict(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -553,24 +554,40 @@ def _smooth(
             if preconditioner != "identity":
                 torch._foreach_copy_(list(d_v), v32)  # type: ignore[arg-type]
             continue
+        native_l1 = _fused.supports(regularizer, d_params)
+        lq_kind = None if native_l1 else _l1_kernels.lq_kind(regularizer)
         if (
             fuse_prox
             and do_prox
+            and (native_l1 or lq_kind is not None)
             and implementation in ("native", "auto")
             and device.type == "cpu"
             and preconditioner != "identity"
             and prox_metric == "preconditioned"
-            and _fused.supports(regularizer, d_params)
             and fused is not False
             and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
             and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
             and _l1_kernels.native_available()
         ):
-            _l1_kernels.adam_l1_(
-                d_params, list(d_grads), list(d_m), list(d_v), steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                weight_decay=weight_decay, c=lr * regularizer.lam, bc2_sqrts=bc2_sqrts, floor=floor,  # type: ignore[union-attr]
-                preconditioner=preconditioner, bias_correction=bias_correction,
+            kw = dict(
+                lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, bc2_sqrts=bc2_sqrts,
+                floor=floor, preconditioner=preconditioner, bias_correction=bias_correction,
             )  # fmt: skip
+            if native_l1:
+                _l1_kernels.adam_l1_(
+                    d_params,
+                    list(d_grads),
+                    list(d_m),
+                    list(d_v),
+                    steps,
+                    c=lr * regularizer.lam,
+                    **kw,  # type: ignore[union-attr]
+                )
+            else:
+                _l1_kernels.adam_lq_(
+                    d_params, list(d_grads), list(d_m), list(d_v), steps, regularizer=regularizer,  # type: ignore[arg-type]
+                    fill=_history_free_metric(regularizer, floor), **kw,
+                )  # fmt: skip
             bucket.done = True
             continue
         use_fused = device.type == "cpu" if fused is None else (fused and device.type in ("cpu", "cuda"))
