@@ -215,7 +215,7 @@ def main() -> None:
             a, b = f"RAMDA + GroupLasso (native){state}", f"RAMDA + GroupLasso (eager){state}"
             a = a if a in runs else "RAMDA + GroupLasso (default: native)" if not state else a
             if a in runs and b in runs:
-                diff = max(float((x - y).abs().max()) for x, y in zip(runs[a][0], runs[b][0]))
+                diff = max(float((x - y).detach().abs().max()) for x, y in zip(runs[a][0], runs[b][0]))
                 print(f"  native vs eager RAMDA{state or ', fresh'}: max |parameter difference| {diff:.2e}")
         if args.profile:
             for name in names:
