@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..regularizers._elementwise import cap
-from ..regularizers._group_solver import group_weight
+from ..regularizers._group_solver import _Layout, group_weight
 from . import _native
 from ._native import Arg, Kernel
 
@@ -81,11 +81,10 @@ def _ops() -> Any:
 
 
 def _layout(z: Tensor, dim: str) -> tuple[int, int, int, int, int]:
-    """(rows, R, N, K, groups) of ``z`` viewed as [R, N], as ``_group_solver._Layout`` groups it."""
-    n, R = z.numel(), z.shape[0]
-    if dim == "out":
-        return 1, R, n // R, 1, R
-    return 0, R, n // R, n // (R * z.shape[1]), z.shape[1]
+    """(rows, R, N, K, groups) of ``z`` viewed as [R, N]: the groups of ``_group_solver._Layout``."""
+    lay = _Layout(z, dim)
+    R, N = lay.shape
+    return (1, R, N, 1, lay.g) if dim == "out" else (0, R, N, lay.k, lay.g)
 
 
 def prox_group_lasso(
