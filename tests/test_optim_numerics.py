@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lightning_prox.optim import RAMDA, RMDA, ProxGen, ProxSGD, TwoStageProxSGD
-from lightning_prox.regularizers import L0, L1, GroupLasso, Lq
+from lightning_prox.regularizers import L0, L1, MCP, SCAD, GroupLasso, Lq, NuclearNorm, Quantization
 from lightning_prox.structure import param_groups_regularized
 from tests.cases import single_thread  # noqa: F401
 
@@ -377,3 +377,42 @@ def test_dual_averaging_half_precision_keeps_float32_sums(opt_name, dtype):
     resumed, opt2 = run(dtype, resume_at=5)
     assert all(opt2.state[p][k].dtype == torch.float32 for p in resumed for k in keys)
     assert all(torch.equal(a, b) for a, b in zip(half, resumed))
+
+
+NAN_REGULARIZERS = {
+    "L1": L1(1e-3),
+    "L0": L0(1e-3),
+    "Lq1/2": Lq(1e-3, q=0.5),
+    "MCP": MCP(1e-3),
+    "SCAD": SCAD(1e-3),
+    "Quantization": Quantization(1e-3),
+    "GroupLasso-out": GroupLasso(1e-3, dim="out"),
+    "GroupLasso-in": GroupLasso(1e-3, dim="in"),
+    "NuclearNorm": NuclearNorm(1e-3),
+}
+
+
+@pytest.mark.parametrize("reg_name", list(NAN_REGULARIZERS))
+@pytest.mark.parametrize("opt_name", ["ProxGen", "ProxGen-eager", "ProxSGD"])
+def test_nan_gradient_without_the_check_gives_nan_on_every_path(opt_name, reg_name):
+    """``check_finite=False`` with a NaN gradient: no error halfway through the step (after the
+    moments changed), and the NaN coordinate comes out NaN, never zero; native and eager agree on
+    which entries are NaN."""
+    reg = NAN_REGULARIZERS[reg_name]
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(6, 5))
+    opt = OPTIMIZERS[opt_name]([p], regularizer=reg, check_finite=False)
+    p.grad = torch.randn(6, 5)
+    opt.step()
+    p.grad = torch.randn(6, 5)
+    p.grad[3, 2] = float("nan")
+    opt.step()
+    assert torch.isnan(p[3, 2])
+    if reg_name == "NuclearNorm":  # no SVD with a NaN: the matrix is NaN throughout
+        assert torch.isnan(p).all()
+    elif reg_name.startswith("GroupLasso"):  # its group is NaN or zero, the others finite
+        group = p[3] if reg_name.endswith("out") else p[:, 2]
+        assert bool((torch.isnan(group) | (group == 0)).all())
+        assert int(torch.isnan(p).sum()) == int(torch.isnan(group).sum())
+    else:
+        assert int(torch.isnan(p).sum()) == 1

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..regularizers import _fused
-from ..regularizers._base import Regularizer
+from ..regularizers._base import Regularizer, run_prox_multi
 
 __all__ = ["prox_tensors_"]
 
@@ -44,12 +44,11 @@ def prox_tensors_(
     if fast and metrics is None and _fused.supports(reg, params):
         _fused.soft_threshold_(params, step * reg.lam)
         return
-    prox_multi = getattr(reg, "prox_multi", None)
-    if prox_multi is not None:
-        kwargs: dict[str, Any] = {} if info is None else {"info": info}
+    if hasattr(reg, "_prox_multi"):
         # out=params: regularizers that can write in place do (no parameter-sized temporary and
-        # no copy back); the others copy into params themselves
-        prox_multi(list(params), step, metrics, out=list(params), **kwargs)
+        # no copy back); the others copy into params themselves. Unchecked: the optimizer's metrics
+        # are positive by construction (one read of every metric less)
+        run_prox_multi(reg, list(params), step, metrics, info=info, out=list(params))
         return
     outs = [reg.prox(p, step, None if metrics is None else metrics[i]) for i, p in enumerate(params)]
     torch._foreach_copy_(params, outs)

@@ -356,18 +356,7 @@ class Regularizer:
             out = list(out)
             if len(out) != len(zs) or any(o.shape != z.shape or o.dtype != z.dtype for o, z in zip(out, zs)):
                 raise ValueError("out must hold one tensor per z, each with z's shape and dtype")
-        if info is not None:
-            info["inner_iters"] = 0
-            info["screened"] = 0
-        if self.lam == 0.0 or not zs:
-            if out is None:
-                return [z.clone() for z in zs]
-            torch._foreach_copy_(out, zs)
-            return out
-        writes = out is not None and self._writes_out
-        opts = ProxOptions(x0s=x0s, max_iters=max_iters, rtol=rtol, info=info, out=out if writes else None)
-        res = self._prox_multi(zs, step, metrics, opts)
-        return res if writes else copy_into(res, out)
+        return run_prox_multi(self, zs, step, metrics, x0s, max_iters=max_iters, rtol=rtol, info=info, out=out)
 
     def _prox_multi(
         self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
@@ -569,6 +558,36 @@ def as_regularizer(reg: Regularizer | dict[str, Any] | None) -> Regularizer | No
     raise ValueError(
         f"regularizer must be a lightning_prox.regularizers.Regularizer, a spec dict or None, got {reg!r}"
     )
+
+
+def run_prox_multi(
+    reg: Regularizer,
+    zs: list[Tensor],
+    step: Step,
+    metrics: list[Tensor] | None,
+    x0s: list[Tensor] | None = None,
+    *,
+    max_iters: int | None = None,
+    rtol: float | None = None,
+    info: dict | None = None,
+    out: list[Tensor] | None = None,
+) -> list[Tensor]:
+    """:meth:`Regularizer.prox_multi` without its argument checks, for callers whose arguments are
+    right by construction: the optimizers, whose metrics are ≥ eps (or the floor) wherever the
+    gradients are finite. A NaN entry there (a NaN gradient under ``check_finite=False``) then gives
+    a NaN coordinate, as the native passes do, instead of an error after the smooth step has run."""
+    if info is not None:
+        info["inner_iters"] = 0
+        info["screened"] = 0
+    if reg.lam == 0.0 or not zs:
+        if out is None:
+            return [z.clone() for z in zs]
+        torch._foreach_copy_(out, zs)
+        return out
+    writes = out is not None and reg._writes_out
+    opts = ProxOptions(x0s=x0s, max_iters=max_iters, rtol=rtol, info=info, out=out if writes else None)
+    res = reg._prox_multi(zs, step, metrics, opts)
+    return res if writes else copy_into(res, out)
 
 
 # -- argument checks shared by all regularizers --------------------------------------------------

@@ -253,7 +253,10 @@ class NuclearNorm(Regularizer):
             # a +inf entry couples to the whole spectrum: the matrix is pinned (x = z), solved with a
             # unit metric (the closed form) and discarded; 0-dim masks, no device sync
             pinned[t] = torch.isposinf(m).any()
-            m = torch.where(pinned[t], 1.0, m)
+            # a NaN metric entry (a NaN gradient) makes the matrix NaN, as a NaN in z does
+            nan_m = torch.isnan(m).any()
+            finite[t] = finite[t] & ~nan_m
+            m = torch.where(pinned[t] | nan_m, 1.0, m)
             mu = _pow2(m.amax())  # the metric in units of its max too: τ/μ solves the same problem
             ms[t] = m / mu
             taus[t] = torch.clamp(taus[t] / mu, max=torch.finfo(m.dtype).max)
