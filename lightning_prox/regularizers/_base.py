@@ -356,7 +356,9 @@ class Regularizer:
             out = list(out)
             if len(out) != len(zs) or any(o.shape != z.shape or o.dtype != z.dtype for o, z in zip(out, zs)):
                 raise ValueError("out must hold one tensor per z, each with z's shape and dtype")
-        return run_prox_multi(self, zs, step, metrics, x0s, max_iters=max_iters, rtol=rtol, info=info, out=out)
+        return run_prox_multi(
+            self, zs, step, metrics, x0s, max_iters=max_iters, rtol=rtol, info=info, out=out
+        )
 
     def _prox_multi(
         self, zs: list[Tensor], step: Step, metrics: list[Tensor] | None, opts: ProxOptions
