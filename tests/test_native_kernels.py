@@ -420,14 +420,26 @@ def test_native_proxgen_resumes_bit_for_bit(reg, ops):
         assert torch.equal(_bits(pa), _bits(pb))
 
 
-def test_the_first_build_logs_one_line_and_a_cached_one_none(monkeypatch, tmp_path, caplog):
+def test_the_first_build_starts_at_construction_logs_one_line_and_a_cached_one_none(
+    monkeypatch, tmp_path, caplog
+):
     if _native._compiler() is None:
         pytest.skip("no C++ compiler here")
     monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_PREFETCH", {})
     _native.kernels.cache_clear()
+    p = torch.nn.Parameter(torch.randn(8))
     try:
         with caplog.at_level(logging.WARNING, logger="lightning_prox.optim._native"):
-            assert _l1_kernels._ops() is not None
+            ProxGen([p], implementation="eager", regularizer=L1(0.1))
+            ProxGen([p])  # neither the eager path nor a step without regularizer builds anything
+            assert not _native._PREFETCH
+            ProxGen([p], regularizer=L1(0.1))
+            ProxSGD([p], lr=0.1, regularizer=L1(0.1))  # the same library: no second build
+            assert list(_native._PREFETCH) == ["_l1_kernels.cpp"]
+            assert _l1_kernels._ops() is not None  # waits for the background build
+            assert not _native._PREFETCH["_l1_kernels.cpp"].is_alive()
+            assert len(list((tmp_path / "native").glob("_l1_kernels-*.so"))) == 1
             _native.kernels.cache_clear()
             assert _l1_kernels._ops() is not None
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from ..regularizers._base import Regularizer, as_regularizer
+from . import _native
 from ._common import check_finite_grads, group_regularizer
 from ._stats import group_stats
 
@@ -202,6 +203,16 @@ class ProxOptimizer(Optimizer):
         if "fused" in self._torch_flags:
             defaults["fused"] = fused
         super().__init__(params, defaults)
+        if implementation != "eager" and any(
+            p.device.type == "cpu" for group in self.param_groups for p in group["params"]
+        ):
+            for source, table in self._native_libraries():
+                _native.prefetch(source, table)
+
+    def _native_libraries(self) -> list[tuple[str, Sequence[_native.Kernel]]]:
+        """The native libraries (source, signature table) that the CPU steps of these param groups
+        may run: their first builds start in the background at construction (none by default)."""
+        return []
 
     # -- param groups ---------------------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:

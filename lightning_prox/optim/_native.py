@@ -39,6 +39,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-__all__ = ["Arg", "Kernel", "kernels"]
+__all__ = ["Arg", "Kernel", "kernels", "prefetch"]
 
 _log = logging.getLogger(__name__)
 
@@ -321,6 +322,44 @@ def _load(source: str, header: str) -> ctypes.CDLL:
     raise RuntimeError("; ".join(errors)[-3000:])
 
 
+#: source -> the thread building it in the background (see :func:`prefetch`)
+_PREFETCH: dict[str, threading.Thread] = {}
+_PREFETCH_LOCK = threading.Lock()
+
+
+def _header(table: Sequence[Kernel]) -> str:
+    return "\n".join(k.prototypes() for k in table)
+
+
+def prefetch(source: str, table: Sequence[Kernel]) -> None:
+    """Start building ``source`` into the on-disk cache in a background thread (once per process),
+    so that a first build overlaps with the work before the first step (data loading, the first
+    forward and backward) instead of stalling it. :func:`kernels` waits for it; a failed build is
+    silent here and reported by :func:`kernels`. The compiler runs in a subprocess, so the Python
+    thread only waits (the GIL is free).
+
+    Example:
+        >>> from lightning_prox.optim._ramda_compiled import KERNELS
+        >>> prefetch("_ramda_kernels.cpp", KERNELS)
+        >>> ops = kernels("_ramda_kernels.cpp", KERNELS)  # waits for the build, then loads it
+    """
+    with _PREFETCH_LOCK:
+        if source in _PREFETCH:
+            return
+        thread = threading.Thread(
+            target=_try_load, args=(source, _header(table)), name=f"lightning_prox-build-{source}", daemon=True
+        )
+        _PREFETCH[source] = thread
+    thread.start()
+
+
+def _try_load(source: str, header: str) -> None:
+    try:
+        _load(source, header)
+    except Exception:  # kernels() builds again and reports why
+        _log.debug("background build of %s failed", source, exc_info=True)
+
+
 @functools.cache
 def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
     """The operators of the C++ file ``source`` (next to this module) declared by ``table``, as
@@ -333,7 +372,10 @@ def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
         >>> ops is None or ops.ramda_cbrt_ is torch.ops.lightning_prox.ramda_cbrt_
         True
     """
-    header = "\n".join(k.prototypes() for k in table)
+    pending = _PREFETCH.get(source)
+    if pending is not None and pending is not threading.current_thread():
+        pending.join()  # a background build of the same library: wait for it rather than build twice
+    header = _header(table)
     try:
         lib = _load(source, header)
         # a declared entry point the source does not define: refused here, never called

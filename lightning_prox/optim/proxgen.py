@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..regularizers import _fused
+from ..regularizers import L1, GroupLasso, _fused
 from ..regularizers._base import Regularizer
-from . import _l1_kernels
+from . import _group_kernels, _l1_kernels
 from ._base import (
     Implementation,
     ProxOptimizer,
@@ -228,6 +228,15 @@ class ProxGen(ProxOptimizer):
             capturable=capturable,
             differentiable=differentiable,
         )
+
+    def _native_libraries(self) -> list[tuple[str, Any]]:
+        regs = [group_regularizer(g) for g in self.param_groups]
+        libs = []
+        if any(type(r) is L1 or _l1_kernels.lq_kind(r) is not None for r in regs):
+            libs.append(("_l1_kernels.cpp", _l1_kernels.KERNELS))
+        if any(isinstance(r, GroupLasso) for r in regs):
+            libs.append(("_group_kernels.cpp", _group_kernels.KERNELS))
+        return libs
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

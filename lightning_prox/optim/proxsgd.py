@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..regularizers import _fused
+from ..regularizers import L1, _fused
 from ..regularizers._base import Regularizer
 from . import _l1_kernels
 from ._base import (
@@ -108,6 +108,10 @@ class ProxSGD(ProxOptimizer):
 
     _setstate_defaults = {"nesterov": False}
     _torch_flags = frozenset({"maximize", "foreach", "fused"})
+
+    def _native_libraries(self) -> list[tuple[str, Any]]:
+        regs = [group_regularizer(g) for g in self.param_groups]
+        return [("_l1_kernels.cpp", _l1_kernels.KERNELS)] if any(type(r) is L1 for r in regs) else []
 
     def __init__(
         self,
