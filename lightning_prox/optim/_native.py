@@ -347,7 +347,10 @@ def prefetch(source: str, table: Sequence[Kernel]) -> None:
         if source in _PREFETCH:
             return
         thread = threading.Thread(
-            target=_try_load, args=(source, _header(table)), name=f"lightning_prox-build-{source}", daemon=True
+            target=_try_load,
+            args=(source, _header(table)),
+            name=f"lightning_prox-build-{source}",
+            daemon=True,
         )
         _PREFETCH[source] = thread
     thread.start()
