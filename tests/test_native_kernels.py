@@ -434,8 +434,12 @@ def test_the_first_build_starts_at_construction_logs_one_line_and_a_cached_one_n
             ProxGen([p], implementation="eager", regularizer=L1(0.1))
             ProxGen([p])  # neither the eager path nor a step without regularizer builds anything
             assert not _native._PREFETCH
-            ProxGen([p], regularizer=L1(0.1))
-            ProxSGD([p], lr=0.1, regularizer=L1(0.1))  # the same library: no second build
+            ProxGen([p], regularizer=L1(0.1))  # 8 values: "auto" runs eager, builds nothing
+            assert not _native._PREFETCH
+            ProxGen([p], regularizer=L1(0.1), implementation="native")
+            ProxSGD(
+                [p], lr=0.1, regularizer=L1(0.1), implementation="native"
+            )  # the same library: no second build
             assert list(_native._PREFETCH) == ["_l1_kernels.cpp"]
             assert _l1_kernels._ops() is not None  # waits for the background build
             assert not _native._PREFETCH["_l1_kernels.cpp"].is_alive()

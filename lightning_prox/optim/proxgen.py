@@ -9,7 +9,7 @@ Proximal Gradient Methods for Deep Learning"). Reference implementation: ``abcdx
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -230,12 +230,13 @@ class ProxGen(ProxOptimizer):
         )
 
     def _native_libraries(self) -> list[tuple[str, Any]]:
-        regs = [group_regularizer(g) for g in self.param_groups]
         libs = []
-        if any(type(r) is L1 or _l1_kernels.lq_kind(r) is not None for r in regs):
+        if _native_size_groups(
+            self, lambda r: type(r) is L1 or _l1_kernels.lq_kind(r) is not None, AUTO_NATIVE_NUMEL
+        ):
             libs.append(("_l1_kernels.cpp", _l1_kernels.KERNELS))
-        if any(isinstance(r, GroupLasso) for r in regs):
-            libs.append(("_group_kernels.cpp", _group_kernels.KERNELS))
+        if any(isinstance(group_regularizer(g), GroupLasso) for g in self.param_groups):
+            libs.append(("_group_kernels.cpp", _group_kernels.KERNELS))  # any size
         return libs
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -373,6 +374,18 @@ ProxGen.__doc__ = ProxGen.__doc__.replace("{torch_flags}", _torch_flags_doc)
 
 ProxAdam = ProxGen
 """Alias of :class:`ProxGen` (the paper's "proximal Adam")."""
+
+
+def _native_size_groups(
+    opt: ProxOptimizer, covered: Callable[[Regularizer | None], bool], min_numel: int
+) -> bool:
+    """Whether a param group whose regularizer is ``covered`` would run the native pass: any size
+    under ``implementation="native"``, ``min_numel`` values or more under ``"auto"``."""
+    return any(
+        covered(group_regularizer(g))
+        and (opt.implementation == "native" or sum(p.numel() for p in g["params"]) >= min_numel)
+        for g in opt.param_groups
+    )
 
 
 def _check_hparams(

@@ -31,7 +31,7 @@ from ._base import (
 )
 from ._common import group_regularizer
 from ._prox import prox_tensors_
-from .proxgen import Preconditioner, ProxGen, _prox, _single_tensor_smooth
+from .proxgen import Preconditioner, ProxGen, _native_size_groups, _prox, _single_tensor_smooth
 
 __all__ = ["ProxSGD", "TwoStageProxSGD", "proxsgd"]
 
@@ -110,8 +110,8 @@ class ProxSGD(ProxOptimizer):
     _torch_flags = frozenset({"maximize", "foreach", "fused"})
 
     def _native_libraries(self) -> list[tuple[str, Any]]:
-        regs = [group_regularizer(g) for g in self.param_groups]
-        return [("_l1_kernels.cpp", _l1_kernels.KERNELS)] if any(type(r) is L1 for r in regs) else []
+        native = _native_size_groups(self, lambda r: type(r) is L1, AUTO_NATIVE_NUMEL)
+        return [("_l1_kernels.cpp", _l1_kernels.KERNELS)] if native else []
 
     def __init__(
         self,
