@@ -1,0 +1,213 @@
+// RMDA's CPU step as about one memory pass per tensor (lightning_prox.optim._rmda_kernels drives it;
+// prototypes generated from its signature table KERNELS and force-included by lightning_prox.optim._native,
+// so a definition that disagrees does not compile).
+//
+// Per element, with s = η√t, nb = −1/β (β = √t), the momentum weight c and the prox threshold τ:
+//   V ← V + s·g;  z = W0 + nb·V;  Ŵ = prox(z);  W ← lerp(W, Ŵ, c)   (W ← Ŵ for c = 1)
+// as the eager step rounds them (torch.add with alpha and torch.lerp, fused multiply-adds where torch's
+// vectorized kernels use them, LP_FMA), so V, z and, without a regularizer, Ŵ and W are the eager bits.
+// Group lasso (kind 1): Ŵ_g = max(0, 1 − τ_g/‖z_g‖)·z_g, with the scale formed as GroupLasso's eager
+// prox forms it in T (1 − (1/max(‖z‖, tiny))·τ where ‖z‖ > τ, else 0: a NaN norm scales the group by 0,
+// which keeps NaN; an infinite one by 1). The norm sums z² in T over short runs of 16 lanes, the runs
+// added in double: a summation order of its own (not torch's), so Ŵ and W agree with the eager step to a
+// few ulp of the scale, and a group within rounding of ‖z‖ = τ may be zeroed on the other side.
+//
+// Groups stay in cache between the two halves of a step: dim="out" (layout rows = 1) is a group per row
+// of [R, N], processed block by block (V, z into Ŵ, then z² summed from cache), then scaled in a second
+// walk over the row; dim="in" (rows = 0) owns the columns j with j / K = g of [R, N], processed as tiles
+// of adjacent groups over all rows (every row's segment of a tile is contiguous) with per-column sums.
+// Every group is summed by one thread in a fixed order: the bits do not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kChunk = 1 << 14;   // elements per work item of the elementwise pass, per block of a row
+constexpr int64_t kTile = 1 << 15;    // elements of a dim="in" tile (its Ŵ is re-read from cache)
+constexpr int64_t kMinCols = 32;      // columns of a dim="in" tile at least: whole cache lines per row
+constexpr int64_t kLanes = 16;        // partial sums of a run
+constexpr int64_t kFlush = 64;        // rows of per-column sums in T before a flush into double
+constexpr int64_t kSerial = 1 << 16;  // below this many elements one thread runs the tensor
+
+template <typename T> inline T fmadd(T a, T b, T c) {
+#if LP_FMA
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+template <typename T> struct Scalars {
+  T s, nb, coeff;  // coeff: torch.lerp's c (|c| < 0.5) or c − 1
+};
+
+// torch.lerp(w, x, c) as its CPU kernel rounds it: fma(c, x − w, w) for |c| < 0.5, else fma(c − 1, x − w, x);
+// Copy: c = 1 (the eager step copies Ŵ)
+template <typename T, bool Copy, bool Small> inline T lerp(T w, T x, T coeff) {
+  return Copy ? x : fmadd(coeff, x - w, Small ? w : x);
+}
+
+// V ← V + s·g and z = W0 + nb·V into wh over [lo, hi)
+template <typename T>
+inline void dual_range(int64_t lo, int64_t hi, const T* __restrict g, T* __restrict v, const T* __restrict w0,
+                       T* __restrict wh, const Scalars<T> k) {
+  for (int64_t j = lo; j < hi; ++j) {
+    const T vj = fmadd(k.s, g[j], v[j]);
+    v[j] = vj;
+    wh[j] = fmadd(vj, k.nb, w0[j]);
+  }
+}
+
+// Σ x² over [0, n): kLanes partial sums in T, added in double
+template <typename T> inline double sum_sq(const T* __restrict x, int64_t n) {
+  T part[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += x[j + l] * x[j + l];
+  double s = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) s += double(part[l]);
+  for (; j < n; ++j) s += double(x[j] * x[j]);
+  return s;
+}
+
+// GroupLasso's eager scale max(0, 1 − thr/‖z‖) in T: where(nrm > thr, 1 − reciprocal(max(nrm, tiny))·thr, 0)
+template <typename T> inline T group_scale(double ss, T thr) {
+  const T nrm = T(std::sqrt(ss));
+  const T r = T(1) / std::max(nrm, std::numeric_limits<T>::min());
+  return nrm > thr ? T(1) - r * thr : T(0);
+}
+
+// Ŵ ← scale·z and W ← lerp(W, Ŵ, c) over [lo, hi) (scale one value, or one per element: sc + j)
+template <typename T, bool Copy, bool Small, bool PerCol>
+inline void finish_range(int64_t lo, int64_t hi, T* __restrict wh, T* __restrict p, const T* __restrict sc,
+                         T scale, T coeff) {
+  for (int64_t j = lo; j < hi; ++j) {
+    const T x = wh[j] * (PerCol ? sc[j - lo] : scale);
+    wh[j] = x;
+    p[j] = lerp<T, Copy, Small>(p[j], x, coeff);
+  }
+}
+
+// no regularizer: Ŵ = z, one pass in chunks
+template <typename T, bool Copy, bool Small>
+void plain(int64_t numel, const T* g, T* v, const T* w0, T* p, T* wh, const Scalars<T> k, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t a = 0; a < numel; a += kChunk) {
+    const int64_t b = std::min(a + kChunk, numel);
+    for (int64_t j = a; j < b; ++j) {
+      const T vj = fmadd(k.s, g[j], v[j]);
+      v[j] = vj;
+      const T x = fmadd(vj, k.nb, w0[j]);
+      wh[j] = x;
+      p[j] = lerp<T, Copy, Small>(p[j], x, k.coeff);
+    }
+  }
+}
+
+// dim="out": a group per row of [R, N]; returns the number of zeroed (screened) groups
+template <typename T, bool Copy, bool Small>
+int64_t group_rows(int64_t R, int64_t N, const T* g, T* v, const T* w0, T* p, T* wh, const Scalars<T> k, T thr,
+                   int nt) {
+  int64_t zeroed = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : zeroed)
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t lo = r * N, hi = lo + N;
+    double ss = 0.0;
+    for (int64_t a = lo; a < hi; a += kChunk) {
+      const int64_t b = std::min(a + kChunk, hi);
+      dual_range(a, b, g, v, w0, wh, k);
+      ss += sum_sq(wh + a, b - a);
+    }
+    const T scale = group_scale(ss, thr);
+    zeroed += scale == T(0);
+    finish_range<T, Copy, Small, false>(lo, hi, wh, p, nullptr, scale, k.coeff);
+  }
+  return zeroed;
+}
+
+// dim="in": group q owns the columns [qK, qK + K) of every row of [R, N]; tiles of adjacent groups
+template <typename T, bool Copy, bool Small>
+int64_t group_cols(int64_t R, int64_t N, int64_t K, const T* g, T* v, const T* w0, T* p, T* wh,
+                   const Scalars<T> k, T thr, int nt) {
+  const int64_t G = N / K;
+  const int64_t cols = std::max(kMinCols, kTile / std::max<int64_t>(R, 1));
+  const int64_t per = std::min(G, std::max<int64_t>(1, (cols + K - 1) / K));  // groups per tile
+  const int64_t tiles = (G + per - 1) / per;
+  int64_t zeroed = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : zeroed)
+  {
+    std::vector<T> acc(per * K), sc(per * K);
+    std::vector<double> accd(per * K);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t q0 = t * per, q1 = std::min(G, q0 + per), c0 = q0 * K, w = (q1 - q0) * K;
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(accd.begin(), accd.end(), 0.0);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t a = r * N + c0;
+        dual_range(a, a + w, g, v, w0, wh, k);
+        T* __restrict ac = acc.data();
+        const T* __restrict z = wh + a;
+        for (int64_t j = 0; j < w; ++j) ac[j] += z[j] * z[j];
+        if ((r + 1) % kFlush == 0 || r + 1 == R)
+          for (int64_t j = 0; j < w; ++j) {
+            accd[j] += double(ac[j]);
+            ac[j] = T(0);
+          }
+      }
+      for (int64_t q = 0; q < q1 - q0; ++q) {
+        double ss = 0.0;
+        for (int64_t j = q * K; j < (q + 1) * K; ++j) ss += accd[j];
+        const T scale = group_scale(ss, thr);
+        zeroed += scale == T(0);
+        std::fill(sc.begin() + q * K, sc.begin() + (q + 1) * K, scale);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t a = r * N + c0;
+        finish_range<T, Copy, Small, true>(a, a + w, wh, p, sc.data(), T(0), k.coeff);
+      }
+    }
+  }
+  return zeroed;
+}
+
+// one tensor: lay = (rows, R, N, K); kind 0: no prox (Ŵ = z), 1: group lasso with threshold thr
+template <typename T>
+int64_t rmda_tensor(int64_t numel, const int64_t* lay, const T* g, T* v, const T* w0, T* p, T* wh, double thr,
+                    double s, double nb, double c, int64_t kind, int nthreads) {
+  if (numel == 0) return 0;
+  const T tc = T(c);
+  const bool copy = c == 1.0, small = std::abs(tc) < T(0.5);
+  const Scalars<T> k{T(s), T(nb), small ? tc : tc - T(1)};
+  const int nt = numel < kSerial ? 1 : std::max(nthreads, 1);
+  auto go = [&](auto cp, auto sm) -> int64_t {
+    constexpr bool Copy = decltype(cp)::value, Small = decltype(sm)::value;
+    if (kind == 0) {
+      plain<T, Copy, Small>(numel, g, v, w0, p, wh, k, nt);
+      return 0;
+    }
+    if (lay[0]) return group_rows<T, Copy, Small>(lay[1], lay[2], g, v, w0, p, wh, k, T(thr), nt);
+    return group_cols<T, Copy, Small>(lay[1], lay[2], lay[3], g, v, w0, p, wh, k, T(thr), nt);
+  };
+  if (copy) return go(std::true_type{}, std::false_type{});
+  return small ? go(std::false_type{}, std::true_type{}) : go(std::false_type{}, std::false_type{});
+}
+
+}  // namespace
+
+#define LP_EXPORT(T, SUF)                                                                                    \
+  extern "C" void lp_rmda_step_##SUF(int64_t n, const int64_t* numel, const int64_t* layout, const T* const* g, \
+                                     T* const* v, const T* const* w0, T* const* p, T* const* w_hat,          \
+                                     const double* thr, double s, double nb, double c, int64_t kind,         \
+                                     int64_t* screened, int nthreads) {                                     \
+    for (int64_t i = 0; i < n; ++i)                                                                          \
+      screened[i] = rmda_tensor<T>(numel[i], layout + 4 * i, g[i], v[i], w0[i], p[i], w_hat[i], thr[i], s,  \
+                                   nb, c, kind, nthreads);                                                   \
+  }
+
+LP_EXPORT(float, f32)
+LP_EXPORT(double, f64)
