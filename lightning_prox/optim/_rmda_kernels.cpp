@@ -8,27 +8,29 @@
 // vectorized kernels use them, LP_FMA), so V, z and, without a regularizer, Ŵ and W are the eager bits.
 // Group lasso (kind 1): Ŵ_g = max(0, 1 − τ_g/‖z_g‖)·z_g, with the scale formed as GroupLasso's eager
 // prox forms it in T (1 − (1/max(‖z‖, tiny))·τ where ‖z‖ > τ, else 0: a NaN norm scales the group by 0,
-// which keeps NaN; an infinite one by 1). The norm sums z² in T over short runs of 16 lanes, the runs
-// added in double: a summation order of its own (not torch's), so Ŵ and W agree with the eager step to a
-// few ulp of the scale, and a group within rounding of ‖z‖ = τ may be zeroed on the other side.
+// which keeps NaN; an infinite one by 1). The norm sums z² in T over short runs (16 lanes of a block of
+// 2^14 values for dim="out", 64 rows per column for dim="in"), the runs added in double: a summation order
+// of its own (not torch's), so Ŵ and W agree with the eager step to a few ulp of the scale, and a group within rounding of ‖z‖ = τ may be zeroed on the other side.
 //
-// Groups stay in cache between the two halves of a step: dim="out" (layout rows = 1) is a group per row
-// of [R, N], processed block by block (V, z into Ŵ, then z² summed from cache), then scaled in a second
-// walk over the row; dim="in" (rows = 0) owns the columns j with j / K = g of [R, N], processed as tiles
-// of adjacent groups over all rows (every row's segment of a tile is contiguous) with per-column sums.
-// Every group is summed by one thread in a fixed order: the bits do not depend on the thread count.
+// Layouts of a tensor viewed as [R, N] (row-major): dim="out" (layout rows = 1) is a group per row,
+// processed block by block (V and z into Ŵ, then z² summed from cache) and scaled in a second walk over
+// the row while it is still in cache; dim="in" (rows = 0) owns the columns j with j / K = g, processed
+// as whole rows with per-column sums (group_cols), Ŵ re-read once. Without a regularizer, and with
+// dim="out", every group is summed by one thread in a fixed order: the bits do not depend on the thread
+// count; with dim="in" the row split follows it (a given thread count gives the same bits every run).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
 constexpr int64_t kChunk = 1 << 14;   // elements per work item of the elementwise pass, per block of a row
-constexpr int64_t kTile = 1 << 15;    // elements of a dim="in" tile (its Ŵ is re-read from cache)
-constexpr int64_t kMinCols = 32;      // columns of a dim="in" tile at least: whole cache lines per row
 constexpr int64_t kLanes = 16;        // partial sums of a run
 constexpr int64_t kFlush = 64;        // rows of per-column sums in T before a flush into double
 constexpr int64_t kSerial = 1 << 16;  // below this many elements one thread runs the tensor
@@ -94,18 +96,22 @@ inline void finish_range(int64_t lo, int64_t hi, T* __restrict wh, T* __restrict
 
 // no regularizer: Ŵ = z, one pass in chunks
 template <typename T, bool Copy, bool Small>
+inline void plain_range(int64_t lo, int64_t hi, const T* __restrict g, T* __restrict v, const T* __restrict w0,
+                        T* __restrict p, T* __restrict wh, const Scalars<T> k) {
+  for (int64_t j = lo; j < hi; ++j) {
+    const T vj = fmadd(k.s, g[j], v[j]);
+    v[j] = vj;
+    const T x = fmadd(vj, k.nb, w0[j]);
+    wh[j] = x;
+    p[j] = lerp<T, Copy, Small>(p[j], x, k.coeff);
+  }
+}
+
+template <typename T, bool Copy, bool Small>
 void plain(int64_t numel, const T* g, T* v, const T* w0, T* p, T* wh, const Scalars<T> k, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t a = 0; a < numel; a += kChunk) {
-    const int64_t b = std::min(a + kChunk, numel);
-    for (int64_t j = a; j < b; ++j) {
-      const T vj = fmadd(k.s, g[j], v[j]);
-      v[j] = vj;
-      const T x = fmadd(vj, k.nb, w0[j]);
-      wh[j] = x;
-      p[j] = lerp<T, Copy, Small>(p[j], x, k.coeff);
-    }
-  }
+  for (int64_t a = 0; a < numel; a += kChunk)
+    plain_range<T, Copy, Small>(a, std::min(a + kChunk, numel), g, v, w0, p, wh, k);
 }
 
 // dim="out": a group per row of [R, N]; returns the number of zeroed (screened) groups
@@ -129,48 +135,54 @@ int64_t group_rows(int64_t R, int64_t N, const T* g, T* v, const T* w0, T* p, T*
   return zeroed;
 }
 
-// dim="in": group q owns the columns [qK, qK + K) of every row of [R, N]; tiles of adjacent groups
+// dim="in": group q owns the columns [qK, qK + K) of every row of [R, N]. Whole rows keep every stream
+// contiguous (tiles of columns, with a short segment per row, stream several times slower): each thread
+// takes a block of rows, sums z² per column, the per-thread sums are added in thread order, and the
+// second half walks the thread's rows backwards, so that the rows written last are read from cache first.
 template <typename T, bool Copy, bool Small>
 int64_t group_cols(int64_t R, int64_t N, int64_t K, const T* g, T* v, const T* w0, T* p, T* wh,
                    const Scalars<T> k, T thr, int nt) {
   const int64_t G = N / K;
-  const int64_t cols = std::max(kMinCols, kTile / std::max<int64_t>(R, 1));
-  const int64_t per = std::min(G, std::max<int64_t>(1, (cols + K - 1) / K));  // groups per tile
-  const int64_t tiles = (G + per - 1) / per;
+  nt = int(std::min<int64_t>(nt, R));
+  std::vector<double> sums(size_t(nt) * N, 0.0);
+  std::vector<T> sc(N);
   int64_t zeroed = 0;
-#pragma omp parallel num_threads(nt) reduction(+ : zeroed)
+#pragma omp parallel num_threads(nt)
   {
-    std::vector<T> acc(per * K), sc(per * K);
-    std::vector<double> accd(per * K);
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t q0 = t * per, q1 = std::min(G, q0 + per), c0 = q0 * K, w = (q1 - q0) * K;
-      std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(accd.begin(), accd.end(), 0.0);
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t a = r * N + c0;
-        dual_range(a, a + w, g, v, w0, wh, k);
-        T* __restrict ac = acc.data();
-        const T* __restrict z = wh + a;
-        for (int64_t j = 0; j < w; ++j) ac[j] += z[j] * z[j];
-        if ((r + 1) % kFlush == 0 || r + 1 == R)
-          for (int64_t j = 0; j < w; ++j) {
-            accd[j] += double(ac[j]);
-            ac[j] = T(0);
-          }
-      }
-      for (int64_t q = 0; q < q1 - q0; ++q) {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    const int64_t r0 = R * tid / nt, r1 = R * (tid + 1) / nt;
+    std::vector<T> acc(N, T(0));
+    double* __restrict accd = sums.data() + size_t(tid) * N;
+    T* __restrict ac = acc.data();
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t a = r * N;
+      dual_range(a, a + N, g, v, w0, wh, k);
+      const T* __restrict z = wh + a;
+      for (int64_t j = 0; j < N; ++j) ac[j] += z[j] * z[j];
+      if ((r + 1 - r0) % kFlush == 0 || r + 1 == r1)
+        for (int64_t j = 0; j < N; ++j) {
+          accd[j] += double(ac[j]);
+          ac[j] = T(0);
+        }
+    }
+#pragma omp barrier
+#pragma omp single
+    {
+      for (int64_t q = 0; q < G; ++q) {
         double ss = 0.0;
-        for (int64_t j = q * K; j < (q + 1) * K; ++j) ss += accd[j];
+        for (int64_t j = q * K; j < (q + 1) * K; ++j)
+          for (int t = 0; t < nt; ++t) ss += sums[size_t(t) * N + j];
         const T scale = group_scale(ss, thr);
         zeroed += scale == T(0);
         std::fill(sc.begin() + q * K, sc.begin() + (q + 1) * K, scale);
       }
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t a = r * N + c0;
-        finish_range<T, Copy, Small, true>(a, a + w, wh, p, sc.data(), T(0), k.coeff);
-      }
     }
+    for (int64_t r = r1 - 1; r >= r0; --r)
+      finish_range<T, Copy, Small, true>(r * N, (r + 1) * N, wh, p, sc.data(), T(0), k.coeff);
   }
   return zeroed;
 }
