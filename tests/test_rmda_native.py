@@ -90,14 +90,19 @@ def test_group_lasso_step_matches_eager(dim, momentum, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("reg", [None, GroupLasso(0.0)], ids=["MDA", "lam0"])
-def test_unregularized_step_is_the_eager_step_to_the_bit(reg, dtype, monkeypatch):
+@pytest.mark.parametrize(
+    "reg", [None, GroupLasso(0.0), L1(0.0), L1(0.3)], ids=["MDA", "lam0", "l1-lam0", "l1"]
+)
+def test_elementwise_step_is_the_eager_step_to_the_bit(reg, dtype, monkeypatch):
+    """No regularizer, λ = 0 and ℓ1 (torch.equal: a zero may differ in sign only)."""
     calls = _require_native(monkeypatch)
     for momentum in (1.0, 0.1, 0.6):
         a, opt_a, st_a = _run("native", reg, momentum=momentum, dtype=dtype)
         b, opt_b, st_b = _run("eager", reg, momentum=momentum, dtype=dtype)
         assert st_a == st_b
         _assert_agree(a, opt_a, b, opt_b, exact=True)
+        if reg is not None and reg.lam:
+            assert all(bool((opt_a.state[p]["prox_point"] == 0).any()) for p in a if p.numel() > 20)
     assert calls
 
 
@@ -164,7 +169,7 @@ def test_thread_counts_are_deterministic(monkeypatch):
     shapes = ((70, 40, 5, 5), (300, 260))
     threads = torch.get_num_threads()
     try:
-        for reg in (GroupLasso(0.3, dim="in"), GroupLasso(0.3, dim="out"), None):
+        for reg in (GroupLasso(0.3, dim="in"), GroupLasso(0.3, dim="out"), L1(0.5), None):
             runs = {}
             for n in (2, 2, 1):
                 torch.set_num_threads(n)
@@ -173,7 +178,7 @@ def test_thread_counts_are_deterministic(monkeypatch):
             c, opt_c, st_c = runs[1][0]
             assert st_a == st_b == st_c
             _assert_agree(a, opt_a, b, opt_b, exact=True)
-            _assert_agree(a, opt_a, c, opt_c, exact=reg is None or reg.dim == "out")
+            _assert_agree(a, opt_a, c, opt_c, exact=not isinstance(reg, GroupLasso) or reg.dim == "out")
     finally:
         torch.set_num_threads(threads)
 
@@ -226,7 +231,7 @@ def test_fallbacks_run_the_eager_step(monkeypatch):
     the per-tensor loop stay eager; ``"auto"`` runs natively from AUTO_NATIVE_NUMEL values on."""
     calls = _require_native(monkeypatch)
     _run("native", GroupLasso(0.4), dtype=torch.bfloat16, steps=2)
-    _run("native", L1(0.1), steps=2)
+    _run("native", L1(0.1), dtype=torch.float16, steps=2)
     _run("native", GroupLasso(0.4, dim="out", layout="conv:1"), shapes=((6, 4, 3, 3),), steps=2)
     _run("auto", GroupLasso(0.4), steps=2)
     w = torch.nn.Parameter(torch.randn(6, 12).t())  # non-contiguous

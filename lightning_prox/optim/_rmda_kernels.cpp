@@ -94,24 +94,32 @@ inline void finish_range(int64_t lo, int64_t hi, T* __restrict wh, T* __restrict
   }
 }
 
-// no regularizer: Ŵ = z, one pass in chunks
-template <typename T, bool Copy, bool Small>
+// torch.nn.functional.softshrink as its vectorized CPU kernel rounds it: |z| ≤ λ → +0, NaN stays NaN
+// (lightning_prox.optim._l1_kernels has the same function; each native source is built, and keyed in the
+// cache, on its own, so it cannot include another)
+template <typename T> inline T softshrink(T z, T lam) {
+  return z > lam ? z - lam : (z < -lam ? z + lam : (z == z ? T(0) : z));
+}
+
+// elementwise prox (Shrink: ℓ1's soft thresholding at thr, else none): one pass in chunks
+template <typename T, bool Copy, bool Small, bool Shrink>
 inline void plain_range(int64_t lo, int64_t hi, const T* __restrict g, T* __restrict v, const T* __restrict w0,
-                        T* __restrict p, T* __restrict wh, const Scalars<T> k) {
+                        T* __restrict p, T* __restrict wh, const Scalars<T> k, T thr) {
   for (int64_t j = lo; j < hi; ++j) {
     const T vj = fmadd(k.s, g[j], v[j]);
     v[j] = vj;
-    const T x = fmadd(vj, k.nb, w0[j]);
+    const T z = fmadd(vj, k.nb, w0[j]);
+    const T x = Shrink ? softshrink(z, thr) : z;
     wh[j] = x;
     p[j] = lerp<T, Copy, Small>(p[j], x, k.coeff);
   }
 }
 
-template <typename T, bool Copy, bool Small>
-void plain(int64_t numel, const T* g, T* v, const T* w0, T* p, T* wh, const Scalars<T> k, int nt) {
+template <typename T, bool Copy, bool Small, bool Shrink>
+void plain(int64_t numel, const T* g, T* v, const T* w0, T* p, T* wh, const Scalars<T> k, T thr, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t a = 0; a < numel; a += kChunk)
-    plain_range<T, Copy, Small>(a, std::min(a + kChunk, numel), g, v, w0, p, wh, k);
+    plain_range<T, Copy, Small, Shrink>(a, std::min(a + kChunk, numel), g, v, w0, p, wh, k, thr);
 }
 
 // dim="out": a group per row of [R, N]; returns the number of zeroed (screened) groups
@@ -187,7 +195,7 @@ int64_t group_cols(int64_t R, int64_t N, int64_t K, const T* g, T* v, const T* w
   return zeroed;
 }
 
-// one tensor: lay = (rows, R, N, K); kind 0: no prox (Ŵ = z), 1: group lasso with threshold thr
+// one tensor: lay = (rows, R, N, K); kind 0: no prox (Ŵ = z), 1: group lasso, 2: ℓ1, with threshold thr
 template <typename T>
 int64_t rmda_tensor(int64_t numel, const int64_t* lay, const T* g, T* v, const T* w0, T* p, T* wh, double thr,
                     double s, double nb, double c, int64_t kind, int nthreads) {
@@ -198,8 +206,9 @@ int64_t rmda_tensor(int64_t numel, const int64_t* lay, const T* g, T* v, const T
   const int nt = numel < kSerial ? 1 : std::max(nthreads, 1);
   auto go = [&](auto cp, auto sm) -> int64_t {
     constexpr bool Copy = decltype(cp)::value, Small = decltype(sm)::value;
-    if (kind == 0) {
-      plain<T, Copy, Small>(numel, g, v, w0, p, wh, k, nt);
+    if (kind == 0 || kind == 2) {
+      kind ? plain<T, Copy, Small, true>(numel, g, v, w0, p, wh, k, T(thr), nt)
+           : plain<T, Copy, Small, false>(numel, g, v, w0, p, wh, k, T(thr), nt);
       return 0;
     }
     if (lay[0]) return group_rows<T, Copy, Small>(lay[1], lay[2], g, v, w0, p, wh, k, T(thr), nt);

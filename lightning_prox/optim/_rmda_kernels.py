@@ -4,15 +4,22 @@ The eager step of :class:`~lightning_prox.optim.RMDA` runs V += s·g, Ŵ = W_0 �
 Euclidean prox on Ŵ and the averaging W ← (1 − c)·W + c·Ŵ as separate passes (about 12 memory
 passes per step with group lasso). The kernel (one ``torch.ops.lightning_prox.rmda_step_`` operator
 declared in :data:`KERNELS`, built at first use by :mod:`._native` and cached on disk) does all of it
-with each group in cache: it reads g, V, W_0 and W once and writes V, Ŵ and W once (28 bytes per
-float32 value, a fused Adam step's count).
+in one walk over each tensor: it reads g, V, W_0 and W and writes V, Ŵ and W once (28 bytes per
+float32 value, a fused Adam step's count). ``GroupLasso(dim="out")`` scales each row while it is in
+cache; ``dim="in"`` groups span all rows, so their Ŵ is read once more (32 bytes per value).
 
-Without a regularizer (MDA) every value is the eager step's to the bit. With ``GroupLasso`` (the exact
-Euclidean prox max(0, 1 − τ_g/‖z_g‖)·z_g; ``dim="in"`` or ``"out"``, no module ``layout``), V and
-z = W_0 − V/β are the eager bits and the group norms sum in an order of their own, so Ŵ and W agree
-with the eager step to a few ulp of the scale, with the same zero groups except groups within
-rounding of ‖z_g‖ = τ_g. The non-finite policy is the eager prox's: a NaN norm scales its group by 0
-(NaN stays NaN), an infinite one by 1.
+* No regularizer (MDA) or λ = 0: every value is the eager step's to the bit.
+* ``L1``: soft thresholding at step·λ as torch's ``softshrink`` rounds it: the eager bits, up to the
+  sign of a zeroed value (torch gives −0 for a zeroed negative value in its last few elements).
+* ``GroupLasso`` (the exact Euclidean prox max(0, 1 − τ_g/‖z_g‖)·z_g; ``dim="in"`` or ``"out"``, no
+  module ``layout``): V and z = W_0 − V/β are the eager bits; the group norms sum in an order of their
+  own (float partial sums added in float64), so Ŵ and W agree with the eager step to a few ulp of
+  the scale, with the same zero groups except groups within rounding of ‖z_g‖ = τ_g. The non-finite
+  policy is the eager prox's: a NaN norm scales its group by 0 (NaN stays NaN), an infinite one by 1.
+
+Threads: without a regularizer, with ℓ1 and with ``dim="out"`` the bits do not depend on the thread
+count; ``dim="in"`` splits the rows over the threads, so a given thread count gives the same bits on
+every run and other counts agree to rounding.
 """
 
 from __future__ import annotations
@@ -26,14 +33,15 @@ from ..regularizers._base import Regularizer
 from ..regularizers._elementwise import cap
 from ..regularizers._group_solver import _Layout, group_weight
 from ..regularizers.group_lasso import GroupLasso
+from ..regularizers.l1 import L1
 from . import _native
 from ._native import Arg, Kernel
 
 __all__ = ["KERNELS", "native_available", "rmda_step_", "supports"]
 
 _DTYPES = (torch.float32, torch.float64)
-#: kind of the prox: none (MDA, or λ = 0), group lasso
-_NONE, _GROUP = 0, 1
+#: kind of the prox: none (MDA, or λ = 0), group lasso, ℓ1
+_NONE, _GROUP, _L1 = 0, 1, 2
 
 
 def _check(values: dict[str, Any]) -> None:
@@ -44,8 +52,10 @@ def _check(values: dict[str, Any]) -> None:
             raise ValueError(
                 f"{name} has shape {tuple(values[name].shape)}; expected {shape}: a row per tensor"
             )
-    if values["kind"] not in (_NONE, _GROUP):
-        raise ValueError(f"kind is {values['kind']}; expected {_NONE} (no prox) or {_GROUP} (group lasso)")
+    if values["kind"] not in (_NONE, _GROUP, _L1):
+        raise ValueError(
+            f"kind is {values['kind']}; expected {_NONE} (no prox), {_GROUP} (group lasso) or {_L1} (l1)"
+        )
     if not 0.0 < values["c"] <= 1.0:
         raise ValueError(f"c is {values['c']}; expected the momentum weight in (0, 1]")
     thr = values["thr"]
@@ -81,10 +91,18 @@ def native_available() -> bool:
     return _ops() is not None
 
 
+def _kind(reg: Regularizer | None, step: float) -> int:
+    if reg is None or reg.lam == 0.0 or step == 0:  # the prox is the identity
+        return _NONE
+    return _L1 if type(reg) is L1 else _GROUP
+
+
 def supports(reg: Regularizer | None, params: list[Tensor], states: list[dict[str, Any]]) -> bool:
-    """True when the kernel computes this step: no regularizer (or λ = 0) or a plain ``GroupLasso``,
-    CPU float32/float64 parameters with state of their dtype, everything contiguous."""
-    if not (reg is None or reg.lam == 0.0 or (type(reg) is GroupLasso and reg.layout is None)):
+    """True when the kernel computes this step: no regularizer (or λ = 0), an exact ``L1`` or a plain
+    ``GroupLasso`` (no module ``layout``), CPU float32/float64 parameters with state of their dtype,
+    everything contiguous."""
+    plain_group = type(reg) is GroupLasso and reg.layout is None
+    if not (reg is None or reg.lam == 0.0 or type(reg) is L1 or plain_group):
         return False
     for p, st in zip(params, states):
         if p.device.type != "cpu" or p.dtype not in _DTYPES or not p.is_contiguous():
@@ -95,6 +113,17 @@ def supports(reg: Regularizer | None, params: list[Tensor], states: list[dict[st
         ):
             return False
     return True
+
+
+def _threshold(p: Tensor, reg: Regularizer | None, step: float, kind: int) -> float:
+    """The eager prox's threshold: step·λ (ℓ1), step·λ·w_g capped at the dtype's largest value (group lasso)."""
+    if kind == _NONE or not p.numel():
+        return 0.0
+    tau = step * reg.lam  # type: ignore[union-attr]
+    if kind == _L1:
+        return tau
+    size = p.numel() // _Layout(p, reg.dim).g  # type: ignore[union-attr]
+    return float(cap(tau * group_weight(size, reg.weighting), p))  # type: ignore[union-attr]
 
 
 def _layout(p: Tensor, reg: Regularizer | None) -> tuple[int, int, int, int]:
@@ -119,19 +148,12 @@ def rmda_step_(
 ) -> None:
     """V += s·g, Ŵ = prox_{step·ψ}(W_0 − V/β), W ← lerp(W, Ŵ, c) for every tensor (one pass each).
 
-    ``reg`` is the group's regularizer at its strength (``None``: MDA); a group-lasso prox fills
-    ``info`` as ``GroupLasso.prox_multi`` does (``inner_iters`` 0, ``screened`` the zeroed groups).
-    The caller checks :func:`supports` and :func:`native_available` first.
+    ``reg`` is the group's regularizer at its strength (``None``: MDA; ``L1``: soft thresholding at
+    step·λ); a group-lasso prox fills ``info`` as ``GroupLasso.prox_multi`` does (``inner_iters`` 0,
+    ``screened`` the zeroed groups). The caller checks :func:`supports` and :func:`native_available` first.
     """
-    kind = _GROUP if reg is not None and reg.lam != 0.0 and step != 0 else _NONE
-    thr = [
-        float(
-            cap(step * reg.lam * group_weight(p.numel() // max(_Layout(p, reg.dim).g, 1), reg.weighting), p)
-        )
-        if kind == _GROUP and p.numel()
-        else 0.0
-        for p in params
-    ]
+    kind = _kind(reg, step)
+    thr = [_threshold(p, reg, step, kind) for p in params]
     layout = torch.tensor([_layout(p, reg if kind == _GROUP else None) for p in params], dtype=torch.int64)
     screened = torch.zeros(len(params), dtype=torch.int64)
     _ops().rmda_step_(
