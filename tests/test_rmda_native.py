@@ -183,7 +183,7 @@ def test_thread_counts_are_deterministic(monkeypatch):
             runs = {}
             for n in (2, 2, 1):
                 torch.set_num_threads(n)
-                runs.setdefault(n, []).append(_run("native", reg, shapes=shapes, steps=3))
+                runs.setdefault(n, []).append(_run("native", reg, shapes=shapes, steps=2))
             (a, opt_a, st_a), (b, opt_b, st_b) = runs[2]
             c, opt_c, st_c = runs[1][0]
             assert st_a == st_b == st_c
@@ -317,3 +317,28 @@ def test_a_wrong_kernel_argument_raises_before_anything_changes(index, value, ma
     with pytest.raises(ValueError, match=match):
         ops.rmda_step_(*args)
     assert all(torch.equal(x, y) for x, y in zip(before, args[1] + args[2] + args[4] + args[5]))
+
+
+def test_build_without_openmp_runs_one_thread(monkeypatch, tmp_path):
+    """A compiler without OpenMP (the build's second attempt): the same results as the threaded build."""
+    if rk._ops() is None:
+        pytest.skip("no working C++ compiler here")
+    cxx = _native._compiler()
+    wrapper = tmp_path / "cxx-no-openmp"
+    wrapper.write_text(f'#!/bin/sh\nfor a; do [ "$a" = -fopenmp ] && exit 1; done\nexec {cxx} "$@"\n')
+    wrapper.chmod(0o755)
+    shapes = ((70, 40, 5, 5), (300, 260))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a, opt_a, _ = _run("native", GroupLasso(0.3, dim="in"), shapes=shapes, steps=2)
+        monkeypatch.setenv("CXX", str(wrapper))
+        monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(tmp_path / "cache"))
+        _native.kernels.cache_clear()
+        torch.set_num_threads(2)
+        b, opt_b, _ = _run("native", GroupLasso(0.3, dim="in"), shapes=shapes, steps=2)
+    finally:
+        torch.set_num_threads(threads)
+        _native.kernels.cache_clear()
+    assert list((tmp_path / "cache" / "native").glob("_rmda_kernels-*.so"))
+    _assert_agree(a, opt_a, b, opt_b, exact=True)

@@ -158,11 +158,12 @@ int64_t group_cols(int64_t R, int64_t N, int64_t K, const T* g, T* v, const T* w
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
-    const int tid = omp_get_thread_num();
+    // the team may be smaller than asked for (thread limits, nesting): split the rows over its size
+    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
 #else
-    const int tid = 0;
+    const int tid = 0, team = 1;
 #endif
-    const int64_t r0 = R * tid / nt, r1 = R * (tid + 1) / nt;
+    const int64_t r0 = R * tid / team, r1 = R * (tid + 1) / team;
     std::vector<T> acc(N, T(0));
     double* __restrict accd = sums.data() + size_t(tid) * N;
     T* __restrict ac = acc.data();
@@ -183,7 +184,7 @@ int64_t group_cols(int64_t R, int64_t N, int64_t K, const T* g, T* v, const T* w
       for (int64_t q = 0; q < G; ++q) {
         double ss = 0.0;
         for (int64_t j = q * K; j < (q + 1) * K; ++j)
-          for (int t = 0; t < nt; ++t) ss += sums[size_t(t) * N + j];
+          for (int t = 0; t < team; ++t) ss += sums[size_t(t) * N + j];
         const T scale = group_scale(ss, thr);
         zeroed += scale == T(0);
         std::fill(sc.begin() + q * K, sc.begin() + (q + 1) * K, scale);
