@@ -107,8 +107,9 @@ def test_elementwise_step_is_the_eager_step_to_the_bit(reg, dtype, monkeypatch):
 
 
 def test_closed_form_step_brute_force(monkeypatch):
-    """One native step against the formulas written out in float64: V = s·g, Ŵ_g = max(0, 1 − τ√|g|/‖z_g‖)·z_g
-    with z = W0 − V/β, W = (1 − c)·W0 + c·Ŵ (t = 1: s = η, β = 1, α = η, τ = α·λ)."""
+    """One native step against the formulas written out in float64: V = s·g,
+    Ŵ_g = max(0, 1 − τ√|g|/‖z_g‖)·z_g with z = W0 − V/β, W = (1 − c)·W0 + c·Ŵ (t = 1: s = η, β = 1,
+    α = η, τ = α·λ)."""
     _require_native(monkeypatch)
     g = torch.Generator().manual_seed(3)
     w0 = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)

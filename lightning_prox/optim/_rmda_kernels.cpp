@@ -10,7 +10,8 @@
 // prox forms it in T (1 − (1/max(‖z‖, tiny))·τ where ‖z‖ > τ, else 0: a NaN norm scales the group by 0,
 // which keeps NaN; an infinite one by 1). The norm sums z² in T over short runs (16 lanes of a block of
 // 2^14 values for dim="out", 64 rows per column for dim="in"), the runs added in double: a summation order
-// of its own (not torch's), so Ŵ and W agree with the eager step to a few ulp of the scale, and a group within rounding of ‖z‖ = τ may be zeroed on the other side.
+// of its own (not torch's), so Ŵ and W agree with the eager step to a few ulp of the scale, and a group
+// within rounding of ‖z‖ = τ may be zeroed on the other side.
 //
 // Layouts of a tensor viewed as [R, N] (row-major): dim="out" (layout rows = 1) is a group per row,
 // processed block by block (V and z into Ŵ, then z² summed from cache) and scaled in a second walk over
