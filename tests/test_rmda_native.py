@@ -343,3 +343,30 @@ def test_build_without_openmp_runs_one_thread(monkeypatch, tmp_path):
         _native.kernels.cache_clear()
     assert list((tmp_path / "cache" / "native").glob("_rmda_kernels-*.so"))
     _assert_agree(a, opt_a, b, opt_b, exact=True)
+
+
+@pytest.mark.parametrize("dim", ["in", "out"])
+def test_maximize_unweighted_groups_and_skipped_tensors(dim, monkeypatch):
+    """maximize=True, weighting="none", and a tensor without a gradient on some steps (its counters fall
+    behind: two buckets of one group, each with its own s, β and threshold)."""
+    calls = _require_native(monkeypatch)
+    reg = GroupLasso(1.5, dim=dim, weighting="none")
+
+    def run(impl):
+        g = torch.Generator().manual_seed(5)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+        opt = RMDA(params, lr=0.1, momentum=0.3, regularizer=reg, implementation=impl, maximize=True)
+        stats = []
+        for k in range(5):
+            for i, p in enumerate(params):
+                p.grad = None if (k in (1, 2) and i % 3 == 0) else torch.randn(p.shape, generator=g)
+            opt.step()
+            stats.append(opt.prox_stats()[0]["screened"])
+        return params, opt, stats
+
+    a, opt_a, st_a = run("native")
+    b, opt_b, st_b = run("eager")
+    assert st_a == st_b and st_a[-1] > 0
+    assert {opt_a.state[p]["step"] for p in a} == {5, 3}
+    assert len(calls) == 7  # two buckets in each of the last two steps
+    _assert_agree(a, opt_a, b, opt_b, exact=False)
