@@ -238,12 +238,13 @@ def test_state_is_unchanged_and_no_parameter_sized_temporary(monkeypatch):
 
 
 def test_fallbacks_run_the_eager_step(monkeypatch):
-    """Half precision, non-contiguous parameters, module layouts, other regularizers, pre-prox hooks and
+    """Half precision, non-contiguous parameters, gathered module layouts (a grouped conv with several
+    filters per group), other regularizers, pre-prox hooks and
     the per-tensor loop stay eager; ``"auto"`` runs natively from AUTO_NATIVE_NUMEL values on."""
     calls = _require_native(monkeypatch)
     _run("native", GroupLasso(0.4), dtype=torch.bfloat16, steps=2)
     _run("native", L1(0.1), dtype=torch.float16, steps=2)
-    _run("native", GroupLasso(0.4, dim="out", layout="conv:1"), shapes=((6, 4, 3, 3),), steps=2)
+    _run("native", GroupLasso(0.4, dim="in", layout="conv:2"), shapes=((6, 2, 3, 3),), steps=2)
     _run("auto", GroupLasso(0.4), steps=2)
     w = torch.nn.Parameter(torch.randn(6, 12).t())  # non-contiguous
     opt = RMDA([w], regularizer=GroupLasso(0.1), implementation="native")
@@ -369,4 +370,25 @@ def test_maximize_unweighted_groups_and_skipped_tensors(dim, monkeypatch):
     assert st_a == st_b and st_a[-1] > 0
     assert {opt_a.state[p]["step"] for p in a} == {5, 3}
     assert len(calls) == 7  # two buckets in each of the last two steps
+    _assert_agree(a, opt_a, b, opt_b, exact=False)
+
+
+@pytest.mark.parametrize(
+    "shape, dim, layout",
+    [
+        ((4, 6, 3, 3), "in", "conv_transpose:2"),
+        ((4, 1, 3, 3), "in", "conv:4"),
+        ((4, 1, 3, 3), "out", "conv:4"),
+        ((40, 5), "out", "gates:4"),
+        ((8, 5), "out", "gates:4"),  # 2 rows per gate view: GroupLasso gathers these, the kernel does not
+        ((8, 5), "in", "gates:4"),
+        ((10, 4), "out", "embedding"),
+    ],
+)
+def test_module_layouts_that_reshape_match_eager(shape, dim, layout, monkeypatch):
+    calls = _require_native(monkeypatch)
+    reg = GroupLasso(3.0, dim=dim, layout=layout)
+    a, opt_a, st_a = _run("native", reg, shapes=(shape,), steps=8)
+    b, opt_b, st_b = _run("eager", reg, shapes=(shape,), steps=8)
+    assert len(calls) == 8 and st_a == st_b and st_a[-1]["screened"] > 0
     _assert_agree(a, opt_a, b, opt_b, exact=False)

@@ -11,8 +11,9 @@ cache; ``dim="in"`` groups span all rows, so their Ŵ is read once more (32 byte
 * No regularizer (MDA) or λ = 0: every value is the eager step's to the bit.
 * ``L1``: soft thresholding at step·λ as torch's ``softshrink`` rounds it: the eager bits, up to the
   sign of a zeroed value (torch gives −0 for a zeroed negative value in its last few elements).
-* ``GroupLasso`` (the exact Euclidean prox max(0, 1 − τ_g/‖z_g‖)·z_g; ``dim="in"`` or ``"out"``, no
-  module ``layout``): V and z = W_0 − V/β are the eager bits; the group norms sum in an order of their
+* ``GroupLasso`` (the exact Euclidean prox max(0, 1 − τ_g/‖z_g‖)·z_g; ``dim="in"`` or ``"out"``, and
+  module layouts whose groups are those of a reshaped view: transposed and depthwise convs, LSTM/GRU
+  gates, embeddings; grouped convs with several filters per group run eagerly): V and z = W_0 − V/β are the eager bits; the group norms sum in an order of their
   own (float partial sums added in float64), so Ŵ and W agree with the eager step to a few ulp of
   the scale, with the same zero groups except groups within rounding of ‖z_g‖ = τ_g. The non-finite
   policy is the eager prox's: a NaN norm scales its group by 0 (NaN stays NaN), an infinite one by 1.
@@ -34,6 +35,7 @@ from ..regularizers._elementwise import cap
 from ..regularizers._group_solver import _Layout, group_weight
 from ..regularizers.group_lasso import GroupLasso
 from ..regularizers.l1 import L1
+from ..structure import plain_form
 from . import _native
 from ._native import Arg, Kernel
 
@@ -97,13 +99,20 @@ def _kind(reg: Regularizer | None, step: float) -> int:
     return _L1 if type(reg) is L1 else _GROUP
 
 
+def _view(p: Tensor, reg: GroupLasso) -> tuple[Tensor, str] | None:
+    """``p`` as a plain grouping: itself, or for a module ``layout`` the reshaped view that groups as
+    ``GroupLasso``'s layout path does (None: the layout needs a gathered copy)."""
+    if reg.layout is None:
+        return p, reg.dim
+    form = plain_form(p.shape, reg.dim, reg.layout)
+    return None if form is None else (p.view(form[0]), form[1])
+
+
 def supports(reg: Regularizer | None, params: list[Tensor], states: list[dict[str, Any]]) -> bool:
-    """True when the kernel computes this step: no regularizer (or λ = 0), an exact ``L1`` or a plain
-    ``GroupLasso`` (no module ``layout``), CPU float32/float64 parameters with state of their dtype,
-    everything contiguous."""
-    plain_group = type(reg) is GroupLasso and reg.layout is None
-    if not (reg is None or reg.lam == 0.0 or type(reg) is L1 or plain_group):
-        return False
+    """True when the kernel computes this step: no regularizer (or λ = 0), an exact ``L1`` or a
+    ``GroupLasso`` whose grouping is a plain view of each tensor (no module ``layout``, or one that
+    reshapes: transposed and depthwise convs, gates, embeddings), CPU float32/float64 parameters with
+    state of their dtype, everything contiguous."""
     for p, st in zip(params, states):
         if p.device.type != "cpu" or p.dtype not in _DTYPES or not p.is_contiguous():
             return False
@@ -112,7 +121,9 @@ def supports(reg: Regularizer | None, params: list[Tensor], states: list[dict[st
             for k in ("grad_sum", "initial_point", "prox_point")
         ):
             return False
-    return True
+    if reg is None or reg.lam == 0.0 or type(reg) is L1:
+        return True
+    return type(reg) is GroupLasso and all(p.numel() == 0 or _view(p, reg) is not None for p in params)
 
 
 def _threshold(p: Tensor, reg: Regularizer | None, step: float, kind: int) -> float:
@@ -122,16 +133,18 @@ def _threshold(p: Tensor, reg: Regularizer | None, step: float, kind: int) -> fl
     tau = step * reg.lam  # type: ignore[union-attr]
     if kind == _L1:
         return tau
-    size = p.numel() // _Layout(p, reg.dim).g  # type: ignore[union-attr]
+    view, dim = _view(p, reg)  # type: ignore[arg-type, misc]
+    size = p.numel() // _Layout(view, dim).g
     return float(cap(tau * group_weight(size, reg.weighting), p))  # type: ignore[union-attr]
 
 
 def _layout(p: Tensor, reg: Regularizer | None) -> tuple[int, int, int, int]:
     if not isinstance(reg, GroupLasso) or p.numel() == 0:
         return (1, 1, p.numel(), 1)
-    lay = _Layout(p, reg.dim)
+    view, dim = _view(p, reg)  # type: ignore[misc]
+    lay = _Layout(view, dim)
     R, N = lay.shape
-    return (1, R, N, 1) if reg.dim == "out" else (0, R, N, lay.k)
+    return (1, R, N, 1) if dim == "out" else (0, R, N, lay.k)
 
 
 def rmda_step_(

@@ -127,8 +127,8 @@ class RMDA(ProxOptimizer):
         {implementation} Here the native kernel is the whole step in one walk over each tensor
             (V, Ŵ, the prox and the averaging: 28 bytes moved per float32 value, as a fused Adam
             step; 32 for ``GroupLasso(dim="in")``, whose groups span all rows) for no regularizer
-            or λ = 0, ``L1`` and ``GroupLasso`` without a module ``layout``, on contiguous CPU
-            float32/float64 tensors; ``"auto"`` uses it for a bucket from ``AUTO_NATIVE_NUMEL`` =
+            or λ = 0, ``L1`` and ``GroupLasso`` (module layouts included, except grouped convs
+            with several filters per group), on contiguous CPU float32/float64 tensors; ``"auto"`` uses it for a bucket from ``AUTO_NATIVE_NUMEL`` =
             65536 values on. It gives the eager bits without a regularizer and with ``L1`` (up to
             the sign of a zero); with ``GroupLasso`` the group norms sum in another order, so Ŵ and
             W agree to a few ulp, with the same zero groups except groups within rounding of the
