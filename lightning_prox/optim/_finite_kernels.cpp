@@ -21,7 +21,7 @@ constexpr int64_t kBlockBytes = 256;     // read from one stream before the next
 
 // OR over x[0, n) of "exponent bits all ones", branch-free (an OR of compares vectorizes, an early exit
 // would not). One core reads faster from several streams far apart than from one (measured on this
-// project's AMD EPYC machine: 8 streams of 256-byte blocks, 1.2-1.4 ms instead of 1.7-1.9 ms for
+// AMD EPYC core: 8 streams of 256-byte blocks, 1.2-1.4 ms instead of 1.7-1.9 ms for
 // 47 MB): the parts [s·part, (s + 1)·part) are read in turn, a block each.
 template <typename U> bool any_nonfinite(const U* __restrict x, int64_t n, U mask) {
   constexpr int64_t B = kBlockBytes / int64_t(sizeof(U));
