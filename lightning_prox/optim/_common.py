@@ -46,8 +46,8 @@ def check_finite_grads(
     """Raise ``ValueError`` when any gradient holds NaN or inf, before anything is updated.
 
     Cost: on CPU one native read-only scan of the exponent bits of every value (one call for all
-    tensors of a dtype, about a seventh of a fused Adam step), in the reverse of the step's order so
-    that the step starts on gradients still in cache; exact by construction. Elsewhere (CUDA, or
+    tensors of a dtype; 4 bytes per float32 value against the 28 of a fused Adam step, a fifth to a
+    quarter of that step's time on one core); exact by construction. Elsewhere (CUDA, or
     without a C++ compiler, or for non-contiguous gradients): one read-only ``sum`` per tensor (NaN and
     ±inf propagate into a sum) and one host read per call. A sum of finite values can overflow; only
     then (and on a real NaN/inf) is each tensor checked exactly with ``isfinite``, so the error is never

@@ -6,9 +6,10 @@
 // patterns as unsigned integers: exact (no arithmetic, no overflow), one AND and one compare per value,
 // which vectorizes, and the same code for float16, bfloat16, float32 and float64.
 //
-// The chunks of all tensors are visited from the last chunk of the last tensor to the first chunk of the
-// first: the optimizer's update pass then starts on the gradients read last, still in the last-level
-// cache. An OR of the chunks' results does not depend on the OpenMP split.
+// The work items of all tensors are visited from the last one of the last tensor to the first one of the
+// first, so that the optimizer's update pass starts on the gradients read last (a gain only where they
+// stay in the last-level cache: not measurable with 47 MB of gradients and a 32 MB L3). An OR of the
+// items' results does not depend on the OpenMP split.
 #include <algorithm>
 #include <cstdint>
 #include <vector>

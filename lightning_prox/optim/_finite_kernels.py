@@ -2,8 +2,8 @@
 call over a list of CPU gradients, testing the exponent bits of every value (a value is NaN or ±inf
 exactly when they are all ones), for float16, bfloat16, float32 and float64 alike.
 
-It reads each gradient once, as the smooth step does, in the reverse of the step's order (last tensor,
-last chunk first), so that the step starts on gradients still in the last-level cache.
+It reads each gradient once, in the reverse of the step's order (last tensor, last block first), so
+that the step starts on the gradients read last, where the last-level cache holds them.
 """
 
 from __future__ import annotations
