@@ -189,3 +189,20 @@ def test_without_a_compiler_one_warning_and_the_eager_check(monkeypatch, tmp_pat
     finally:
         _native.kernels.cache_clear()
     assert len([w for w in record if "_finite_kernels.cpp" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("implementation", ["auto", "eager"])
+@pytest.mark.parametrize("cls", [ProxGen, ProxSGD])
+def test_the_step_scans_natively_unless_eager(ops, cls, implementation, monkeypatch):
+    calls = []
+    monkeypatch.setattr(_finite_kernels, "_ops", lambda: calls.append(1) or ops)
+    w = torch.nn.Parameter(torch.randn(5, 4))
+    opt = cls([("w", w)], lr=1e-2, implementation=implementation)
+    w.grad = torch.randn(5, 4)
+    opt.step()
+    before = w.detach().clone()
+    w.grad[2, 3] = float("inf")
+    with pytest.raises(ValueError, match=r"tensor 0 'w'"):
+        opt.step()
+    assert len(calls) == (2 if implementation == "auto" else 0)  # "eager" builds nothing
+    assert torch.equal(w.detach(), before)

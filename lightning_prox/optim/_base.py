@@ -336,7 +336,8 @@ class ProxOptimizer(Optimizer):
                 )
             gathered.append((params, grads))
         if self.check_finite:
-            check_finite_grads([g for _, gs in gathered for g in gs], optimizer=self)
+            every = [g for _, gs in gathered for g in gs]
+            check_finite_grads(every, optimizer=self, native=self.implementation != "eager")
         for (params, grads), group in zip(gathered, self.param_groups):
             for k, (p, g) in enumerate(zip(params, grads)):
                 # the fused kernels index grad and param alike: a gradient laid out differently

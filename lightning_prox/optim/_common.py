@@ -41,17 +41,20 @@ def group_regularizer(group: dict[str, Any]) -> Regularizer | None:
 
 
 def check_finite_grads(
-    grads: list[Tensor], names: str = "gradient", optimizer: torch.optim.Optimizer | None = None
+    grads: list[Tensor],
+    names: str = "gradient",
+    optimizer: torch.optim.Optimizer | None = None,
+    native: bool = True,
 ) -> None:
     """Raise ``ValueError`` when any gradient holds NaN or inf, before anything is updated.
 
     Cost: on CPU one native read-only scan of the exponent bits of every value (one call for all
     tensors of a dtype; 4 bytes per float32 value against the 28 of a fused Adam step, a fifth to a
-    quarter of that step's time on one core); exact by construction. Elsewhere (CUDA, or
-    without a C++ compiler, or for non-contiguous gradients): one read-only ``sum`` per tensor (NaN and
-    ±inf propagate into a sum) and one host read per call. A sum of finite values can overflow; only
-    then (and on a real NaN/inf) is each tensor checked exactly with ``isfinite``, so the error is never
-    a false alarm. Optimizers expose ``check_finite=False`` to skip it (e.g. when a GradScaler already
+    quarter of that step's time on one core); exact by construction. Elsewhere (CUDA,
+    ``native=False``, no C++ compiler, non-contiguous gradients): one read-only ``sum`` per tensor
+    (NaN and ±inf propagate into a sum) and one host read per call. A sum of finite values can
+    overflow; only then (and on a real NaN/inf) is each tensor checked exactly with ``isfinite``, so
+    the error is never a false alarm. Optimizers expose ``check_finite=False`` to skip it (e.g. when a GradScaler already
     handles overflow).
 
     Args:
@@ -59,9 +62,10 @@ def check_finite_grads(
         names: what to call them in the message.
         optimizer: when given, the message names the parameter by its param group, index and
             ``param_names`` entry (when the group carries one, as ``ProxMixin`` groups do).
+        native: ``False``: the sums everywhere (nothing is built; ``implementation="eager"``).
     """
     grads = [g for g in grads if g.numel()]
-    if not grads or _maybe_all_finite(grads):
+    if not grads or _maybe_all_finite(grads, native):
         return
     for idx, g in enumerate(grads):  # rare: find the culprit exactly (a finite sum may have overflowed)
         if not bool(torch.isfinite(g).all()):
@@ -76,18 +80,18 @@ def check_finite_grads(
 _SCANNED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _maybe_all_finite(grads: list[Tensor]) -> bool:
+def _maybe_all_finite(grads: list[Tensor], native: bool) -> bool:
     """True when every value of ``grads`` is finite; False when one is not, or (eager sums only) when a
     sum of finite values overflowed."""
-    native: dict[torch.dtype, list[Tensor]] = {}
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
     rest = []
     for g in grads:
         g = torch.view_as_real(g) if g.is_complex() else g
-        if g.is_cpu and g.dtype in _SCANNED and g.is_contiguous():
-            native.setdefault(g.dtype, []).append(g)
+        if native and g.is_cpu and g.dtype in _SCANNED and g.is_contiguous():
+            by_dtype.setdefault(g.dtype, []).append(g)
         else:
             rest.append(g)
-    for tensors in reversed(native.values()):  # the last dtype first, as the scan runs backwards
+    for tensors in reversed(by_dtype.values()):  # the last dtype first, as the scan runs backwards
         ok = all_finite(tensors)
         if ok is None:  # no compiler here: the eager sums
             rest += tensors

@@ -119,7 +119,7 @@ class Kernel:
         return "lp_" + self.name.rstrip("_")
 
     def prototypes(self) -> str:
-        """The C declarations of both dtype variants (what the source must define)."""
+        """The C declarations of every dtype variant (what the source must define)."""
         out = []
         for suffix, ctype in self.variants.values():
             params = ["int64_t n", "const int64_t* numel"]
