@@ -32,7 +32,8 @@ _DEPRECATED_IMPLEMENTATIONS: dict[str, tuple[str, bool | None]] = {
 
 _check_finite_doc = r"""check_finite: raise ``ValueError`` naming the parameter, before anything is updated,
             when a gradient holds NaN or inf (one read of the gradients: on CPU a native scan of
-            their exponent bits, elsewhere one ``sum`` per gradient; one host read per step).
+            their exponent bits, on CUDA or with ``implementation="eager"`` one ``sum`` per
+            gradient; one host read per step).
             ``False`` skips it (e.g. when a GradScaler already handles overflow)."""
 
 _implementation_doc = r"""implementation: ``"auto"`` (default: native kernels where this optimizer has them
