@@ -87,7 +87,8 @@ def _maybe_all_finite(grads: list[Tensor], native: bool) -> bool:
     rest = []
     for g in grads:
         g = torch.view_as_real(g) if g.is_complex() else g
-        if native and g.is_cpu and g.dtype in _SCANNED and g.is_contiguous():
+        # plain tensors only: a subclass (e.g. a DTensor shard) may have no meaningful data_ptr
+        if native and type(g) is Tensor and g.is_cpu and g.dtype in _SCANNED and g.is_contiguous():
             by_dtype.setdefault(g.dtype, []).append(g)
         else:
             rest.append(g)
