@@ -84,6 +84,10 @@ ROWS = {
         "SGD",
         lambda ps: ProxSGD(split_groups(ps, L1(LAM)), lr=LR_SGD, momentum=0.9),
     ),
+    "ProxSGD + L1, check_finite=False": (
+        "SGD",
+        lambda ps: ProxSGD(split_groups(ps, L1(LAM)), lr=LR_SGD, momentum=0.9, check_finite=False),
+    ),
     "ProxGen, no regularizer (finite check on)": ("Adam", lambda ps: ProxGen(ps, lr=LR_ADAM)),
     "ProxGen + Lq(1/2)": ("Adam", lambda ps: ProxGen(split_groups(ps, Lq(LAM, q=0.5)), lr=LR_ADAM)),
     "ProxGen + GroupLasso (Adam metric, exact Newton)": (

@@ -32,9 +32,10 @@ _DEPRECATED_IMPLEMENTATIONS: dict[str, tuple[str, bool | None]] = {
 }
 
 _check_finite_doc = r"""check_finite: raise ``ValueError`` naming the parameter, before anything is updated,
-            when a gradient holds NaN or inf (one ``sum`` per gradient and one host read per step,
-            about one pass over the gradients). ``False`` skips it (e.g. when a GradScaler already
-            handles overflow)."""
+            when a gradient holds NaN or inf (one read of the gradients: on CPU a native scan of
+            their exponent bits, on CUDA or with ``implementation="eager"`` one ``sum`` per
+            gradient; one host read per step).
+            ``False`` skips it (e.g. when a GradScaler already handles overflow)."""
 
 _implementation_doc = r"""implementation: ``"auto"`` (default: native kernels where this optimizer has them
             and they pay off, torch ops otherwise), ``"eager"`` (torch ops only: nothing is
@@ -347,7 +348,8 @@ class ProxOptimizer(Optimizer):
                 )
             gathered.append((params, grads))
         if self.check_finite:
-            check_finite_grads([g for _, gs in gathered for g in gs], optimizer=self)
+            every = [g for _, gs in gathered for g in gs]
+            check_finite_grads(every, optimizer=self, native=self.implementation != "eager")
         for (params, grads), group in zip(gathered, self.param_groups):
             for k, (p, g) in enumerate(zip(params, grads)):
                 # the fused kernels index grad and param alike: a gradient laid out differently

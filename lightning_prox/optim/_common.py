@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..regularizers._base import Regularizer, from_spec
+from ._finite_kernels import all_finite
 
 __all__ = ["check_finite_grads", "group_regularizer"]
 
@@ -40,33 +41,31 @@ def group_regularizer(group: dict[str, Any]) -> Regularizer | None:
 
 
 def check_finite_grads(
-    grads: list[Tensor], names: str = "gradient", optimizer: torch.optim.Optimizer | None = None
+    grads: list[Tensor],
+    names: str = "gradient",
+    optimizer: torch.optim.Optimizer | None = None,
+    native: bool = True,
 ) -> None:
     """Raise ``ValueError`` when any gradient holds NaN or inf, before anything is updated.
 
-    Cost: one read-only ``sum`` per tensor (NaN and ±inf propagate into a sum) and one host read
-    per call, about one pass over the gradients (ResNet-18 on one CPU thread: ~3.5 ms, against
-    ~5 ms for per-tensor ``aminmax`` and ~25 ms for ``_foreach_norm(ord=inf)``). A sum of finite
-    values can overflow; only then (and on a real NaN/inf) is each tensor checked exactly with
-    ``isfinite``, so the error is never a false alarm. Optimizers expose ``check_finite=False``
-    to skip it (e.g. when a GradScaler already handles overflow).
+    Cost: on CPU one native read-only scan of the exponent bits of every value (one call for all
+    tensors of a dtype; 4 bytes per float32 value against the 28 of a fused Adam step, a fifth to a
+    quarter of that step's time on one core); exact by construction. Elsewhere (CUDA,
+    ``native=False``, no C++ compiler, non-contiguous gradients): one read-only ``sum`` per tensor
+    (NaN and ±inf propagate into a sum) and one host read per call. A sum of finite values can
+    overflow; only then (and on a real NaN/inf) is each tensor checked exactly with ``isfinite``, so
+    the error is never a false alarm. Optimizers expose ``check_finite=False`` to skip it (e.g. when a GradScaler already
+    handles overflow).
 
     Args:
         grads: the gradients about to be used.
         names: what to call them in the message.
         optimizer: when given, the message names the parameter by its param group, index and
             ``param_names`` entry (when the group carries one, as ``ProxMixin`` groups do).
+        native: ``False``: the sums everywhere (nothing is built; ``implementation="eager"``).
     """
     grads = [g for g in grads if g.numel()]
-    if not grads:
-        return
-    dev = grads[0].device
-    sums = []
-    for g in grads:
-        g = torch.view_as_real(g) if g.is_complex() else g
-        s = g.sum(dtype=torch.float32) if g.dtype in (torch.float16, torch.bfloat16) else g.sum()
-        sums.append(s if s.dtype == torch.float32 and s.device == dev else s.to(dev, torch.float32))
-    if bool(torch.isfinite(torch.stack(sums)).all()):
+    if not grads or _maybe_all_finite(grads, native):
         return
     for idx, g in enumerate(grads):  # rare: find the culprit exactly (a finite sum may have overflowed)
         if not bool(torch.isfinite(g).all()):
@@ -76,6 +75,37 @@ def check_finite_grads(
                 f"non-finite {names} (NaN or inf) in {where}; no parameter was changed. Lower the "
                 "learning rate, clip gradients, or use a GradScaler with mixed precision."
             )
+
+
+_SCANNED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _maybe_all_finite(grads: list[Tensor], native: bool) -> bool:
+    """True when every value of ``grads`` is finite; False when one is not, or (eager sums only) when a
+    sum of finite values overflowed."""
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    rest = []
+    for g in grads:
+        g = torch.view_as_real(g) if g.is_complex() else g
+        # plain tensors only: a subclass (e.g. a DTensor shard) may have no meaningful data_ptr
+        if native and type(g) is Tensor and g.is_cpu and g.dtype in _SCANNED and g.is_contiguous():
+            by_dtype.setdefault(g.dtype, []).append(g)
+        else:
+            rest.append(g)
+    for tensors in reversed(by_dtype.values()):  # the last dtype first, as the scan runs backwards
+        ok = all_finite(tensors)
+        if ok is None:  # no compiler here: the eager sums
+            rest += tensors
+        elif not ok:
+            return False
+    if not rest:
+        return True
+    dev = rest[0].device
+    sums = []
+    for g in rest:
+        s = g.sum(dtype=torch.float32) if g.dtype in (torch.float16, torch.bfloat16) else g.sum()
+        sums.append(s if s.dtype == torch.float32 and s.device == dev else s.to(dev, torch.float32))
+    return bool(torch.isfinite(torch.stack(sums)).all())
 
 
 def _param_label(optimizer: torch.optim.Optimizer, grad: Tensor) -> str | None:

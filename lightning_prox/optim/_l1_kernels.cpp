@@ -48,19 +48,21 @@ template <typename T> struct AdamScalars {
 // elements [lo, hi) of one tensor: the smooth step, then prox(θ̂, √v, its denominator √v/√bc2 + eps, v); a plain loop over restrict
 // pointers, so that it vectorizes. Tail: the last numel % vec elements, which torch's kernel runs in scalar
 // code, where its compiler fused the second moment the other way round (v·β₂ + (1 − β₂)g·g as
-// fma(v, β₂, (1 − β₂)g·g)).
+// fma(v, β₂, (1 − β₂)g·g)). p is read before m and v are written: tensors allocated alike lie at the same
+// address modulo 4096, where a load issued after a store waits for it (4K aliasing; ~10% of the pass
+// when the compiler folded the load of p into its late multiply).
 template <typename T, bool Tail, bool Small, typename Prox>
 void adam_prox_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict m,
                      T* __restrict v, const AdamScalars<T> k, const Prox prox) {
   for (int64_t j = lo; j < hi; ++j) {
-    const T gj = g[j];
+    const T gj = g[j], decayed = p[j] * k.dec;
     const T mj = fmadd(k.coeff, gj - m[j], Small ? m[j] : gj);  // torch.lerp's two forms
     const T vj = Tail ? fmadd(v[j], k.b2, k.c2 * gj * gj) : fmadd(k.c2 * gj, gj, v[j] * k.b2);
     m[j] = mj;
     v[j] = vj;
     const T root = std::sqrt(vj);
     const T den = root / k.bc2 + k.eps;
-    p[j] = prox(p[j] * k.dec + k.neg_step * mj / den, root, den, vj);
+    p[j] = prox(decayed + k.neg_step * mj / den, root, den, vj);
   }
 }
 
@@ -209,13 +211,13 @@ void sgd_l1_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g
                   T mu, T d1, T neg_lr, T c, bool decay, bool nesterov, bool first) {
   for (int64_t j = lo; j < hi; ++j) {
     const T pj = p[j];
-    T d = decay ? fmadd(pj, w, g[j]) : g[j];
+    T d = decay ? fmadd(pj, w, g[j]) : g[j], bj = d;
     if (Buf) {
-      const T bj = first ? d : (Tail ? fmadd(buf[j], mu, d * d1) : fmadd(d1, d, buf[j] * mu));
-      buf[j] = bj;
+      bj = first ? d : (Tail ? fmadd(buf[j], mu, d * d1) : fmadd(d1, d, buf[j] * mu));
       d = nesterov ? fmadd(bj, mu, d) : bj;
     }
     p[j] = softshrink<T, ShrinkTail>(fmadd(d, neg_lr, pj), c);
+    if (Buf) buf[j] = bj;  // after p is read (4K aliasing, see adam_prox_range)
   }
 }
 

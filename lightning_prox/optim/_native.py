@@ -67,6 +67,11 @@ _ISA_FLAGS = {
     "AVX512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-DLP_FMA=1"),
 }
 _SUFFIX = {torch.float32: ("f32", "float"), torch.float64: ("f64", "double")}
+# a Kernel with bits=True: the tensors' bit patterns, as the unsigned integer of their width
+_BITS = {
+    torch.float16: ("f16", "uint16_t"), torch.bfloat16: ("bf16", "uint16_t"),
+    torch.float32: ("f32", "uint32_t"), torch.float64: ("f64", "uint64_t"),
+}  # fmt: skip
 _C_ARRAY = {torch.float64: "double", torch.int64: "int64_t"}
 _LIB = torch.library.Library("lightning_prox", "FRAGMENT")
 _IMPLS: dict[str, Any] = {}  # op name -> the ctypes functions by dtype of the latest load
@@ -96,20 +101,28 @@ class Kernel:
     ``lp_<name without trailing _>_<f32|f64>(int64_t n, const int64_t* numel, <args>, int nthreads)``
     (``n`` tensors per list, ``numel`` their sizes, ``nthreads`` = ``torch.get_num_threads()``).
     ``check(values)`` (optional) raises ``ValueError`` on a rule the table cannot state (e.g. a layout
-    array that must match the tensors' shapes); it gets the arguments by name."""
+    array that must match the tensors' shapes); it gets the arguments by name. ``bits``: the kernel
+    reads the tensors' bit patterns (``T`` an unsigned integer of their width), one variant per floating
+    dtype, ``_<f16|bf16|f32|f64>``."""
 
     name: str
     args: tuple[Arg, ...]
     check: Callable[[dict[str, Any]], None] | None = None
+    bits: bool = False
+
+    @property
+    def variants(self) -> dict[torch.dtype, tuple[str, str]]:
+        """dtype -> (C suffix, C element type) of the variants this kernel has."""
+        return _BITS if self.bits else _SUFFIX
 
     @property
     def symbol(self) -> str:
         return "lp_" + self.name.rstrip("_")
 
     def prototypes(self) -> str:
-        """The C declarations of both dtype variants (what the source must define)."""
+        """The C declarations of every dtype variant (what the source must define)."""
         out = []
-        for suffix, ctype in _SUFFIX.values():
+        for suffix, ctype in self.variants.values():
             params = ["int64_t n", "const int64_t* numel"]
             for a in self.args:
                 const = "" if a.out else "const "
@@ -146,8 +159,9 @@ class Kernel:
         ref = list(values[lists[0].name])
         n = len(ref)
         dtype = ref[0].dtype if ref else torch.float32
-        if dtype not in _SUFFIX:
-            raise ValueError(f"{op}: {lists[0].name}[0] has dtype {dtype}; expected float32 or float64")
+        if dtype not in self.variants:
+            expected = " or ".join(str(d).removeprefix("torch.") for d in self.variants)
+            raise ValueError(f"{op}: {lists[0].name}[0] has dtype {dtype}; expected {expected}")
         for a in self.args:
             v = values[a.name]
             if a.kind == "tensors":
@@ -157,7 +171,7 @@ class Kernel:
                     raise ValueError(f"{op}: {a.name} has {len(v)} tensors, {lists[0].name} has {n}")
                 for i, (t, r) in enumerate(zip(v, ref)):
                     _check_tensor(op, f"{a.name}[{i}]", t, dtype, f"the dtype of {lists[0].name}[0]")
-                    if t.shape != r.shape:
+                    if t is not r and t.shape != r.shape:
                         raise ValueError(
                             f"{op}: {a.name}[{i}] has shape {tuple(t.shape)}; it must have the shape of "
                             f"{lists[0].name}[{i}], {tuple(r.shape)}"
@@ -172,7 +186,7 @@ class Kernel:
 def _check_tensor(op: str, name: str, t: Any, dtype: torch.dtype, why: str) -> None:
     if not isinstance(t, Tensor):
         raise ValueError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:  # cheaper than t.device, which builds an object per tensor
         raise ValueError(f"{op}: {name} is on {t.device}; the native kernels run on CPU tensors only")
     if t.dtype != dtype:
         raise ValueError(f"{op}: {name} has dtype {t.dtype}; expected {dtype} ({why})")
@@ -385,7 +399,7 @@ def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
         funcs = {
             (k.name, d): getattr(lib, f"{k.symbol}_{suffix}")
             for k in table
-            for d, (suffix, _) in _SUFFIX.items()
+            for d, (suffix, _) in k.variants.items()
         }
     except (RuntimeError, AttributeError) as err:
         warnings.warn(f"building {source} failed ({err}); using the eager path", RuntimeWarning, stacklevel=2)
@@ -393,7 +407,7 @@ def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
     ops = SimpleNamespace()
     for k in table:
         _define(k)
-        for dtype in _SUFFIX:
+        for dtype in k.variants:
             fn = funcs[k.name, dtype]
             fn.argtypes, fn.restype = k.argtypes(), None
             _IMPLS[k.name][dtype] = fn
