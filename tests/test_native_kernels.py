@@ -432,15 +432,14 @@ def test_the_first_build_starts_at_construction_logs_one_line_and_a_cached_one_n
     try:
         with caplog.at_level(logging.WARNING, logger="lightning_prox.optim._native"):
             ProxGen([p], implementation="eager", regularizer=L1(0.1))
-            ProxGen([p])  # neither the eager path nor a step without regularizer builds anything
+            ProxGen([p], check_finite=False)  # neither the eager path nor a plain step builds anything
+            ProxGen([p], regularizer=L1(0.1), check_finite=False)  # 8 values: "auto" runs eager
             assert not _native._PREFETCH
-            ProxGen([p], regularizer=L1(0.1))  # 8 values: "auto" runs eager, builds nothing
-            assert not _native._PREFETCH
+            ProxGen([p])  # the finite check's scan
+            assert list(_native._PREFETCH) == ["_finite_kernels.cpp"]
             ProxGen([p], regularizer=L1(0.1), implementation="native")
-            ProxSGD(
-                [p], lr=0.1, regularizer=L1(0.1), implementation="native"
-            )  # the same library: no second build
-            assert list(_native._PREFETCH) == ["_l1_kernels.cpp"]
+            ProxSGD([p], lr=0.1, regularizer=L1(0.1), implementation="native")  # no second build
+            assert sorted(_native._PREFETCH) == ["_finite_kernels.cpp", "_l1_kernels.cpp"]
             assert _l1_kernels._ops() is not None  # waits for the background build
             assert not _native._PREFETCH["_l1_kernels.cpp"].is_alive()
             assert len(list((tmp_path / "native").glob("_l1_kernels-*.so"))) == 1

@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from ..regularizers._base import Regularizer, as_regularizer
-from . import _native
+from . import _finite_kernels, _native
 from ._common import check_finite_grads, group_regularizer
 from ._stats import group_stats
 
@@ -207,7 +207,10 @@ class ProxOptimizer(Optimizer):
         if implementation != "eager" and any(
             p.device.type == "cpu" for group in self.param_groups for p in group["params"]
         ):
-            for source, table in self._native_libraries():
+            libraries = self._native_libraries()
+            if self.check_finite:
+                libraries.append(("_finite_kernels.cpp", _finite_kernels.KERNELS))
+            for source, table in libraries:
                 _native.prefetch(source, table)
 
     def _native_libraries(self) -> list[tuple[str, Sequence[_native.Kernel]]]:
