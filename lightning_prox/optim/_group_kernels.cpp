@@ -274,6 +274,138 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
   }
 }
 
+
+template <typename T> inline T fmadd(T a, T b, T c) {
+#if LP_FMA
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// ProxGen's smooth step and its prox metric for the fused pass (adam_group_lasso below)
+template <typename T> struct Smooth {
+  T dec, coeff, b2, c2, eps, neg_step, bc2, b, floor, fill;
+};
+
+// Elements [lo, hi) of one tensor: the smooth step (the element update of _l1_kernels.cpp's
+// adam_prox_range: torch's fused Adam rounding, Tail: its scalar code), m and v written back, θ̂ into
+// zo and the prox metric into dout (both indexed from lo): D = √v/b + eps as the eager step's
+// _foreach_denoms rounds it (Shared: b is the smooth step's √bc2, D its denominator), floored
+// (Floor: max(D, floor), fill where v = 0; a NaN D stays NaN) as its _floored.
+template <typename T, bool Tail, bool Small, bool Shared, bool Floor>
+void smooth_range(int64_t lo, int64_t hi, const T* __restrict p, const T* __restrict g, T* __restrict m,
+                  T* __restrict v, const Smooth<T> k, T* __restrict zo, T* __restrict dout) {
+  for (int64_t j = lo; j < hi; ++j) {
+    const T gj = g[j];
+    const T mj = fmadd(k.coeff, gj - m[j], Small ? m[j] : gj);
+    const T vj = Tail ? fmadd(v[j], k.b2, k.c2 * gj * gj) : fmadd(k.c2 * gj, gj, v[j] * k.b2);
+    m[j] = mj;
+    v[j] = vj;
+    const T root = std::sqrt(vj);
+    const T den = root / k.bc2 + k.eps;
+    zo[j - lo] = p[j] * k.dec + k.neg_step * mj / den;
+    T d = Shared ? den : root / k.b + k.eps;
+    if (Floor) d = vj == T(0) ? k.fill : (d < k.floor ? k.floor : d);
+    dout[j - lo] = d;
+  }
+}
+
+// One fused step of a tensor viewed as [R, N] with groups of K columns (dim="out": R = 1, K = the row
+// length): per tile of B adjacent groups, each row's run of the tile (contiguous in memory) goes
+// through the smooth step into per-thread buffers, group-major (θ̂ and the floored metric), the groups
+// are solved by solve_group, and the solution is written row by row: p, g, m, v are read once and
+// p, m, v written once. A tile whose metric has a NaN (a NaN second moment) is not solved: it keeps θ̂
+// and flags its groups with bit 2, for the caller to raise. Each group's result depends on its own
+// values only, so the tiling (chosen per thread count) changes no bit.
+template <typename T>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
+void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, T* v, const double* scal,
+                       const Smooth<T> k0, bool small, double thr, double pin, double tol, int64_t max_iters,
+                       int64_t vec, int64_t* iters, int64_t* flags, int nthreads) {
+  const int64_t numel = R * N, G = N / K, size = R * K;
+  const int64_t bulk = numel - numel % std::max<int64_t>(vec, 1);
+  Smooth<T> k = k0;
+  k.neg_step = T(-scal[0]);
+  k.bc2 = T(scal[1]);
+  k.b = T(scal[2]);
+  const bool shared = k.bc2 == k.b, floor = k.floor > T(0);
+  const int nt = threads_for(numel, nthreads);
+  // tiles of about kTileBytes of buffers, at least 4 per thread where the groups allow
+  int64_t B = std::max<int64_t>(1, kTileBytes / (size * static_cast<int64_t>(sizeof(T)) * 3));
+  B = std::min(B, std::max<int64_t>(1, (G + 4 * nt - 1) / (4 * nt)));
+  const int64_t tiles = (G + B - 1) / B;
+  auto part = [&](int64_t lo, int64_t hi, T* zo, T* dout, auto tail) {
+    auto go = [&](auto sm, auto sh, auto fl) {
+      smooth_range<T, decltype(tail)::value, decltype(sm)::value, decltype(sh)::value, decltype(fl)::value>(
+          lo, hi, p, g, m, v, k, zo, dout);
+    };
+    auto with_sh = [&](auto sm) {
+      auto with_fl = [&](auto sh) { floor ? go(sm, sh, std::true_type{}) : go(sm, sh, std::false_type{}); };
+      shared ? with_fl(std::true_type{}) : with_fl(std::false_type{});
+    };
+    small ? with_sh(std::true_type{}) : with_sh(std::false_type{});
+  };
+  // the last numel % vec elements of the tensor round as torch's scalar code
+  auto smooth = [&](int64_t lo, int64_t hi, T* zo, T* dout) {
+    const int64_t mid = std::min(std::max(lo, bulk), hi);
+    if (mid > lo) part(lo, mid, zo, dout, std::false_type{});
+    if (hi > mid) part(mid, hi, zo + (mid - lo), dout + (mid - lo), std::true_type{});
+  };
+  const T tthr = static_cast<T>(thr), tpin = static_cast<T>(pin);
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t w = B * size;
+    std::vector<T> buf(static_cast<size_t>(w) * 3 + size + B + (R > 1 ? 2 * B * K : 0));
+    T* zg = buf.data();
+    T* mg = zg + w;
+    T* M = mg + w;  // the scaled metric of every group of the tile, for the solution
+    T* A = M + w;
+    T* c = A + size;
+    T* zr = c + B;  // one row of the tile (R > 1), before it is scattered group-major
+    T* dr = zr + B * K;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t g0 = t * B, nb = std::min(B, G - g0), run = nb * K;
+      bool bad = false;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t o = r * N + g0 * K;
+        if (R == 1) {  // the run is the tile, already group-major
+          smooth(o, o + run, zg, mg);
+        } else {
+          smooth(o, o + run, zr, dr);
+          for (int64_t b = 0; b < nb; ++b)
+            for (int64_t q = 0; q < K; ++q) {
+              zg[b * size + r * K + q] = zr[b * K + q];
+              mg[b * size + r * K + q] = dr[b * K + q];
+            }
+        }
+      }
+      for (int64_t i = 0; i < nb * size; ++i) bad |= mg[i] != mg[i];
+      if (bad) {  // not solved: θ̂ stays, the caller raises
+        for (int64_t b = 0; b < nb; ++b) {
+          iters[g0 + b] = 0;
+          flags[g0 + b] = 4;
+        }
+      } else {
+        for (int64_t b = 0; b < nb; ++b)
+          iters[g0 + b] = solve_group<T>(size, zg + b * size, mg + b * size, nullptr, M + b * size, A, tthr, tpin,
+                                         tol, max_iters, flags[g0 + b], c[b]);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t o = r * N + g0 * K;
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t q = 0; q < K; ++q) {
+            const int64_t i = b * size + r * K + q;
+            p[o + b * K + q] = bad ? zg[i] : solution(zg[i], mg[i], M[i], c[b]);
+          }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // layout: per tensor (rows, R, N, K, offset of its first group in iters/flags); thr: per tensor τ·w_g
@@ -292,3 +424,26 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
 
 LP_EXPORT(float, f32)
 LP_EXPORT(double, f64)
+
+// scal per tensor: lr/bc1 and √bc2 of the smooth step (torch's Adam), b (the metric's √bc2) and τ·w_g
+#define LP_EXPORT_FUSED(T, SUF)                                                                                \
+  extern "C" void lp_adam_group_lasso_##SUF(                                                                   \
+      int64_t n, const int64_t*, const int64_t* layout, T* const* p, const T* const* g, T* const* m,           \
+      T* const* v, const double* scal, double decay, double w1, double beta2, double c2, double eps,         \
+      double floor, double fill, double pin, double tol, int64_t max_iters, int64_t vec, int64_t* iters,      \
+      int64_t* flags, int nthreads) {                                                                          \
+    const T W = T(w1);                                                                                         \
+    const bool small = std::abs(W) < T(0.5);                                                                   \
+    const Smooth<T> k{T(decay), small ? W : W - T(1), T(beta2), T(c2), T(eps), T(0), T(1), T(1), T(floor),  \
+                      T(fill)};                                                                                \
+    for (int64_t i = 0; i < n; ++i) {                                                                          \
+      const int64_t* l = layout + 5 * i;                                                                       \
+      const bool rows = l[0] != 0;                                                                             \
+      adam_group_tensor<T>(rows ? 1 : l[1], rows ? l[1] * l[2] : l[2], rows ? l[2] : l[3], p[i], g[i], m[i],  \
+                           v[i], scal + 4 * i, k, small, scal[4 * i + 3], pin, tol, max_iters, vec,             \
+                           iters + l[4], flags + l[4], nthreads);                                              \
+    }                                                                                                          \
+  }
+
+LP_EXPORT_FUSED(float, f32)
+LP_EXPORT_FUSED(double, f64)

@@ -9,7 +9,7 @@ Proximal Gradient Methods for Deep Learning"). Reference implementation: ``abcdx
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
-from . import _l1_kernels
+from . import _group_kernels, _l1_kernels
 from ._base import (
     Implementation,
     ProxOptimizer,
@@ -450,6 +450,7 @@ class _Bucket:
     steps: list[float]
     bc2_sqrts: list[float]
     done: bool = False  # the native kernel applied the prox already
+    finish: Callable[[dict[str, Any] | None], None] | None = None  # its statistics, where the prox runs
     denoms: list[Tensor] | None = field(default=None)  # the reference loop's D (float32 for half)
 
 
@@ -553,6 +554,27 @@ def _smooth(
             torch._foreach_copy_(list(d_m), m32)
             if preconditioner != "identity":
                 torch._foreach_copy_(list(d_v), v32)  # type: ignore[arg-type]
+            continue
+        if (
+            fuse_prox
+            and do_prox
+            and _group_kernels.fuses(regularizer)
+            and implementation in ("native", "auto")
+            and device.type == "cpu"
+            and preconditioner != "identity"
+            and prox_metric == "preconditioned"
+            and fused is not False
+            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
+            and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
+            and _group_kernels.native_available()
+        ):
+            bucket.finish = _group_kernels.adam_group_lasso_(
+                d_params, list(d_grads), list(d_m), list(d_v), steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                weight_decay=weight_decay, regularizer=regularizer, bc2_sqrts=bc2_sqrts, floor=floor,  # type: ignore[arg-type]
+                fill=_history_free_metric(regularizer, floor), preconditioner=preconditioner,
+                bias_correction=bias_correction,
+            )  # fmt: skip
+            bucket.done = True
             continue
         native_l1 = _fused.supports(regularizer, d_params)
         lq_kind = None if native_l1 else _l1_kernels.lq_kind(regularizer)
@@ -716,6 +738,8 @@ def _prox(
     fill = _history_free_metric(regularizer, floor)
     euclidean = prox_metric == "euclidean" or preconditioner == "identity"
     for b in buckets:
+        if b.finish is not None:
+            b.finish(info)
         if b.done or not b.params:
             continue
         half = b.params[0].dtype in _HALF
