@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -311,6 +312,15 @@ void smooth_range(int64_t lo, int64_t hi, const T* __restrict p, const T* __rest
   }
 }
 
+// dim="in": the rows of a tile are short runs a page apart, which the hardware prefetcher does not
+// follow; each row's run is fetched kAhead rows early
+constexpr int64_t kAhead = 4;
+
+template <typename T> inline void prefetch_run(int64_t o, int64_t len, std::initializer_list<const T*> arrays) {
+  for (const T* a : arrays)
+    for (int64_t i = 0; i < len; i += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(a + o + i);
+}
+
 // One fused step of a tensor viewed as [R, N] with groups of K columns (dim="out": R = 1, K = the row
 // length): per tile of B adjacent groups, each row's run of the tile (contiguous in memory) goes
 // through the smooth step into per-thread buffers, group-major (θ̂ and the floored metric), the groups
@@ -369,9 +379,9 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t g0 = t * B, nb = std::min(B, G - g0), run = nb * K;
-      bool bad = false;
       for (int64_t r = 0; r < R; ++r) {
         const int64_t o = r * N + g0 * K;
+        if (r + kAhead < R) prefetch_run(o + kAhead * N, run, {p, g, m, v});
         if (R == 1) {  // the run is the tile, already group-major
           smooth(o, o + run, zg, mg);
         } else {
@@ -383,24 +393,28 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
             }
         }
       }
-      for (int64_t i = 0; i < nb * size; ++i) bad |= mg[i] != mg[i];
-      if (bad) {  // not solved: θ̂ stays, the caller raises
-        for (int64_t b = 0; b < nb; ++b) {
+      int64_t nans = 0;
+      for (int64_t i = 0; i < nb * size; ++i) nans += mg[i] != mg[i] ? 1 : 0;
+      const bool bad = nans > 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        if (bad) {  // not solved: θ̂ stays, the caller raises
           iters[g0 + b] = 0;
           flags[g0 + b] = 4;
+          continue;
         }
-      } else {
-        for (int64_t b = 0; b < nb; ++b)
-          iters[g0 + b] = solve_group<T>(size, zg + b * size, mg + b * size, nullptr, M + b * size, A, tthr, tpin,
-                                         tol, max_iters, flags[g0 + b], c[b]);
+        T* __restrict zb = zg + b * size;
+        const T* __restrict mb = mg + b * size;
+        const T* __restrict Mb = M + b * size;
+        iters[g0 + b] = solve_group<T>(size, zb, mb, nullptr, M + b * size, A, tthr, tpin, tol, max_iters,
+                                       flags[g0 + b], c[b]);
+        const T cb = c[b];
+        for (int64_t i = 0; i < size; ++i) zb[i] = solution(zb[i], mb[i], Mb[i], cb);  // group-major, in place
       }
       for (int64_t r = 0; r < R; ++r) {
-        const int64_t o = r * N + g0 * K;
+        T* __restrict pr = p + r * N + g0 * K;
+        if (r + kAhead < R) prefetch_run(r * N + g0 * K + kAhead * N, run, {p});
         for (int64_t b = 0; b < nb; ++b)
-          for (int64_t q = 0; q < K; ++q) {
-            const int64_t i = b * size + r * K + q;
-            p[o + b * K + q] = bad ? zg[i] : solution(zg[i], mg[i], M[i], c[b]);
-          }
+          for (int64_t q = 0; q < K; ++q) pr[b * K + q] = zg[b * size + r * K + q];
       }
     }
   }

@@ -228,12 +228,15 @@ def adam_group_lasso_(
     correction: torch's fused AdamW step to the bit; rmsprop/adagrad: the eager step's to rounding).
     The metric is the eager step's D = √v/b + eps (b = ``bc2_sqrts``), floored as ProxGen floors it
     (max(D, ``floor``), ``fill`` where v = 0; ``floor`` = 0: neither), and the solve is
-    :func:`prox_group_lasso`'s with step lr, per group: with adam and bias correction the parameters,
-    zero groups and reported statistics are the eager step's (torch's fused AdamW, then the native
-    prox) to the bit. ``dim="out"`` groups are contiguous rows; ``dim="in"`` groups (a column block of
-    the tensor viewed as [out, in·k]) are processed a block of adjacent groups at a time, each row of
-    the block one contiguous run. No buffer outlives the call and none is parameter-sized (a few
-    groups per thread).
+    :func:`prox_group_lasso`'s with step lr, group by group. The one difference from the eager step
+    (torch's fused AdamW, then the metric, then the native prox) is √v: correctly rounded here, while
+    ``torch.sqrt`` is not on every CPU (torch 2.14's AVX512 build: about one float32 value in five
+    differs by an ulp). So the parameters agree to a few ulp, with the same zero groups except groups
+    within rounding of the screening tie ‖m⊙z‖ = τw, and the same reported statistics except where a
+    group's stop rule meets the rounding floor of its sums (float32: the iterations may differ by one).
+    ``dim="out"`` groups are contiguous rows; ``dim="in"`` groups (a column block of the tensor viewed
+    as [out, in·k]) are processed a tile of adjacent groups at a time, each row of the tile one
+    contiguous run. No buffer outlives the call and none is parameter-sized (a few groups per thread).
 
     CPU float32/float64 tensors, contiguous, of one dtype, that ``regularizer`` (:func:`fuses`) can group
     (else ValueError, before anything changes); ``steps`` are the incremented counters. The caller checks
