@@ -58,7 +58,10 @@ def _grads(shapes, dtype, steps, seed):
 
 def _run(impl, shapes, dtype, reg, steps=3, seed=0, threads=None, scale=0.01, **kw):
     gen = torch.Generator().manual_seed(seed + 1)
-    ps = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) * scale) for s in shapes]
+    ps = [
+        torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) * scale)
+        for s in shapes
+    ]
     opt = ProxGen(ps, lr=kw.pop("lr", 1e-2), regularizer=reg, implementation=impl, **kw)
     stats = []
     old = torch.get_num_threads()
@@ -77,7 +80,9 @@ def _run(impl, shapes, dtype, reg, steps=3, seed=0, threads=None, scale=0.01, **
 
 
 def _groups(x, dim):
-    return x.reshape(x.shape[0], -1) if dim == "out" else x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 1)
+    return (
+        x.reshape(x.shape[0], -1) if dim == "out" else x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 1)
+    )
 
 
 def _assert_agree(xs, ys, dim, dtype):
@@ -93,7 +98,13 @@ def _assert_agree(xs, ys, dim, dtype):
 @pytest.mark.parametrize("dim", ["in", "out"])
 @pytest.mark.parametrize(
     ("preconditioner", "cap", "wd"),
-    [("adam", 1.0, 0.0), ("adam", None, 0.1), ("rmsprop", None, 0.0), ("adagrad", None, 0.0), ("adagrad", 1.0, 0.1)],
+    [
+        ("adam", 1.0, 0.0),
+        ("adam", None, 0.1),
+        ("rmsprop", None, 0.0),
+        ("adagrad", None, 0.0),
+        ("adagrad", 1.0, 0.1),
+    ],
 )
 def test_fused_matches_eager(monkeypatch, dtype, dim, preconditioner, cap, wd):
     reg = GroupLasso(0.6, dim=dim)
@@ -166,7 +177,9 @@ def test_every_group_screened_and_one_group(monkeypatch, dim):
     """The paper's metric (no floor, so one step can zero every group): all zeros, all screened."""
     shapes = [(1, 1, 3, 3), (8, 5)]
     with counting(monkeypatch) as calls:
-        xf, _, sf = _run("native", shapes, torch.float32, GroupLasso(1e6, dim=dim), steps=2, threshold_cap=None)
+        xf, _, sf = _run(
+            "native", shapes, torch.float32, GroupLasso(1e6, dim=dim), steps=2, threshold_cap=None
+        )
     assert calls and all(bool((x == 0).all()) for x in xf)
     assert sf == [(0, sum(_groups(x, dim).shape[0] for x in xf))] * 2
     xe, _, se = _run("eager", shapes, torch.float32, GroupLasso(1e6, dim=dim), steps=2, threshold_cap=None)
@@ -194,6 +207,7 @@ def test_nan_gradient_raises_as_eager_and_stays_nan(monkeypatch):
     with pytest.raises(ValueError):
         opt.step()
     assert torch.equal(p.detach(), before)
+
 
 def test_other_layouts_fall_back(monkeypatch):
     """Non-contiguous parameters, module layouts and subclasses run the eager step, with its results."""

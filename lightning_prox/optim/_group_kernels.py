@@ -255,7 +255,9 @@ def adam_group_lasso_(
     if live:
         ps = [params[i] for i in live]
         layout, thr, offs = _plan(ps, lr * regularizer.lam, regularizer.dim, regularizer.weighting)
-        b2, c2, smooth = _adam_scalars([steps[i] for i in live], lr, beta1, beta2, preconditioner, bias_correction)
+        b2, c2, smooth = _adam_scalars(
+            [steps[i] for i in live], lr, beta1, beta2, preconditioner, bias_correction
+        )
         scal = torch.tensor(
             [(*row, bc2_sqrts[i], t) for row, i, t in zip(smooth, live, thr.tolist())], dtype=torch.float64
         ).reshape(len(live), 4)
