@@ -18,6 +18,9 @@
 // iterating once it has converged (eager iterates every group of a tensor until all have), and a group
 // with a constant metric takes the closed form c = hi (eager does so only when every group does).
 //
+// adam_group_lasso (ProxGen + GroupLasso) fuses ProxGen's smooth step and its floored metric into the same
+// solve, tile of adjacent groups by tile (see adam_group_tensor).
+//
 // Layouts of a tensor viewed as [R, N] (row-major): "rows" (dim="out": group r = row r) and "cols"
 // (dim="in": group g = the columns g·K … g·K + K − 1 of every row). Groups are split over OpenMP threads
 // with a static schedule: a given thread count gives the same bits every run (and a group's result does

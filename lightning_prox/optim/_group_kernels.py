@@ -13,6 +13,11 @@ warm start, the safeguarded Newton update of ``_newton_update``, its stop rule a
 ``max(rtol, 16·eps)``), so results agree with the eager path to rounding, with the same zero groups
 (except groups within rounding of ‖m⊙z‖ = τw) and the same reported iterations. A +inf metric entry
 pins its coordinate (x = z); a NaN in z stays NaN (its group is screened to z·0).
+
+:func:`adam_group_lasso_` (``torch.ops.lightning_prox.adam_group_lasso_``) runs ProxGen's smooth step in
+the same pass, so that the step reads and writes the parameters, gradients and moments once and keeps no
+metric buffer: tile by tile of adjacent groups, the smooth step and the floored metric go into per-thread
+buffers, the groups are solved there as above, and the solution is written back.
 """
 
 from __future__ import annotations

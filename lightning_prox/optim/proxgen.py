@@ -155,6 +155,10 @@ class ProxGen(ProxOptimizer):
             either side; built with the system compiler in a few seconds, once per machine);
             ``"auto"`` uses it for a regularized group's tensors from ``AUTO_NATIVE_NUMEL`` =
             2^16 elements on. Groups without a regularizer always run torch's Adam kernels.
+            A :class:`~lightning_prox.regularizers.GroupLasso` group (exact solver, the tensors' own
+            grouping) runs one native pass too: per tile of adjacent groups, the smooth step, the
+            floored metric and the group's Newton solve in cache (the parameters to a few ulp of the
+            eager step, with the same zero groups and solver statistics).
         {torch_flags} For ProxGen ``fused=None`` uses torch's fused AdamW kernel for the smooth
             part on CPU (adam with bias correction), ``fused=True`` also on CUDA,
             ``fused=False`` the multi-tensor ops.
