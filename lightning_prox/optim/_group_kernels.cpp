@@ -278,7 +278,6 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
   }
 }
 
-
 template <typename T> inline T fmadd(T a, T b, T c) {
 #if LP_FMA
   return std::fma(a, b, c);

@@ -241,7 +241,8 @@ def adam_group_lasso_(
     group's stop rule meets the rounding floor of its sums (float32: the iterations may differ by one).
     ``dim="out"`` groups are contiguous rows; ``dim="in"`` groups (a column block of the tensor viewed
     as [out, in·k]) are processed a tile of adjacent groups at a time, each row of the tile one
-    contiguous run. No buffer outlives the call and none is parameter-sized (a few groups per thread).
+    contiguous run. No buffer outlives the call; each thread's spans a tile (about 0.5 MB, and at
+    least three copies of one group).
 
     CPU float32/float64 tensors, contiguous, of one dtype, that ``regularizer`` (:func:`fuses`) can group
     (else ValueError, before anything changes); ``steps`` are the incremented counters. The caller checks
