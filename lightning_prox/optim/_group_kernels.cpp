@@ -291,13 +291,20 @@ template <typename T> struct Smooth {
   T dec, coeff, b2, c2, eps, neg_step, bc2, b, floor, fill;
 };
 
+// The prox metric of one element: D = √v/b + eps as the eager step's _foreach_denoms rounds it (Shared: b is
+// the smooth step's √bc2 and D its denominator den), floored as its _floored (Floor: max(D, floor), fill
+// where v = 0; a NaN D stays NaN)
+template <typename T, bool Shared, bool Floor> inline T metric(T root, T den, T vj, const Smooth<T>& k) {
+  T d = Shared ? den : root / k.b + k.eps;
+  if (Floor) d = vj == T(0) ? k.fill : (d < k.floor ? k.floor : d);
+  return d;
+}
+
 // Elements [lo, hi) of one tensor: the smooth step (the element update of _l1_kernels.cpp's
-// adam_prox_range: torch's fused Adam rounding, Tail: its scalar code), m and v written back, θ̂ into
-// zo and the prox metric into dout (both indexed from lo): D = √v/b + eps as the eager step's
-// _foreach_denoms rounds it (Shared: b is the smooth step's √bc2, D its denominator), floored
-// (Floor: max(D, floor), fill where v = 0; a NaN D stays NaN) as its _floored.
-template <typename T, bool Tail, bool Small, bool Shared, bool Floor>
-void smooth_range(int64_t lo, int64_t hi, const T* __restrict p, const T* __restrict g, T* __restrict m,
+// adam_prox_range: torch's fused Adam rounding, Tail: its scalar code), m and v written back; θ̂ and the
+// prox metric into zo and dout (indexed from lo) with Metric, else θ̂ into p.
+template <typename T, bool Tail, bool Small, bool Shared, bool Floor, bool Metric>
+void smooth_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict m,
                   T* __restrict v, const Smooth<T> k, T* __restrict zo, T* __restrict dout) {
   for (int64_t j = lo; j < hi; ++j) {
     const T gj = g[j];
@@ -307,16 +314,29 @@ void smooth_range(int64_t lo, int64_t hi, const T* __restrict p, const T* __rest
     v[j] = vj;
     const T root = std::sqrt(vj);
     const T den = root / k.bc2 + k.eps;
-    zo[j - lo] = p[j] * k.dec + k.neg_step * mj / den;
-    T d = Shared ? den : root / k.b + k.eps;
-    if (Floor) d = vj == T(0) ? k.fill : (d < k.floor ? k.floor : d);
-    dout[j - lo] = d;
+    const T zhat = p[j] * k.dec + k.neg_step * mj / den;
+    if (Metric) {
+      zo[j - lo] = zhat;
+      dout[j - lo] = metric<T, Shared, Floor>(root, den, vj, k);
+    } else {
+      p[j] = zhat;
+    }
+  }
+}
+
+// the prox metric of len elements from their (updated) second moments
+template <typename T, bool Shared, bool Floor>
+void metric_run(int64_t len, const T* __restrict v, T* __restrict out, const Smooth<T> k) {
+  for (int64_t j = 0; j < len; ++j) {
+    const T root = std::sqrt(v[j]);
+    out[j] = metric<T, Shared, Floor>(root, root / k.bc2 + k.eps, v[j], k);
   }
 }
 
 // dim="in": the rows of a tile are short runs a page apart, which the hardware prefetcher does not
 // follow; each row's run is fetched kAhead rows early
 constexpr int64_t kAhead = 4;
+constexpr int64_t kSmoothChunk = 1 << 14;  // elements per OpenMP work item of the dim="in" step
 
 template <typename T> inline void prefetch_run(int64_t o, int64_t len, std::initializer_list<const T*> arrays) {
   for (const T* a : arrays)
@@ -349,61 +369,72 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
   int64_t B = std::max<int64_t>(1, kTileBytes / (size * static_cast<int64_t>(sizeof(T)) * 3));
   B = std::min(B, std::max<int64_t>(1, (G + 4 * nt - 1) / (4 * nt)));
   const int64_t tiles = (G + B - 1) / B;
-  auto part = [&](int64_t lo, int64_t hi, T* zo, T* dout, auto tail) {
-    auto go = [&](auto sm, auto sh, auto fl) {
-      smooth_range<T, decltype(tail)::value, decltype(sm)::value, decltype(sh)::value, decltype(fl)::value>(
-          lo, hi, p, g, m, v, k, zo, dout);
-    };
-    auto with_sh = [&](auto sm) {
-      auto with_fl = [&](auto sh) { floor ? go(sm, sh, std::true_type{}) : go(sm, sh, std::false_type{}); };
-      shared ? with_fl(std::true_type{}) : with_fl(std::false_type{});
-    };
-    small ? with_sh(std::true_type{}) : with_sh(std::false_type{});
+  // the template flags of the metric (Shared, Floor), then those of the step
+  auto with_metric = [&](auto f) {
+    auto with_fl = [&](auto sh) { floor ? f(sh, std::true_type{}) : f(sh, std::false_type{}); };
+    shared ? with_fl(std::true_type{}) : with_fl(std::false_type{});
+  };
+  auto part = [&](int64_t lo, int64_t hi, T* zo, T* dout, auto tail, auto met) {
+    with_metric([&](auto sh, auto fl) {
+      auto go = [&](auto sm) {
+        smooth_range<T, decltype(tail)::value, decltype(sm)::value, decltype(sh)::value, decltype(fl)::value,
+                     decltype(met)::value>(lo, hi, p, g, m, v, k, zo, dout);
+      };
+      small ? go(std::true_type{}) : go(std::false_type{});
+    });
   };
   // the last numel % vec elements of the tensor round as torch's scalar code
-  auto smooth = [&](int64_t lo, int64_t hi, T* zo, T* dout) {
+  auto smooth = [&](int64_t lo, int64_t hi, T* zo, T* dout, auto met) {
     const int64_t mid = std::min(std::max(lo, bulk), hi);
-    if (mid > lo) part(lo, mid, zo, dout, std::false_type{});
-    if (hi > mid) part(mid, hi, zo + (mid - lo), dout + (mid - lo), std::true_type{});
+    if (mid > lo) part(lo, mid, zo, dout, std::false_type{}, met);
+    if (hi > mid) part(mid, hi, zo + (mid - lo), dout + (mid - lo), std::true_type{}, met);
   };
+  if (R > 1) {  // dim="in": the step first, contiguous (θ̂ into p), then the tiles read θ̂ and v
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t a = 0; a < numel; a += kSmoothChunk)
+      smooth(a, std::min(a + kSmoothChunk, numel), nullptr, nullptr, std::false_type{});
+  }
   const T tthr = static_cast<T>(thr), tpin = static_cast<T>(pin);
 #pragma omp parallel num_threads(nt)
   {
     const int64_t w = B * size;
-    std::vector<T> buf(static_cast<size_t>(w) * 3 + size + B + (R > 1 ? 2 * B * K : 0));
+    std::vector<T> buf(static_cast<size_t>(w) * 3 + size + B + (R > 1 ? B * K : 0));
     T* zg = buf.data();
     T* mg = zg + w;
     T* M = mg + w;  // the scaled metric of every group of the tile, for the solution
     T* A = M + w;
     T* c = A + size;
-    T* zr = c + B;  // one row of the tile (R > 1), before it is scattered group-major
-    T* dr = zr + B * K;
+    T* dr = c + B;  // one row's metric of the tile (R > 1), before it is scattered group-major
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t g0 = t * B, nb = std::min(B, G - g0), run = nb * K;
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t o = r * N + g0 * K;
-        if (r + kAhead < R) prefetch_run(o + kAhead * N, run, {p, g, m, v});
-        if (R == 1) {  // the run is the tile, already group-major
-          smooth(o, o + run, zg, mg);
-        } else {
-          smooth(o, o + run, zr, dr);
+      if (R == 1) {  // dim="out": the tile is one run, already group-major
+        smooth(g0 * K, g0 * K + run, zg, mg, std::true_type{});
+      } else {
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t o = r * N + g0 * K;
+          if (r + kAhead < R) prefetch_run(o + kAhead * N, run, {p, v});
+          with_metric([&](auto sh, auto fl) {
+            metric_run<T, decltype(sh)::value, decltype(fl)::value>(run, v + o, dr, k);
+          });
           for (int64_t b = 0; b < nb; ++b)
             for (int64_t q = 0; q < K; ++q) {
-              zg[b * size + r * K + q] = zr[b * K + q];
+              zg[b * size + r * K + q] = p[o + b * K + q];
               mg[b * size + r * K + q] = dr[b * K + q];
             }
         }
       }
       int64_t nans = 0;
       for (int64_t i = 0; i < nb * size; ++i) nans += mg[i] != mg[i] ? 1 : 0;
-      const bool bad = nans > 0;
-      for (int64_t b = 0; b < nb; ++b) {
-        if (bad) {  // not solved: θ̂ stays, the caller raises
+      if (nans > 0) {  // not solved: θ̂ stays, the caller raises
+        for (int64_t b = 0; b < nb; ++b) {
           iters[g0 + b] = 0;
           flags[g0 + b] = 4;
-          continue;
         }
+        if (R == 1) std::copy(zg, zg + run, p + g0 * K);
+        continue;
+      }
+      for (int64_t b = 0; b < nb; ++b) {
         T* __restrict zb = zg + b * size;
         const T* __restrict mb = mg + b * size;
         const T* __restrict Mb = M + b * size;
