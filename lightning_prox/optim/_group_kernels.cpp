@@ -18,8 +18,8 @@
 // iterating once it has converged (eager iterates every group of a tensor until all have), and a group
 // with a constant metric takes the closed form c = hi (eager does so only when every group does).
 //
-// adam_group_lasso (ProxGen + GroupLasso) fuses ProxGen's smooth step and its floored metric into the same
-// solve, tile of adjacent groups by tile (see adam_group_tensor).
+// adam_group_lasso (ProxGen + GroupLasso) runs ProxGen's smooth step and its floored metric with the same
+// solve, tile of adjacent groups by tile, without a metric buffer (see adam_group_tensor).
 //
 // Layouts of a tensor viewed as [R, N] (row-major): "rows" (dim="out": group r = row r) and "cols"
 // (dim="in": group g = the columns g·K … g·K + K − 1 of every row). Groups are split over OpenMP threads
@@ -344,12 +344,15 @@ template <typename T> inline void prefetch_run(int64_t o, int64_t len, std::init
 }
 
 // One fused step of a tensor viewed as [R, N] with groups of K columns (dim="out": R = 1, K = the row
-// length): per tile of B adjacent groups, each row's run of the tile (contiguous in memory) goes
-// through the smooth step into per-thread buffers, group-major (θ̂ and the floored metric), the groups
-// are solved by solve_group, and the solution is written row by row: p, g, m, v are read once and
-// p, m, v written once. A tile whose metric has a NaN (a NaN second moment) is not solved: it keeps θ̂
-// and flags its groups with bit 2, for the caller to raise. Each group's result depends on its own
-// values only, so the tiling (chosen per thread count) changes no bit.
+// length), per tile of B adjacent groups solved by solve_group in per-thread buffers (group-major θ̂ and
+// floored metric). dim="out": the tile is one contiguous run that goes through the smooth step straight
+// into the buffers, and its solution is written back: p, g, m, v are read once and p, m, v written once.
+// dim="in": the smooth step runs first as a contiguous pass (θ̂ into p), then each tile reads θ̂ and v
+// (the metric is recomputed from v, the same bits) row by row, one contiguous run per row, and writes
+// its solution back; reading four arrays in short strided runs costs more than this extra contiguous
+// pass. A tile whose metric has a NaN (a NaN second moment) is not solved: it keeps θ̂ and flags its
+// groups with 4, for the caller to raise. Each group's result depends on its own values only, so the
+// tiling (chosen per thread count) changes no bit.
 template <typename T>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))

@@ -14,10 +14,11 @@ warm start, the safeguarded Newton update of ``_newton_update``, its stop rule a
 (except groups within rounding of ‖m⊙z‖ = τw) and the same reported iterations. A +inf metric entry
 pins its coordinate (x = z); a NaN in z stays NaN (its group is screened to z·0).
 
-:func:`adam_group_lasso_` (``torch.ops.lightning_prox.adam_group_lasso_``) runs ProxGen's smooth step in
-the same pass, so that the step reads and writes the parameters, gradients and moments once and keeps no
-metric buffer: tile by tile of adjacent groups, the smooth step and the floored metric go into per-thread
-buffers, the groups are solved there as above, and the solution is written back.
+:func:`adam_group_lasso_` (``torch.ops.lightning_prox.adam_group_lasso_``) runs ProxGen's smooth step with
+the solve and keeps no metric buffer: tile by tile of adjacent groups, θ̂ and the floored metric go into
+per-thread buffers, the groups are solved there as above, and the solution is written back (``dim="out"``:
+one read and write of the parameters, gradients and moments; ``dim="in"``: a contiguous smooth pass first,
+then the tiles read θ̂ and the second moment).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def adam_group_lasso_(
     preconditioner: str = "adam",
     bias_correction: bool = True,
 ) -> Callable[[dict | None], None]:
-    """ProxGen's step with a group-lasso prox as one native pass per tensor: the smooth step, the metric
+    """ProxGen's step with a group-lasso prox as one native call per bucket: the smooth step, the metric
     and the group solve of :func:`prox_group_lasso`, tile of groups by tile of groups in cache.
 
     The moments are those of :func:`~lightning_prox.optim._l1_kernels.adam_l1_` (adam with bias
@@ -239,9 +240,10 @@ def adam_group_lasso_(
     differs by an ulp). So the parameters agree to a few ulp, with the same zero groups except groups
     within rounding of the screening tie ‖m⊙z‖ = τw, and the same reported statistics except where a
     group's stop rule meets the rounding floor of its sums (float32: the iterations may differ by one).
-    ``dim="out"`` groups are contiguous rows; ``dim="in"`` groups (a column block of the tensor viewed
-    as [out, in·k]) are processed a tile of adjacent groups at a time, each row of the tile one
-    contiguous run. No buffer outlives the call; each thread's spans a tile (about 0.5 MB, and at
+    ``dim="out"`` groups are contiguous rows: the step, the metric and the solve of a tile of them in
+    one pass. ``dim="in"`` groups (a column block of the tensor viewed as [out, in·k]): the smooth step
+    as one contiguous pass (θ̂ into the parameters), then a tile of adjacent groups at a time reads θ̂
+    and v (the metric recomputed, the same bits) as one contiguous run per row and writes the solution. No buffer outlives the call; each thread's spans a tile (about 0.5 MB, and at
     least three copies of one group).
 
     CPU float32/float64 tensors, contiguous, of one dtype, that ``regularizer`` (:func:`fuses`) can group
