@@ -265,3 +265,14 @@ def test_wrong_argument_raises_before_the_kernel(index, bad, match):
     with pytest.raises(ValueError, match=match):
         torch.ops.lightning_prox.adam_group_lasso_(*args)
     assert all(torch.equal(a, b) for a, b in zip(args[1], ref))
+
+
+def test_no_metric_buffer_kept():
+    """The eager step keeps a parameter-sized metric buffer between steps; the fused pass keeps none."""
+    kept = {}
+    for impl in ("native", "eager"):
+        _, opt, _ = _run(impl, SHAPES, torch.float32, GroupLasso(0.6), steps=2)
+        kept[impl] = sum(t.numel() for t in opt._scratch._flat.values()) + sum(
+            a.numel() + b.numel() for a, b in opt._scratch._bufs.values()
+        )
+    assert kept["native"] == 0 and kept["eager"] >= sum(math.prod(s) for s in SHAPES)
