@@ -106,11 +106,12 @@ def _assert_agree(xs, ys, dim, dtype):
         ("rmsprop", None, 0.0, {}),
         ("adagrad", None, 0.0, {}),
         ("adagrad", 1.0, 0.1, {}),
+        ("adagrad", None, 0.1, {"weighting": "none", "lam": 2.0}),
     ],
 )
 def test_fused_matches_eager(monkeypatch, dtype, dim, preconditioner, cap, wd, extra):
     extra = dict(extra)
-    reg = GroupLasso(extra.pop("lam", 0.6), dim=dim)
+    reg = GroupLasso(extra.pop("lam", 0.6), dim=dim, weighting=extra.pop("weighting", "sqrt"))
     kw = dict(preconditioner=preconditioner, threshold_cap=cap, weight_decay=wd, **extra)
     with counting(monkeypatch) as calls:
         xf, of, sf = _run("native", SHAPES, dtype, reg, **kw)
