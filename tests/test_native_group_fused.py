@@ -280,3 +280,22 @@ def test_no_metric_buffer_kept():
             a.numel() + b.numel() for a, b in opt._scratch._bufs.values()
         )
     assert kept["native"] == 0 and kept["eager"] >= sum(math.prod(s) for s in SHAPES)
+
+
+def test_overflowing_second_moment_pins_as_eager():
+    """A gradient whose square overflows (check_finite passes it: it is finite) makes v = inf and an
+    infinite metric: the coordinate is pinned at θ̂ on both paths, the rest agrees as usual."""
+    shape = (6, 4, 3, 3)
+    res = {}
+    for impl in ("native", "eager"):
+        p = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 0.05)
+        opt = ProxGen([p], lr=1e-2, regularizer=GroupLasso(0.3), implementation=impl)
+        g = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+        g[2, 1, 0, 0] = 1e30
+        p.grad = g
+        opt.step()
+        assert bool(opt.state[p]["exp_avg_sq"].isinf().any())
+        res[impl] = (p.detach().clone(), opt.state[p]["exp_avg_sq"].clone())
+    assert torch.equal(res["native"][1], res["eager"][1])
+    assert res["native"][0][2, 1, 0, 0] == res["eager"][0][2, 1, 0, 0] != 0
+    _assert_agree([res["native"][0]], [res["eager"][0]], "in", torch.float32)
