@@ -18,6 +18,9 @@
 // iterating once it has converged (eager iterates every group of a tensor until all have), and a group
 // with a constant metric takes the closed form c = hi (eager does so only when every group does).
 //
+// adam_group_lasso (ProxGen + GroupLasso) runs ProxGen's smooth step and its floored metric with the same
+// solve, tile of adjacent groups by tile, without a metric buffer (see adam_group_tensor).
+//
 // Layouts of a tensor viewed as [R, N] (row-major): "rows" (dim="out": group r = row r) and "cols"
 // (dim="in": group g = the columns g·K … g·K + K − 1 of every row). Groups are split over OpenMP threads
 // with a static schedule: a given thread count gives the same bits every run (and a group's result does
@@ -26,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -274,6 +278,184 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
   }
 }
 
+template <typename T> inline T fmadd(T a, T b, T c) {
+#if LP_FMA
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// ProxGen's smooth step and its prox metric for the fused pass (adam_group_lasso below)
+template <typename T> struct Smooth {
+  T dec, coeff, b2, c2, eps, neg_step, bc2, b, floor, fill;
+};
+
+// The prox metric of one element: D = √v/b + eps as the eager step's _foreach_denoms rounds it (Shared: b is
+// the smooth step's √bc2 and D its denominator den), floored as its _floored (Floor: max(D, floor), fill
+// where v = 0; a NaN D stays NaN)
+template <typename T, bool Shared, bool Floor> inline T metric(T root, T den, T vj, const Smooth<T>& k) {
+  T d = Shared ? den : root / k.b + k.eps;
+  if (Floor) d = vj == T(0) ? k.fill : (d < k.floor ? k.floor : d);
+  return d;
+}
+
+// Elements [lo, hi) of one tensor: the smooth step (the element update of _l1_kernels.cpp's
+// adam_prox_range: torch's fused Adam rounding, Tail: its scalar code), m and v written back; θ̂ and the
+// prox metric into zo and dout (indexed from lo) with Metric, else θ̂ into p.
+template <typename T, bool Tail, bool Small, bool Shared, bool Floor, bool Metric>
+void smooth_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict m,
+                  T* __restrict v, const Smooth<T> k, T* __restrict zo, T* __restrict dout) {
+  for (int64_t j = lo; j < hi; ++j) {
+    const T gj = g[j];
+    const T mj = fmadd(k.coeff, gj - m[j], Small ? m[j] : gj);
+    const T vj = Tail ? fmadd(v[j], k.b2, k.c2 * gj * gj) : fmadd(k.c2 * gj, gj, v[j] * k.b2);
+    m[j] = mj;
+    v[j] = vj;
+    const T root = std::sqrt(vj);
+    const T den = root / k.bc2 + k.eps;
+    const T zhat = p[j] * k.dec + k.neg_step * mj / den;
+    if (Metric) {
+      zo[j - lo] = zhat;
+      dout[j - lo] = metric<T, Shared, Floor>(root, den, vj, k);
+    } else {
+      p[j] = zhat;
+    }
+  }
+}
+
+// the prox metric of len elements from their (updated) second moments
+template <typename T, bool Shared, bool Floor>
+void metric_run(int64_t len, const T* __restrict v, T* __restrict out, const Smooth<T> k) {
+  for (int64_t j = 0; j < len; ++j) {
+    const T root = std::sqrt(v[j]);
+    out[j] = metric<T, Shared, Floor>(root, root / k.bc2 + k.eps, v[j], k);
+  }
+}
+
+// dim="in": the rows of a tile are short runs a page apart, which the hardware prefetcher does not
+// follow; each row's run is fetched kAhead rows early
+constexpr int64_t kAhead = 4;
+constexpr int64_t kSmoothChunk = 1 << 14;  // elements per OpenMP work item of the dim="in" step
+
+template <typename T> inline void prefetch_run(int64_t o, int64_t len, std::initializer_list<const T*> arrays) {
+  for (const T* a : arrays)
+    for (int64_t i = 0; i < len; i += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(a + o + i);
+}
+
+// One fused step of a tensor viewed as [R, N] with groups of K columns (dim="out": R = 1, K = the row
+// length), per tile of B adjacent groups solved by solve_group in per-thread buffers (group-major θ̂ and
+// floored metric). dim="out": the tile is one contiguous run that goes through the smooth step straight
+// into the buffers, and its solution is written back: p, g, m, v are read once and p, m, v written once.
+// dim="in": the smooth step runs first as a contiguous pass (θ̂ into p), then each tile reads θ̂ and v
+// (the metric is recomputed from v, the same bits) row by row, one contiguous run per row, and writes
+// its solution back; reading four arrays in short strided runs costs more than this extra contiguous
+// pass. A tile whose metric has a NaN (a NaN second moment) is not solved: it keeps θ̂ and flags its
+// groups with 4, for the caller to raise. Each group's result depends on its own values only, so the
+// tiling (chosen per thread count) changes no bit.
+template <typename T>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
+void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, T* v, const double* scal,
+                       const Smooth<T> k0, bool small, double thr, double pin, double tol, int64_t max_iters,
+                       int64_t vec, int64_t* iters, int64_t* flags, int nthreads) {
+  const int64_t numel = R * N, G = N / K, size = R * K;
+  const int64_t bulk = numel - numel % std::max<int64_t>(vec, 1);
+  Smooth<T> k = k0;
+  k.neg_step = T(-scal[0]);
+  k.bc2 = T(scal[1]);
+  k.b = T(scal[2]);
+  const bool shared = k.bc2 == k.b, floor = k.floor > T(0);
+  const int nt = threads_for(numel, nthreads);
+  // tiles of about kTileBytes of buffers, at least 4 per thread where the groups allow
+  int64_t B = std::max<int64_t>(1, kTileBytes / (size * static_cast<int64_t>(sizeof(T)) * 3));
+  B = std::min(B, std::max<int64_t>(1, (G + 4 * nt - 1) / (4 * nt)));
+  const int64_t tiles = (G + B - 1) / B;
+  // the template flags of the metric (Shared, Floor), then those of the step
+  auto with_metric = [&](auto f) {
+    auto with_fl = [&](auto sh) { floor ? f(sh, std::true_type{}) : f(sh, std::false_type{}); };
+    shared ? with_fl(std::true_type{}) : with_fl(std::false_type{});
+  };
+  auto part = [&](int64_t lo, int64_t hi, T* zo, T* dout, auto tail, auto met) {
+    with_metric([&](auto sh, auto fl) {
+      auto go = [&](auto sm) {
+        smooth_range<T, decltype(tail)::value, decltype(sm)::value, decltype(sh)::value, decltype(fl)::value,
+                     decltype(met)::value>(lo, hi, p, g, m, v, k, zo, dout);
+      };
+      small ? go(std::true_type{}) : go(std::false_type{});
+    });
+  };
+  // the last numel % vec elements of the tensor round as torch's scalar code
+  auto smooth = [&](int64_t lo, int64_t hi, T* zo, T* dout, auto met) {
+    const int64_t mid = std::min(std::max(lo, bulk), hi);
+    if (mid > lo) part(lo, mid, zo, dout, std::false_type{}, met);
+    if (hi > mid) part(mid, hi, zo + (mid - lo), dout + (mid - lo), std::true_type{}, met);
+  };
+  if (R > 1) {  // dim="in": the step first, contiguous (θ̂ into p), then the tiles read θ̂ and v
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t a = 0; a < numel; a += kSmoothChunk)
+      smooth(a, std::min(a + kSmoothChunk, numel), nullptr, nullptr, std::false_type{});
+  }
+  const T tthr = static_cast<T>(thr), tpin = static_cast<T>(pin);
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t w = B * size;
+    std::vector<T> buf(static_cast<size_t>(w) * 3 + size + B + (R > 1 ? B * K : 0));
+    T* zg = buf.data();
+    T* mg = zg + w;
+    T* M = mg + w;  // the scaled metric of every group of the tile, for the solution
+    T* A = M + w;
+    T* c = A + size;
+    T* dr = c + B;  // one row's metric of the tile (R > 1), before it is scattered group-major
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t g0 = t * B, nb = std::min(B, G - g0), run = nb * K;
+      if (R == 1) {  // dim="out": the tile is one run, already group-major
+        smooth(g0 * K, g0 * K + run, zg, mg, std::true_type{});
+      } else {
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t o = r * N + g0 * K;
+          if (r + kAhead < R) prefetch_run(o + kAhead * N, run, {p, v});
+          with_metric([&](auto sh, auto fl) {
+            metric_run<T, decltype(sh)::value, decltype(fl)::value>(run, v + o, dr, k);
+          });
+          for (int64_t b = 0; b < nb; ++b)
+            for (int64_t q = 0; q < K; ++q) {
+              zg[b * size + r * K + q] = p[o + b * K + q];
+              mg[b * size + r * K + q] = dr[b * K + q];
+            }
+        }
+      }
+      int64_t nans = 0;
+      for (int64_t i = 0; i < nb * size; ++i) nans += mg[i] != mg[i] ? 1 : 0;
+      if (nans > 0) {  // not solved: θ̂ stays, the caller raises
+        for (int64_t b = 0; b < nb; ++b) {
+          iters[g0 + b] = 0;
+          flags[g0 + b] = 4;
+        }
+        if (R == 1) std::copy(zg, zg + run, p + g0 * K);
+        continue;
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        T* __restrict zb = zg + b * size;
+        const T* __restrict mb = mg + b * size;
+        const T* __restrict Mb = M + b * size;
+        iters[g0 + b] = solve_group<T>(size, zb, mb, nullptr, M + b * size, A, tthr, tpin, tol, max_iters,
+                                       flags[g0 + b], c[b]);
+        const T cb = c[b];
+        for (int64_t i = 0; i < size; ++i) zb[i] = solution(zb[i], mb[i], Mb[i], cb);  // group-major, in place
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        T* __restrict pr = p + r * N + g0 * K;
+        if (r + kAhead < R) prefetch_run(r * N + g0 * K + kAhead * N, run, {p});
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t q = 0; q < K; ++q) pr[b * K + q] = zg[b * size + r * K + q];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // layout: per tensor (rows, R, N, K, offset of its first group in iters/flags); thr: per tensor τ·w_g
@@ -292,3 +474,26 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
 
 LP_EXPORT(float, f32)
 LP_EXPORT(double, f64)
+
+// scal per tensor: lr/bc1 and √bc2 of the smooth step (torch's Adam), b (the metric's √bc2) and τ·w_g
+#define LP_EXPORT_FUSED(T, SUF)                                                                                \
+  extern "C" void lp_adam_group_lasso_##SUF(                                                                   \
+      int64_t n, const int64_t*, const int64_t* layout, T* const* p, const T* const* g, T* const* m,           \
+      T* const* v, const double* scal, double decay, double w1, double beta2, double c2, double eps,         \
+      double floor, double fill, double pin, double tol, int64_t max_iters, int64_t vec, int64_t* iters,      \
+      int64_t* flags, int nthreads) {                                                                          \
+    const T W = T(w1);                                                                                         \
+    const bool small = std::abs(W) < T(0.5);                                                                   \
+    const Smooth<T> k{T(decay), small ? W : W - T(1), T(beta2), T(c2), T(eps), T(0), T(1), T(1), T(floor),  \
+                      T(fill)};                                                                                \
+    for (int64_t i = 0; i < n; ++i) {                                                                          \
+      const int64_t* l = layout + 5 * i;                                                                       \
+      const bool rows = l[0] != 0;                                                                             \
+      adam_group_tensor<T>(rows ? 1 : l[1], rows ? l[1] * l[2] : l[2], rows ? l[2] : l[3], p[i], g[i], m[i],  \
+                           v[i], scal + 4 * i, k, small, scal[4 * i + 3], pin, tol, max_iters, vec,             \
+                           iters + l[4], flags + l[4], nthreads);                                              \
+    }                                                                                                          \
+  }
+
+LP_EXPORT_FUSED(float, f32)
+LP_EXPORT_FUSED(double, f64)

@@ -155,6 +155,10 @@ class ProxGen(ProxOptimizer):
             either side; built with the system compiler in a few seconds, once per machine);
             ``"auto"`` uses it for a regularized group's tensors from ``AUTO_NATIVE_NUMEL`` =
             2^16 elements on. Groups without a regularizer always run torch's Adam kernels.
+            A :class:`~lightning_prox.regularizers.GroupLasso` group (exact solver, the tensors' own
+            grouping) runs one native pass too: per tile of adjacent groups, the smooth step, the
+            floored metric and the group's Newton solve in cache (the parameters to a few ulp of the
+            eager step, with the same zero groups and solver statistics).
         {torch_flags} For ProxGen ``fused=None`` uses torch's fused AdamW kernel for the smooth
             part on CPU (adam with bias correction), ``fused=True`` also on CUDA,
             ``fused=False`` the multi-tensor ops.
@@ -472,6 +476,7 @@ class _Bucket:
     steps: list[float]
     bc2_sqrts: list[float]
     done: bool = False  # the native kernel applied the prox already
+    finish: Callable[[dict[str, Any] | None], None] | None = None  # its statistics, where the prox runs
     denoms: list[Tensor] | None = field(default=None)  # the reference loop's D (float32 for half)
 
 
@@ -575,6 +580,27 @@ def _smooth(
             torch._foreach_copy_(list(d_m), m32)
             if preconditioner != "identity":
                 torch._foreach_copy_(list(d_v), v32)  # type: ignore[arg-type]
+            continue
+        if (
+            fuse_prox
+            and do_prox
+            and _group_kernels.fuses(regularizer)
+            and implementation in ("native", "auto")
+            and device.type == "cpu"
+            and preconditioner != "identity"
+            and prox_metric == "preconditioned"
+            and fused is not False
+            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
+            and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
+            and _group_kernels.native_available()
+        ):
+            bucket.finish = _group_kernels.adam_group_lasso_(
+                d_params, list(d_grads), list(d_m), list(d_v), steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                weight_decay=weight_decay, regularizer=regularizer, bc2_sqrts=bc2_sqrts, floor=floor,  # type: ignore[arg-type]
+                fill=_history_free_metric(regularizer, floor), preconditioner=preconditioner,
+                bias_correction=bias_correction,
+            )  # fmt: skip
+            bucket.done = True
             continue
         native_l1 = _fused.supports(regularizer, d_params)
         lq_kind = None if native_l1 else _l1_kernels.lq_kind(regularizer)
@@ -738,6 +764,8 @@ def _prox(
     fill = _history_free_metric(regularizer, floor)
     euclidean = prox_metric == "euclidean" or preconditioner == "identity"
     for b in buckets:
+        if b.finish is not None:
+            b.finish(info)
         if b.done or not b.params:
             continue
         half = b.params[0].dtype in _HALF
