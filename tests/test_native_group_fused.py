@@ -190,19 +190,28 @@ def test_every_group_screened_and_one_group(monkeypatch, dim):
     assert sf == se
 
 
-def test_nan_gradient_raises_as_eager_and_stays_nan(monkeypatch):
-    """Without the finite check a NaN gradient makes a NaN metric: both paths raise the prox's error
-    after the step; the NaN never becomes an exact zero."""
+def test_nan_gradient_stays_nan_and_screens_its_group_as_eager(monkeypatch):
+    """Without the finite check a NaN gradient makes a NaN metric: both paths screen its group (NaN
+    where θ̂ is NaN, zero elsewhere in it) and solve the others alike; the NaN never becomes zero."""
     shape = (6, 4, 3, 3)
+    results = []
     for impl in ("native", "eager"):
         p = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 0.05)
         opt = ProxGen([p], lr=1e-2, regularizer=GroupLasso(0.3), implementation=impl, check_finite=False)
-        g = torch.randn(shape)
+        g = torch.randn(shape, generator=torch.Generator().manual_seed(6))
         g[2, 1, 0, 0] = math.nan
         p.grad = g
-        with pytest.raises(ValueError, match="strictly positive"):
-            opt.step()
-        assert bool(p.detach()[2, 1, 0, 0].isnan()), impl
+        opt.step()
+        x = p.detach()
+        assert bool(x[2, 1, 0, 0].isnan()), impl
+        group = x[:, 1]
+        assert bool((group.isnan() | (group == 0)).all()), impl
+        assert int(x.isnan().sum()) == int(group.isnan().sum()), impl
+        results.append(x)
+    others = torch.ones(shape, dtype=torch.bool)
+    others[:, 1] = False
+    torch.testing.assert_close(results[0][others], results[1][others], rtol=1e-5, atol=1e-7)
+    assert torch.equal(results[0][others] == 0, results[1][others] == 0)
     # with the finite check (the default) the step raises before anything changes
     p = torch.nn.Parameter(torch.randn(shape) * 0.05)
     opt = ProxGen([p], lr=1e-2, regularizer=GroupLasso(0.3), implementation="native")

@@ -350,9 +350,9 @@ template <typename T> inline void prefetch_run(int64_t o, int64_t len, std::init
 // dim="in": the smooth step runs first as a contiguous pass (θ̂ into p), then each tile reads θ̂ and v
 // (the metric is recomputed from v, the same bits) row by row, one contiguous run per row, and writes
 // its solution back; reading four arrays in short strided runs costs more than this extra contiguous
-// pass. A tile whose metric has a NaN (a NaN second moment) is not solved: it keeps θ̂ and flags its
-// groups with 4, for the caller to raise. Each group's result depends on its own values only, so the
-// tiling (chosen per thread count) changes no bit.
+// pass. A group whose metric has a NaN (a NaN second moment, only without the finite check) is screened
+// by solve_group, as in the eager prox: NaN where θ̂ is NaN, zero elsewhere in it. Each group's result
+// depends on its own values only, so the tiling (chosen per thread count) changes no bit.
 template <typename T>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
@@ -426,16 +426,6 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
               mg[b * size + r * K + q] = dr[b * K + q];
             }
         }
-      }
-      int64_t nans = 0;
-      for (int64_t i = 0; i < nb * size; ++i) nans += mg[i] != mg[i] ? 1 : 0;
-      if (nans > 0) {  // not solved: θ̂ stays, the caller raises
-        for (int64_t b = 0; b < nb; ++b) {
-          iters[g0 + b] = 0;
-          flags[g0 + b] = 4;
-        }
-        if (R == 1) std::copy(zg, zg + run, p + g0 * K);
-        continue;
       }
       for (int64_t b = 0; b < nb; ++b) {
         T* __restrict zb = zg + b * size;

@@ -23,7 +23,6 @@ then the tiles read θ̂ and the second moment).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +30,6 @@ import torch
 from torch import Tensor
 
 from ..regularizers import GroupLasso, Regularizer
-from ..regularizers._base import check_positive
 from ..regularizers._elementwise import cap
 from ..regularizers._group_solver import _Layout, group_weight
 from ..regularizers.group_lasso import _PIN_METRIC
@@ -249,9 +247,9 @@ def adam_group_lasso_(
     CPU float32/float64 tensors, contiguous, of one dtype, that ``regularizer`` (:func:`fuses`) can group
     (else ValueError, before anything changes); ``steps`` are the incremented counters. The caller checks
     :func:`native_available` first. Returns ``finish(info)``, to call where the eager step runs its prox:
-    it sets ``info["inner_iters"]`` and ``info["screened"]`` as ``prox_multi`` does, and raises the eager
-    prox's ValueError when a second moment was NaN (possible only without the finite-gradient check;
-    the groups of such a tile keep the smooth step's values, the other tiles are solved).
+    it sets ``info["inner_iters"]`` and ``info["screened"]`` as ``prox_multi`` does. A NaN second moment
+    (possible only without the finite-gradient check) screens its group, as in the eager step: NaN
+    where θ̂ is NaN, zero elsewhere in the group.
     """
     for p in params:
         check_groupable(p, regularizer.dim)
@@ -279,8 +277,6 @@ def adam_group_lasso_(
         )  # fmt: skip
 
     def finish(info: dict | None) -> None:
-        if bool((flags & 4).any()):
-            check_positive([torch.tensor(math.nan)])  # the eager prox's error for a NaN metric
         if info is not None:
             info["inner_iters"], info["screened"] = _stats(offs, iters, flags)
 
