@@ -110,10 +110,18 @@ def test_compiled_step_matches_eager(reg, shapes, dtype, monkeypatch):
         for key in ("grad_sum", "grad_sq_sum"):
             x, y = opt_a.state[pa][key], opt_b.state[pb][key]
             assert (x - y).abs().max() <= 1e-6 * y.abs().max().clamp_min(1e-30)
-    # the same screened groups, and both solvers converge (values agree above); their iteration counts
-    # differ by a few: the eager Newton starts at the root's lower bound τw/‖z_g‖, which the native
-    # prep pass does not compute (it starts inside the metric's bracket)
+    # the same screened groups and the same Newton iterations: both start at the same point (the warm
+    # start τw/‖Ŵ_{t−1,g}‖ or the lower end τw/‖z_g‖, clamped into the same bracket). In float64 the
+    # sums' rounding is far below the stop tolerance: equal counts. In float32 (tolerance 16·eps) a
+    # group whose residual lands within rounding of the stop test may take one iteration more on one side
     assert [[i["screened"] for i in st] for st in info_a] == [[i["screened"] for i in st] for st in info_b]
+    iters_a = [i["inner_iters"] for st in info_a for i in st]
+    iters_b = [i["inner_iters"] for st in info_b for i in st]
+    if dtype == torch.float64:
+        assert iters_a == iters_b
+    else:
+        assert len(iters_a) == len(iters_b) and all(abs(x - y) <= 1 for x, y in zip(iters_a, iters_b))
+        assert sum(x == y for x, y in zip(iters_a, iters_b)) >= len(iters_a) - 1
     cap = getattr(reg, "max_iters", None)
     if cap is not None:
         assert all(i["inner_iters"] < cap for st in (*info_a, *info_b) for i in st)

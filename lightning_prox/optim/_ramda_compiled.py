@@ -14,9 +14,9 @@ operator over all tensors of a bucket, declared in :data:`KERNELS`):
   Σ q², Σ q²/(P + c) with q = P⊙z/(P + c)); and a *final* pass ``Ŵ = P⊙z/(P + c); W ← lerp(W, Ŵ, c)``.
 
 The per-group root search is the library's (``_group_solver._newton_update``: the same safeguarded
-Newton, stop rule and warm start as ``GroupLasso(solver="newton")``; without a warm start it begins
-inside the metric's bracket, where the eager solver also uses the lower bound τw/‖z_g‖, so iteration
-counts can differ by a few), run in float64 on unscaled values
+Newton, stop rule, bracket and start as ``GroupLasso(solver="newton")``: the warm start, or without one
+the root's lower bound τw/‖z_g‖ from the ‖z_g‖² the prep pass sums, so both take the same
+iterations up to the rounding of float32 sums near the stop test), run in float64 on unscaled values
 (the root c of c‖P⊙z/(P + c)‖ = α·λ·w_g is scale-free; |q| ≤ |z|). The warm start c = τw/‖Ŵ_{t−1,g}‖
 comes from the group norms of the last solution, kept with the optimizer state (``prox_point_norms``),
 so no pass over Ŵ is needed. An overflowed U (P = +inf) pins its coordinate as ``GroupLasso``'s prox does
@@ -60,7 +60,7 @@ def _check_layout(values: dict[str, Any]) -> None:
     lay, first = values["layout"], next(v for v in values.values() if isinstance(v, (list, tuple)))
     if lay.shape != (len(first), 5):
         raise ValueError(f"layout has shape {tuple(lay.shape)}; expected ({len(first)}, 5)")
-    size = min(values[k].numel() for k in ("c", "s2", "s3", "sq", "mx", "mn") if k in values)
+    size = min(values[k].numel() for k in ("c", "s2", "s3", "sq", "sz", "mx", "mn") if k in values)
     for i, ((rows, R, N, K, o), t) in enumerate(zip(lay.tolist(), first)):
         groups = R if rows else N // max(K, 1)
         if rows not in (0, 1) or R * N != t.numel() or K < 1 or N % K or not 0 <= o <= size - groups:
@@ -84,7 +84,7 @@ KERNELS = (
         (_GROUP, Arg("g", "tensors"), Arg("w0", "tensors"), Arg("v", "tensors", out=True),
          Arg("u", "tensors", out=True), Arg("P", "tensors", out=True), Arg("pz", "tensors", out=True),
          Arg("s", "float"), Arg("eps", "float"), Arg("c", "array", dtype=torch.float64),
-         *(Arg(k, "array", out=True, dtype=torch.float64) for k in ("s2", "s3", "sq", "mx", "mn"))),
+         *(Arg(k, "array", out=True, dtype=torch.float64) for k in ("s2", "s3", "sq", "sz", "mx", "mn"))),
         check=_check_layout,
     ),
     Kernel(
@@ -253,22 +253,25 @@ def _group_bucket(
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         warm = thr / np.maximum(x0n, tiny)  # a solution x0 has c = τw/‖x0‖
     cv = np.where(x0n > 0, warm, 1.0)
-    s2, s3, pz_sq, mx, mn = (np.empty(offs[-1]) for _ in range(5))
+    s2, s3, pz_sq, z_sq, mx, mn = (np.empty(offs[-1]) for _ in range(6))
     s2_t, s3_t = torch.from_numpy(s2), torch.from_numpy(s3)  # the kernels write the numpy arrays
     g, w0, v, u, pbufs, pzbufs = cols[1], cols[2], cols[3], cols[4], list(cols[6]), list(cols[7])
     ops.ramda_group_prep_first_(
         layout, g, w0, v, u, pbufs, pzbufs, s, eps, torch.from_numpy(cv), s2_t, s3_t,
-        *(torch.from_numpy(a) for a in (pz_sq, mx, mn)),
+        *(torch.from_numpy(a) for a in (pz_sq, z_sq, mx, mn)),
     )  # fmt: skip
     norm = np.sqrt(pz_sq)
     alive = norm > thr  # zero iff ‖P⊙z‖ ≤ α·λ·w_g (ties → zero)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         gap = np.maximum(norm - thr, tiny)
-        hi = np.where(alive, thr * mx / gap, 1.0)  # root bracket τw·[min P, max P]/(‖P⊙z‖ − τw)
-        lo = np.maximum(np.where(alive, thr * mn / gap, 1.0), tiny)
+        # root bracket τw·[min P, max P]/(‖P⊙z‖ − τw), both ends ≥ tiny as in the eager solver
+        hi = np.maximum(np.where(alive, thr * mx / gap, 1.0), tiny)
+        lo = np.minimum(np.maximum(np.where(alive, thr * mn / gap, 1.0), tiny), hi)
+        # the eager solver's tighter lower end τw/‖z_g‖ (‖p(c)‖ ≤ ‖z_g‖), so that both start alike
+        lo = np.where(alive, np.minimum(np.maximum(lo, thr / np.maximum(np.sqrt(z_sq), tiny)), hi), lo)
     # per tensor: all groups zero or of uniform P → the closed form c = hi, no iteration
     closed = np.logical_and.reduceat((mn == mx) | ~alive, starts)
-    start = np.where((x0n > 0) & alive, np.minimum(np.maximum(warm, lo), hi), np.sqrt(lo) * np.sqrt(hi))
+    start = np.where((x0n > 0) & alive, np.minimum(np.maximum(warm, lo), hi), lo)
     # a warm start outside its bracket: that tensor starts where the eager solver does, evaluated again
     evaluate = np.logical_or.reduceat((start != cv) & alive, starts) & ~closed
     cv = np.where(np.repeat(evaluate, sizes), start, np.where(np.repeat(closed, sizes), hi, cv))

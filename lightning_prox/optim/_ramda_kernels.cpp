@@ -103,9 +103,10 @@ template <typename T, bool ScalarC>
 inline void prep_first_row(int64_t n, const T* __restrict g, const T* __restrict w0, T* __restrict v,
                            T* __restrict u, T* __restrict p_out, T* __restrict pz_out, T s, T eps,
                            const T* __restrict c, T* __restrict a2, T* __restrict a3, T* __restrict aq,
-                           T* __restrict mx, T* __restrict mn) {
+                           T* __restrict az, T* __restrict mx, T* __restrict mn) {
   for (int64_t j = 0; j < n; ++j) {
     const T Pu = accumulate_(g[j], v[j], u[j], s, eps);
+    const T z = w0[j] - v[j] / Pu;  // as the eager step forms z (Pu = inf: z = W0), for ‖z_g‖
     const bool pin = !(Pu <= std::numeric_limits<T>::max());  // U overflowed: z = W0 − V/inf = W0
     const T P = pin ? kPin<T> : Pu;
     const T pz = pin ? kPin<T> * w0[j] : P * w0[j] - v[j];  // P⊙(W0 − V/P) without a division
@@ -117,6 +118,7 @@ inline void prep_first_row(int64_t n, const T* __restrict g, const T* __restrict
     a2[j] += q2;
     a3[j] += q2 * r;
     aq[j] += pz * pz;
+    az[j] += z * z;
     mx[j] = std::max(mx[j], P);
     mn[j] = std::min(mn[j], P);
   }
@@ -162,17 +164,18 @@ inline void elementwise_row(int64_t n, T* __restrict w, const T* __restrict g, c
 struct Out {
   double* s2;
   double* s3;
-  double* sq;  // null: not wanted
+  double* sq;  // ‖P⊙z‖² (null: not wanted, nor sz)
+  double* sz;  // ‖z‖²
   double* mx;  // null: not wanted
   double* mn;
 };
 
-// One pass over [R, N] in the "cols" layout. row(r, a2, a3, aq, mx, mn) adds row r into the T
+// One pass over [R, N] in the "cols" layout. row(r, a2, a3, aq, az, mx, mn) adds row r into the T
 // accumulators (length N); groups g = j / K.
 template <typename T, typename Row>
 void cols_pass(int64_t R, int64_t N, int64_t K, int nthreads, const Out& out, Row row) {
   const int nt = threads_for(R * N, nthreads);
-  const int nacc = out.sq ? 3 : 2;
+  const int nacc = out.sq ? 4 : 2;
   const bool minmax = out.mx != nullptr;
   std::vector<double> tot(static_cast<size_t>(nt) * nacc * N, 0.0);
   std::vector<T> ext(minmax ? static_cast<size_t>(nt) * 2 * N : 0);
@@ -183,10 +186,11 @@ void cols_pass(int64_t R, int64_t N, int64_t K, int nthreads, const Out& out, Ro
     tid = omp_get_thread_num();
 #endif
     const int64_t r_lo = R * tid / nt, r_hi = R * (tid + 1) / nt;
-    std::vector<T> acc(static_cast<size_t>(3) * N);
+    std::vector<T> acc(static_cast<size_t>(4) * N);
     T* a2 = acc.data();
     T* a3 = a2 + N;
     T* aq = a3 + N;
+    T* az = aq + N;
     T* mx = minmax ? ext.data() + static_cast<size_t>(tid) * 2 * N : nullptr;
     T* mn = minmax ? mx + N : nullptr;
     if (minmax) {
@@ -196,13 +200,13 @@ void cols_pass(int64_t R, int64_t N, int64_t K, int nthreads, const Out& out, Ro
     double* t = tot.data() + static_cast<size_t>(tid) * nacc * N;
     for (int64_t b = r_lo; b < r_hi; b += kBlock) {
       std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t r = b; r < std::min(b + kBlock, r_hi); ++r) row(r, a2, a3, aq, mx, mn);
+      for (int64_t r = b; r < std::min(b + kBlock, r_hi); ++r) row(r, a2, a3, aq, az, mx, mn);
       for (int k = 0; k < nacc; ++k)
         for (int64_t j = 0; j < N; ++j) t[k * N + j] += static_cast<double>(acc[k * N + j]);
     }
   }
   const int64_t G = N / K;
-  double* dst[3] = {out.s2, out.s3, out.sq};
+  double* dst[4] = {out.s2, out.s3, out.sq, out.sz};
   for (int k = 0; k < nacc; ++k)
     for (int64_t grp = 0; grp < G; ++grp) {
       double sum = 0.0;
@@ -233,44 +237,48 @@ inline double tree_sum(const double* x, int64_t n) {
   return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
-// One pass over [R, N] in the "rows" layout: group r = row r. seg(r, j0, n, a2, a3, aq, mx, mn) adds
+// One pass over [R, N] in the "rows" layout: group r = row r. seg(r, j0, n, a2, a3, aq, az, mx, mn) adds
 // elements j0..j0+n of row r into the accumulators (lane j − j0). A row runs as runs of kLanes elements
 // into kLanes float lanes, flushed into double lanes every kBlock runs; short rows pay little set-up.
 template <typename T, typename Seg>
 void rows_pass(int64_t R, int64_t N, int nthreads, const Out& out, Seg seg) {
   const int nt = threads_for(R * N, nthreads);
-  const int nacc = out.sq ? 3 : 2;
+  const int nacc = out.sq ? 4 : 2;
   const bool minmax = out.mx != nullptr;
   const int64_t L = std::min(kLanes, N);
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<T> acc(static_cast<size_t>(5) * L);
-    std::vector<double> lanes(static_cast<size_t>(3) * L);
+    std::vector<T> acc(static_cast<size_t>(6) * L);
+    std::vector<double> lanes(static_cast<size_t>(4) * L);
     T* a2 = acc.data();
     T* a3 = a2 + L;
     T* aq = a3 + L;
-    T* mx = aq + L;
+    T* az = aq + L;
+    T* mx = az + L;
     T* mn = mx + L;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; ++r) {
-      std::fill(a2, a2 + 3 * L, T(0));
+      std::fill(a2, a2 + 4 * L, T(0));
       std::fill(mx, mx + L, -INFINITY);
       std::fill(mn, mn + L, INFINITY);
       std::fill(lanes.begin(), lanes.end(), 0.0);
       int64_t runs = 0;
       for (int64_t j0 = 0; j0 < N; j0 += L) {
-        seg(r, j0, std::min(L, N - j0), a2, a3, aq, mx, mn);
+        seg(r, j0, std::min(L, N - j0), a2, a3, aq, az, mx, mn);
         if (++runs == kBlock || j0 + L >= N) {
           for (int64_t l = 0; l < nacc * L; ++l) lanes[l] += static_cast<double>(a2[l]);
-          std::fill(a2, a2 + 3 * L, T(0));
+          std::fill(a2, a2 + 4 * L, T(0));
           runs = 0;
         }
       }
-      double sums[3];
+      double sums[4];
       for (int k = 0; k < nacc; ++k) sums[k] = tree_sum(lanes.data() + k * L, L);
       out.s2[r] = sums[0];
       out.s3[r] = sums[1];
-      if (out.sq) out.sq[r] = sums[2];
+      if (out.sq) {
+        out.sq[r] = sums[2];
+        out.sz[r] = sums[3];
+      }
       if (minmax) {
         out.mx[r] = *std::max_element(mx, mx + L);
         out.mn[r] = *std::min_element(mn, mn + L);
@@ -291,17 +299,18 @@ void group_prep_first(int rows, int64_t R, int64_t N, int64_t K, const T* g, con
                       T* pz, double s_, double eps_, const double* c, const Out& out, int nthreads) {
   const T s = static_cast<T>(s_), eps = static_cast<T>(eps_);
   if (rows) {
-    rows_pass<T>(R, N, nthreads, out, [&](int64_t r, int64_t j0, int64_t n, T* a2, T* a3, T* aq, T* mx, T* mn) {
+    rows_pass<T>(R, N, nthreads, out, [&](int64_t r, int64_t j0, int64_t n, T* a2, T* a3, T* aq, T* az, T* mx, T* mn) {
       const int64_t o = r * N + j0;
       const T cr = static_cast<T>(c[r]);
-      prep_first_row<T, true>(n, g + o, w0 + o, v + o, u + o, P + o, pz + o, s, eps, &cr, a2, a3, aq, mx, mn);
+      prep_first_row<T, true>(n, g + o, w0 + o, v + o, u + o, P + o, pz + o, s, eps, &cr, a2, a3, aq, az, mx, mn);
     });
     return;
   }
   const std::vector<T> cc = per_column<T>(c, N, K);
-  cols_pass<T>(R, N, K, nthreads, out, [&](int64_t r, T* a2, T* a3, T* aq, T* mx, T* mn) {
+  cols_pass<T>(R, N, K, nthreads, out, [&](int64_t r, T* a2, T* a3, T* aq, T* az, T* mx, T* mn) {
     const int64_t o = r * N;
-    prep_first_row<T, false>(N, g + o, w0 + o, v + o, u + o, P + o, pz + o, s, eps, cc.data(), a2, a3, aq, mx, mn);
+    prep_first_row<T, false>(N, g + o, w0 + o, v + o, u + o, P + o, pz + o, s, eps, cc.data(), a2, a3, aq, az, mx,
+                             mn);
   });
 }
 
@@ -309,7 +318,7 @@ template <typename T>
 void group_secular(int rows, int64_t R, int64_t N, int64_t K, const T* P, const T* pz, const double* c,
                    const Out& out, int nthreads) {
   if (rows) {
-    rows_pass<T>(R, N, nthreads, out, [&](int64_t r, int64_t j0, int64_t n, T* a2, T* a3, T*, T*, T*) {
+    rows_pass<T>(R, N, nthreads, out, [&](int64_t r, int64_t j0, int64_t n, T* a2, T* a3, T*, T*, T*, T*) {
       const int64_t o = r * N + j0;
       const T cr = static_cast<T>(c[r]);
       secular_row<T, true>(n, P + o, pz + o, &cr, a2, a3);
@@ -317,7 +326,7 @@ void group_secular(int rows, int64_t R, int64_t N, int64_t K, const T* P, const 
     return;
   }
   const std::vector<T> cc = per_column<T>(c, N, K);
-  cols_pass<T>(R, N, K, nthreads, out, [&](int64_t r, T* a2, T* a3, T*, T*, T*) {
+  cols_pass<T>(R, N, K, nthreads, out, [&](int64_t r, T* a2, T* a3, T*, T*, T*, T*) {
     secular_row<T, false>(N, P + r * N, pz + r * N, cc.data(), a2, a3);
   });
 }
@@ -371,12 +380,12 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
   extern "C" void lp_ramda_group_prep_first_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* g,  \
                                        const T* const* w0, T* const* v, T* const* u, T* const* P,            \
                                        T* const* pz, double s, double eps, const double* c, double* s2,      \
-                                       double* s3, double* sq, double* mx, double* mn, int nthreads) {       \
+                                       double* s3, double* sq, double* sz, double* mx, double* mn, int nthreads) {\
     for (int64_t i = 0; i < n; ++i) {                                                                        \
       const int64_t* l = layout + 5 * i;                                                                     \
       const int64_t o = l[4];                                                                                \
       group_prep_first<T>(static_cast<int>(l[0]), l[1], l[2], l[3], g[i], w0[i], v[i], u[i], P[i], pz[i], s, \
-                          eps, c + o, Out{s2 + o, s3 + o, sq + o, mx + o, mn + o}, nthreads);                \
+                          eps, c + o, Out{s2 + o, s3 + o, sq + o, sz + o, mx + o, mn + o}, nthreads);                \
     }                                                                                                        \
   }                                                                                                          \
   extern "C" void lp_ramda_group_secular_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,     \
@@ -386,7 +395,7 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
       const int64_t* l = layout + 5 * i;                                                                     \
       const int64_t o = l[4];                                                                                \
       group_secular<T>(static_cast<int>(l[0]), l[1], l[2], l[3], P[i], pz[i], c + o,                        \
-                       Out{s2 + o, s3 + o, nullptr, nullptr, nullptr}, nthreads);                            \
+                       Out{s2 + o, s3 + o, nullptr, nullptr, nullptr, nullptr}, nthreads);                            \
     }                                                                                                        \
   }                                                                                                          \
   extern "C" void lp_ramda_group_final_##SUF(int64_t n, const int64_t*, const int64_t* layout, const T* const* P,       \
