@@ -1,8 +1,8 @@
-// RAMDA's CPU step as a few memory passes per tensor (lightning_prox.optim._ramda_compiled drives them).
+// RAMDA's CPU step as a few memory passes per tensor (lightning_prox.optim._ramda_kernels drives them).
 //
 // Built at first use by lightning_prox.optim._native with the system C++ compiler and called through the
 // torch.library operators it registers: plain C ABI, no torch headers (a build takes about 3 s). The
-// prototypes of the entry points are generated from the Python signature table (_ramda_compiled.KERNELS)
+// prototypes of the entry points are generated from the Python signature table (_ramda_kernels.KERNELS)
 // and force-included, so a definition below that disagrees with the table does not compile. Every entry
 // point takes n tensors per list argument (arrays of pointers to contiguous tensors) and exists for float
 // (_f32) and double (_f64).

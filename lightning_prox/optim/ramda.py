@@ -11,6 +11,7 @@ https://github.com/ismoptgroup/RAMDA (re-derived from the paper, not copied).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -19,18 +20,31 @@ from torch import Tensor
 
 from ..regularizers import _fused
 from ..regularizers._base import Regularizer
-from ._base import ProxOptimizer, _check_finite_doc, _torch_flags_doc, group_regularizer
-from ._ramda_compiled import ramda_compiled_
+from ._base import (
+    ProxOptimizer,
+    _check_finite_doc,
+    _resolve_implementation,
+    _torch_flags_doc,
+    group_regularizer,
+)
+from ._ramda_kernels import ramda_native_
 from .rmda import RMDA, _bucket_by_counters, _check_number, average_, state_dtype
 
 __all__ = ["RAMDA", "ramda"]
 
-#: the base's ``implementation`` values → the names of the functional :func:`ramda`
-_FUNCTIONAL_IMPLEMENTATION = {"auto": "auto", "eager": "fast", "native": "compiled"}
-#: ``implementation="auto"`` runs the compiled (native) step on CPU when the parameters stepped hold this
-#: many values in all (the functional :func:`ramda` applies it per bucket): there it is ~5x faster than
-#: eager (docs/rmda_ramda.md); small models keep the eager path and never need a C++ compiler.
-AUTO_COMPILE_NUMEL = 1 << 20
+#: ``implementation="auto"`` runs the native step on CPU when the parameters stepped hold this many
+#: values in all (the functional :func:`ramda` applies it per bucket): there it is several times faster
+#: than eager; small models keep the eager path and never need a C++ compiler.
+AUTO_NATIVE_NUMEL = 1 << 20
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AUTO_COMPILE_NUMEL":  # the round-2 name
+        warnings.warn(
+            "AUTO_COMPILE_NUMEL is deprecated; use AUTO_NATIVE_NUMEL", DeprecationWarning, stacklevel=2
+        )
+        return AUTO_NATIVE_NUMEL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _solve(
@@ -160,15 +174,15 @@ def _multi_tensor_ramda(
     max_inner_iters: int,
     inner_rtol: float,
     info: dict[str, Any] | None,
-    implementation: str = "fast",
+    implementation: str = "eager",
     scratch: _fused.Scratch | None = None,
     prox_point_norms: list[Tensor] | None = None,
 ) -> None:
     """Multi-tensor RAMDA step: foreach arithmetic and one solver call over all tensors of the bucket,
-    or the compiled kernels of :mod:`._ramda_compiled` where they apply (``implementation``)."""
-    if implementation in ("auto", "compiled") and all(p.device.type == "cpu" for p in params):
-        big = implementation == "compiled" or sum(p.numel() for p in params) >= AUTO_COMPILE_NUMEL
-        if big and ramda_compiled_(
+    or the native kernels of :mod:`._ramda_kernels` where they apply (``implementation``)."""
+    if implementation in ("auto", "native") and all(p.device.type == "cpu" for p in params):
+        big = implementation == "native" or sum(p.numel() for p in params) >= AUTO_NATIVE_NUMEL
+        if big and ramda_native_(
             params, grads, initial_points, grad_sums, grad_sq_sums, prox_points,
             s=s, alpha=alpha, c=c, eps=eps, regularizer=regularizer, max_inner_iters=max_inner_iters,
             inner_rtol=inner_rtol, info=info, scratch=scratch if scratch is not None else _fused.Scratch(),
@@ -176,7 +190,7 @@ def _multi_tensor_ramda(
         ):  # fmt: skip
             return
     for t in prox_point_norms or []:
-        t.resize_(0)  # the compiled path's cached ‖Ŵ_g‖ go stale here: drop them
+        t.resize_(0)  # the native path's cached ‖Ŵ_g‖ go stale here: drop them
     _accumulate_(grads, grad_sums, grad_sq_sums, s)
     _solve_and_average_(
         params, initial_points, grad_sums, grad_sq_sums, prox_points,
@@ -233,7 +247,7 @@ def ramda(
     inner_rtol: float = 1e-8,
     foreach: bool = True,
     info: dict[str, Any] | None = None,
-    implementation: str = "fast",
+    implementation: str = "eager",
     scratch: _fused.Scratch | None = None,
     prox_point_norms: list[Tensor] | None = None,
 ) -> float:
@@ -241,10 +255,11 @@ def ramda(
 
     Updates ``params``, V, U and Ŵ in place and returns the new α_t. ``info`` (a dict) receives the
     solver's statistics (``inner_iters``, ``screened``). ``implementation`` (multi-tensor path only)
-    is ``"fast"`` (eager), ``"compiled"`` or ``"auto"``, as in :class:`RAMDA`; the compiled group-lasso
-    path keeps the group norms of Ŵ in ``prox_point_norms`` (see ``_ramda_compiled.ramda_compiled_``).
-    See :class:`RAMDA` for the math.
+    is ``"eager"``, ``"native"`` or ``"auto"``, as in :class:`RAMDA` (the round-2 values ``"fast"`` and
+    ``"compiled"`` still work and warn); the native group-lasso path keeps the group norms of Ŵ in
+    ``prox_point_norms``. See :class:`RAMDA` for the math.
     """
+    implementation, foreach = _resolve_implementation(implementation, foreach)
     s = lr * math.sqrt(step)
     alpha = alpha + s
     extra = (
@@ -254,7 +269,7 @@ def ramda(
     )
     if not foreach:
         for t in prox_point_norms or []:
-            t.resize_(0)  # the compiled path's cached ‖Ŵ_g‖ go stale here: drop them
+            t.resize_(0)  # the native path's cached ‖Ŵ_g‖ go stale here: drop them
     fn = _multi_tensor_ramda if foreach else _single_tensor_ramda
     with torch.no_grad():
         fn(
@@ -314,7 +329,7 @@ class RAMDA(RMDA):
     Symbols and code: η = ``group["lr"]``, c = ``group["momentum"]`` (weight of the new point), ε =
     ``group["eps"]``, λ = ``group["lam"]``; per parameter ``state["step"]`` = t, ``state["alpha"]`` =
     α_t, ``state["initial_point"]`` = W_0, ``state["grad_sum"]`` = V_t, ``state["grad_sq_sum"]`` = U_t,
-    ``state["prox_point"]`` = Ŵ_t; the compiled group-lasso path also keeps ``state["prox_point_norms"]``,
+    ``state["prox_point"]`` = Ŵ_t; the native group-lasso path also keeps ``state["prox_point_norms"]``,
     the group norms ‖Ŵ_{t,g}‖ that warm-start the next solve (empty otherwise).
 
     **The last proximal solution Ŵ_t** (``state["prox_point"]``, :meth:`prox_points`) carries the exact
@@ -345,7 +360,7 @@ class RAMDA(RMDA):
         inner_rtol: relative objective decrease that stops the inner solver (> 0).
         {check_finite}
         implementation: ``"auto"`` (default: ``"native"`` when the CPU parameters stepped hold at
-            least ``AUTO_COMPILE_NUMEL`` = 2^20 values in all, ``"eager"`` otherwise), ``"eager"``
+            least ``AUTO_NATIVE_NUMEL`` = 2^20 values in all, ``"eager"`` otherwise), ``"eager"``
             (multi-tensor torch ops and the regularizer's ``prox_multi``) or ``"native"`` (the step as
             native C++ passes per tensor on CPU: one for no regularizer and ``L1``; for
             ``GroupLasso(solver="newton")`` a prep pass (with screening, bracket and the first Newton
@@ -390,7 +405,7 @@ class RAMDA(RMDA):
         #: Solver statistics of the last :meth:`step`, one dict per solver call (``inner_iters``,
         #: ``screened`` as written by ``Regularizer.prox_multi``); empty without an iterative solver.
         self.solver_info: list[dict[str, Any]] = []
-        self._step_impl = "fast"
+        self._step_impl = "eager"
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -418,7 +433,7 @@ class RAMDA(RMDA):
         super().__setstate__(state)
         self.__dict__.setdefault("solver_info", [])
         self.__dict__.setdefault("_scratch", _fused.Scratch())
-        self.__dict__.setdefault("_step_impl", "fast")
+        self.__dict__.setdefault("_step_impl", "eager")
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
@@ -440,7 +455,7 @@ class RAMDA(RMDA):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One RAMDA step for every group. ``closure`` (optional) re-evaluates the loss with grad enabled."""
-        impl = _FUNCTIONAL_IMPLEMENTATION.get(self.implementation, self.implementation)
+        impl = self.implementation
         if impl == "auto":  # decided for the whole model: once native, small groups gain too
             numel = sum(
                 p.numel()
@@ -448,7 +463,7 @@ class RAMDA(RMDA):
                 for p in g["params"]
                 if p.grad is not None and p.device.type == "cpu"
             )
-            impl = "compiled" if numel >= AUTO_COMPILE_NUMEL else "fast"
+            impl = "native" if numel >= AUTO_NATIVE_NUMEL else "eager"
         self._step_impl = impl
         self.solver_info = []
         return super().step(closure)

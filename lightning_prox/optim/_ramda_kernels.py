@@ -49,7 +49,7 @@ from ..structure import check_groupable
 from . import _native
 from ._native import Arg, Kernel
 
-__all__ = ["KERNELS", "cbrt", "ramda_compiled_", "supports"]
+__all__ = ["KERNELS", "cbrt", "ramda_native_", "supports"]
 
 _NP_OPS = (np.where, np.sqrt, np.maximum)  # the ops _newton_update runs on
 _DTYPES = (torch.float32, torch.float64)
@@ -126,9 +126,9 @@ def cbrt(u: Tensor) -> Tensor:
 
 
 def supports(reg: Regularizer | None, params: list[Tensor]) -> bool:
-    """True when :func:`ramda_compiled_` covers this bucket's regularizer and tensors: no regularizer, an
+    """True when :func:`ramda_native_` covers this bucket's regularizer and tensors: no regularizer, an
     exact ``L1`` or ``GroupLasso(solver="newton")``, on CPU float32/float64 tensors, with the kernels
-    built (the first call builds them; :func:`ramda_compiled_` also needs the tensors contiguous)."""
+    built (the first call builds them; :func:`ramda_native_` also needs the tensors contiguous)."""
     return (
         _kind(reg) is not None
         and bool(params)
@@ -145,7 +145,7 @@ def _kind(reg: Regularizer | None) -> str | None:
     return None
 
 
-def ramda_compiled_(
+def ramda_native_(
     params: list[Tensor],
     grads: list[Tensor],
     initial_points: list[Tensor],

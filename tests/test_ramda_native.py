@@ -1,4 +1,4 @@
-"""RAMDA's compiled CPU step (``implementation="native"``/``"auto"``): the division-free cube root, agreement
+"""RAMDA's native CPU step (``implementation="native"``/``"auto"``): the division-free cube root, agreement
 with the eager step (values, zeros, solver iterations), exact resume, thread-count determinism, the
 native build and its eager fallback, and the auto threshold.
 
@@ -8,13 +8,14 @@ The C++ kernels build once per machine (a few seconds, cached on disk); every te
 import io
 import os
 import tempfile
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lightning_prox.optim import RAMDA, _native
-from lightning_prox.optim import _ramda_compiled as rc
+from lightning_prox.optim import _ramda_kernels as rc
 from lightning_prox.optim import ramda as ramda_module
 from lightning_prox.regularizers import L1, GroupLasso
 
@@ -42,8 +43,8 @@ def _opt_run(impl, reg, shapes, steps=8, momentum=0.3, seed=0, restart_at=None, 
     return params, opt, infos
 
 
-def _require_compiled(monkeypatch):
-    """Count compiled-kernel runs; skip when the kernels cannot be built here (the eager path then runs)."""
+def _require_native(monkeypatch):
+    """Count native-kernel runs; skip when the kernels cannot be built here (the eager path then runs)."""
     ops = rc._ops()
     if ops is None:
         pytest.skip("no working C++ compiler here: the eager path runs")
@@ -95,13 +96,13 @@ def test_cbrt_is_accurate_on_the_whole_range(dtype):
     ids=["none", "l1", "group-in", "group-in-screened", "group-out"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_step_matches_eager(reg, shapes, dtype, monkeypatch):
-    """Compiled and eager steps agree to rounding over 8 steps and a restart: parameters and Ŵ within
+def test_native_step_matches_eager(reg, shapes, dtype, monkeypatch):
+    """Native and eager steps agree to rounding over 8 steps and a restart: parameters and Ŵ within
     1e-6 of their scale, the same exact zeros and screened groups, both solvers converged."""
-    calls = _require_compiled(monkeypatch)
+    calls = _require_native(monkeypatch)
     a, opt_a, info_a = _opt_run("eager", reg, shapes, restart_at=5, dtype=dtype)
     b, opt_b, info_b = _opt_run("native", reg, shapes, restart_at=5, dtype=dtype)
-    assert calls, "the compiled kernels did not run"
+    assert calls, "the native kernels did not run"
     for pa, pb in zip(a, b):
         for x, y in ((pa, pb), (opt_a.state[pa]["prox_point"], opt_b.state[pb]["prox_point"])):
             scale = y.abs().max().clamp_min(1.0)
@@ -131,10 +132,10 @@ def test_compiled_step_matches_eager(reg, shapes, dtype, monkeypatch):
             assert screened > 0
 
 
-def test_compiled_resume_is_bit_exact(monkeypatch):
-    """A checkpoint (weights_only load) taken mid-stage resumes the compiled step bit for bit, including
+def test_native_resume_is_bit_exact(monkeypatch):
+    """A checkpoint (weights_only load) taken mid-stage resumes the native step bit for bit, including
     the cached group norms of Ŵ that seed the next solve."""
-    calls = _require_compiled(monkeypatch)
+    calls = _require_native(monkeypatch)
     reg = GroupLasso(0.05, dim="in")
     params, opt, _ = _opt_run("native", reg, SHAPES_IN, steps=5)
     assert calls and all(opt.state[p]["prox_point_norms"].numel() for p in params)
@@ -216,7 +217,7 @@ def test_thread_count_changes_rounding_only_and_each_count_is_deterministic(dim,
     """Tensors large enough for the threaded passes: two runs with 2 threads are equal to the bit, and
     agree with 1 thread to rounding (the row split, hence the order of the float64 sums, follows the
     thread count)."""
-    _require_compiled(monkeypatch)
+    _require_native(monkeypatch)
     reg = GroupLasso(0.02, dim=dim)
     shapes = ((256, 64, 3, 3), (300, 260))  # above the 2^16-element serial threshold
     threads = torch.get_num_threads()
@@ -235,13 +236,13 @@ def test_thread_count_changes_rounding_only_and_each_count_is_deterministic(dim,
         assert torch.equal(pa == 0, pc == 0)
 
 
-def test_auto_compiles_large_buckets_only(monkeypatch):
-    """``"auto"`` leaves a small model eager and compiles once a bucket reaches AUTO_COMPILE_NUMEL."""
-    calls = _require_compiled(monkeypatch)
+def test_auto_goes_native_for_large_buckets_only(monkeypatch):
+    """``"auto"`` leaves a small model eager and runs native once a bucket reaches AUTO_NATIVE_NUMEL."""
+    calls = _require_native(monkeypatch)
     reg = GroupLasso(0.05, dim="in")
     _opt_run("auto", reg, SHAPES_IN, steps=2)
     assert not calls
-    monkeypatch.setattr(ramda_module, "AUTO_COMPILE_NUMEL", 1)
+    monkeypatch.setattr(ramda_module, "AUTO_NATIVE_NUMEL", 1)
     params, opt, _ = _opt_run("auto", reg, SHAPES_IN, steps=2)
     assert calls and all(opt.state[p]["prox_point_norms"].numel() for p in params)
     opt.implementation = "eager"  # an eager step drops the cached norms, which it does not maintain
@@ -251,8 +252,8 @@ def test_auto_compiles_large_buckets_only(monkeypatch):
     assert all(opt.state[p]["prox_point_norms"].numel() == 0 for p in params)
 
 
-def test_compiled_step_does_not_touch_the_global_rng(monkeypatch):
-    """The compiled step (the build included) leaves torch's random stream where it was."""
+def test_native_step_does_not_touch_the_global_rng(monkeypatch):
+    """The native step (the build included) leaves torch's random stream where it was."""
     _native.kernels.cache_clear()
     w = torch.nn.Parameter(torch.linspace(-1, 1, 24).view(4, 6))
     opt = RAMDA([w], regularizer=GroupLasso(0.01, dim="in"), implementation="native")
@@ -262,10 +263,10 @@ def test_compiled_step_does_not_touch_the_global_rng(monkeypatch):
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_compiled_step_bumps_autograd_versions(monkeypatch):
+def test_native_step_bumps_autograd_versions(monkeypatch):
     """The kernels write through raw pointers; autograd still sees the in-place update of W, as with a
     torch op: a backward through a graph that saved the old W raises instead of using the new values."""
-    calls = _require_compiled(monkeypatch)
+    calls = _require_native(monkeypatch)
     w = torch.nn.Parameter(torch.randn(4, 6))
     opt = RAMDA([w], regularizer=GroupLasso(0.01, dim="in"), implementation="native")
     loss = (w * w).sum()  # saves w for backward
@@ -293,7 +294,7 @@ def test_invalid_implementation_is_named():
 def test_overflowed_second_moment_pins_its_coordinate_as_the_eager_step(dim, monkeypatch):
     """A finite gradient whose square overflows U (P = +inf): the native group solve pins that coordinate
     (Ŵ = z = W0 there, exactly) and agrees with the eager step elsewhere; nothing becomes NaN."""
-    calls = _require_compiled(monkeypatch)
+    calls = _require_native(monkeypatch)
     reg = GroupLasso(1e-3, dim=dim)
     out = {}
     for impl in ("eager", "native"):
@@ -311,3 +312,32 @@ def test_overflowed_second_moment_pins_its_coordinate_as_the_eager_step(dim, mon
     torch.testing.assert_close(xb, xa, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(wb, wa, atol=1e-6, rtol=1e-5)
     assert torch.equal(xa == 0, xb == 0)
+
+
+def test_round2_names_still_work_and_warn():
+    """``AUTO_COMPILE_NUMEL`` and the functional's ``"fast"``/``"compiled"`` are the old spellings of
+    ``AUTO_NATIVE_NUMEL``, ``"eager"`` and ``"native"``: same values and results, plus a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match="AUTO_NATIVE_NUMEL"):
+        assert ramda_module.AUTO_COMPILE_NUMEL == ramda_module.AUTO_NATIVE_NUMEL
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ramda_module.no_such_name
+    results = {}
+    for impl in ("eager", "fast", "native", "compiled"):
+        w = torch.linspace(-1.0, 1.0, 24).view(4, 6)
+        w0, v, u, x = w.clone(), torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(w)
+        g = torch.linspace(-0.5, 0.7, 24).view(4, 6)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            alpha = ramda_module.ramda(
+                [w], [g], [w0], [v], [u], [x], step=1, alpha=0.0, lr=0.1, momentum=0.5, eps=1e-6,
+                regularizer=GroupLasso(0.1, dim="in"), implementation=impl, prox_point_norms=[w.new_empty(0)],
+            )  # fmt: skip
+        old = impl in ("fast", "compiled")
+        assert any(issubclass(c.category, DeprecationWarning) for c in caught) == old
+        results[impl] = (alpha, w, x)
+    for old, new in (("fast", "eager"), ("compiled", "native")):
+        assert results[old][0] == results[new][0]
+        assert all(torch.equal(a, b) for a, b in zip(results[old][1:], results[new][1:]))
+    with pytest.raises(ValueError, match="implementation must be one of .*'jit'"):
+        ramda_module.ramda([w], [g], [w0], [v], [u], [x], step=1, alpha=0.0, lr=0.1, momentum=0.5, eps=1e-6,
+                           implementation="jit")  # fmt: skip
