@@ -213,13 +213,13 @@ def test_native_fallback_cache_must_be_private(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("dim", ["in", "out"])
-def test_thread_count_changes_rounding_only_and_each_count_is_deterministic(dim, monkeypatch):
-    """Tensors large enough for the threaded passes: two runs with 2 threads are equal to the bit, and
-    agree with 1 thread to rounding (the row split, hence the order of the float64 sums, follows the
-    thread count)."""
+def test_results_do_not_depend_on_the_thread_count(dim, monkeypatch):
+    """Tensors large enough for the threaded pass: two runs with 2 threads and one with 1 thread are
+    equal to the bit (the threads split the tiles; every group is computed within its tile in a fixed
+    order)."""
     _require_native(monkeypatch)
     reg = GroupLasso(0.02, dim=dim)
-    shapes = ((256, 64, 3, 3), (300, 260))  # above the 2^16-element serial threshold
+    shapes = ((256, 64, 3, 3), (300, 260))  # above the 2^16-element serial threshold, several tiles
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -232,8 +232,7 @@ def test_thread_count_changes_rounding_only_and_each_count_is_deterministic(dim,
     assert info_a == info_b
     for pa, pb, pc in zip(a, b, c):
         assert torch.equal(pa, pb)
-        assert (pa - pc).abs().max() <= 1e-6 * pa.abs().max()
-        assert torch.equal(pa == 0, pc == 0)
+        assert torch.equal(pa, pc)
 
 
 def test_auto_goes_native_for_large_buckets_only(monkeypatch):

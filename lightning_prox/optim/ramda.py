@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..regularizers import _fused
 from ..regularizers._base import Regularizer
 from ._base import (
     ProxOptimizer,
@@ -175,7 +174,6 @@ def _multi_tensor_ramda(
     inner_rtol: float,
     info: dict[str, Any] | None,
     implementation: str = "eager",
-    scratch: _fused.Scratch | None = None,
     prox_point_norms: list[Tensor] | None = None,
 ) -> None:
     """Multi-tensor RAMDA step: foreach arithmetic and one solver call over all tensors of the bucket,
@@ -185,8 +183,7 @@ def _multi_tensor_ramda(
         if big and ramda_native_(
             params, grads, initial_points, grad_sums, grad_sq_sums, prox_points,
             s=s, alpha=alpha, c=c, eps=eps, regularizer=regularizer, max_inner_iters=max_inner_iters,
-            inner_rtol=inner_rtol, info=info, scratch=scratch if scratch is not None else _fused.Scratch(),
-            prox_point_norms=prox_point_norms,
+            inner_rtol=inner_rtol, info=info, prox_point_norms=prox_point_norms,
         ):  # fmt: skip
             return
     for t in prox_point_norms or []:
@@ -248,7 +245,7 @@ def ramda(
     foreach: bool = True,
     info: dict[str, Any] | None = None,
     implementation: str = "eager",
-    scratch: _fused.Scratch | None = None,
+    scratch: Any = None,
     prox_point_norms: list[Tensor] | None = None,
 ) -> float:
     """Functional RAMDA: one step for tensors sharing the step counter ``step`` (already incremented).
@@ -257,16 +254,15 @@ def ramda(
     solver's statistics (``inner_iters``, ``screened``). ``implementation`` (multi-tensor path only)
     is ``"eager"``, ``"native"`` or ``"auto"``, as in :class:`RAMDA` (the round-2 values ``"fast"`` and
     ``"compiled"`` still work and warn); the native group-lasso path keeps the group norms of Ŵ in
-    ``prox_point_norms``. See :class:`RAMDA` for the math.
+    ``prox_point_norms``. ``scratch`` is no longer used (the native step keeps no buffers between
+    steps; passing one warns). See :class:`RAMDA` for the math.
     """
     implementation, foreach = _resolve_implementation(implementation, foreach)
+    if scratch is not None:
+        warnings.warn("ramda(scratch=...) is deprecated and ignored", DeprecationWarning, stacklevel=2)
     s = lr * math.sqrt(step)
     alpha = alpha + s
-    extra = (
-        {"implementation": implementation, "scratch": scratch, "prox_point_norms": prox_point_norms}
-        if foreach
-        else {}
-    )
+    extra = {"implementation": implementation, "prox_point_norms": prox_point_norms} if foreach else {}
     if not foreach:
         for t in prox_point_norms or []:
             t.resize_(0)  # the native path's cached ‖Ŵ_g‖ go stale here: drop them
@@ -346,8 +342,9 @@ class RAMDA(RMDA):
         subgradient test (condition (7) of Huang & Lee, 2024).
 
     Memory: the state is 16 bytes per parameter value (W_0, V, U and Ŵ in float32 for float32 and half
-    parameters) plus one value per group of the native group-lasso path; the native step also keeps
-    two float32 work buffers (P and P⊙z, 8 bytes per value stepped) between steps.
+    parameters) plus one value per group of the native group-lasso path. The native step keeps no
+    buffers between steps and allocates none of the parameters' size (its per-thread tile buffers
+    hold a few hundred KB); the eager step builds P and z for one tensor at a time.
 
     Args:
         params: tensors, ``(name, tensor)`` pairs or param-group dicts; a group may carry its own
@@ -362,9 +359,10 @@ class RAMDA(RMDA):
         implementation: ``"auto"`` (default: ``"native"`` when the CPU parameters stepped hold at
             least ``AUTO_NATIVE_NUMEL`` = 2^20 values in all, ``"eager"`` otherwise), ``"eager"``
             (multi-tensor torch ops and the regularizer's ``prox_multi``) or ``"native"`` (the step as
-            native C++ passes per tensor on CPU: one for no regularizer and ``L1``; for
-            ``GroupLasso(solver="newton")`` a prep pass (with screening, bracket and the first Newton
-            sums), one per further Newton iteration and a final pass. The kernels build on first use with
+            one native C++ pass per tensor on CPU, for no regularizer, ``L1`` and
+            ``GroupLasso(solver="newton")``; for group lasso it runs tile by tile, a tile being whole
+            groups that fit in cache: V, U, P and P⊙z, screening, the Newton root search of the eager
+            solver (same start, bracket and stop rule) on the cached tile, then Ŵ and W). The kernels build on first use with
             the system C++ compiler, about 3 s, cached on disk (``~/.cache/lightning_prox``); anything
             else, or a machine without a working compiler (one warning), runs eager). Both agree to
             rounding (within 1e-6 of the weights' scale in the tests) with the same zeros. While a
@@ -401,7 +399,6 @@ class RAMDA(RMDA):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        self._scratch = _fused.Scratch()  # the native path's P and P⊙z buffers, reused across steps
         #: Solver statistics of the last :meth:`step`, one dict per solver call (``inner_iters``,
         #: ``screened`` as written by ``Regularizer.prox_multi``); empty without an iterative solver.
         self.solver_info: list[dict[str, Any]] = []
@@ -432,7 +429,6 @@ class RAMDA(RMDA):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("solver_info", [])
-        self.__dict__.setdefault("_scratch", _fused.Scratch())
         self.__dict__.setdefault("_step_impl", "eager")
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -506,7 +502,6 @@ class RAMDA(RMDA):
                     foreach=group["foreach"] is not False,
                     info=bucket_info,
                     implementation=self._step_impl,
-                    scratch=self._scratch,
                     prox_point_norms=[
                         st.setdefault("prox_point_norms", params[i].new_empty(0)) for i, st in zip(idx, sts)
                     ],
