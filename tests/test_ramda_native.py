@@ -340,3 +340,44 @@ def test_round2_names_still_work_and_warn():
     with pytest.raises(ValueError, match="implementation must be one of .*'jit'"):
         ramda_module.ramda([w], [g], [w0], [v], [u], [x], step=1, alpha=0.0, lr=0.1, momentum=0.5, eps=1e-6,
                            implementation="jit")  # fmt: skip
+
+
+@pytest.mark.parametrize("reg", [GroupLasso(0.05, dim="in"), L1(0.05), None], ids=["group", "l1", "none"])
+def test_eager_step_builds_p_and_z_one_tensor_at_a_time(reg, monkeypatch):
+    """The eager step's P and z exist for one tensor at a time where the regularizer solves each tensor
+    on its own, with results equal to the bit to one call over the whole bucket."""
+    calls = []
+    precondition = ramda_module._precondition
+
+    def spy(us, vs, w0s, eps):
+        calls.append(len(us))
+        return precondition(us, vs, w0s, eps)
+
+    monkeypatch.setattr(ramda_module, "_precondition", spy)
+    a, opt_a, info_a = _opt_run("eager", reg, SHAPES_IN, steps=3)
+    assert calls and set(calls) == {1}
+    monkeypatch.setattr(ramda_module, "_solves_per_tensor", lambda r: False)
+    calls.clear()
+    b, opt_b, info_b = _opt_run("eager", reg, SHAPES_IN, steps=3)
+    assert set(calls) == {len(SHAPES_IN)}
+    assert info_a == info_b
+    for pa, pb in zip(a, b):
+        assert torch.equal(pa, pb)
+        assert torch.equal(opt_a.state[pa]["prox_point"], opt_b.state[pb]["prox_point"])
+
+
+def test_native_step_allocates_nothing_of_the_parameters_size(monkeypatch):
+    """Every operator of a native group-lasso step (after the first, which sizes the cached norms)
+    allocates less than a tenth of the largest tensor: no P, z or other parameter-sized buffer."""
+    _require_native(monkeypatch)
+    shapes = ((64, 32, 3, 3), (200, 100))
+    params, opt, _ = _opt_run("native", GroupLasso(0.02, dim="in"), shapes, steps=2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        opt.step()
+    largest = max(p.numel() * p.element_size() for p in params)
+    allocated = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+    assert max(allocated, default=0) < largest / 10

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 from ..regularizers._base import Regularizer
+from ..regularizers._elementwise import ElementwiseRegularizer
+from ..regularizers.group_lasso import GroupLasso
 from ._base import (
     ProxOptimizer,
     _check_finite_doc,
@@ -219,11 +221,32 @@ def _solve_and_average_(
     info: dict[str, Any] | None,
 ) -> None:
     """The second half: P = ∛U + ε, z = W_0 − V/P, Ŵ = prox^P_{αψ}(z) (into ``prox_points``), then
-    W ← (1 − c)·W + c·Ŵ."""
-    P, zs = _precondition(grad_sq_sums, grad_sums, initial_points, eps)
+    W ← (1 − c)·W + c·Ŵ. P and z exist for one tensor at a time where the regularizer solves every
+    tensor on its own (:func:`_solves_per_tensor`; the same results as one call over all), else for
+    the whole bucket (a solver that couples the tensors gets them in one call)."""
     x0s = _warm_starts(regularizer, params, prox_points)
-    _solve(regularizer, zs, alpha, P, x0s, max_inner_iters, inner_rtol, info, prox_points)
-    average_(params, prox_points, c)
+    n = len(params)
+    for idx in [[i] for i in range(n)] if _solves_per_tensor(regularizer) else [list(range(n))]:
+        ws, us, vs, w0s, xs, x0 = ([t[i] for i in idx] for t in (params, grad_sq_sums, grad_sums, initial_points,
+                                                                 prox_points, x0s))  # fmt: skip
+        P, zs = _precondition(us, vs, w0s, eps)
+        part: dict[str, Any] | None = None if info is None else {}
+        _solve(regularizer, zs, alpha, P, x0, max_inner_iters, inner_rtol, part, xs)
+        del P, zs  # freed before the next tensor's
+        average_(ws, xs, c)
+        if part:  # the statistics of one call over all: iterations the max, screened groups the sum
+            info["inner_iters"] = max(int(info.get("inner_iters", 0)), int(part.get("inner_iters", 0)))
+            info["screened"] = int(info.get("screened", 0)) + int(part.get("screened", 0))
+
+
+def _solves_per_tensor(reg: Regularizer | None) -> bool:
+    """True when ``reg.prox_multi`` maps every tensor independently of the others (closed forms, the
+    exact per-tensor Newton group solve), so that it can be called one tensor at a time."""
+    return (
+        reg is None
+        or isinstance(reg, ElementwiseRegularizer)
+        or (type(reg) is GroupLasso and reg.solver == "newton")
+    )
 
 
 def ramda(
