@@ -381,3 +381,120 @@ def test_native_step_allocates_nothing_of_the_parameters_size(monkeypatch):
     largest = max(p.numel() * p.element_size() for p in params)
     allocated = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
     assert max(allocated, default=0) < largest / 10
+
+
+# numel not a multiple of the vector width, 1-element tensors and groups, a tile boundary inside a
+# tensor (more groups than one tile holds), wide rows (several lane runs), an empty tensor
+ODD_IN = ((1, 1), (3, 5, 2), (7, 13), (2, 33, 5), (300, 40), (0, 4))
+ODD_OUT = ((1,), (5,), (3, 5, 2), (17, 301), (1, 1, 1), (0, 3))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dim", ["in", "out"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_matches_eager_on_odd_shapes(dim, dtype, threads, monkeypatch):
+    """Odd shapes, both dtypes, 1 and 2 threads: native and eager agree to rounding with the same
+    zeros, screened groups and (in float64) solver iterations, also after a restart."""
+    calls = _require_native(monkeypatch)
+    shapes = ODD_IN if dim == "in" else ODD_OUT
+    reg = GroupLasso(0.25, dim=dim)  # large enough to screen some groups to exact zeros
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        a, opt_a, info_a = _opt_run("eager", reg, shapes, steps=5, restart_at=3, dtype=dtype)
+        b, opt_b, info_b = _opt_run("native", reg, shapes, steps=5, restart_at=3, dtype=dtype)
+    finally:
+        torch.set_num_threads(before)
+    assert calls
+    for pa, pb in zip(a, b):
+        for x, y in ((pa, pb), (opt_a.state[pa]["prox_point"], opt_b.state[pb]["prox_point"])):
+            if x.numel():
+                assert (x - y).abs().max() <= 1e-6 * y.abs().max().clamp_min(1.0)
+            assert torch.equal(x == 0, y == 0)
+    assert [[i["screened"] for i in s] for s in info_a] == [[i["screened"] for i in s] for s in info_b]
+    assert sum(i["screened"] for s in info_b for i in s) > 0
+    iters_a = [i["inner_iters"] for s in info_a for i in s]
+    iters_b = [i["inner_iters"] for s in info_b for i in s]
+    if dtype == torch.float64:
+        assert iters_a == iters_b
+    else:
+        assert all(abs(x - y) <= 1 for x, y in zip(iters_a, iters_b))
+
+
+def test_non_contiguous_parameters_fall_back_to_eager(monkeypatch):
+    """A non-contiguous parameter sends its bucket to the eager step: the native kernels do not run and
+    the result equals the eager step to the bit."""
+    calls = _require_native(monkeypatch)
+    out = {}
+    for impl in ("eager", "native"):
+        base = torch.linspace(-1.0, 1.0, 48).view(6, 8)
+        w = torch.nn.Parameter(base.t())  # (8, 6), strides (1, 8)
+        opt = RAMDA([w], lr=0.1, momentum=0.5, regularizer=GroupLasso(0.05, dim="in"), implementation=impl)
+        for k in range(3):
+            w.grad = torch.cos(torch.arange(48.0) * (k + 1)).view(6, 8).t()
+            opt.step()
+        out[impl] = w.detach().clone()
+    assert not calls
+    assert torch.equal(out["eager"], out["native"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_gradient_with_check_off_stays_nan(dtype, monkeypatch):
+    """``check_finite=False`` and a NaN gradient entry (the eager solver refuses the NaN metric): the
+    native step keeps that entry NaN in Ŵ and W, never an exact zero, and leaves the other groups
+    as a step without the NaN's group computes them."""
+    calls = _require_native(monkeypatch)
+    out = []
+    for poison in (True, False):
+        w = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 24, dtype=dtype).view(4, 6))
+        opt = RAMDA([w], lr=0.1, momentum=0.5, regularizer=GroupLasso(0.01, dim="in"), implementation="native",
+                    check_finite=False)  # fmt: skip
+        g = torch.linspace(-0.5, 0.5, 24, dtype=dtype).view(4, 6)
+        if poison:
+            g[1, 2] = float("nan")
+        w.grad = g
+        opt.step()
+        out.append((w.detach().clone(), opt.state[w]["prox_point"].clone()))
+    assert calls
+    others = [0, 1, 3, 4, 5]
+    for x, ref in zip(out[0], out[1]):
+        assert x[1, 2].isnan() and torch.equal(x[:, others], ref[:, others])
+
+
+def _group_args(dtype=torch.float32):
+    w = [torch.randn(4, 6, dtype=dtype)]
+    tensors = [w, [torch.randn_like(w[0])], [w[0].clone()], [torch.zeros_like(w[0])], [torch.zeros_like(w[0])],
+               [torch.zeros_like(w[0])]]  # fmt: skip
+    layout = torch.tensor([[0, 4, 6, 1, 0]], dtype=torch.int64)
+    arrays = [torch.full((6,), 0.01, dtype=torch.float64), torch.zeros(6, dtype=torch.float64),
+              torch.empty(6, dtype=torch.float64)]  # fmt: skip
+    return [layout, *tensors, 0.1, 1e-6, 0.5, arrays[0], arrays[1], arrays[2], 1e-6, 100]
+
+
+@pytest.mark.parametrize(
+    ("index", "bad", "match"),
+    [
+        (0, torch.tensor([[0, 4, 5, 1, 0]]), "layout\\[0\\].*does not describe"),  # wrong N
+        (0, torch.tensor([[0, 4, 6, 1, 3]]), "fit arrays of 6 values"),  # groups past the arrays' end
+        (2, [torch.randn(6, 4)], "g\\[0\\] has shape"),
+        (4, [torch.zeros(4, 6, dtype=torch.float64)], "v\\[0\\] has dtype"),
+        (6, [torch.zeros(6, 4).t()], "x\\[0\\] is not contiguous"),
+        (11, torch.zeros(6, dtype=torch.float32), "norms has dtype"),
+    ],
+    ids=["layout-shape", "layout-offset", "shape", "dtype", "stride", "array-dtype"],
+)
+def test_a_wrong_argument_to_the_group_kernel_raises(index, bad, match, monkeypatch):
+    """``ramda_group_`` checks its arguments against the signature table and the layout rule: a wrong
+    shape, dtype, stride or layout raises ValueError naming it, and nothing is written."""
+    _require_native(monkeypatch)
+    args = _group_args()
+    if index == 0:
+        bad = bad.to(torch.int64)
+    args[index] = bad
+    before = [t.clone() for t in args[1]]
+    with pytest.raises(ValueError, match=match):
+        torch.ops.lightning_prox.ramda_group_(*args)
+    assert all(torch.equal(a, b) for a, b in zip(args[1], before))
+    good = _group_args()
+    torch.ops.lightning_prox.ramda_group_(*good)  # the same call with the right arguments runs
+    assert torch.isfinite(good[1][0]).all() and (good[12] >= -1).all()
