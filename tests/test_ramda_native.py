@@ -337,6 +337,9 @@ def test_round2_names_still_work_and_warn():
     for old, new in (("fast", "eager"), ("compiled", "native")):
         assert results[old][0] == results[new][0]
         assert all(torch.equal(a, b) for a, b in zip(results[old][1:], results[new][1:]))
+    with pytest.warns(DeprecationWarning, match="scratch"):
+        ramda_module.ramda([w], [g], [w0], [v], [u], [x], step=2, alpha=alpha, lr=0.1, momentum=0.5, eps=1e-6,
+                           scratch=object())  # fmt: skip
     with pytest.raises(ValueError, match="implementation must be one of .*'jit'"):
         ramda_module.ramda([w], [g], [w0], [v], [u], [x], step=1, alpha=0.0, lr=0.1, momentum=0.5, eps=1e-6,
                            implementation="jit")  # fmt: skip
