@@ -384,7 +384,7 @@ def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
     Cached per process (``kernels.cache_clear()`` forgets the loaded library).
 
     Example:
-        >>> from lightning_prox.optim._ramda_compiled import KERNELS
+        >>> from lightning_prox.optim._ramda_kernels import KERNELS
         >>> ops = kernels("_ramda_kernels.cpp", KERNELS)  # built once per machine, then loaded from cache
         >>> ops is None or ops.ramda_cbrt_ is torch.ops.lightning_prox.ramda_cbrt_
         True

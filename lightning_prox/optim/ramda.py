@@ -11,26 +11,41 @@ https://github.com/ismoptgroup/RAMDA (re-derived from the paper, not copied).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..regularizers import _fused
 from ..regularizers._base import Regularizer
-from ._base import ProxOptimizer, _check_finite_doc, _torch_flags_doc, group_regularizer
-from ._ramda_compiled import ramda_compiled_
+from ..regularizers._elementwise import ElementwiseRegularizer
+from ..regularizers.group_lasso import GroupLasso
+from ._base import (
+    ProxOptimizer,
+    _check_finite_doc,
+    _resolve_implementation,
+    _torch_flags_doc,
+    group_regularizer,
+)
+from ._ramda_kernels import ramda_native_
 from .rmda import RMDA, _bucket_by_counters, _check_number, average_, state_dtype
 
 __all__ = ["RAMDA", "ramda"]
 
-#: the base's ``implementation`` values → the names of the functional :func:`ramda`
-_FUNCTIONAL_IMPLEMENTATION = {"auto": "auto", "eager": "fast", "native": "compiled"}
-#: ``implementation="auto"`` runs the compiled (native) step on CPU when the parameters stepped hold this
-#: many values in all (the functional :func:`ramda` applies it per bucket): there it is ~5x faster than
-#: eager (docs/rmda_ramda.md); small models keep the eager path and never need a C++ compiler.
-AUTO_COMPILE_NUMEL = 1 << 20
+#: ``implementation="auto"`` runs the native step on CPU when the parameters stepped hold this many
+#: values in all (the functional :func:`ramda` applies it per bucket): there it is several times faster
+#: than eager; small models keep the eager path and never need a C++ compiler.
+AUTO_NATIVE_NUMEL = 1 << 20
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AUTO_COMPILE_NUMEL":  # the round-2 name
+        warnings.warn(
+            "AUTO_COMPILE_NUMEL is deprecated; use AUTO_NATIVE_NUMEL", DeprecationWarning, stacklevel=2
+        )
+        return AUTO_NATIVE_NUMEL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _solve(
@@ -160,23 +175,21 @@ def _multi_tensor_ramda(
     max_inner_iters: int,
     inner_rtol: float,
     info: dict[str, Any] | None,
-    implementation: str = "fast",
-    scratch: _fused.Scratch | None = None,
+    implementation: str = "eager",
     prox_point_norms: list[Tensor] | None = None,
 ) -> None:
     """Multi-tensor RAMDA step: foreach arithmetic and one solver call over all tensors of the bucket,
-    or the compiled kernels of :mod:`._ramda_compiled` where they apply (``implementation``)."""
-    if implementation in ("auto", "compiled") and all(p.device.type == "cpu" for p in params):
-        big = implementation == "compiled" or sum(p.numel() for p in params) >= AUTO_COMPILE_NUMEL
-        if big and ramda_compiled_(
+    or the native kernels of :mod:`._ramda_kernels` where they apply (``implementation``)."""
+    if implementation in ("auto", "native") and all(p.device.type == "cpu" for p in params):
+        big = implementation == "native" or sum(p.numel() for p in params) >= AUTO_NATIVE_NUMEL
+        if big and ramda_native_(
             params, grads, initial_points, grad_sums, grad_sq_sums, prox_points,
             s=s, alpha=alpha, c=c, eps=eps, regularizer=regularizer, max_inner_iters=max_inner_iters,
-            inner_rtol=inner_rtol, info=info, scratch=scratch if scratch is not None else _fused.Scratch(),
-            prox_point_norms=prox_point_norms,
+            inner_rtol=inner_rtol, info=info, prox_point_norms=prox_point_norms,
         ):  # fmt: skip
             return
     for t in prox_point_norms or []:
-        t.resize_(0)  # the compiled path's cached ‖Ŵ_g‖ go stale here: drop them
+        t.resize_(0)  # the native path's cached ‖Ŵ_g‖ go stale here: drop them
     _accumulate_(grads, grad_sums, grad_sq_sums, s)
     _solve_and_average_(
         params, initial_points, grad_sums, grad_sq_sums, prox_points,
@@ -208,11 +221,32 @@ def _solve_and_average_(
     info: dict[str, Any] | None,
 ) -> None:
     """The second half: P = ∛U + ε, z = W_0 − V/P, Ŵ = prox^P_{αψ}(z) (into ``prox_points``), then
-    W ← (1 − c)·W + c·Ŵ."""
-    P, zs = _precondition(grad_sq_sums, grad_sums, initial_points, eps)
+    W ← (1 − c)·W + c·Ŵ. P and z exist for one tensor at a time where the regularizer solves every
+    tensor on its own (:func:`_solves_per_tensor`; the same results as one call over all), else for
+    the whole bucket (a solver that couples the tensors gets them in one call)."""
     x0s = _warm_starts(regularizer, params, prox_points)
-    _solve(regularizer, zs, alpha, P, x0s, max_inner_iters, inner_rtol, info, prox_points)
-    average_(params, prox_points, c)
+    n = len(params)
+    for idx in [[i] for i in range(n)] if _solves_per_tensor(regularizer) else [list(range(n))]:
+        ws, us, vs, w0s, xs, x0 = ([t[i] for i in idx] for t in (params, grad_sq_sums, grad_sums, initial_points,
+                                                                 prox_points, x0s))  # fmt: skip
+        P, zs = _precondition(us, vs, w0s, eps)
+        part: dict[str, Any] | None = None if info is None else {}
+        _solve(regularizer, zs, alpha, P, x0, max_inner_iters, inner_rtol, part, xs)
+        del P, zs  # freed before the next tensor's
+        average_(ws, xs, c)
+        if part:  # the statistics of one call over all: iterations the max, screened groups the sum
+            info["inner_iters"] = max(int(info.get("inner_iters", 0)), int(part.get("inner_iters", 0)))
+            info["screened"] = int(info.get("screened", 0)) + int(part.get("screened", 0))
+
+
+def _solves_per_tensor(reg: Regularizer | None) -> bool:
+    """True when ``reg.prox_multi`` maps every tensor independently of the others (closed forms, the
+    exact per-tensor Newton group solve), so that it can be called one tensor at a time."""
+    return (
+        reg is None
+        or isinstance(reg, ElementwiseRegularizer)
+        or (type(reg) is GroupLasso and reg.solver == "newton")
+    )
 
 
 def ramda(
@@ -233,28 +267,28 @@ def ramda(
     inner_rtol: float = 1e-8,
     foreach: bool = True,
     info: dict[str, Any] | None = None,
-    implementation: str = "fast",
-    scratch: _fused.Scratch | None = None,
+    implementation: str = "eager",
+    scratch: Any = None,
     prox_point_norms: list[Tensor] | None = None,
 ) -> float:
     """Functional RAMDA: one step for tensors sharing the step counter ``step`` (already incremented).
 
     Updates ``params``, V, U and Ŵ in place and returns the new α_t. ``info`` (a dict) receives the
     solver's statistics (``inner_iters``, ``screened``). ``implementation`` (multi-tensor path only)
-    is ``"fast"`` (eager), ``"compiled"`` or ``"auto"``, as in :class:`RAMDA`; the compiled group-lasso
-    path keeps the group norms of Ŵ in ``prox_point_norms`` (see ``_ramda_compiled.ramda_compiled_``).
-    See :class:`RAMDA` for the math.
+    is ``"eager"``, ``"native"`` or ``"auto"``, as in :class:`RAMDA` (the round-2 values ``"fast"`` and
+    ``"compiled"`` still work and warn); the native group-lasso path keeps the group norms of Ŵ in
+    ``prox_point_norms``. ``scratch`` is no longer used (the native step keeps no buffers between
+    steps; passing one warns). See :class:`RAMDA` for the math.
     """
+    implementation, foreach = _resolve_implementation(implementation, foreach)
+    if scratch is not None:
+        warnings.warn("ramda(scratch=...) is deprecated and ignored", DeprecationWarning, stacklevel=2)
     s = lr * math.sqrt(step)
     alpha = alpha + s
-    extra = (
-        {"implementation": implementation, "scratch": scratch, "prox_point_norms": prox_point_norms}
-        if foreach
-        else {}
-    )
+    extra = {"implementation": implementation, "prox_point_norms": prox_point_norms} if foreach else {}
     if not foreach:
         for t in prox_point_norms or []:
-            t.resize_(0)  # the compiled path's cached ‖Ŵ_g‖ go stale here: drop them
+            t.resize_(0)  # the native path's cached ‖Ŵ_g‖ go stale here: drop them
     fn = _multi_tensor_ramda if foreach else _single_tensor_ramda
     with torch.no_grad():
         fn(
@@ -314,7 +348,7 @@ class RAMDA(RMDA):
     Symbols and code: η = ``group["lr"]``, c = ``group["momentum"]`` (weight of the new point), ε =
     ``group["eps"]``, λ = ``group["lam"]``; per parameter ``state["step"]`` = t, ``state["alpha"]`` =
     α_t, ``state["initial_point"]`` = W_0, ``state["grad_sum"]`` = V_t, ``state["grad_sq_sum"]`` = U_t,
-    ``state["prox_point"]`` = Ŵ_t; the compiled group-lasso path also keeps ``state["prox_point_norms"]``,
+    ``state["prox_point"]`` = Ŵ_t; the native group-lasso path also keeps ``state["prox_point_norms"]``,
     the group norms ‖Ŵ_{t,g}‖ that warm-start the next solve (empty otherwise).
 
     **The last proximal solution Ŵ_t** (``state["prox_point"]``, :meth:`prox_points`) carries the exact
@@ -331,8 +365,9 @@ class RAMDA(RMDA):
         subgradient test (condition (7) of Huang & Lee, 2024).
 
     Memory: the state is 16 bytes per parameter value (W_0, V, U and Ŵ in float32 for float32 and half
-    parameters) plus one value per group of the native group-lasso path; the native step also keeps
-    two float32 work buffers (P and P⊙z, 8 bytes per value stepped) between steps.
+    parameters) plus one value per group of the native group-lasso path. The native step keeps no
+    buffers between steps and allocates none of the parameters' size (its per-thread tile buffers
+    hold a few hundred KB); the eager step builds P and z for one tensor at a time.
 
     Args:
         params: tensors, ``(name, tensor)`` pairs or param-group dicts; a group may carry its own
@@ -345,11 +380,12 @@ class RAMDA(RMDA):
         inner_rtol: relative objective decrease that stops the inner solver (> 0).
         {check_finite}
         implementation: ``"auto"`` (default: ``"native"`` when the CPU parameters stepped hold at
-            least ``AUTO_COMPILE_NUMEL`` = 2^20 values in all, ``"eager"`` otherwise), ``"eager"``
+            least ``AUTO_NATIVE_NUMEL`` = 2^20 values in all, ``"eager"`` otherwise), ``"eager"``
             (multi-tensor torch ops and the regularizer's ``prox_multi``) or ``"native"`` (the step as
-            native C++ passes per tensor on CPU: one for no regularizer and ``L1``; for
-            ``GroupLasso(solver="newton")`` a prep pass (with screening, bracket and the first Newton
-            sums), one per further Newton iteration and a final pass. The kernels build on first use with
+            one native C++ pass per tensor on CPU, for no regularizer, ``L1`` and
+            ``GroupLasso(solver="newton")``; for group lasso it runs tile by tile, a tile being whole
+            groups that fit in cache: V, U, P and P⊙z, screening, the Newton root search of the eager
+            solver (same start, bracket and stop rule) on the cached tile, then Ŵ and W). The kernels build on first use with
             the system C++ compiler, about 3 s, cached on disk (``~/.cache/lightning_prox``); anything
             else, or a machine without a working compiler (one warning), runs eager). Both agree to
             rounding (within 1e-6 of the weights' scale in the tests) with the same zeros. While a
@@ -386,11 +422,10 @@ class RAMDA(RMDA):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        self._scratch = _fused.Scratch()  # the native path's P and P⊙z buffers, reused across steps
         #: Solver statistics of the last :meth:`step`, one dict per solver call (``inner_iters``,
         #: ``screened`` as written by ``Regularizer.prox_multi``); empty without an iterative solver.
         self.solver_info: list[dict[str, Any]] = []
-        self._step_impl = "fast"
+        self._step_impl = "eager"
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -417,8 +452,7 @@ class RAMDA(RMDA):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("solver_info", [])
-        self.__dict__.setdefault("_scratch", _fused.Scratch())
-        self.__dict__.setdefault("_step_impl", "fast")
+        self.__dict__.setdefault("_step_impl", "eager")
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
@@ -440,7 +474,7 @@ class RAMDA(RMDA):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One RAMDA step for every group. ``closure`` (optional) re-evaluates the loss with grad enabled."""
-        impl = _FUNCTIONAL_IMPLEMENTATION.get(self.implementation, self.implementation)
+        impl = self.implementation
         if impl == "auto":  # decided for the whole model: once native, small groups gain too
             numel = sum(
                 p.numel()
@@ -448,7 +482,7 @@ class RAMDA(RMDA):
                 for p in g["params"]
                 if p.grad is not None and p.device.type == "cpu"
             )
-            impl = "compiled" if numel >= AUTO_COMPILE_NUMEL else "fast"
+            impl = "native" if numel >= AUTO_NATIVE_NUMEL else "eager"
         self._step_impl = impl
         self.solver_info = []
         return super().step(closure)
@@ -491,7 +525,6 @@ class RAMDA(RMDA):
                     foreach=group["foreach"] is not False,
                     info=bucket_info,
                     implementation=self._step_impl,
-                    scratch=self._scratch,
                     prox_point_norms=[
                         st.setdefault("prox_point_norms", params[i].new_empty(0)) for i, st in zip(idx, sts)
                     ],
