@@ -287,13 +287,14 @@ def adam_prox_(
     step lr (one of :func:`native_kind`'s) under the metric D = √v/b + eps (b = ``bc2_sqrts``), floored
     as ProxGen floors it: D̄ = max(D, ``floor``), and ``fill`` where v = 0 (``floor`` > 0 only).
 
-    The moments are :func:`adam_l1_`'s (the same bits as the eager step); the prox follows the eager
-    chunk kernels' operations in the parameters' dtype (the non-finite policy included: θ̂ where θ̂ is
-    not finite or D = inf). MCP, SCAD and Quantization (``adam_sep_``), ℓ0 and Lq with q = 0 and 1/2
-    (``adam_lq_``) give the eager bits up to the smooth step's (see :func:`adam_l1_`), except that ℓ0's
-    threshold is sqrt(min(2·lr·λ/D̄, max)) in the parameters' dtype, and Lq with q = 2/3 takes
-    |θ̂|^{1/3} by Newton steps instead of torch's exp(log(·)/3): parameters agree to a few ulp there,
-    and a coordinate within rounding of its zeroing threshold may fall on the other side. The caller
+    The moments are :func:`adam_l1_`'s (the same bits as the eager step), D is rebuilt with a correctly
+    rounded square root (torch.sqrt is not on every CPU), and the prox follows the eager chunk kernels'
+    operations in the parameters' dtype (the non-finite policy included: θ̂ where θ̂ is not finite or
+    D = inf): for MCP, SCAD and Quantization (``adam_sep_``) the eager prox of the same θ̂ and D̄ to the
+    bit; for ℓ0 and Lq (``adam_lq_``) to a few ulp (q = 2/3 takes |θ̂|^{1/3} by Newton steps instead of
+    torch's exp(log(·)/3)). So the parameters agree with the eager step to a few ulp, and a coordinate
+    within rounding of a threshold of the prox may fall on the other side. MCP, SCAD and Quantization
+    take the smooth step's D (``bc2_sqrts`` must be its √bc2, a ValueError otherwise). The caller
     checks :func:`native_available` and :func:`native_kind` first.
     """
     kind = native_kind(regularizer)
@@ -377,7 +378,9 @@ def sgd_prox_(
 ) -> None:
     """One native pass per tensor: the SGD step of :func:`sgd_l1_`, then ``regularizer``'s Euclidean
     prox with step lr (one of :func:`native_kind`'s): the same bits as torch's fused SGD step followed
-    by the regularizer's ``prox_multi``, except Lq with q = 2/3 (a few ulp, as in :func:`adam_prox_`).
+    by the regularizer's ``prox_multi``, except Lq with q = 1/2 and 2/3 (a few ulp: |θ̂|^{1/2} correctly
+    rounded, torch.sqrt's is not on every CPU; |θ̂|^{1/3} as in :func:`adam_prox_`), where a coordinate
+    within rounding of the zeroing threshold may fall on the other side.
     The caller checks :func:`native_available` and :func:`native_kind` first.
     """
     kind = native_kind(regularizer)

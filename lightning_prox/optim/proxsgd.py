@@ -84,7 +84,7 @@ class ProxSGD(ProxOptimizer):
         {check_finite}
         {implementation} Here the native kernel is SGD + the prox of ℓ1, ℓ0, Lq (q = 0, 1/2, 2/3),
             MCP, SCAD (exact) or Quantization (q = 1, at most 4 levels) as one C++ pass per tensor on
-            CPU (float32/float64; equal to the eager step to the bit, Lq with q = 2/3 to a few ulp;
+            CPU (float32/float64; equal to the eager step to the bit, Lq with q = 1/2, 2/3 to a few ulp;
             built with the system compiler in a few seconds, once per machine); ``"auto"`` uses it
             for a regularized group's tensors from ``AUTO_NATIVE_NUMEL`` = 2^16 elements on.
         {torch_flags} For ProxSGD ``fused=None`` uses torch's fused SGD kernel for the smooth part on
