@@ -210,13 +210,15 @@ void adam_lq(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, do
 template <typename T, bool Buf, bool Tail, typename Prox>
 void sgd_prox_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict buf, T w,
                     T mu, T d1, T neg_lr, bool decay, bool nesterov, bool first, const Prox prox) {
+  // the flags as values: GCC does not vectorize a select on a loop-invariant bool in a long loop body
+  const T dec = decay ? T(1) : T(0), fst = first ? T(1) : T(0), nes = nesterov ? T(1) : T(0);
   for (int64_t j = lo; j < hi; ++j) {
     const T pj = p[j];
-    T d = decay ? fmadd(pj, w, g[j]) : g[j];
+    T d = dec != T(0) ? fmadd(pj, w, g[j]) : g[j];
     if (Buf) {
-      const T bj = first ? d : (Tail ? fmadd(buf[j], mu, d * d1) : fmadd(d1, d, buf[j] * mu));
+      const T bj = fst != T(0) ? d : (Tail ? fmadd(buf[j], mu, d * d1) : fmadd(d1, d, buf[j] * mu));
       buf[j] = bj;
-      d = nesterov ? fmadd(bj, mu, d) : bj;
+      d = nes != T(0) ? fmadd(bj, mu, d) : bj;
     }
     p[j] = prox(fmadd(d, neg_lr, pj));
   }
