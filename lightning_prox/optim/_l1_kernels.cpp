@@ -205,46 +205,60 @@ void adam_lq(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, do
   }
 }
 
-// Tail as in adam_prox_range: there torch's compiler fused the momentum update the other way round
-// (buf·μ + d·(1 − τ) as fma(buf, μ, d·(1 − τ))); prox(θ̂) is the prox of the Euclidean metric.
-template <typename T, bool Buf, bool Tail, typename Prox>
-void sgd_prox_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict buf, T w,
-                    T mu, T d1, T neg_lr, bool decay, bool nesterov, bool first, const Prox prox) {
-  // the flags as values: GCC does not vectorize a select on a loop-invariant bool in a long loop body
-  const T dec = decay ? T(1) : T(0), fst = first ? T(1) : T(0), nes = nesterov ? T(1) : T(0);
+// a if the mask is all ones, b if it is 0, by bits: a select on a loop-invariant bool does not vectorize
+// (GCC 12) in a long loop body, the bitwise one does
+template <typename T, typename U> inline T pick(U m, T a, T b) {
+  U ua, ub;
+  std::memcpy(&ua, &a, sizeof(T));
+  std::memcpy(&ub, &b, sizeof(T));
+  ua = (ua & m) | (ub & ~m);
+  std::memcpy(&a, &ua, sizeof(T));
+  return a;
+}
+
+// tail as Tail in adam_prox_range: there torch's compiler fused the momentum update the other way round
+// (buf·μ + d·(1 − τ) as fma(buf, μ, d·(1 − τ))); prox(θ̂) is the prox of the Euclidean metric. The
+// flags are masks, not template arguments or branches (see pick), and the one instantiation per prox
+// is not inlined into its three call sites: a short build.
+template <typename T, bool Buf, typename Prox>
+__attribute__((noinline)) void sgd_prox_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g,
+                                              T* __restrict buf, T w, T mu, T d1, T neg_lr, bool decay,
+                                              bool nesterov, bool first, bool tail, const Prox prox) {
+  using U = std::conditional_t<std::is_same_v<T, float>, uint32_t, uint64_t>;
+  const U dec = decay ? ~U(0) : U(0), fst = first ? ~U(0) : U(0), nes = nesterov ? ~U(0) : U(0);
+  const U tl = tail ? ~U(0) : U(0);
   for (int64_t j = lo; j < hi; ++j) {
-    const T pj = p[j];
-    T d = dec != T(0) ? fmadd(pj, w, g[j]) : g[j];
+    const T pj = p[j], gj = g[j];
+    T d = pick(dec, fmadd(pj, w, gj), gj);
     if (Buf) {
-      const T bj = fst != T(0) ? d : (Tail ? fmadd(buf[j], mu, d * d1) : fmadd(d1, d, buf[j] * mu));
+      const T bo = buf[j];
+      const T bj = pick(fst, d, pick(tl, fmadd(bo, mu, d * d1), fmadd(d1, d, bo * mu)));
       buf[j] = bj;
-      d = nes != T(0) ? fmadd(bj, mu, d) : bj;
+      d = pick(nes, fmadd(bj, mu, d), bj);
     }
     p[j] = prox(fmadd(d, neg_lr, pj));
   }
 }
 
 // One tensor: torch's fused SGD step, then make_prox(ShrinkTail)'s prox, where ShrinkTail marks the
-// elements torch's softshrink runs in scalar code (a range of its own longer than Tail's; shrink_vec = 1:
-// none, for a prox without such a range).
+// elements torch's softshrink runs in scalar code (a range of its own longer than the tail's; shrink_vec
+// = 1: none, for a prox without such a range).
 template <typename T, typename MakeProx>
 void sgd_prox(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, double damp1, double lr,
               int64_t nesterov, int64_t first, int64_t vec, int64_t shrink_vec, int nthreads, MakeProx make_prox) {
   const T w = T(wd), mu = T(mom), d1 = T(damp1), neg_lr = T(-lr);
   const int64_t bulk = numel - numel % std::max<int64_t>(vec, 1);
   const int64_t shrink = std::min(bulk, numel - numel % std::max<int64_t>(shrink_vec, 1));
-  auto run = [&](int64_t lo, int64_t hi, auto tail, auto shrink_tail) {
-    constexpr bool Tail = decltype(tail)::value;
+  auto run = [&](int64_t lo, int64_t hi, bool tail, auto shrink_tail) {
     const auto prox = make_prox(shrink_tail);
     if (buf)
-      sgd_prox_range<T, true, Tail>(lo, hi, p, g, buf, w, mu, d1, neg_lr, wd != 0.0, nesterov, first, prox);
+      sgd_prox_range<T, true>(lo, hi, p, g, buf, w, mu, d1, neg_lr, wd != 0.0, nesterov, first, tail, prox);
     else
-      sgd_prox_range<T, false, Tail>(lo, hi, p, g, buf, w, mu, d1, neg_lr, wd != 0.0, nesterov, first, prox);
+      sgd_prox_range<T, false>(lo, hi, p, g, buf, w, mu, d1, neg_lr, wd != 0.0, nesterov, first, tail, prox);
   };
-  for_chunks(shrink, nthreads,
-             [&](int64_t lo, int64_t hi) { run(lo, hi, std::false_type{}, std::false_type{}); });
-  run(shrink, bulk, std::false_type{}, std::true_type{});
-  run(bulk, numel, std::true_type{}, std::true_type{});
+  for_chunks(shrink, nthreads, [&](int64_t lo, int64_t hi) { run(lo, hi, false, std::false_type{}); });
+  run(shrink, bulk, false, std::true_type{});
+  run(bulk, numel, true, std::true_type{});
 }
 
 template <typename T>
