@@ -28,6 +28,7 @@ from lightning_prox.optim import ProxGen, ProxSGD, _l1_kernels
 from lightning_prox.optim.proxgen import _floor, _history_free_metric
 from lightning_prox.regularizers import L0, MCP, SCAD, Lq, Quantization
 from lightning_prox.regularizers.functional import _C_HALF, _C_TWOTHIRDS
+from tests.test_native_kernels import _bits
 
 
 @pytest.fixture
@@ -36,10 +37,6 @@ def ops():
     if ops is None:
         pytest.skip("no working C++ compiler here: the eager path runs")
     return ops
-
-
-def _bits(t):
-    return t.view(torch.int64 if t.dtype == torch.float64 else torch.int32)
 
 
 _ADAM_REGS = [MCP(0.05, b=3.0), SCAD(0.05, a=3.7), Quantization(0.05, levels=(-0.1, 0.0, 0.1)),
