@@ -109,6 +109,32 @@ def test_native_proxgen_equals_eager(
     (MCP) or (a − 1)/(a − 1 − s) (SCAD)."""
     if _l1_kernels._ops() is None:
         pytest.skip("no working C++ compiler here: the eager path runs")
+    _check_proxgen(reg, shapes, dtype, preconditioner, bias_correction, weight_decay, threshold_cap, lr, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threshold_cap", [1.0, None])
+@pytest.mark.parametrize("preconditioner", ["adam", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("reg", _ADAM_REGS[:3], ids=repr)
+def test_native_proxgen_equals_eager_every_combination(reg, preconditioner, threshold_cap, dtype, ops):
+    """Every regularizer × preconditioner × metric floor × dtype, at 1 and 2 threads, on a tensor the
+    threaded pass splits (70001 values: not a multiple of the vector width), a 1-value one and a
+    small matrix; checked as in test_native_proxgen_equals_eager."""
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            _check_proxgen(
+                reg, [(70001,), (1,), (37, 3)], dtype, preconditioner, True, 0.0, threshold_cap, 1e-2, n
+            )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_proxgen(
+    reg, shapes, dtype, preconditioner, bias_correction, weight_decay, threshold_cap, lr, seed
+):
+    """The checks of :func:`test_native_proxgen_equals_eager` for one set of options."""
     kw = dict(lr=lr, weight_decay=weight_decay, threshold_cap=threshold_cap, preconditioner=preconditioner,
               bias_correction=bias_correction)  # fmt: skip
     params, g = _pair(shapes, dtype, seed)
@@ -180,7 +206,26 @@ def test_native_proxsgd_equals_eager(
     SCAD's s ≥ a − 1, where their proxes jump)."""
     if _l1_kernels._ops() is None:
         pytest.skip("no working C++ compiler here: the eager path runs")
-    nesterov = nesterov and momentum > 0
+    _check_proxsgd(reg, shapes, dtype, momentum, nesterov and momentum > 0, dampening, weight_decay, lr, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("reg", _SGD_REGS[:7], ids=repr)
+def test_native_proxsgd_equals_eager_every_combination(reg, momentum, nesterov, dtype, ops):
+    """Every regularizer × momentum (none, heavy ball, Nesterov) × dtype at 1 and 2 threads, on a tensor
+    the threaded pass splits (70001 values), a 1-value one and a small matrix."""
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            _check_proxsgd(reg, [(70001,), (1,), (37, 3)], dtype, momentum, nesterov, 0.0, 1e-2, 0.1, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_proxsgd(reg, shapes, dtype, momentum, nesterov, dampening, weight_decay, lr, seed):
+    """The checks of :func:`test_native_proxsgd_equals_eager` for one set of options."""
     kw = dict(lr=lr, momentum=momentum, nesterov=nesterov, dampening=0.0 if nesterov else dampening,
               weight_decay=weight_decay)  # fmt: skip
     params, g = _pair(shapes, dtype, seed)
