@@ -1,4 +1,5 @@
-// ProxGen's Adam + ℓ1 and Adam + ℓ0/Lq steps and ProxSGD's SGD + ℓ1 step as one memory pass per tensor
+// ProxGen's Adam + ℓ1, ℓ0/Lq, MCP, SCAD and Quantization steps and ProxSGD's SGD + ℓ1 and SGD + the
+// other separable proxes as one memory pass per tensor
 // (lightning_prox.optim._l1_kernels drives them; prototypes generated from its signature table KERNELS and
 // force-included by lightning_prox.optim._native, so a definition that disagrees does not compile).
 //
@@ -9,7 +10,8 @@
 // (Adam's metric) or softshrink (Euclidean). Contraction is off (ISO C++), so every other operation rounds
 // as written and the result is the eager path's to the bit; the data is read and written once instead of
 // twice. The ℓ0/Lq prox (LqProx) follows the eager chunk kernels' operations the same way, to a few ulp
-// (see there). Elements are independent: the OpenMP split changes no bit.
+// (see there); MCP, SCAD and Quantization (their section below) to the bit. Elements are independent:
+// the OpenMP split changes no bit.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -274,13 +276,13 @@ void sgd_l1(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, doub
 // Each map(z, s) follows its eager chunk kernel (lightning_prox.regularizers.functional.mcp_kernel,
 // scad_kernel; Quantization's level-mask kernel) operation by operation in T with the same constants
 // (Python doubles rounded to T), s = step/metric (times λ for Quantization) as _scale_into rounds it:
-// the eager bits. Boolean selects are the eager 0/1 masks; max/min are torch.maximum/minimum on the
+// the eager bits for the same θ̂ and metric. Boolean selects are the eager 0/1 masks; max/min are torch.maximum/minimum on the
 // finite, non-negative candidates they compare. An element whose θ̂ is not finite or whose metric is
 // +inf keeps θ̂ (pin_nonfinite).
 
 // ProxGen's floored prox metric from the smooth step's denominator D = √v/√bc2 + eps (the D its eager
-// prox rebuilds, to the bit): max(D, floor), fill where v = 0; without a floor, floor = 0 and fill = eps
-// give D itself (√0/√bc2 + eps = eps, and max(D, 0) = D)
+// prox rebuilds, with a correctly rounded square root): max(D, floor), fill where v = 0; without a
+// floor, floor = 0 and fill = eps give D itself (√0/√bc2 + eps = eps, and max(D, 0) = D)
 template <typename T> struct DiagMetric {
   T floor, fill;
   T operator()(T den, T vj) const { return vj == T(0) ? fill : std::max(den, floor); }
