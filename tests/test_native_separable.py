@@ -479,3 +479,22 @@ def test_auto_runs_the_native_pass_from_the_size_threshold(cls, fn, ops, monkeyp
         p.grad = torch.randn(n)
         cls([{"params": [p], "regularizer": SCAD(0.05)}], lr=1e-2).step()
         assert len(calls) == expected
+
+
+@pytest.mark.parametrize("cls", [ProxGen, ProxSGD])
+def test_a_non_contiguous_parameter_takes_the_eager_step(cls, ops, monkeypatch):
+    """The native pass needs contiguous tensors: a transposed parameter runs the eager step, to the bit."""
+    calls = []
+    fn = "adam_prox_" if cls is ProxGen else "sgd_prox_"
+    monkeypatch.setattr(_l1_kernels, fn, lambda *a, **k: calls.append(1))
+    kw = dict(lr=1e-2, momentum=0.9) if cls is ProxSGD else dict(lr=1e-2)
+    out = []
+    for impl in ("eager", "native"):
+        g = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(40, 30, generator=g).t())
+        opt = cls([{"params": [p], "regularizer": SCAD(0.05)}], implementation=impl, **kw)
+        for _ in range(2):
+            p.grad = torch.randn(30, 40, generator=g)
+            opt.step()
+        out.append(p.detach())
+    assert not calls and torch.equal(_bits(out[0].contiguous()), _bits(out[1].contiguous()))
