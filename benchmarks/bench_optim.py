@@ -41,7 +41,7 @@ from _bench import (
 )
 
 from lightning_prox.optim import ProxGen, ProxSGD
-from lightning_prox.regularizers import L1, GroupLasso, Lq
+from lightning_prox.regularizers import L1, MCP, SCAD, GroupLasso, Lq, Quantization
 
 LR_ADAM, LR_SGD, LAM = 1e-3, 1e-2, 1e-4
 
@@ -93,6 +93,16 @@ ROWS = {
     "ProxGen + GroupLasso (Adam metric, exact Newton)": (
         "Adam",
         lambda ps: ProxGen(split_groups(ps, GroupLasso(LAM)), lr=LR_ADAM),
+    ),
+    "ProxGen + MCP": ("Adam", lambda ps: ProxGen(split_groups(ps, MCP(LAM)), lr=LR_ADAM)),
+    "ProxGen + SCAD": ("Adam", lambda ps: ProxGen(split_groups(ps, SCAD(LAM)), lr=LR_ADAM)),
+    "ProxGen + Quantization": (
+        "Adam",
+        lambda ps: ProxGen(split_groups(ps, Quantization(LAM, levels=(-0.05, 0.0, 0.05))), lr=LR_ADAM),
+    ),
+    "ProxSGD + Lq(1/2)": (
+        "SGD",
+        lambda ps: ProxSGD(split_groups(ps, Lq(LAM, q=0.5)), lr=LR_SGD, momentum=0.9),
     ),
     "authors' AdamL1 (per-tensor loop, from the math)": (
         "Adam",

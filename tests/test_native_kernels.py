@@ -339,24 +339,24 @@ def test_native_proxgen_lq_equals_eager_to_rounding(
     assert near <= max(1, total // 1000)
 
 
-def test_lq_kind_names_exactly_the_closed_forms():
-    """The native Lq pass runs exactly the regularizers whose prox it computes: not ℓ1 (its own
+def test_native_kind_names_exactly_the_closed_forms():
+    """The native ℓ0/Lq pass runs exactly the regularizers whose prox it computes: not ℓ1 (its own
     kernel), Lq with q = 1, or a subclass (which may override the prox)."""
 
     @dataclasses.dataclass(frozen=True)
     class MyLq(Lq):
         pass
 
-    kinds = [_l1_kernels.lq_kind(r) for r in (L0(0.1), Lq(0.1, q=0), Lq(0.1, q=0.5), Lq(0.1, q=2 / 3))]
+    kinds = [_l1_kernels.native_kind(r) for r in (L0(0.1), Lq(0.1, q=0), Lq(0.1, q=0.5), Lq(0.1, q=2 / 3))]
     assert kinds == [0, 1, 2, 3]
-    assert [_l1_kernels.lq_kind(r) for r in (L1(0.1), Lq(0.1, q=1), MyLq(0.1, q=0.5), None)] == [None] * 4
+    assert [_l1_kernels.native_kind(r) for r in (L1(0.1), Lq(0.1, q=1), MyLq(0.1, q=0.5), None)] == [None] * 4
 
 
 def test_auto_runs_the_native_lq_pass_from_the_size_threshold(ops, monkeypatch):
     from lightning_prox.optim import proxgen
 
     calls = []
-    monkeypatch.setattr(proxgen._l1_kernels, "adam_lq_", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(proxgen._l1_kernels, "adam_prox_", lambda *a, **k: calls.append(1))
     for n, expected in ((proxgen.AUTO_NATIVE_NUMEL - 1, 0), (proxgen.AUTO_NATIVE_NUMEL, 1)):
         p = torch.nn.Parameter(torch.randn(n))
         p.grad = torch.randn(n)

@@ -1,4 +1,5 @@
-// ProxGen's Adam + ℓ1 and Adam + ℓ0/Lq steps and ProxSGD's SGD + ℓ1 step as one memory pass per tensor
+// ProxGen's Adam + ℓ1, ℓ0/Lq, MCP, SCAD and Quantization steps and ProxSGD's SGD + ℓ1 and SGD + the
+// other separable proxes as one memory pass per tensor
 // (lightning_prox.optim._l1_kernels drives them; prototypes generated from its signature table KERNELS and
 // force-included by lightning_prox.optim._native, so a definition that disagrees does not compile).
 //
@@ -9,7 +10,8 @@
 // (Adam's metric) or softshrink (Euclidean). Contraction is off (ISO C++), so every other operation rounds
 // as written and the result is the eager path's to the bit; the data is read and written once instead of
 // twice. The ℓ0/Lq prox (LqProx) follows the eager chunk kernels' operations the same way, to a few ulp
-// (see there). Elements are independent: the OpenMP split changes no bit.
+// (see there); MCP, SCAD and Quantization (their section below) to the bit. Elements are independent:
+// the OpenMP split changes no bit.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -176,16 +178,20 @@ template <typename T, bool Floor, int Kind, bool Shared> struct LqProx {
                              T(0.9999819271079357)};
 };
 
+// LqProx's a of kind from a = step·λ (2·step·λ for kind 0), as the eager kernels round and clamp it
+template <typename T> inline T lq_scale(double a, int64_t kind) {
+  const double tiny = double(std::numeric_limits<T>::min()), big = double(std::numeric_limits<T>::max());
+  const T ta = T(kind <= 1 ? std::min(a, big) : std::min(std::max(a, tiny), big));
+  return ta * (kind <= 1 ? T(1) : (kind == 2 ? T(-0.25) : T(-2.0 / 3.0)));
+}
+
 // scal per tensor: lr/bc1, √bc2 (torch's Adam), b (the prox's √bc2); a = step·λ (2·step·λ for kind 0);
 // floor > 0: the floored metric with fill where v = 0
 template <typename T>
 void adam_lq(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, double decay, double w1,
              double beta2, double c2, double eps, double a, int64_t kind, double floor, double fill, int64_t vec,
              int nthreads) {
-  const double tiny = double(std::numeric_limits<T>::min()), big = double(std::numeric_limits<T>::max());
-  const T ta = T(kind <= 1 ? std::min(a, big) : std::min(std::max(a, tiny), big));
-  const T coef = kind <= 1 ? T(1) : (kind == 2 ? T(-0.25) : T(-2.0 / 3.0));
-  const T args[5] = {T(scal[2]), T(eps), T(floor), T(fill), ta * coef};
+  const T args[5] = {T(scal[2]), T(eps), T(floor), T(fill), lq_scale<T>(a, kind)};
   auto with = [&](auto kd) {
     auto go = [&](auto sh) {
       adam_prox(numel, p, g, m, v, scal, decay, w1, beta2, c2, eps, int64_t(floor > 0), vec, nthreads, [&](auto fl) {
@@ -203,43 +209,232 @@ void adam_lq(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, do
   }
 }
 
-// Tail as in adam_prox_range: there torch's compiler fused the momentum update the other way round
-// (buf·μ + d·(1 − τ) as fma(buf, μ, d·(1 − τ))). ShrinkTail: the elements torch's softshrink runs in
-// scalar code (a range of its own longer than Tail's).
-template <typename T, bool Buf, bool Tail, bool ShrinkTail>
-void sgd_l1_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g, T* __restrict buf, T w,
-                  T mu, T d1, T neg_lr, T c, bool decay, bool nesterov, bool first) {
+// a if the mask is all ones, b if it is 0, by bits: a select on a loop-invariant bool does not vectorize
+// (GCC 12) in a long loop body, the bitwise one does
+template <typename T, typename U> inline T pick(U m, T a, T b) {
+  U ua, ub;
+  std::memcpy(&ua, &a, sizeof(T));
+  std::memcpy(&ub, &b, sizeof(T));
+  ua = (ua & m) | (ub & ~m);
+  std::memcpy(&a, &ua, sizeof(T));
+  return a;
+}
+
+// tail as Tail in adam_prox_range: there torch's compiler fused the momentum update the other way round
+// (buf·μ + d·(1 − τ) as fma(buf, μ, d·(1 − τ))); prox(θ̂) is the prox of the Euclidean metric. The
+// flags are masks, not template arguments or branches (see pick), and the one instantiation per prox
+// is not inlined into its three call sites: a short build.
+template <typename T, bool Buf, typename Prox>
+__attribute__((noinline)) void sgd_prox_range(int64_t lo, int64_t hi, T* __restrict p, const T* __restrict g,
+                                              T* __restrict buf, T w, T mu, T d1, T neg_lr, bool decay,
+                                              bool nesterov, bool first, bool tail, const Prox prox) {
+  using U = std::conditional_t<std::is_same_v<T, float>, uint32_t, uint64_t>;
+  const U dec = decay ? ~U(0) : U(0), fst = first ? ~U(0) : U(0), nes = nesterov ? ~U(0) : U(0);
+  const U tl = tail ? ~U(0) : U(0);
   for (int64_t j = lo; j < hi; ++j) {
-    const T pj = p[j];
-    T d = decay ? fmadd(pj, w, g[j]) : g[j], bj = d;
+    const T pj = p[j], gj = g[j];
+    T d = pick(dec, fmadd(pj, w, gj), gj), bj = d;
     if (Buf) {
-      bj = first ? d : (Tail ? fmadd(buf[j], mu, d * d1) : fmadd(d1, d, buf[j] * mu));
-      d = nesterov ? fmadd(bj, mu, d) : bj;
+      const T bo = buf[j];
+      bj = pick(fst, d, pick(tl, fmadd(bo, mu, d * d1), fmadd(d1, d, bo * mu)));
+      d = pick(nes, fmadd(bj, mu, d), bj);
     }
-    p[j] = softshrink<T, ShrinkTail>(fmadd(d, neg_lr, pj), c);
+    p[j] = prox(fmadd(d, neg_lr, pj));
     if (Buf) buf[j] = bj;  // after p is read (4K aliasing, see adam_prox_range)
   }
+}
+
+// One tensor: torch's fused SGD step, then make_prox(ShrinkTail)'s prox, where ShrinkTail marks the
+// elements torch's softshrink runs in scalar code (a range of its own longer than the tail's; shrink_vec
+// = 1: none, for a prox without such a range).
+template <typename T, typename MakeProx>
+void sgd_prox(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, double damp1, double lr,
+              int64_t nesterov, int64_t first, int64_t vec, int64_t shrink_vec, int nthreads, MakeProx make_prox) {
+  const T w = T(wd), mu = T(mom), d1 = T(damp1), neg_lr = T(-lr);
+  const int64_t bulk = numel - numel % std::max<int64_t>(vec, 1);
+  const int64_t shrink = std::min(bulk, numel - numel % std::max<int64_t>(shrink_vec, 1));
+  auto run = [&](int64_t lo, int64_t hi, bool tail, auto shrink_tail) {
+    const auto prox = make_prox(shrink_tail);
+    if (buf)
+      sgd_prox_range<T, true>(lo, hi, p, g, buf, w, mu, d1, neg_lr, wd != 0.0, nesterov, first, tail, prox);
+    else
+      sgd_prox_range<T, false>(lo, hi, p, g, buf, w, mu, d1, neg_lr, wd != 0.0, nesterov, first, tail, prox);
+  };
+  for_chunks(shrink, nthreads, [&](int64_t lo, int64_t hi) { run(lo, hi, false, std::false_type{}); });
+  run(shrink, bulk, false, std::true_type{});
+  run(bulk, numel, true, std::true_type{});
 }
 
 template <typename T>
 void sgd_l1(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, double damp1, double lr, double c,
             int64_t nesterov, int64_t first, int64_t vec, int64_t shrink_vec, int nthreads) {
-  const T w = T(wd), mu = T(mom), d1 = T(damp1), neg_lr = T(-lr), cc = T(c);
-  const int64_t bulk = numel - numel % std::max<int64_t>(vec, 1);
-  const int64_t shrink = std::min(bulk, numel - numel % std::max<int64_t>(shrink_vec, 1));
-  auto run = [&](int64_t lo, int64_t hi, auto tail, auto shrink_tail) {
-    constexpr bool Tail = decltype(tail)::value, ShrinkTail = decltype(shrink_tail)::value;
-    if (buf)
-      sgd_l1_range<T, true, Tail, ShrinkTail>(lo, hi, p, g, buf, w, mu, d1, neg_lr, cc, wd != 0.0, nesterov,
-                                              first);
-    else
-      sgd_l1_range<T, false, Tail, ShrinkTail>(lo, hi, p, g, buf, w, mu, d1, neg_lr, cc, wd != 0.0, nesterov,
-                                               first);
+  const T cc = T(c);
+  sgd_prox(numel, p, g, buf, wd, mom, damp1, lr, nesterov, first, vec, shrink_vec, nthreads, [&](auto st) {
+    return [cc](T z) { return softshrink<T, decltype(st)::value>(z, cc); };
+  });
+}
+
+// ---- MCP, SCAD and Quantization under ProxGen's metric, and every separable prox after ProxSGD's step ----
+// Each map(z, s) follows its eager chunk kernel (lightning_prox.regularizers.functional.mcp_kernel,
+// scad_kernel; Quantization's level-mask kernel) operation by operation in T with the same constants
+// (Python doubles rounded to T), s = step/metric (times λ for Quantization) as _scale_into rounds it:
+// the eager bits for the same θ̂ and metric. Boolean selects are the eager 0/1 masks; max/min are torch.maximum/minimum on the
+// finite, non-negative candidates they compare. An element whose θ̂ is not finite or whose metric is
+// +inf keeps θ̂ (pin_nonfinite).
+
+// ProxGen's floored prox metric from the smooth step's denominator D = √v/√bc2 + eps (the D its eager
+// prox rebuilds, with a correctly rounded square root): max(D, floor), fill where v = 0; without a
+// floor, floor = 0 and fill = eps give D itself (√0/√bc2 + eps = eps, and max(D, 0) = D)
+template <typename T> struct DiagMetric {
+  T floor, fill;
+  T operator()(T den, T vj) const { return vj == T(0) ? fill : std::max(den, floor); }
+};
+
+template <typename T> inline T mask(bool c) { return c ? T(1) : T(0); }
+template <typename T> inline T sign(T z) { return mask<T>(T(0) < z) - mask<T>(z < T(0)); }  // torch.sign
+
+// the best of 0 and the candidates for a magnitude, by ½(x − |z|)² + s·ρ(x), ties to the smaller: the
+// eager kernels' running (best, value) with best ← max(x·[value < best value], best)
+template <typename T> struct BestOf {
+  T az, best, val;
+  explicit BestOf(T a) : az(a), best(T(0)), val(a * T(0.5) * a) {}
+  void offer(T x, T pen_s) {
+    T v = x - az;
+    v = v * v * T(0.5) + pen_s;
+    best = std::max(x * mask<T>(v < val), best);
+    val = std::min(v, val);
+  }
+};
+
+// prox_mcp: 0, the inner piece's stationary point clipped to [0, bλ] (where s < b), max(|z|, bλ)
+template <typename T> struct MCPMap {
+  T lam, b, bl, two_b, flat_pen, tiny;
+  MCPMap(double l, double bb)
+      : lam(T(l)), b(T(bb)), bl(T(std::min(bb * l, double(std::numeric_limits<T>::max())))), two_b(T(2.0 * bb)),
+        flat_pen(T(std::min(0.5 * bb * l * l, double(std::numeric_limits<T>::max())))),
+        tiny(std::numeric_limits<T>::min()) {}
+  T operator()(T z, T s) const {
+    const T az = std::abs(z);
+    T inner = (az - s * lam) * b / std::max(-s + b, tiny);
+    inner = std::min(std::max(inner, T(0)), bl) * mask<T>(s < b);
+    BestOf<T> o(az);
+    o.offer(inner, (-(inner / two_b) + lam) * inner * s);
+    o.offer(std::max(az, bl), s * flat_pen);
+    return sign(z) * o.best;
+  }
+};
+
+// prox_scad: 0, clamp(|z| − sλ, 0, λ), the middle piece's stationary point clipped to [λ, aλ] (where
+// s < a − 1, else λ), max(|z|, aλ)
+template <typename T> struct SCADMap {
+  T lam, lam_k, alam, alam_k, am1, two_alam, lam2, two_am1, flat_pen, tiny;
+  SCADMap(double l, double a)
+      : lam(T(l)), lam_k(T(std::min(l, double(std::numeric_limits<T>::max())))), alam(T(a * l)),
+        alam_k(T(std::min(a * l, double(std::numeric_limits<T>::max())))), am1(T(a - 1.0)),
+        two_alam(T(2.0 * a * l)), lam2(T(l * l)), two_am1(T(2.0 * (a - 1.0))),
+        flat_pen(T(std::min(0.5 * (a + 1.0) * l * l, double(std::numeric_limits<T>::max())))),
+        tiny(std::numeric_limits<T>::min()) {}
+  T operator()(T z, T s) const {
+    const T az = std::abs(z);
+    BestOf<T> o(az);
+    const T c1 = std::min(std::max(az - s * lam, T(0)), lam_k);
+    o.offer(c1, c1 * lam * s);
+    T c2 = (az * am1 - s * alam) / std::max(-s + am1, tiny);
+    c2 = std::max(std::min(std::max(c2, lam_k), alam_k) * mask<T>(s < am1), lam_k);
+    o.offer(c2, ((-c2 + two_alam) * c2 - lam2) / two_am1 * s);
+    o.offer(std::max(az, alam_k), s * flat_pen);
+    return sign(z) * o.best;
+  }
+};
+
+// Quantization (q = 1, at most 4 levels): the nearest level (ties: the larger) by 0/1 masks,
+// level ← level·(1 − mask) + mask·b, then the level plus the soft-thresholded offset. Missing gaps
+// have midpoint +inf and level −0 (the identity on every finite z: x + (−0) = x).
+template <typename T> struct QuantMap {
+  T lv0, mid[3], lv[3];
+  QuantMap(const double* levels, int64_t n) : lv0(T(levels[0])) {
+    for (int k = 0; k < 3; ++k) {
+      mid[k] = k + 1 < n ? T(0.5 * (levels[k] + levels[k + 1])) : std::numeric_limits<T>::infinity();
+      lv[k] = k + 1 < n ? T(levels[k + 1]) : T(-0.0);
+    }
+  }
+  T operator()(T z, T s) const {
+    T level = lv0;
+    for (int k = 0; k < 3; ++k) {
+      const T m = mask<T>(z >= mid[k]);
+      level = level * (-m + T(1)) + m * lv[k];
+    }
+    const T d = z - level;
+    return level + (d - std::min(std::max(d, -s), s));
+  }
+};
+
+enum SepKind : int64_t { kMCP = 4, kSCAD = 5, kQuant = 6 };
+
+// map(kind) gives the map of an MCP, SCAD or Quantization kind (prm: λ and b, λ and a, the levels)
+template <typename T, typename F> void with_map(int64_t kind, const double* prm, int64_t nprm, F f) {
+  if (kind == kMCP) f(MCPMap<T>(prm[0], prm[1]));
+  else if (kind == kSCAD) f(SCADMap<T>(prm[0], prm[1]));
+  else f(QuantMap<T>(prm, nprm));
+}
+
+// ProxGen: the smooth step of adam_prox, then map(θ̂, s) with s = min(num/D̄, max) (reciprocal, then
+// the product, as _scale_into)
+template <typename T, typename Map> struct MetricProx {
+  DiagMetric<T> metric;
+  T num;
+  Map map;
+  T operator()(T z, T, T den, T vj) const {
+    const T d = metric(den, vj);
+    const T x = map(z, std::min(T(1) / d * num, std::numeric_limits<T>::max()));
+    return std::abs(z) <= std::numeric_limits<T>::max() && d != std::numeric_limits<T>::infinity() ? x : z;
+  }
+};
+
+// scal per tensor: lr/bc1 and √bc2 (torch's Adam, and the prox's metric); num = step (MCP, SCAD) or
+// step·λ (Quantization), capped at T's max as the eager scale is; floor > 0: the floored metric with
+// fill where v = 0
+template <typename T>
+void adam_sep(int64_t numel, T* p, const T* g, T* m, T* v, const double* scal, double decay, double w1,
+              double beta2, double c2, double eps, int64_t kind, double num, const double* prm, int64_t nprm,
+              double floor, double fill, int64_t vec, int nthreads) {
+  const T tnum = T(std::min(num, double(std::numeric_limits<T>::max())));
+  const DiagMetric<T> metric = floor > 0 ? DiagMetric<T>{T(floor), T(fill)} : DiagMetric<T>{T(0), T(eps)};
+  with_map<T>(kind, prm, nprm, [&](auto map) {
+    // one prox for both metrics (the floor is in metric's values)
+    adam_prox(numel, p, g, m, v, scal, decay, w1, beta2, c2, eps, 0, vec, nthreads, [&](auto) {
+      return MetricProx<T, decltype(map)>{metric, tnum, map};
+    });
+  });
+}
+
+// ProxSGD: the fused SGD step of sgd_prox, then the Euclidean prox of kind (0-6, the table of
+// lightning_prox.optim._l1_kernels): 0, 1: hard thresholding at a (ℓ0, Lq q = 0: the eager threshold,
+// computed in double); 2, 3: LqProx with D = 1 and a = step·λ; 4-6: map(θ̂, min(a, max)) with
+// a = step (MCP, SCAD) or step·λ (Quantization)
+template <typename T>
+void sgd_sep(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, double damp1, double lr,
+             int64_t nesterov, int64_t first, int64_t vec, int64_t kind, double a, const double* prm, int64_t nprm,
+             int nthreads) {
+  constexpr T big = std::numeric_limits<T>::max();
+  auto run = [&](auto prox) {
+    sgd_prox(numel, p, g, buf, wd, mom, damp1, lr, nesterov, first, vec, 1, nthreads, [&](auto) { return prox; });
   };
-  for_chunks(shrink, nthreads,
-             [&](int64_t lo, int64_t hi) { run(lo, hi, std::false_type{}, std::false_type{}); });
-  run(shrink, bulk, std::false_type{}, std::true_type{});
-  run(bulk, numel, std::true_type{}, std::true_type{});
+  auto lq = [&](auto kd) {
+    const LqProx<T, false, decltype(kd)::value, true> lp{T(1), T(0), T(0), T(1), lq_scale<T>(a, kd.value)};
+    run([lp](T z) { return lp(z, T(1), T(1), T(1)); });
+  };
+  if (kind <= 1) {
+    const T thr = T(a);
+    run([thr](T z) { return std::abs(z) > thr || !(std::abs(z) <= big) ? z : T(0); });
+  } else if (kind == 2) {
+    lq(std::integral_constant<int, 2>{});
+  } else if (kind == 3) {
+    lq(std::integral_constant<int, 3>{});
+  } else {
+    const T s = T(std::min(a, double(big)));
+    with_map<T>(kind, prm, nprm, [&](auto map) { run([map, s](T z) { return std::abs(z) <= big ? map(z, s) : z; }); });
+  }
 }
 
 }  // namespace
@@ -266,6 +461,23 @@ void sgd_l1(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, doub
     for (int64_t i = 0; i < n; ++i)                                                                          \
       sgd_l1<T>(numel[i], p[i], g[i], buf ? buf[i] : nullptr, wd, mom, damp1, lr, c, nesterov, first, vec,  \
                 shrink_vec, nthreads);                                                                       \
+  }                                                                                                          \
+  extern "C" void lp_adam_sep_##SUF(int64_t n, const int64_t* numel, T* const* p, const T* const* g,           \
+                                    T* const* m, T* const* v, const double* scal, double decay, double w1,   \
+                                    double beta2, double c2, double eps, int64_t kind, double num,           \
+                                    int64_t nprm, const double* prm, double floor, double fill, int64_t vec, \
+                                    int nthreads) {                                                          \
+    for (int64_t i = 0; i < n; ++i)                                                                          \
+      adam_sep<T>(numel[i], p[i], g[i], m[i], v[i], scal + 2 * i, decay, w1, beta2, c2, eps, kind, num, prm, \
+                  nprm, floor, fill, vec, nthreads);                                                         \
+  }                                                                                                          \
+  extern "C" void lp_sgd_sep_##SUF(int64_t n, const int64_t* numel, T* const* p, const T* const* g,            \
+                                   T* const* buf, double wd, double mom, double damp1, double lr,            \
+                                   int64_t nesterov, int64_t first, int64_t vec, int64_t kind, double a,     \
+                                   int64_t nprm, const double* prm, int nthreads) {                          \
+    for (int64_t i = 0; i < n; ++i)                                                                          \
+      sgd_sep<T>(numel[i], p[i], g[i], buf ? buf[i] : nullptr, wd, mom, damp1, lr, nesterov, first, vec,     \
+                 kind, a, prm, nprm, nthreads);                                                              \
   }
 
 LP_EXPORT(float, f32)

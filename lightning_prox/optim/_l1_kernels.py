@@ -1,7 +1,8 @@
 """In-place ℓ1 kernels of ProxGen and ProxSGD: the chunked eager soft thresholding under Adam's metric,
 and the native one-pass Adam + ℓ1 and SGD + ℓ1 steps (``_l1_kernels.cpp``, operators declared in
-:data:`KERNELS`; equal to the eager step to the bit); and the one-pass Adam + ℓ0 / Lq (q = 0, 1/2, 2/3)
-step of ProxGen (:func:`adam_lq_`: the same moments, the closed-form prox to a few ulp).
+:data:`KERNELS`; equal to the eager step to the bit); and the one-pass steps of ProxGen and ProxSGD
+with the other separable proxes that have a native form (:func:`native_kind`: ℓ0, Lq with
+q = 0, 1/2, 2/3, MCP, SCAD, Quantization; :func:`adam_prox_`, :func:`sgd_prox_`).
 
 Both ℓ1 forms under Adam's metric take the metric floor of :class:`~lightning_prox.optim.ProxGen` (``threshold_cap``): the
 soft threshold is ``c / max(D, floor)``, which never exceeds ``c / floor``, and ``c`` (the
@@ -19,18 +20,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..regularizers import L0, Lq, Regularizer, _fused
+from ..regularizers import L0, MCP, SCAD, Lq, Quantization, Regularizer, _fused
 from . import _native
 from ._native import Arg, Kernel
 
 __all__ = [
     "KERNELS",
     "adam_l1_",
-    "adam_lq_",
-    "lq_kind",
+    "adam_prox_",
     "native_available",
+    "native_kind",
     "sgd_l1_",
+    "sgd_prox_",
     "soft_threshold_metric_",
+    "supports",
 ]
 
 #: the signature table of ``_l1_kernels.cpp``
@@ -57,6 +60,23 @@ KERNELS = (
          Arg("wd", "float"), Arg("mom", "float"), Arg("damp1", "float"), Arg("lr", "float"), Arg("c", "float"),
          Arg("nesterov", "int"), Arg("first", "int"), Arg("vec", "int"), Arg("shrink_vec", "int")),
     ),
+    Kernel(
+        "adam_sep_",
+        (Arg("p", "tensors", out=True), Arg("g", "tensors"), Arg("m", "tensors", out=True),
+         Arg("v", "tensors", out=True), Arg("scal", "array", dtype=torch.float64), Arg("decay", "float"),
+         Arg("w1", "float"), Arg("beta2", "float"), Arg("c2", "float"), Arg("eps", "float"), Arg("kind", "int"),
+         Arg("num", "float"), Arg("nprm", "int"), Arg("prm", "array", dtype=torch.float64), Arg("floor", "float"),
+         Arg("fill", "float"), Arg("vec", "int")),
+        check=lambda a: (_check_rows(a, "scal", 2), _check_sep(a, (MCP_KIND, SCAD_KIND, QUANT_KIND))),
+    ),
+    Kernel(
+        "sgd_sep_",
+        (Arg("p", "tensors", out=True), Arg("g", "tensors"), Arg("buf", "tensors", out=True, optional=True),
+         Arg("wd", "float"), Arg("mom", "float"), Arg("damp1", "float"), Arg("lr", "float"),
+         Arg("nesterov", "int"), Arg("first", "int"), Arg("vec", "int"), Arg("kind", "int"), Arg("a", "float"),
+         Arg("nprm", "int"), Arg("prm", "array", dtype=torch.float64)),
+        check=lambda a: _check_sep(a, tuple(range(QUANT_KIND + 1))),
+    ),
 )  # fmt: skip
 
 
@@ -69,21 +89,75 @@ def _check_rows(values: dict[str, Any], name: str, width: int) -> None:
 
 
 def _check_kind(kind: int) -> None:
-    if kind not in _KINDS.values():
+    if kind not in range(MCP_KIND):
         raise ValueError(
-            f"kind is {kind}; expected one of {sorted(_KINDS.values())} (one per regularizer, see lq_kind)"
+            f"kind is {kind}; expected one of {list(range(MCP_KIND))} (ℓ0 and Lq, see native_kind)"
         )
 
 
-#: the prox of ``adam_lq_`` by ``(regularizer type, q)`` (q = None: the type has no exponent): hard
-#: thresholding (ℓ0: |z| > sqrt(2·step·λ/D); Lq with q = 0: the same threshold as sqrt(step·λ/D)·√2,
-#: rounded as that class rounds it) and the polynomial + Newton forms of q = 1/2 and 2/3
-_KINDS = {(L0, None): 0, (Lq, 0.0): 1, (Lq, 0.5): 2, (Lq, 2.0 / 3.0): 3}
+def _check_sep(values: dict[str, Any], kinds: tuple[int, ...]) -> None:
+    kind, n, prm = values["kind"], values["nprm"], values["prm"]
+    if kind not in kinds:
+        raise ValueError(
+            f"kind is {kind}; expected one of {list(kinds)} (one per regularizer, see native_kind)"
+        )
+    # the levels; λ and b (MCP) or a (SCAD); nothing for ℓ0/Lq
+    want = (1, 4) if kind == QUANT_KIND else ((2, 2) if kind >= MCP_KIND else (0, 0))
+    if prm.shape != (n,) or not want[0] <= n <= want[1]:
+        raise ValueError(
+            f"prm has shape {tuple(prm.shape)} and nprm is {n}; expected nprm = prm's length, from {want[0]} to "
+            f"{want[1]} for kind {kind}"
+        )
 
 
-def lq_kind(regularizer: Regularizer | None) -> int | None:
-    """The ``adam_lq_`` prox that computes ``regularizer``'s closed form (its exact type), else None."""
-    return _KINDS.get((type(regularizer), getattr(regularizer, "q", None)))
+#: the kind of each native prox by (exact regularizer type, parameters), one numbering for every kernel
+#: (a subclass may override the prox: it keeps the eager path): ℓ0 hard thresholding (ℓ0: |z| > sqrt(2·step·λ/D);
+#: Lq with q = 0: the same threshold as sqrt(step·λ/D)·√2, rounded as that class rounds it), the polynomial
+#: + Newton forms of Lq with q = 1/2 and 2/3 (``adam_lq_``, and ``sgd_sep_`` after ProxSGD's step), the exact
+#: MCP and SCAD proxes and Quantization with q = 1 and at most 4 levels (the classes' chunk kernels:
+#: ``adam_sep_`` and ``sgd_sep_``)
+_KINDS = {
+    (L0, None): 0, (Lq, 0.0): 1, (Lq, 0.5): 2, (Lq, 2.0 / 3.0): 3, (MCP, True): 4, (SCAD, True): 5,
+    (Quantization, (1.0, True)): 6,
+}  # fmt: skip
+MCP_KIND, SCAD_KIND, QUANT_KIND = 4, 5, 6
+
+
+def _key(regularizer: Regularizer | None) -> tuple[Any, Any]:
+    kind = type(regularizer)
+    if kind is Lq:
+        return kind, regularizer.q  # type: ignore[union-attr]
+    if kind in (MCP, SCAD):
+        return kind, regularizer.exact  # type: ignore[union-attr]
+    if kind is Quantization:  # the level-mask kernel of that class
+        return kind, (regularizer.q, len(regularizer.levels) <= 4)  # type: ignore[union-attr]
+    return kind, None
+
+
+def native_kind(regularizer: Regularizer | None) -> int | None:
+    """The native prox that computes ``regularizer``'s (its exact type and parameters, see ``_KINDS``),
+    else None (ℓ1 has kernels of its own)."""
+    return _KINDS.get(_key(regularizer))
+
+
+def supports(regularizer: Regularizer | None, params: list[Tensor]) -> bool:
+    """True when :func:`native_kind` names ``regularizer``'s prox and ``params`` are float32/float64."""
+    return native_kind(regularizer) is not None and all(
+        p.dtype in (torch.float32, torch.float64) for p in params
+    )
+
+
+def _prm(regularizer: Regularizer, kind: int) -> Tensor:
+    """The parameters of an MCP, SCAD or Quantization kind, as ``prm`` (none for ℓ0/Lq)."""
+    if kind == MCP_KIND:
+        vals: tuple[float, ...] = (regularizer.lam, regularizer.b)  # type: ignore[attr-defined]
+    elif kind == SCAD_KIND:
+        vals = (regularizer.lam, regularizer.a)  # type: ignore[attr-defined]
+    elif kind == QUANT_KIND:
+        vals = regularizer.levels  # type: ignore[attr-defined]
+    else:
+        vals = ()
+    return torch.tensor(vals, dtype=torch.float64)
 
 
 def _ops() -> Any:
@@ -190,7 +264,7 @@ def adam_l1_(
     )  # fmt: skip
 
 
-def adam_lq_(
+def adam_prox_(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
@@ -209,25 +283,42 @@ def adam_lq_(
     preconditioner: str = "adam",
     bias_correction: bool = True,
 ) -> None:
-    """One native pass per tensor: the smooth step of :func:`adam_l1_`, then ``regularizer``'s closed-form
-    prox with step lr (one of :func:`lq_kind`'s: ℓ0, or Lq with q = 0, 1/2, 2/3) under the metric
-    D = √v/b + eps (b = ``bc2_sqrts``), floored as ProxGen floors it: D̄ = max(D, ``floor``), and
-    ``fill`` where v = 0 (``floor`` > 0 only).
+    """One native pass per tensor: the smooth step of :func:`adam_l1_`, then ``regularizer``'s prox with
+    step lr (one of :func:`native_kind`'s) under the metric D = √v/b + eps (b = ``bc2_sqrts``), floored
+    as ProxGen floors it: D̄ = max(D, ``floor``), and ``fill`` where v = 0 (``floor`` > 0 only).
 
-    The moments are :func:`adam_l1_`'s (the same bits as the eager step); the prox follows the eager
-    chunk kernels' operations in the parameters' dtype (the non-finite policy included: θ̂ where θ̂ is
-    not finite or D = inf), except that q = 2/3 takes |θ̂|^{1/3} by Newton steps instead of torch's
-    exp(log(·)/3): parameters agree to a few ulp, and a coordinate within rounding of its zeroing
-    threshold may fall on the other side. The caller checks :func:`native_available` and
-    :func:`lq_kind` first.
+    The moments are :func:`adam_l1_`'s (the same bits as the eager step), D is rebuilt with a correctly
+    rounded square root (torch.sqrt is not on every CPU), and the prox follows the eager chunk kernels'
+    operations in the parameters' dtype (the non-finite policy included: θ̂ where θ̂ is not finite or
+    D = inf): for MCP, SCAD and Quantization (``adam_sep_``) the eager prox of the same θ̂ and D̄ to the
+    bit; for ℓ0 and Lq (``adam_lq_``) to a few ulp (q = 2/3 takes |θ̂|^{1/3} by Newton steps instead of
+    torch's exp(log(·)/3)). So the parameters agree with the eager step to a few ulp, and a coordinate
+    within rounding of a threshold of the prox may fall on the other side. MCP, SCAD and Quantization
+    take the smooth step's D (``bc2_sqrts`` must be its √bc2, a ValueError otherwise). The caller
+    checks :func:`native_available` and :func:`native_kind` first.
     """
-    kind = lq_kind(regularizer)
+    kind = native_kind(regularizer)
     b2, c2, smooth = _adam_scalars(steps, lr, beta1, beta2, preconditioner, bias_correction)
-    scal = torch.tensor([(*row, b) for row, b in zip(smooth, bc2_sqrts)], dtype=torch.float64)
-    a = lr * (2.0 * regularizer.lam if kind == 0 else regularizer.lam)  # ℓ0's s = step·2λ/D
-    _ops().adam_lq_(
-        params, grads, exp_avgs, exp_avg_sqs, scal.reshape(len(params), 3), 1 - lr * weight_decay, 1 - beta1,
-        b2, c2, eps, a, kind, floor, fill, _scalar_tail(params[0]),
+    tail = (1 - lr * weight_decay, 1 - beta1, b2, c2, eps)
+    if kind < MCP_KIND:  # type: ignore[operator]
+        scal = torch.tensor([(*row, b) for row, b in zip(smooth, bc2_sqrts)], dtype=torch.float64)
+        a = lr * (2.0 * regularizer.lam if kind == 0 else regularizer.lam)  # ℓ0's s = step·2λ/D
+        _ops().adam_lq_(
+            params, grads, exp_avgs, exp_avg_sqs, scal.reshape(len(params), 3), *tail, a, kind, floor, fill,
+            _scalar_tail(params[0]),
+        )  # fmt: skip
+        return
+    if bc2_sqrts != [row[1] for row in smooth]:
+        raise ValueError(
+            f"bc2_sqrts is {bc2_sqrts}; the MCP, SCAD and Quantization passes take the smooth step's metric, "
+            f"whose √bc2 are {[row[1] for row in smooth]}"
+        )
+    prm = _prm(regularizer, kind)  # type: ignore[arg-type]
+    num = lr * regularizer.lam if kind == QUANT_KIND else lr  # MCP and SCAD take s = step/D̄
+    scal = torch.tensor(smooth, dtype=torch.float64).reshape(len(params), 2)
+    _ops().adam_sep_(
+        params, grads, exp_avgs, exp_avg_sqs, scal, *tail, kind, num, prm.numel(), prm, floor, fill,
+        _scalar_tail(params[0]),
     )  # fmt: skip
 
 
@@ -269,6 +360,42 @@ def sgd_l1_(
     _ops().sgd_l1_(
         params, grads, momentum_buffers or [], weight_decay, momentum, 1 - dampening, lr, c, int(nesterov),
         int(first), _scalar_tail(params[0]), 64 // params[0].element_size(),
+    )  # fmt: skip
+
+
+def sgd_prox_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor] | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    regularizer: Regularizer,
+    first: bool,
+) -> None:
+    """One native pass per tensor: the SGD step of :func:`sgd_l1_`, then ``regularizer``'s Euclidean
+    prox with step lr (one of :func:`native_kind`'s): the same bits as torch's fused SGD step followed
+    by the regularizer's ``prox_multi``, except Lq with q = 1/2 and 2/3 (a few ulp: |θ̂|^{1/2} correctly
+    rounded, torch.sqrt's is not on every CPU; |θ̂|^{1/3} as in :func:`adam_prox_`), where a coordinate
+    within rounding of the zeroing threshold may fall on the other side.
+    The caller checks :func:`native_available` and :func:`native_kind` first.
+    """
+    kind = native_kind(regularizer)
+    big = torch.finfo(params[0].dtype).max
+    lam = regularizer.lam
+    if kind == 0:  # the eager thresholds, in double: sqrt(min(2·lr·λ, max)) and sqrt(min(lr·λ, max))·√2
+        a = min(lr * (2.0 * lam), big) ** 0.5
+    elif kind == 1:
+        a = math.sqrt(min(lr * lam, big)) * math.sqrt(2.0)
+    else:
+        a = lr if kind in (MCP_KIND, SCAD_KIND) else lr * lam
+    prm = _prm(regularizer, kind)  # type: ignore[arg-type]
+    _ops().sgd_sep_(
+        params, grads, momentum_buffers or [], weight_decay, momentum, 1 - dampening, lr, int(nesterov),
+        int(first), _scalar_tail(params[0]), kind, a, prm.numel(), prm,
     )  # fmt: skip
 
 

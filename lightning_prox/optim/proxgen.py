@@ -39,8 +39,8 @@ ProxMetric = Literal["preconditioned", "euclidean"]
 _PRECONDITIONERS = ("adam", "rmsprop", "adagrad", "identity")
 _PROX_METRICS = ("preconditioned", "euclidean")
 _HALF = (torch.float16, torch.bfloat16)
-#: ``implementation="auto"`` runs the native Adam + prox pass (ℓ1, ℓ0, Lq) for a (device, dtype) bucket of a
-#: regularized group from this many elements on (smaller models: the eager step costs little, and
+#: ``implementation="auto"`` runs the native Adam + prox pass (ℓ1, ℓ0, Lq, MCP, SCAD, Quantization) for a
+#: (device, dtype) bucket of a regularized group from this many elements on (smaller models: the eager step costs little, and
 #: nothing is built).
 AUTO_NATIVE_NUMEL = 1 << 16
 
@@ -148,8 +148,9 @@ class ProxGen(ProxOptimizer):
         threshold_cap: κ > 0, the cap of the metric floor described above (λ/κ for ℓ1) (default 1), or ``None`` for the
             paper's exact update.
         {check_finite}
-        {implementation} Here the native kernel is the smooth step + the prox of ℓ1, ℓ0 or Lq
-            (q = 0, 1/2, 2/3) (adam, rmsprop or adagrad preconditioner) as one C++ pass per tensor on
+        {implementation} Here the native kernel is the smooth step + the prox of ℓ1, ℓ0, Lq
+            (q = 0, 1/2, 2/3), MCP, SCAD (exact) or Quantization (q = 1, at most 4 levels) (adam,
+            rmsprop or adagrad preconditioner) as one C++ pass per tensor on
             CPU (float32/float64; the moments as the eager step's, the adam ones to the bit; the
             parameters to a few ulp, a coordinate within rounding of an ℓ0/Lq zeroing threshold on
             either side; built with the system compiler in a few seconds, once per machine);
@@ -603,7 +604,7 @@ def _smooth(
             bucket.done = True
             continue
         native_l1 = _fused.supports(regularizer, d_params)
-        lq_kind = None if native_l1 else _l1_kernels.lq_kind(regularizer)
+        lq_kind = None if native_l1 else _l1_kernels.native_kind(regularizer)
         if (
             fuse_prox
             and do_prox
@@ -632,7 +633,7 @@ def _smooth(
                     **kw,  # type: ignore[union-attr]
                 )
             else:
-                _l1_kernels.adam_lq_(
+                _l1_kernels.adam_prox_(
                     d_params, list(d_grads), list(d_m), list(d_v), steps, regularizer=regularizer,  # type: ignore[arg-type]
                     fill=_history_free_metric(regularizer, floor), **kw,
                 )  # fmt: skip

@@ -35,7 +35,7 @@ from .proxgen import Preconditioner, ProxGen, _native_size_groups, _prox, _singl
 
 __all__ = ["ProxSGD", "TwoStageProxSGD", "proxsgd"]
 
-#: ``implementation="auto"`` runs the native SGD + ℓ1 pass for a (device, dtype) bucket of a
+#: ``implementation="auto"`` runs the native SGD + prox pass for a (device, dtype) bucket of a
 #: regularized group from this many elements on (smaller models: nothing is built).
 AUTO_NATIVE_NUMEL = 1 << 16
 
@@ -82,10 +82,11 @@ class ProxSGD(ProxOptimizer):
         weight_decay: ζ ≥ 0, L2 penalty added to the gradient.
         regularizer: default regularizer of every group (``None``: plain SGD).
         {check_finite}
-        {implementation} Here the native kernel is SGD + ℓ1 as one C++ pass per tensor on CPU
-            (float32/float64; equal to the eager step to the bit; built with the system compiler
-            in a few seconds, once per machine); ``"auto"`` uses it for a regularized group's ℓ1
-            tensors from ``AUTO_NATIVE_NUMEL`` = 2^16 elements on.
+        {implementation} Here the native kernel is SGD + the prox of ℓ1, ℓ0, Lq (q = 0, 1/2, 2/3),
+            MCP, SCAD (exact) or Quantization (q = 1, at most 4 levels) as one C++ pass per tensor on
+            CPU (float32/float64; equal to the eager step to the bit, Lq with q = 1/2, 2/3 to a few ulp;
+            built with the system compiler in a few seconds, once per machine); ``"auto"`` uses it
+            for a regularized group's tensors from ``AUTO_NATIVE_NUMEL`` = 2^16 elements on.
         {torch_flags} For ProxSGD ``fused=None`` uses torch's fused SGD kernel for the smooth part on
             CPU and CUDA, ``fused=False`` the multi-tensor ops, ``fused=True`` requires the
             fused kernel (parameters on CPU or CUDA).
@@ -379,21 +380,26 @@ def _multi_tensor_sgd(
     done: list[Tensor] = []
     for (device, _), ((d_params, d_grads, d_bufs), _) in grouped.items():
         d_params = list(d_params)
+        native_l1 = _fused.supports(regularizer, d_params)
         if (
             implementation in ("native", "auto")
             and do_prox
             and device.type == "cpu"
             and fused is not False
-            and _fused.supports(regularizer, d_params)
+            and (native_l1 or _l1_kernels.supports(regularizer, d_params))
             and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
             and all(t.is_contiguous() for t in (*d_params, *d_grads, *(d_bufs if momentum != 0 else ())))
             and _l1_kernels.native_available()
         ):
-            _l1_kernels.sgd_l1_(
-                d_params, list(d_grads), list(d_bufs) if momentum != 0 else None, lr=lr, momentum=momentum,
-                dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
-                c=lr * regularizer.lam, first=is_first,  # type: ignore[union-attr]
+            kw = dict(
+                lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+                first=is_first,
             )  # fmt: skip
+            bufs = list(d_bufs) if momentum != 0 else None
+            if native_l1:
+                _l1_kernels.sgd_l1_(d_params, list(d_grads), bufs, c=lr * regularizer.lam, **kw)  # type: ignore[union-attr]
+            else:
+                _l1_kernels.sgd_prox_(d_params, list(d_grads), bufs, regularizer=regularizer, **kw)  # type: ignore[arg-type]
             done.extend(d_params)
             continue
         if fused is not False and device.type in ("cpu", "cuda"):
