@@ -237,7 +237,7 @@ class ProxGen(ProxOptimizer):
     def _native_libraries(self) -> list[tuple[str, Any]]:
         libs = []
         if _native_size_groups(
-            self, lambda r: type(r) is L1 or _l1_kernels.lq_kind(r) is not None, AUTO_NATIVE_NUMEL
+            self, lambda r: type(r) is L1 or _l1_kernels.native_kind(r) is not None, AUTO_NATIVE_NUMEL
         ):
             libs.append(("_l1_kernels.cpp", _l1_kernels.KERNELS))
         if any(isinstance(group_regularizer(g), GroupLasso) for g in self.param_groups):

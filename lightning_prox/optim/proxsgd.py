@@ -111,7 +111,9 @@ class ProxSGD(ProxOptimizer):
     _torch_flags = frozenset({"maximize", "foreach", "fused"})
 
     def _native_libraries(self) -> list[tuple[str, Any]]:
-        native = _native_size_groups(self, lambda r: type(r) is L1, AUTO_NATIVE_NUMEL)
+        native = _native_size_groups(
+            self, lambda r: type(r) is L1 or _l1_kernels.native_kind(r) is not None, AUTO_NATIVE_NUMEL
+        )
         return [("_l1_kernels.cpp", _l1_kernels.KERNELS)] if native else []
 
     def __init__(

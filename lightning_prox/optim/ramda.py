@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..regularizers._base import Regularizer
+from ..regularizers._base import Regularizer, run_prox_multi
 from ..regularizers._elementwise import ElementwiseRegularizer
 from ..regularizers.group_lasso import GroupLasso
+from . import _ramda_kernels
 from ._base import (
     ProxOptimizer,
     _check_finite_doc,
@@ -64,9 +65,10 @@ def _solve(
     if reg is None or reg.lam == 0.0:
         torch._foreach_copy_(out, zs)
         return
-    prox_multi = getattr(reg, "prox_multi", None)
-    if prox_multi is not None:
-        prox_multi(zs, alpha, metrics, x0s, max_iters=max_iters, rtol=rtol, info=info, out=out)
+    if hasattr(reg, "_prox_multi"):
+        # unchecked: P = ∛U + ε > 0 wherever the gradients were finite (a NaN one, possible only
+        # without the finite check, gives NaN there instead of an error after V and U changed)
+        run_prox_multi(reg, zs, alpha, metrics, x0s, max_iters=max_iters, rtol=rtol, info=info, out=out)
         return
     torch._foreach_copy_(out, [reg.prox(z, alpha, m) for z, m in zip(zs, metrics)])
 
@@ -453,6 +455,11 @@ class RAMDA(RMDA):
         super().__setstate__(state)
         self.__dict__.setdefault("solver_info", [])
         self.__dict__.setdefault("_step_impl", "eager")
+
+    def _native_libraries(self) -> list[tuple[str, Any]]:
+        numel = sum(p.numel() for g in self.param_groups for p in g["params"] if p.device.type == "cpu")
+        native = self.implementation == "native" or numel >= AUTO_NATIVE_NUMEL
+        return [("_ramda_kernels.cpp", _ramda_kernels.KERNELS)] if native else []
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)

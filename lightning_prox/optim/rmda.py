@@ -174,6 +174,12 @@ class RMDA(ProxOptimizer):
             differentiable=differentiable,
         )
 
+    def _native_libraries(self) -> list[tuple[str, Any]]:
+        native = self.implementation == "native" or any(
+            sum(p.numel() for p in g["params"]) >= AUTO_NATIVE_NUMEL for g in self.param_groups
+        )
+        return [("_rmda_kernels.cpp", _rmda_kernels.KERNELS)] if native else []
+
     def _check_group(self, group: dict[str, Any]) -> None:
         _check_number("momentum", group["momentum"], 0.0, 1.0)
 
