@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from lightning_prox.optim import ProxGen, ProxSGD, _l1_kernels, _native
 from lightning_prox.optim.proxgen import _floor, _history_free_metric
-from lightning_prox.regularizers import L0, L1, Lq
+from lightning_prox.regularizers import L0, L1, GroupLasso, Lq
 
 
 @pytest.fixture
@@ -144,7 +144,9 @@ def test_a_definition_that_disagrees_with_the_table_does_not_build(tmp_path):
     for name, text in (("good.cpp", good), ("bad.cpp", bad)):
         (tmp_path / name).write_text(text)
     flags = (*_native._BASE_FLAGS,)
-    assert _native._build(cxx, tmp_path / "good.cpp", kernel.prototypes(), flags, tmp_path).exists()
+    assert all(
+        t.exists() for t in _native._build(cxx, tmp_path / "good.cpp", kernel.prototypes(), flags, tmp_path)
+    )
     with pytest.raises(RuntimeError, match="conflicting declaration|conflicting types"):
         _native._build(cxx, tmp_path / "bad.cpp", kernel.prototypes(), flags, tmp_path)
 
@@ -442,10 +444,32 @@ def test_the_first_build_starts_at_construction_logs_one_line_and_a_cached_one_n
             assert sorted(_native._PREFETCH) == ["_finite_kernels.cpp", "_l1_kernels.cpp"]
             assert _l1_kernels._ops() is not None  # waits for the background build
             assert not _native._PREFETCH["_l1_kernels.cpp"].is_alive()
-            assert len(list((tmp_path / "native").glob("_l1_kernels-*.so"))) == 1
+            # its float32 and float64 halves, compiled at the same time
+            assert len(list((tmp_path / "native").glob("_l1_kernels-*.so"))) == 2
             _native.kernels.cache_clear()
             assert _l1_kernels._ops() is not None
     finally:
         _native.kernels.cache_clear()
     lines = [r.getMessage() for r in caplog.records if "_l1_kernels.cpp" in r.getMessage()]
     assert len(lines) == 1 and "once for this machine" in lines[0]
+
+
+def test_no_compiler_at_all_warns_once_for_every_library(monkeypatch, tmp_path):
+    """No C++ compiler on the machine: one warning in all (not one per library), then eager steps."""
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    monkeypatch.setattr(_native, "_NO_COMPILER_WARNED", [])
+    monkeypatch.setattr(_native, "_PREFETCH", {})
+    monkeypatch.setenv("LIGHTNING_PROX_CACHE_DIR", str(tmp_path))
+    _native.kernels.cache_clear()
+    p = torch.nn.Parameter(torch.randn(300, 300))
+    p.grad = torch.randn(300, 300)
+    try:
+        with pytest.warns(RuntimeWarning) as record:
+            for reg in (L1(1e-3), Lq(1e-3, q=0.5), GroupLasso(1e-3)):
+                ProxGen([p], regularizer=reg, implementation="native").step()
+            ProxSGD([p], lr=0.1, regularizer=L1(1e-3), implementation="native").step()
+    finally:
+        _native.kernels.cache_clear()
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and "no C++ compiler found" in messages[0]
+    assert not list(tmp_path.rglob("*.so"))

@@ -462,8 +462,13 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
     }                                                                                                         \
   }
 
+// one dtype per half of the build: the halves compile in parallel (lightning_prox.optim._native)
+#if LP_WANT(f32)
 LP_EXPORT(float, f32)
+#endif
+#if LP_WANT(f64)
 LP_EXPORT(double, f64)
+#endif
 
 // scal per tensor: lr/bc1 and √bc2 of the smooth step (torch's Adam), b (the metric's √bc2) and τ·w_g
 #define LP_EXPORT_FUSED(T, SUF)                                                                                \
@@ -485,5 +490,9 @@ LP_EXPORT(double, f64)
     }                                                                                                          \
   }
 
+#if LP_WANT(f32)
 LP_EXPORT_FUSED(float, f32)
+#endif
+#if LP_WANT(f64)
 LP_EXPORT_FUSED(double, f64)
+#endif

@@ -480,5 +480,10 @@ void sgd_sep(int64_t numel, T* p, const T* g, T* buf, double wd, double mom, dou
                  kind, a, prm, nprm, nthreads);                                                              \
   }
 
+// one dtype per half of the build: the halves compile in parallel (lightning_prox.optim._native)
+#if LP_WANT(f32)
 LP_EXPORT(float, f32)
+#endif
+#if LP_WANT(f64)
 LP_EXPORT(double, f64)
+#endif

@@ -18,18 +18,22 @@ Builds are cached on disk by a hash of the source, the generated prototypes, the
 (``$LIGHTNING_PROX_CACHE_DIR``, else ``$XDG_CACHE_HOME/lightning_prox`` or ``~/.cache/lightning_prox``;
 when that is not writable, a directory of the temporary one that only this user can write), so a build is
 paid once per machine and announced by one log line; concurrent builds (DDP ranks) each write a private
-file and rename it into place.
+file and rename it into place. A source that guards its exports with ``LP_WANT(f32)`` / ``LP_WANT(f64)``
+is built as two libraries, one per dtype, compiled at the same time (half the wall time of a first build
+on two cores). :func:`prefetch` starts a first build in a background thread, which optimizers do at
+construction.
 
 The instruction set follows torch's own CPU dispatch (``torch.backends.cpu.get_cpu_capability()``), so
 a cache shared by machines of different CPUs keeps one library per instruction set; ``LP_FMA`` is
 defined where torch's vectorized kernels use fused multiply-adds, so that kernels can round as they do.
 Floating-point contraction is off: every other operation rounds as written. OpenMP is
 used when the compiler has it. When no compiler works, :func:`kernels` returns ``None`` after one
-warning and the callers run their eager paths.
+warning (one per process when there is no compiler at all) and the callers run their eager paths.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 import logging
@@ -279,24 +283,36 @@ def _isa_flags() -> tuple[str, ...]:
     return _ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), ())
 
 
-def _build(cxx: str, src: Path, header: str, flags: tuple[str, ...], out_dir: Path) -> Path:
-    """Compile ``src`` with the prototypes ``header`` force-included into ``out_dir`` (cached by source,
-    prototypes, compiler and flags); raises on failure."""
-    cmd = shlex.split(cxx)  # CXX may carry a launcher or flags, e.g. "ccache g++"
-    version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60).stdout
+#: the halves a source that guards its exports with ``LP_WANT(f32)`` / ``LP_WANT(f64)`` is built in, as
+#: two libraries compiled at the same time: each instantiates its templates for one dtype, so a first
+#: build takes about half the wall time on two cores
+_PARTS = ("f32", "f64")
+
+
+def _part_headers(text: str, header: str) -> list[str]:
+    if "LP_WANT(" not in text:
+        return [header]
+    return [
+        header
+        + "\n#define LP_WANT(s) LP_WANT_##s\n"
+        + "".join(f"#define LP_WANT_{q} {int(q == p)}\n" for q in _PARTS)
+        for p in _PARTS
+    ]
+
+
+def _target(
+    src: Path, text: str, header: str, cxx: str, version: str, flags: tuple[str, ...], out_dir: Path
+) -> Path:
     # a SHA-1 name-based UUID of everything the library depends on: a stable, collision-safe file name
     key = uuid.uuid5(
-        uuid.NAMESPACE_URL,
-        "\0".join((src.read_text(), header, cxx, version, " ".join(flags), platform.machine())),
+        uuid.NAMESPACE_URL, "\0".join((text, header, cxx, version, " ".join(flags), platform.machine()))
     ).hex[:20]
-    target = out_dir / f"{src.stem}-{key}.so"
-    if target.exists():
-        return target
-    _log.warning(
-        "building the native kernels %s once for this machine (a few seconds; cached in %s)",
-        src.name,
-        out_dir,
-    )
+    return out_dir / f"{src.stem}-{key}.so"
+
+
+def _compile(cmd: list[str], src: Path, header: str, flags: tuple[str, ...], target: Path) -> None:
+    """Compile ``src`` with the prototypes ``header`` force-included into ``target``; raises on failure."""
+    out_dir = target.parent
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     hfd, htmp = tempfile.mkstemp(suffix=".h", dir=out_dir)
@@ -307,16 +323,36 @@ def _build(cxx: str, src: Path, header: str, flags: tuple[str, ...], out_dir: Pa
             [*cmd, *flags, "-include", htmp, str(src), "-o", tmp], capture_output=True, text=True, timeout=600
         )
         if res.returncode != 0:
-            raise RuntimeError(f"{cxx} exited with {res.returncode}: {res.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{cmd[0]} exited with {res.returncode}: {res.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
         for path in (tmp, htmp):
             if os.path.exists(path):
                 os.unlink(path)
-    return target
 
 
-def _load(source: str, header: str) -> ctypes.CDLL:
+def _build(cxx: str, src: Path, header: str, flags: tuple[str, ...], out_dir: Path) -> list[Path]:
+    """The libraries of ``src`` (one, or its dtype halves) in ``out_dir``, compiled where missing (cached
+    by source, prototypes, compiler and flags; the halves in parallel); raises on failure."""
+    cmd = shlex.split(cxx)  # CXX may carry a launcher or flags, e.g. "ccache g++"
+    version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60).stdout
+    text = src.read_text()
+    headers = _part_headers(text, header)
+    targets = [_target(src, text, h, cxx, version, flags, out_dir) for h in headers]
+    missing = [(h, t) for h, t in zip(headers, targets) if not t.exists()]
+    if missing:
+        _log.warning(
+            "building the native kernels %s once for this machine (a few seconds; cached in %s)",
+            src.name,
+            out_dir,
+        )
+        with concurrent.futures.ThreadPoolExecutor(len(missing)) as pool:
+            for job in [pool.submit(_compile, cmd, src, h, flags, t) for h, t in missing]:
+                job.result()
+    return targets
+
+
+def _load(source: str, header: str) -> list[ctypes.CDLL]:
     """Build (or find in the cache) and load ``source``; raises ``RuntimeError`` with the reasons."""
     src = Path(__file__).with_name(source)
     cxx = _compiler()
@@ -328,7 +364,7 @@ def _load(source: str, header: str) -> ctypes.CDLL:
         out_dir = _out_dir()
         for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang) the passes run on one thread
             try:
-                return ctypes.CDLL(str(_build(cxx, src, header, (*flags, *extra), out_dir)))
+                return [ctypes.CDLL(str(t)) for t in _build(cxx, src, header, (*flags, *extra), out_dir)]
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 errors.append(repr(err))
     except (OSError, RuntimeError) as err:
@@ -336,6 +372,14 @@ def _load(source: str, header: str) -> ctypes.CDLL:
     raise RuntimeError("; ".join(errors)[-3000:])
 
 
+def _symbol(libs: list[ctypes.CDLL], name: str) -> Any:
+    for lib in libs:
+        if hasattr(lib, name):
+            return getattr(lib, name)
+    raise AttributeError(f"no symbol {name} in the built library")
+
+
+_NO_COMPILER_WARNED: list[str] = []
 #: source -> the thread building it in the background (see :func:`prefetch`)
 _PREFETCH: dict[str, threading.Thread] = {}
 _PREFETCH_LOCK = threading.Lock()
@@ -394,14 +438,24 @@ def kernels(source: str, table: Sequence[Kernel]) -> SimpleNamespace | None:
         pending.join()  # a background build of the same library: wait for it rather than build twice
     header = _header(table)
     try:
-        lib = _load(source, header)
+        libs = _load(source, header)
         # a declared entry point the source does not define: refused here, never called
         funcs = {
-            (k.name, d): getattr(lib, f"{k.symbol}_{suffix}")
+            (k.name, d): _symbol(libs, f"{k.symbol}_{suffix}")
             for k in table
             for d, (suffix, _) in k.variants.items()
         }
     except (RuntimeError, AttributeError) as err:
+        if _compiler() is None:  # one warning per process, not one per library
+            if not _NO_COMPILER_WARNED:
+                _NO_COMPILER_WARNED.append(source)
+                warnings.warn(
+                    "no C++ compiler found (install g++ or set CXX): the native kernels are off and every "
+                    "optimizer runs its eager path",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return None
         warnings.warn(f"building {source} failed ({err}); using the eager path", RuntimeWarning, stacklevel=2)
         return None
     ops = SimpleNamespace()

@@ -448,5 +448,10 @@ template <typename T> void cbrt_array(int64_t n, const T* u, T* y) {
     for (int64_t i = 0; i < n; ++i) cbrt_array<T>(numel[i], u[i], y[i]);                                     \
   }
 
+// one dtype per half of the build: the halves compile in parallel (lightning_prox.optim._native)
+#if LP_WANT(f32)
 LP_EXPORT(float, f32)
+#endif
+#if LP_WANT(f64)
 LP_EXPORT(double, f64)
+#endif

@@ -232,5 +232,10 @@ int64_t rmda_tensor(int64_t numel, const int64_t* lay, const T* g, T* v, const T
                                    nb, c, kind, nthreads);                                                   \
   }
 
+// one dtype per half of the build: the halves compile in parallel (lightning_prox.optim._native)
+#if LP_WANT(f32)
 LP_EXPORT(float, f32)
+#endif
+#if LP_WANT(f64)
 LP_EXPORT(double, f64)
+#endif
