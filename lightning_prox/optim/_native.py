@@ -397,7 +397,7 @@ def prefetch(source: str, table: Sequence[Kernel]) -> None:
     thread only waits (the GIL is free).
 
     Example:
-        >>> from lightning_prox.optim._ramda_compiled import KERNELS
+        >>> from lightning_prox.optim._ramda_kernels import KERNELS
         >>> prefetch("_ramda_kernels.cpp", KERNELS)
         >>> ops = kernels("_ramda_kernels.cpp", KERNELS)  # waits for the build, then loads it
     """
