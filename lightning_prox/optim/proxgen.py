@@ -582,10 +582,10 @@ def _smooth(
             if preconditioner != "identity":
                 torch._foreach_copy_(list(d_v), v32)  # type: ignore[arg-type]
             continue
-        if (
+        # the smooth step and the prox in one native pass: what the passes share, then each its own
+        native_pass = (
             fuse_prox
             and do_prox
-            and _group_kernels.fuses(regularizer)
             and implementation in ("native", "auto")
             and device.type == "cpu"
             and preconditioner != "identity"
@@ -593,8 +593,8 @@ def _smooth(
             and fused is not False
             and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
             and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
-            and _group_kernels.native_available()
-        ):
+        )
+        if native_pass and _group_kernels.fuses(regularizer) and _group_kernels.native_available():
             bucket.finish = _group_kernels.adam_group_lasso_(
                 d_params, list(d_grads), list(d_m), list(d_v), steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=weight_decay, regularizer=regularizer, bc2_sqrts=bc2_sqrts, floor=floor,  # type: ignore[arg-type]
@@ -605,19 +605,7 @@ def _smooth(
             continue
         native_l1 = _fused.supports(regularizer, d_params)
         lq_kind = None if native_l1 else _l1_kernels.native_kind(regularizer)
-        if (
-            fuse_prox
-            and do_prox
-            and (native_l1 or lq_kind is not None)
-            and implementation in ("native", "auto")
-            and device.type == "cpu"
-            and preconditioner != "identity"
-            and prox_metric == "preconditioned"
-            and fused is not False
-            and (implementation == "native" or sum(p.numel() for p in d_params) >= AUTO_NATIVE_NUMEL)
-            and all(t.is_contiguous() for t in (*d_params, *d_grads, *d_m, *d_v))
-            and _l1_kernels.native_available()
-        ):
+        if native_pass and (native_l1 or lq_kind is not None) and _l1_kernels.native_available():
             kw = dict(
                 lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, bc2_sqrts=bc2_sqrts,
                 floor=floor, preconditioner=preconditioner, bias_correction=bias_correction,
