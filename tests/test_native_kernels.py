@@ -10,6 +10,7 @@ The C++ kernels build once per machine (a few seconds, cached on disk); every te
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 
@@ -473,3 +474,20 @@ def test_no_compiler_at_all_warns_once_for_every_library(monkeypatch, tmp_path):
     messages = [str(w.message) for w in record]
     assert len(messages) == 1 and "no C++ compiler found" in messages[0]
     assert not list(tmp_path.rglob("*.so"))
+
+
+def test_a_changed_shared_header_changes_the_cache_key(tmp_path):
+    """A library is cached by its source and the local headers it includes: editing the header
+    builds a new library instead of loading a stale one."""
+    cxx = _native._compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler here")
+    (tmp_path / "common.h").write_text("inline int lp_k() { return 1; }\n")
+    (tmp_path / "k.cpp").write_text('#include "common.h"\nextern "C" int lp_value() { return lp_k(); }\n')
+    flags = (*_native._BASE_FLAGS,)
+    first = _native._build(cxx, tmp_path / "k.cpp", "", flags, tmp_path)
+    assert first == _native._build(cxx, tmp_path / "k.cpp", "", flags, tmp_path)  # cached
+    (tmp_path / "common.h").write_text("inline int lp_k() { return 2; }\n")
+    second = _native._build(cxx, tmp_path / "k.cpp", "", flags, tmp_path)
+    assert second != first
+    assert ctypes.CDLL(str(first[0])).lp_value() == 1 and ctypes.CDLL(str(second[0])).lp_value() == 2

@@ -33,6 +33,8 @@
 #include <limits>
 #include <vector>
 
+#include "_native_common.h"
+
 namespace {
 
 constexpr int64_t kSerial = 1 << 15;  // below this many elements one thread runs the tensor
@@ -278,13 +280,7 @@ void prox_tensor(int rows, int64_t R, int64_t N, int64_t K, const T* z, const T*
   }
 }
 
-template <typename T> inline T fmadd(T a, T b, T c) {
-#if LP_FMA
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
+template <typename T> inline T fmadd(T a, T b, T c) { return lp_fmadd(a, b, c); }
 
 // ProxGen's smooth step and its prox metric for the fused pass (adam_group_lasso below)
 template <typename T> struct Smooth {

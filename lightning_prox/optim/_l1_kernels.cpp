@@ -19,23 +19,15 @@
 #include <limits>
 #include <type_traits>
 
+#include "_native_common.h"
+
 namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // elements per OpenMP work item
 
-template <typename T> inline T fmadd(T a, T b, T c) {
-#if LP_FMA
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
+template <typename T> inline T fmadd(T a, T b, T c) { return lp_fmadd(a, b, c); }
 
-// torch.nn.functional.softshrink as its vectorized CPU kernel rounds: |a| ≤ λ → +0, NaN stays NaN; its
-// scalar code (Signed) gives a·0 there (−0 for a < 0)
-template <typename T, bool Signed = false> inline T softshrink(T a, T lam) {
-  return a > lam ? a - lam : (a < -lam ? a + lam : (Signed ? a * T(0) : (a == a ? T(0) : a)));
-}
+template <typename T, bool Signed = false> inline T softshrink(T a, T lam) { return lp_softshrink<T, Signed>(a, lam); }
 
 template <typename F> void for_chunks(int64_t n, int nthreads, F f) {
   const int nt = n < 4 * kChunk ? 1 : std::max(nthreads, 1);

@@ -39,6 +39,7 @@ import functools
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -331,12 +332,24 @@ def _compile(cmd: list[str], src: Path, header: str, flags: tuple[str, ...], tar
                 os.unlink(path)
 
 
+def _with_local_headers(src: Path) -> str:
+    """The text of ``src`` and of the local headers it includes (``#include "x.h"`` next to it), so
+    that a changed shared header changes the cache key of every library that includes it."""
+    text = src.read_text()
+    parts = [text]
+    for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M):
+        header = src.with_name(name)
+        if header.is_file():
+            parts.append(header.read_text())
+    return "\0".join(parts)
+
+
 def _build(cxx: str, src: Path, header: str, flags: tuple[str, ...], out_dir: Path) -> list[Path]:
     """The libraries of ``src`` (one, or its dtype halves) in ``out_dir``, compiled where missing (cached
     by source, prototypes, compiler and flags; the halves in parallel); raises on failure."""
     cmd = shlex.split(cxx)  # CXX may carry a launcher or flags, e.g. "ccache g++"
     version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60).stdout
-    text = src.read_text()
+    text = _with_local_headers(src)
     headers = _part_headers(text, header)
     targets = [_target(src, text, h, cxx, version, flags, out_dir) for h in headers]
     missing = [(h, t) for h, t in zip(headers, targets) if not t.exists()]

@@ -29,6 +29,8 @@
 #include <omp.h>
 #endif
 
+#include "_native_common.h"
+
 namespace {
 
 constexpr int64_t kChunk = 1 << 14;   // elements per work item of the elementwise pass, per block of a row
@@ -36,13 +38,7 @@ constexpr int64_t kLanes = 16;        // partial sums of a run
 constexpr int64_t kFlush = 64;        // rows of per-column sums in T before a flush into double
 constexpr int64_t kSerial = 1 << 16;  // below this many elements one thread runs the tensor
 
-template <typename T> inline T fmadd(T a, T b, T c) {
-#if LP_FMA
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
+template <typename T> inline T fmadd(T a, T b, T c) { return lp_fmadd(a, b, c); }
 
 template <typename T> struct Scalars {
   T s, nb, coeff;  // coeff: torch.lerp's c (|c| < 0.5) or c − 1
@@ -95,12 +91,7 @@ inline void finish_range(int64_t lo, int64_t hi, T* __restrict wh, T* __restrict
   }
 }
 
-// torch.nn.functional.softshrink as its vectorized CPU kernel rounds it: |z| ≤ λ → +0, NaN stays NaN
-// (lightning_prox.optim._l1_kernels has the same function; each native source is built, and keyed in the
-// cache, on its own, so it cannot include another)
-template <typename T> inline T softshrink(T z, T lam) {
-  return z > lam ? z - lam : (z < -lam ? z + lam : (z == z ? T(0) : z));
-}
+template <typename T> inline T softshrink(T z, T lam) { return lp_softshrink(z, lam); }
 
 // elementwise prox (Shrink: ℓ1's soft thresholding at thr, else none): one pass in chunks
 template <typename T, bool Copy, bool Small, bool Shrink>
