@@ -362,6 +362,10 @@ void metric_run(int64_t len, const T* __restrict v, T* __restrict out, const Smo
 }
 
 constexpr int64_t kSmoothChunk = 1 << 14;  // elements per OpenMP work item of the dim="in" step
+#ifndef LP_BLOCK
+#define LP_BLOCK (1 << 22)
+#endif
+constexpr int64_t kBlockBytes = LP_BLOCK;
 
 // Row-layout lanes of sum2 for groups of K adjacent columns: element i = r·K + q of group b (row r of the
 // group's column block) goes to lane i mod kL of the group, flushed into double every kChunk elements,
@@ -426,38 +430,47 @@ void solve_rows(int64_t R, int64_t N, int64_t K, int64_t b0, int64_t b1, T* p, c
   constexpr T inf = std::numeric_limits<T>::infinity();
   const int64_t ng = b1 - b0, run = ng * K;
   if (ng <= 0) return;
-  std::vector<T> dm(run), t1(run), t2(run), mx(ng, -inf), mn(ng, inf), za(ng, T(0)), ct(ng);
+  // row-sized buffers: a row's metric and terms; per column, its group's scaling (cmx: max metric, cr:
+  // 1/max|z|) and c, so that every per-row loop is one contiguous, vectorizable run
+  std::vector<T> dm(run), t1(run), t2(run), cmx(run, -inf), cmn(run, inf), cr(run, T(0)), cc(run);
   std::vector<double> s1(ng), s2(ng);
   RowLanes<T> lanes(ng, R * K);
-  auto row = [&](int64_t r, int64_t gb, int64_t ge) {  // the metric of a row's run of groups gb … ge − 1
-    const int64_t o = r * N + (b0 + gb) * K;
-    metric_run<T, Shared, Floor>((ge - gb) * K, v + o, dm.data() + gb * K, k);
+  auto row = [&](int64_t r, int64_t lo, int64_t hi) {  // the metric of a row's columns lo … hi − 1
+    metric_run<T, Shared, Floor>(hi - lo, v + r * N + b0 * K + lo, dm.data() + lo, k);
     return p + r * N + b0 * K;
   };
-  for (int64_t r = 0; r < R; ++r) {  // pass 1
-    const T* z = row(r, 0, ng);
-    for (int64_t b = 0; b < ng; ++b)
-      for (int64_t q = 0; q < K; ++q) {
-        const T m = dm[b * K + q] == inf ? pin : dm[b * K + q], a = std::abs(z[b * K + q]);
-        mx[b] = mx[b] < m ? m : mx[b];
-        mn[b] = mn[b] > m ? m : mn[b];
-        za[b] = za[b] < a ? a : za[b];
-      }
+  auto pinned = [&](int64_t i) { return dm[i] == inf ? pin : dm[i]; };
+  for (int64_t r = 0; r < R; ++r) {  // pass 1, per column (max and min select exactly, in any order)
+    const T* z = row(r, 0, run);
+    for (int64_t i = 0; i < run; ++i) {
+      const T m = pinned(i), a = std::abs(z[i]);
+      cmx[i] = cmx[i] < m ? m : cmx[i];
+      cmn[i] = cmn[i] > m ? m : cmn[i];
+      cr[i] = cr[i] < a ? a : cr[i];
+    }
   }
   std::vector<Scaled<T>> S;
   S.reserve(ng);
-  for (int64_t b = 0; b < ng; ++b) S.emplace_back(mx[b], mn[b], za[b], thr);
+  for (int64_t b = 0; b < ng; ++b) {
+    T mx = -inf, mn = inf, za = T(0);
+    for (int64_t i = b * K; i < (b + 1) * K; ++i) {
+      mx = mx < cmx[i] ? cmx[i] : mx;
+      mn = mn > cmn[i] ? cmn[i] : mn;
+      za = za < cr[i] ? cr[i] : za;
+    }
+    S.emplace_back(mx, mn, za, thr);
+    std::fill(cmx.begin() + b * K, cmx.begin() + (b + 1) * K, S[b].mx);
+    std::fill(cr.begin() + b * K, cr.begin() + (b + 1) * K, S[b].rza);
+  }
   lanes.sums(R, K, 0, ng, t1.data(), t2.data(), s1.data(), s2.data(), [&](int64_t r, T* u1, T* u2) {  // pass 2
-    const T* z = row(r, 0, ng);
-    for (int64_t b = 0; b < ng; ++b)
-      for (int64_t q = 0; q < K; ++q) {
-        const int64_t i = b * K + q;
-        const T m = (dm[i] == inf ? pin : dm[i]) / S[b].mx;
-        const T a0 = std::abs(z[i]) * S[b].rza;
-        const T a = a0 * m;
-        u1[i] = a0 * a0;
-        u2[i] = a * a;
-      }
+    const T* z = row(r, 0, run);
+    for (int64_t i = 0; i < run; ++i) {
+      const T m = pinned(i) / cmx[i];
+      const T a0 = std::abs(z[i]) * cr[i];
+      const T a = a0 * m;
+      u1[i] = a0 * a0;
+      u2[i] = a * a;
+    }
   });
   std::vector<Newton> nw;
   nw.reserve(ng);
@@ -473,36 +486,32 @@ void solve_rows(int64_t R, int64_t N, int64_t K, int64_t b0, int64_t b1, T* p, c
     while (gb < ng && !active[gb]) ++gb;
     while (ge > gb && !active[ge - 1]) --ge;
     if (gb == ge) break;
-    for (int64_t b = gb; b < ge; ++b) ct[b] = static_cast<T>(nw[b].cv);
+    for (int64_t b = gb; b < ge; ++b) std::fill(cc.begin() + b * K, cc.begin() + (b + 1) * K, static_cast<T>(nw[b].cv));
     lanes.sums(R, K, gb, ge, t1.data(), t2.data(), s1.data(), s2.data(), [&](int64_t r, T* u1, T* u2) {
-      const T* z = row(r, gb, ge);
-      for (int64_t b = gb; b < ge; ++b)
-        for (int64_t q = 0; q < K; ++q) {
-          const int64_t i = b * K + q;
-          const T M = (dm[i] == inf ? pin : dm[i]) / S[b].mx;
-          const T A = std::abs(z[i]) * S[b].rza * M;
-          const T rc = T(1) / (M + ct[b]);
-          const T u = A * rc;
-          const T uu = u * u;
-          u1[i] = uu;
-          u2[i] = uu * rc;
-        }
+      const T* z = row(r, gb * K, ge * K);
+      for (int64_t i = gb * K; i < ge * K; ++i) {
+        const T M = pinned(i) / cmx[i];
+        const T A = std::abs(z[i]) * cr[i] * M;
+        const T rc = T(1) / (M + cc[i]);
+        const T u = A * rc;
+        const T uu = u * u;
+        u1[i] = uu;
+        u2[i] = uu * rc;
+      }
     });
     for (int64_t b = gb; b < ge; ++b)
       if (active[b]) active[b] = nw[b].step(s1[b], s2[b]);
   }
   for (int64_t b = 0; b < ng; ++b) {
     iters[b0 + b] = S[b].alive ? nw[b].count() : 0;
-    ct[b] = !S[b].alive ? S[b].c : S[b].uniform ? S[b].hi : static_cast<T>(nw[b].cv);  // constant metric: the closed form
+    // screened: c = inf; constant metric: the closed form
+    const T c = !S[b].alive ? S[b].c : S[b].uniform ? S[b].hi : static_cast<T>(nw[b].cv);
+    std::fill(cc.begin() + b * K, cc.begin() + (b + 1) * K, c);
   }
   for (int64_t r = 0; r < R; ++r) {  // the solution, in place
     T* z = p + r * N + b0 * K;
-    row(r, 0, ng);
-    for (int64_t b = 0; b < ng; ++b)
-      for (int64_t q = 0; q < K; ++q) {
-        const int64_t i = b * K + q;
-        z[i] = solution(z[i], dm[i], (dm[i] == inf ? pin : dm[i]) / S[b].mx, ct[b]);
-      }
+    row(r, 0, run);
+    for (int64_t i = 0; i < run; ++i) z[i] = solution(z[i], dm[i], pinned(i) / cmx[i], cc[i]);
   }
 }
 
@@ -561,11 +570,14 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
     for (int64_t a = 0; a < numel; a += kSmoothChunk)
       smooth(a, std::min(a + kSmoothChunk, numel), nullptr, nullptr, std::false_type{});
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int s = 0; s < nt; ++s)
-      with_metric([&](auto sh, auto fl) {
-        solve_rows<T, decltype(sh)::value, decltype(fl)::value>(R, N, K, s * G / nt, (s + 1) * G / nt, p, v, k,
-                                                                tthr, tpin, tol, max_iters, iters, flags);
-      });
+    for (int s = 0; s < nt; ++s) {
+      const int64_t e = (s + 1) * G / nt, nb = std::max<int64_t>(1, kBlockBytes / (2 * size * static_cast<int64_t>(sizeof(T))));
+      for (int64_t b0 = s * G / nt; b0 < e; b0 += nb)
+        with_metric([&](auto sh, auto fl) {
+          solve_rows<T, decltype(sh)::value, decltype(fl)::value>(R, N, K, b0, std::min(b0 + nb, e), p, v, k,
+                                                                  tthr, tpin, tol, max_iters, iters, flags);
+        });
+    }
     return;
   }
 #pragma omp parallel num_threads(nt)
