@@ -19,7 +19,8 @@
 // with a constant metric takes the closed form c = hi (eager does so only when every group does).
 //
 // adam_group_lasso (ProxGen + GroupLasso) runs ProxGen's smooth step and its floored metric with the same
-// solve, tile of adjacent groups by tile, without a metric buffer (see adam_group_tensor).
+// solve, without a metric buffer: dim="out" tile of adjacent groups by tile, dim="in" in row layout, every
+// group of a block of columns in lockstep (solve_rows; see adam_group_tensor).
 //
 // Layouts of a tensor viewed as [R, N] (row-major): "rows" (dim="out": group r = row r) and "cols"
 // (dim="in": group g = the columns g·K … g·K + K − 1 of every row). Groups are split over OpenMP threads
@@ -38,7 +39,7 @@ constexpr int64_t kSerial = 1 << 15;  // below this many elements one thread run
 constexpr int kL = 8;                 // independent lanes: the loops vectorize without reassociation
 constexpr int64_t kChunk = 128;       // elements summed in T lanes before a flush into double
 constexpr int64_t kRefine = 10;       // Newton steps past a loose ("stalled") stop, see solve_group
-constexpr int64_t kTileBytes = 1 << 19;  // dim="in": the gathered tile (z, m, M, x0) stays in L2
+constexpr int64_t kTileBytes = 1 << 19;  // a tile of gathered groups (z, m, M, x0) stays in L2
 
 inline int threads_for(int64_t n, int nthreads) { return n < kSerial ? 1 : std::max(nthreads, 1); }
 
@@ -361,11 +362,9 @@ void metric_run(int64_t len, const T* __restrict v, T* __restrict out, const Smo
   }
 }
 
-constexpr int64_t kSmoothChunk = 1 << 14;  // elements per OpenMP work item of the dim="in" step
-#ifndef LP_BLOCK
-#define LP_BLOCK (1 << 22)
-#endif
-constexpr int64_t kBlockBytes = LP_BLOCK;
+// dim="in": the columns of a tensor are solved in blocks whose θ̂ and v (R rows of them) stay in L2 between
+// the passes of solve_rows
+constexpr int64_t kBlockBytes = 1 << 20;
 
 // Row-layout lanes of sum2 for groups of K adjacent columns: element i = r·K + q of group b (row r of the
 // group's column block) goes to lane i mod kL of the group, flushed into double every kChunk elements,
@@ -417,16 +416,17 @@ template <typename T> struct RowLanes {
   }
 };
 
-// dim="in" after the smooth step (θ̂ in p): groups b0 … b1 − 1 of a tensor viewed as [R, N] (group b: the
-// columns b·K … b·K + K − 1), solved as solve_group solves each of them, in lockstep, streaming whole
-// rows: pass 1 (metric range, max |θ̂|), pass 2 (the scaled norms: screening, bracket, start), one pass
-// per Newton iteration over the span of groups still iterating (each group stops where solve_group
-// stops it), and one that writes the solution. The metric is recomputed from v in every pass (the same
-// bits); the per-group sums are sum2's, term for term, so each group's result is that of solve_group
-// on its gathered values, whatever the split of the groups over threads.
-template <typename T, bool Shared, bool Floor>
+// dim="in": groups b0 … b1 − 1 of a tensor viewed as [R, N] (group b: the columns b·K … b·K + K − 1),
+// solved as solve_group solves each of them, in lockstep, streaming whole row runs: pass 1 (step(o, len,
+// zo, dm): the smooth step of a row's run, θ̂ into p and the metric into dm; the metric range and max
+// |θ̂|), pass 2 (the scaled norms: screening, bracket, start), one pass per Newton iteration over the span
+// of the groups still iterating (each group stops where solve_group stops it), and one that writes the
+// solution. The metric is recomputed from v in every later pass (metric_run: the same bits); the
+// per-group sums are sum2's, term for term, so each group's result is that of solve_group on its
+// gathered values, whatever the split of the groups over threads and blocks.
+template <typename T, bool Shared, bool Floor, typename Step>
 void solve_rows(int64_t R, int64_t N, int64_t K, int64_t b0, int64_t b1, T* p, const T* v, const Smooth<T>& k,
-                T thr, T pin, double tol, int64_t max_iters, int64_t* iters, int64_t* flags) {
+                T thr, T pin, double tol, int64_t max_iters, int64_t* iters, int64_t* flags, Step step) {
   constexpr T inf = std::numeric_limits<T>::infinity();
   const int64_t ng = b1 - b0, run = ng * K;
   if (ng <= 0) return;
@@ -441,7 +441,8 @@ void solve_rows(int64_t R, int64_t N, int64_t K, int64_t b0, int64_t b1, T* p, c
   };
   auto pinned = [&](int64_t i) { return dm[i] == inf ? pin : dm[i]; };
   for (int64_t r = 0; r < R; ++r) {  // pass 1, per column (max and min select exactly, in any order)
-    const T* z = row(r, 0, run);
+    const T* z = p + r * N + b0 * K;
+    step(r * N + b0 * K, run, t1.data(), dm.data());
     for (int64_t i = 0; i < run; ++i) {
       const T m = pinned(i), a = std::abs(z[i]);
       cmx[i] = cmx[i] < m ? m : cmx[i];
@@ -516,15 +517,16 @@ void solve_rows(int64_t R, int64_t N, int64_t K, int64_t b0, int64_t b1, T* p, c
 }
 
 // One fused step of a tensor viewed as [R, N] with groups of K columns (dim="out": R = 1, K = the row
-// length), per tile of B adjacent groups solved by solve_group in per-thread buffers (group-major θ̂ and
-// floored metric). dim="out": the tile is one contiguous run that goes through the smooth step straight
-// into the buffers, and its solution is written back: p, g, m, v are read once and p, m, v written once.
-// dim="in": the smooth step runs first as a contiguous pass (θ̂ into p), then each tile reads θ̂ and v
-// (the metric is recomputed from v, the same bits) row by row, one contiguous run per row, and writes
-// its solution back; reading four arrays in short strided runs costs more than this extra contiguous
-// pass. A group whose metric has a NaN (a NaN second moment, only without the finite check) is screened
-// by solve_group, as in the eager prox: NaN where θ̂ is NaN, zero elsewhere in it. Each group's result
-// depends on its own values only, so the tiling (chosen per thread count) changes no bit.
+// length). dim="out": per tile of B adjacent groups, one contiguous run that goes through the smooth step
+// straight into per-thread buffers (group-major θ̂ and floored metric), solved there by solve_group and
+// written back: p, g, m, v are read once and p, m, v written once. dim="in": each thread owns a
+// contiguous range of groups (columns), in blocks of about kBlockBytes of θ̂ and v; solve_rows runs the
+// smooth step of a block row by row (θ̂ into p) with its first pass, then its other passes over the
+// block's rows, whole contiguous row runs throughout (gathering a group's column block reads a short run
+// a memory page apart per row). A group whose metric has a NaN (a NaN second moment, only without the
+// finite check) is screened, as in the eager prox: NaN where θ̂ is NaN, zero elsewhere in it. Each group's
+// result depends on its own values only, so the tiling and blocking (chosen per thread count) change no
+// bit.
 template <typename T>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
@@ -567,15 +569,18 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
   const T tthr = static_cast<T>(thr), tpin = static_cast<T>(pin);
   if (R > 1) {  // dim="in": the step first, contiguous (θ̂ into p), then solve_rows on contiguous column ranges
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t a = 0; a < numel; a += kSmoothChunk)
-      smooth(a, std::min(a + kSmoothChunk, numel), nullptr, nullptr, std::false_type{});
-#pragma omp parallel for num_threads(nt) schedule(static)
     for (int s = 0; s < nt; ++s) {
-      const int64_t e = (s + 1) * G / nt, nb = std::max<int64_t>(1, kBlockBytes / (2 * size * static_cast<int64_t>(sizeof(T))));
+      const int64_t e = (s + 1) * G / nt;
+      const int64_t nb = std::max<int64_t>(1, kBlockBytes / (2 * size * static_cast<int64_t>(sizeof(T))));
+      // the smooth step of a row's run of the block: θ̂ into p (through zo) and the metric into dm
+      auto step = [&](int64_t o, int64_t len, T* zo, T* dm) {
+        smooth(o, o + len, zo, dm, std::true_type{});
+        std::memcpy(p + o, zo, static_cast<size_t>(len) * sizeof(T));
+      };
       for (int64_t b0 = s * G / nt; b0 < e; b0 += nb)
         with_metric([&](auto sh, auto fl) {
           solve_rows<T, decltype(sh)::value, decltype(fl)::value>(R, N, K, b0, std::min(b0 + nb, e), p, v, k,
-                                                                  tthr, tpin, tol, max_iters, iters, flags);
+                                                                  tthr, tpin, tol, max_iters, iters, flags, step);
         });
     }
     return;
