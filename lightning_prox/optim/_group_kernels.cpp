@@ -364,7 +364,7 @@ void metric_run(int64_t len, const T* __restrict v, T* __restrict out, const Smo
 
 // dim="in": the columns of a tensor are solved in blocks whose θ̂ and v (R rows of them) stay in L2 between
 // the passes of solve_rows
-constexpr int64_t kBlockBytes = 1 << 20;
+constexpr int64_t kBlockBytes = 1 << 21;
 
 // Row-layout lanes of sum2 for groups of K adjacent columns: element i = r·K + q of group b (row r of the
 // group's column block) goes to lane i mod kL of the group, flushed into double every kChunk elements,
