@@ -241,7 +241,7 @@ def adam_group_lasso_(
     group's stop rule meets the rounding floor of its sums (float32: the iterations may differ by one).
     ``dim="out"`` groups are contiguous rows: the step, the metric and the solve of a tile of them in
     one pass. ``dim="in"`` groups (a column block of the tensor viewed as [out, in·k]): each thread owns a
-    contiguous range of them, solved in blocks (θ̂ and v of a block: about 1 MB) in row layout, every
+    contiguous range of them, solved in blocks (θ̂ and v of a block: about 2 MB) in row layout, every
     group of the block in lockstep: the smooth step of a block's rows (θ̂ into the parameters) with the
     first pass of the solve, then one pass over the block's rows per later pass (the metric recomputed
     from v, the same bits), whole row runs throughout; each group's result is that of the solve of its
