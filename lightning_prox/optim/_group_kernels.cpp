@@ -19,8 +19,7 @@
 // with a constant metric takes the closed form c = hi (eager does so only when every group does).
 //
 // adam_group_lasso (ProxGen + GroupLasso) runs ProxGen's smooth step and its floored metric with the same
-// solve, without a metric buffer: dim="out" tile of adjacent groups by tile, dim="in" in row layout, every
-// group of a block of columns in lockstep (solve_rows; see adam_group_tensor).
+// solve, tile of adjacent groups by tile, without a metric buffer (see adam_group_tensor).
 //
 // Layouts of a tensor viewed as [R, N] (row-major): "rows" (dim="out": group r = row r) and "cols"
 // (dim="in": group g = the columns g·K … g·K + K − 1 of every row). Groups are split over OpenMP threads
@@ -30,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -39,7 +39,7 @@ constexpr int64_t kSerial = 1 << 15;  // below this many elements one thread run
 constexpr int kL = 8;                 // independent lanes: the loops vectorize without reassociation
 constexpr int64_t kChunk = 128;       // elements summed in T lanes before a flush into double
 constexpr int64_t kRefine = 10;       // Newton steps past a loose ("stalled") stop, see solve_group
-constexpr int64_t kTileBytes = 1 << 19;  // a tile of gathered groups (z, m, M, x0) stays in L2
+constexpr int64_t kTileBytes = 1 << 19;  // dim="in": the gathered tile (z, m, M, x0) stays in L2
 
 inline int threads_for(int64_t n, int nthreads) { return n < kSerial ? 1 : std::max(nthreads, 1); }
 
@@ -76,79 +76,13 @@ template <typename T, typename F> inline void sum2(int64_t n, double& out1, doub
   out2 = lanes_sum(d2);
 }
 
-// A group's scaling, screening and Newton bracket (the steps of solve_group between its passes), shared by
-// solve_group and the row-layout solve (adam_group_rows)
-template <typename T> struct Scaled {
-  static constexpr T tiny = std::numeric_limits<T>::min(), big = std::numeric_limits<T>::max();
-  T mx, mn, za, rza, thr_s, lo = 0, hi = 0, c = std::numeric_limits<T>::infinity();
-  bool alive = false, uniform = false;
-  // from pass 1: the group max/min of the metric and max |z|
-  Scaled(T mx0, T mn0, T za0, T thr)
-      : mx(std::max(mx0, tiny)), mn(mn0), za(std::max(za0, tiny)), rza(T(1) / za),
-        thr_s(std::min((thr / za) / mx, big)), uniform(mn == mx) {}
-  int64_t flags() const { return (alive ? 1 : 0) | (uniform ? 2 : 0); }
-  // from pass 2: ‖z‖² and ‖a‖² (scaled); screened: c = inf, x = z⊙M/(M + inf) = z·0, exactly 0 where z is
-  // finite
-  void screen(double nz2, double na2) {
-    const T norm_z = static_cast<T>(std::sqrt(nz2));
-    const T norm_a = static_cast<T>(std::sqrt(na2));
-    alive = norm_a > thr_s;  // zero iff ‖m⊙z‖ ≤ τw (ties → zero; NaN → screened, x = z·0)
-    if (!alive) return;
-    const T gap = std::max(norm_a - thr_s, tiny);
-    const T t_over_gap = std::min(thr_s / gap, big);
-    hi = std::max(t_over_gap, tiny);
-    lo = std::min(std::max(t_over_gap * (mn / mx), tiny), hi);
-    const T lo_z = std::min(thr_s / std::max(norm_z, tiny), big);
-    lo = std::min(std::max(lo, lo_z), hi);
-    c = lo;
-  }
-};
-
-// the safeguarded Newton update of _group_solver._newton_update, in double, on the sums
-// p2 = Σ a²/(M + c)², p3 = Σ a²/(M + c)³ at c = T(cv)
-struct Newton {
-  double cv, lo_v, hi_v, th, tol, sq_tol, prev = std::numeric_limits<double>::infinity();
-  bool done = false;
-  int64_t j = 0, extra = 0, iters = 0, max_iters, min_iters;
-  Newton(double c, double lo, double hi, double th_, double tol_, int64_t max_iters_)
-      : cv(c), lo_v(lo), hi_v(hi), th(th_), tol(tol_), sq_tol(std::sqrt(tol_)), max_iters(max_iters_),
-        min_iters(std::min<int64_t>(2, max_iters_)) {}
-  bool more() const { return j < max_iters; }
-  // one step; false once the group stops iterating
-  bool step(double p2, double p3) {
-    constexpr double dtiny = std::numeric_limits<double>::min();
-    ++j;
-    const double nrm = cv * std::sqrt(p2);
-    const bool below = nrm < th;
-    if (below) lo_v = cv; else hi_v = cv;
-    const double dn = std::max(cv * (p2 - cv * p3), 0.0) / std::max(nrm, dtiny);
-    const double step = cv - (nrm - th) / std::max(dn, dtiny);
-    const bool inside = step >= lo_v && step <= hi_v;
-    const double c_new = inside ? step : std::sqrt(lo_v) * std::sqrt(hi_v);
-    const double delta = std::abs(c_new - cv), resid = std::abs(nrm - th);
-    const bool stalled = delta >= 0.5 * prev && resid <= sq_tol * th;
-    const bool small = inside && (delta <= tol * cv || stalled);
-    const bool tight = resid <= tol * th || hi_v - lo_v <= tol * hi_v || (inside && delta <= tol * cv);
-    done = done || tight || small;
-    prev = inside ? delta : std::numeric_limits<double>::infinity();
-    cv = done ? (inside ? c_new : cv) : c_new;
-    if (done && j >= min_iters) {
-      if (iters == 0) iters = j;  // where the eager solver's stop rule is met: the reported count
-      // the eager solver keeps refining converged groups until every group of the tensor has
-      // converged; refine a group stopped by the loose "stalled" rule a few more steps likewise
-      if (tight || !inside || ++extra > kRefine) return false;
-    }
-    return more();
-  }
-  int64_t count() const { return iters ? iters : j; }
-};
-
 // One group: z, m (and x0) of n values (gathered for dim="in"); returns the Newton iterations where the
 // eager stop rule is met, and writes flags (bit 0: alive, bit 1: constant metric), the scaled metric M
 // (n values, kept for the solution, see solution()) and c_out. A: scratch of n values.
 template <typename T>
 int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* __restrict M, T* __restrict A, T thr,
                     T pin, double tol, int64_t max_iters, int64_t& flags, T& c_out) {
+  constexpr T tiny = std::numeric_limits<T>::min(), big = std::numeric_limits<T>::max();
   constexpr T inf = std::numeric_limits<T>::infinity();
   // pass 1: group max/min of the metric (+inf → the pin metric), max |z|
   T mxl[kL], mnl[kL], zal[kL];
@@ -173,62 +107,99 @@ int64_t solve_group(int64_t n, const T* zg, const T* mg, const T* x0g, T* __rest
         zal[q] = zal[q] < zc[k + q] ? zc[k + q] : zal[q];
       }
   }
-  Scaled<T> s(*std::max_element(mxl, mxl + kL), *std::min_element(mnl, mnl + kL),
-              *std::max_element(zal, zal + kL), thr);
+  T mx = std::max(*std::max_element(mxl, mxl + kL), tiny), mn = *std::min_element(mnl, mnl + kL);
+  const T za = std::max(*std::max_element(zal, zal + kL), tiny);
+  const T rza = T(1) / za;
   // pass 2: the scaled metric M = m/mx and |a| = (|z|/za)⊙M, ‖z‖ and ‖a‖ (scaled)
   double nz2, na2;
-  sum2<T>(n, nz2, na2, [&](int64_t i0, int64_t len, T* __restrict t1, T* __restrict t2) {
+  sum2<T>(n, nz2, na2, [&](int64_t i0, int64_t len, T* __restrict s, T* __restrict t) {
     const T* zp = zg + i0;
     const T* mp = mg + i0;
     T* __restrict Mp = M + i0;
     T* __restrict Ap = A + i0;
     for (int64_t k = 0; k < len; ++k) {
-      const T m = (mp[k] == inf ? pin : mp[k]) / s.mx;
-      const T a0 = std::abs(zp[k]) * s.rza;
+      const T m = (mp[k] == inf ? pin : mp[k]) / mx;
+      const T a0 = std::abs(zp[k]) * rza;
       const T a = a0 * m;
       Mp[k] = m;
       Ap[k] = a;
-      t1[k] = a0 * a0;
-      t2[k] = a * a;
+      s[k] = a0 * a0;
+      t[k] = a * a;
     }
   });
-  s.screen(nz2, na2);
-  flags = s.flags();
+  const T norm_z = static_cast<T>(std::sqrt(nz2));
+  const T norm_a = static_cast<T>(std::sqrt(na2));
+  const T thr_s = std::min((thr / za) / mx, big);
+  const bool alive = norm_a > thr_s;  // zero iff ‖m⊙z‖ ≤ τw (ties → zero; NaN → screened, x = z·0)
+  const bool uniform = mn == mx;
+  flags = (alive ? 1 : 0) | (uniform ? 2 : 0);
   int64_t j = 0;
-  T c = s.c;
-  if (s.alive) {
+  T c = inf;  // screened: x = z⊙M/(M + inf) = z·0, exactly 0 where z is finite
+  if (alive) {
+    const T gap = std::max(norm_a - thr_s, tiny);
+    const T t_over_gap = std::min(thr_s / gap, big);
+    const T hi = std::max(t_over_gap, tiny);
+    T lo = std::min(std::max(t_over_gap * (mn / mx), tiny), hi);
+    const T lo_z = std::min(thr_s / std::max(norm_z, tiny), big);
+    lo = std::min(std::max(lo, lo_z), hi);
+    c = lo;
     if (x0g) {
       double x02, unused;
-      sum2<T>(n, x02, unused, [&](int64_t i0, int64_t len, T* __restrict t1, T* __restrict t2) {
+      sum2<T>(n, x02, unused, [&](int64_t i0, int64_t len, T* __restrict s, T* __restrict t) {
         for (int64_t k = 0; k < len; ++k) {
-          t1[k] = x0g[i0 + k] * x0g[i0 + k];
-          t2[k] = T(0);
+          s[k] = x0g[i0 + k] * x0g[i0 + k];
+          t[k] = T(0);
         }
       });
       const T x0n = static_cast<T>(std::sqrt(x02));
-      const T warm = std::min(s.thr_s * s.za / std::max(x0n, Scaled<T>::tiny), Scaled<T>::big);
-      if (x0n > T(0)) c = std::min(std::max(warm, s.lo), s.hi);
+      const T warm = std::min(thr_s * za / std::max(x0n, tiny), big);
+      if (x0n > T(0)) c = std::min(std::max(warm, lo), hi);
     }
-    Newton nw(c, s.lo, s.hi, s.thr_s, tol, max_iters);
-    for (bool go = nw.more(); go;) {
+    // the safeguarded Newton update of _group_solver._newton_update, in double
+    const double dtiny = std::numeric_limits<double>::min(), th = thr_s, sq_tol = std::sqrt(tol);
+    double cv = c, lo_v = lo, hi_v = hi, prev = std::numeric_limits<double>::infinity();
+    bool done = false, tight = false;
+    int64_t extra = 0, iters = 0;
+    const int64_t min_iters = std::min<int64_t>(2, max_iters);
+    while (j < max_iters) {
+      ++j;
       // Σ a²/(M + c)², Σ a²/(M + c)³ (one division per element)
       double p2, p3;
-      const T ct = static_cast<T>(nw.cv);
-      sum2<T>(n, p2, p3, [&](int64_t i0, int64_t len, T* __restrict t1, T* __restrict t2) {
+      const T ct = static_cast<T>(cv);
+      sum2<T>(n, p2, p3, [&](int64_t i0, int64_t len, T* __restrict s, T* __restrict t) {
         const T* __restrict Mp = M + i0;
         const T* __restrict Ap = A + i0;
         for (int64_t k = 0; k < len; ++k) {
           const T r = T(1) / (Mp[k] + ct);
           const T u = Ap[k] * r;
           const T u2 = u * u;
-          t1[k] = u2;
-          t2[k] = u2 * r;
+          s[k] = u2;
+          t[k] = u2 * r;
         }
       });
-      go = nw.step(p2, p3);
+      const double nrm = cv * std::sqrt(p2);
+      const bool below = nrm < th;
+      if (below) lo_v = cv; else hi_v = cv;
+      const double dn = std::max(cv * (p2 - cv * p3), 0.0) / std::max(nrm, dtiny);
+      const double step = cv - (nrm - th) / std::max(dn, dtiny);
+      const bool inside = step >= lo_v && step <= hi_v;
+      const double c_new = inside ? step : std::sqrt(lo_v) * std::sqrt(hi_v);
+      const double delta = std::abs(c_new - cv), resid = std::abs(nrm - th);
+      const bool stalled = delta >= 0.5 * prev && resid <= sq_tol * th;
+      const bool small = inside && (delta <= tol * cv || stalled);
+      tight = resid <= tol * th || hi_v - lo_v <= tol * hi_v || (inside && delta <= tol * cv);
+      done = done || tight || small;
+      prev = inside ? delta : std::numeric_limits<double>::infinity();
+      cv = done ? (inside ? c_new : cv) : c_new;
+      if (done && j >= min_iters) {
+        if (iters == 0) iters = j;  // where the eager solver's stop rule is met: the reported count
+        // the eager solver keeps refining converged groups until every group of the tensor has
+        // converged; refine a group stopped by the loose "stalled" rule a few more steps likewise
+        if (tight || !inside || ++extra > kRefine) break;
+      }
     }
-    j = nw.count();
-    c = s.uniform ? s.hi : static_cast<T>(nw.cv);  // constant metric: the closed form
+    j = iters ? iters : j;
+    c = uniform ? hi : static_cast<T>(cv);  // constant metric: the closed form
   }
   c_out = c;
   return j;
@@ -362,172 +333,26 @@ void metric_run(int64_t len, const T* __restrict v, T* __restrict out, const Smo
   }
 }
 
-// dim="in": the columns of a tensor are solved in blocks of about this many bytes of θ̂ and v: wide enough
-// for long row runs (a memory page per row and pass), small enough to stay in cache between the passes of
-// solve_rows (0.25-1 MB blocks measured slower on ResNet-18's tensors)
-constexpr int64_t kBlockBytes = 1 << 21;
+// dim="in": the rows of a tile are short runs a page apart, which the hardware prefetcher does not
+// follow; each row's run is fetched kAhead rows early
+constexpr int64_t kAhead = 4;
+constexpr int64_t kSmoothChunk = 1 << 14;  // elements per OpenMP work item of the dim="in" step
 
-// Row-layout lanes of sum2 for groups of K adjacent columns: element i = r·K + q of group b (row r of the
-// group's column block) goes to lane i mod kL of the group, flushed into double every kChunk elements,
-// exactly as sum2 adds the group's terms in group-major order
-template <typename T> struct RowLanes {
-  int64_t ng, n;
-  std::vector<T> a;       // [2][kL][ng]: the T lanes of both sums
-  std::vector<double> d;  // [2][kL][ng]: their double lanes
-  RowLanes(int64_t ng_, int64_t n_) : ng(ng_), n(n_), a(2 * kL * ng_), d(2 * kL * ng_) {}
-  void flush(int64_t gb, int64_t ge) {
-    for (int64_t l = 0; l < 2 * kL; ++l)
-      for (int64_t b = gb; b < ge; ++b) {
-        d[l * ng + b] += static_cast<double>(a[l * ng + b]);
-        a[l * ng + b] = T(0);
-      }
-  }
-  // the two sums of groups gb … ge − 1 over R rows: fill(r, t1, t2) writes the terms of row r's run of
-  // those groups (t1, t2 indexed from the run of group 0)
-  template <typename F>
-  void sums(int64_t R, int64_t K, int64_t gb, int64_t ge, T* t1, T* t2, double* out1, double* out2, F fill) {
-    for (int64_t l = 0; l < 2 * kL; ++l)
-      for (int64_t b = gb; b < ge; ++b) {
-        a[l * ng + b] = T(0);
-        d[l * ng + b] = 0.0;
-      }
-    for (int64_t r = 0; r < R; ++r) {
-      fill(r, t1, t2);
-      for (int64_t q = 0; q < K; ++q) {
-        const int64_t i = r * K + q;
-        T* __restrict a1 = a.data() + (i % kL) * ng;
-        T* __restrict a2 = a1 + kL * ng;
-        for (int64_t b = gb; b < ge; ++b) {
-          a1[b] += t1[b * K + q];
-          a2[b] += t2[b * K + q];
-        }
-        if ((i + 1) % kChunk == 0) flush(gb, ge);
-      }
-    }
-    if (n % kChunk) flush(gb, ge);
-    for (int64_t b = gb; b < ge; ++b) {
-      double l1[kL], l2[kL];
-      for (int q = 0; q < kL; ++q) {
-        l1[q] = d[q * ng + b];
-        l2[q] = d[(kL + q) * ng + b];
-      }
-      out1[b] = lanes_sum(l1);
-      out2[b] = lanes_sum(l2);
-    }
-  }
-};
-
-// dim="in": groups b0 … b1 − 1 of a tensor viewed as [R, N] (group b: the columns b·K … b·K + K − 1),
-// solved as solve_group solves each of them, in lockstep, streaming whole row runs: pass 1 (step(o, len,
-// zo, dm): the smooth step of a row's run, θ̂ into p and the metric into dm; the metric range and max
-// |θ̂|), pass 2 (the scaled norms: screening, bracket, start), one pass per Newton iteration over the span
-// of the groups still iterating (each group stops where solve_group stops it), and one that writes the
-// solution. The metric is recomputed from v in every later pass (metric_run: the same bits); the
-// per-group sums are sum2's, term for term, so each group's result is that of solve_group on its
-// gathered values, whatever the split of the groups over threads and blocks.
-template <typename T, bool Shared, bool Floor, typename Step>
-void solve_rows(int64_t R, int64_t N, int64_t K, int64_t b0, int64_t b1, T* p, const T* v, const Smooth<T>& k,
-                T thr, T pin, double tol, int64_t max_iters, int64_t* iters, int64_t* flags, Step step) {
-  constexpr T inf = std::numeric_limits<T>::infinity();
-  const int64_t ng = b1 - b0, run = ng * K;
-  if (ng <= 0) return;
-  // row-sized buffers: a row's metric and terms; per column, its group's scaling (cmx: max metric, cr:
-  // 1/max|z|) and c, so that every per-row loop is one contiguous, vectorizable run
-  std::vector<T> dm(run), t1(run), t2(run), cmx(run, -inf), cmn(run, inf), cr(run, T(0)), cc(run);
-  std::vector<double> s1(ng), s2(ng);
-  RowLanes<T> lanes(ng, R * K);
-  auto row = [&](int64_t r, int64_t lo, int64_t hi) {  // the metric of a row's columns lo … hi − 1
-    metric_run<T, Shared, Floor>(hi - lo, v + r * N + b0 * K + lo, dm.data() + lo, k);
-    return p + r * N + b0 * K;
-  };
-  auto pinned = [&](int64_t i) { return dm[i] == inf ? pin : dm[i]; };
-  for (int64_t r = 0; r < R; ++r) {  // pass 1, per column (max and min select exactly, in any order)
-    const T* z = p + r * N + b0 * K;
-    step(r * N + b0 * K, run, t1.data(), dm.data());
-    for (int64_t i = 0; i < run; ++i) {
-      const T m = pinned(i), a = std::abs(z[i]);
-      cmx[i] = cmx[i] < m ? m : cmx[i];
-      cmn[i] = cmn[i] > m ? m : cmn[i];
-      cr[i] = cr[i] < a ? a : cr[i];
-    }
-  }
-  std::vector<Scaled<T>> S;
-  S.reserve(ng);
-  for (int64_t b = 0; b < ng; ++b) {
-    T mx = -inf, mn = inf, za = T(0);
-    for (int64_t i = b * K; i < (b + 1) * K; ++i) {
-      mx = mx < cmx[i] ? cmx[i] : mx;
-      mn = mn > cmn[i] ? cmn[i] : mn;
-      za = za < cr[i] ? cr[i] : za;
-    }
-    S.emplace_back(mx, mn, za, thr);
-    std::fill(cmx.begin() + b * K, cmx.begin() + (b + 1) * K, S[b].mx);
-    std::fill(cr.begin() + b * K, cr.begin() + (b + 1) * K, S[b].rza);
-  }
-  lanes.sums(R, K, 0, ng, t1.data(), t2.data(), s1.data(), s2.data(), [&](int64_t r, T* u1, T* u2) {  // pass 2
-    const T* z = row(r, 0, run);
-    for (int64_t i = 0; i < run; ++i) {
-      const T m = pinned(i) / cmx[i];
-      const T a0 = std::abs(z[i]) * cr[i];
-      const T a = a0 * m;
-      u1[i] = a0 * a0;
-      u2[i] = a * a;
-    }
-  });
-  std::vector<Newton> nw;
-  nw.reserve(ng);
-  std::vector<char> active(ng);
-  for (int64_t b = 0; b < ng; ++b) {
-    S[b].screen(s1[b], s2[b]);
-    flags[b0 + b] = S[b].flags();
-    nw.emplace_back(S[b].c, S[b].lo, S[b].hi, S[b].thr_s, tol, max_iters);
-    active[b] = S[b].alive && nw[b].more();
-  }
-  for (;;) {  // the Newton iterations, over the span of the groups still iterating
-    int64_t gb = 0, ge = ng;
-    while (gb < ng && !active[gb]) ++gb;
-    while (ge > gb && !active[ge - 1]) --ge;
-    if (gb == ge) break;
-    for (int64_t b = gb; b < ge; ++b) std::fill(cc.begin() + b * K, cc.begin() + (b + 1) * K, static_cast<T>(nw[b].cv));
-    lanes.sums(R, K, gb, ge, t1.data(), t2.data(), s1.data(), s2.data(), [&](int64_t r, T* u1, T* u2) {
-      const T* z = row(r, gb * K, ge * K);
-      for (int64_t i = gb * K; i < ge * K; ++i) {
-        const T M = pinned(i) / cmx[i];
-        const T A = std::abs(z[i]) * cr[i] * M;
-        const T rc = T(1) / (M + cc[i]);
-        const T u = A * rc;
-        const T uu = u * u;
-        u1[i] = uu;
-        u2[i] = uu * rc;
-      }
-    });
-    for (int64_t b = gb; b < ge; ++b)
-      if (active[b]) active[b] = nw[b].step(s1[b], s2[b]);
-  }
-  for (int64_t b = 0; b < ng; ++b) {
-    iters[b0 + b] = S[b].alive ? nw[b].count() : 0;
-    // screened: c = inf; constant metric: the closed form
-    const T c = !S[b].alive ? S[b].c : S[b].uniform ? S[b].hi : static_cast<T>(nw[b].cv);
-    std::fill(cc.begin() + b * K, cc.begin() + (b + 1) * K, c);
-  }
-  for (int64_t r = 0; r < R; ++r) {  // the solution, in place
-    T* z = p + r * N + b0 * K;
-    row(r, 0, run);
-    for (int64_t i = 0; i < run; ++i) z[i] = solution(z[i], dm[i], pinned(i) / cmx[i], cc[i]);
-  }
+template <typename T> inline void prefetch_run(int64_t o, int64_t len, std::initializer_list<const T*> arrays) {
+  for (const T* a : arrays)
+    for (int64_t i = 0; i < len; i += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(a + o + i);
 }
 
 // One fused step of a tensor viewed as [R, N] with groups of K columns (dim="out": R = 1, K = the row
-// length). dim="out": per tile of B adjacent groups, one contiguous run that goes through the smooth step
-// straight into per-thread buffers (group-major θ̂ and floored metric), solved there by solve_group and
-// written back: p, g, m, v are read once and p, m, v written once. dim="in": each thread owns a
-// contiguous range of groups (columns), in blocks of about kBlockBytes of θ̂ and v; solve_rows runs the
-// smooth step of a block row by row (θ̂ into p) with its first pass, then its other passes over the
-// block's rows, whole contiguous row runs throughout (gathering a group's column block reads a short run
-// a memory page apart per row). A group whose metric has a NaN (a NaN second moment, only without the
-// finite check) is screened, as in the eager prox: NaN where θ̂ is NaN, zero elsewhere in it. Each group's
-// result depends on its own values only, so the tiling and blocking (chosen per thread count) change no
-// bit.
+// length), per tile of B adjacent groups solved by solve_group in per-thread buffers (group-major θ̂ and
+// floored metric). dim="out": the tile is one contiguous run that goes through the smooth step straight
+// into the buffers, and its solution is written back: p, g, m, v are read once and p, m, v written once.
+// dim="in": the smooth step runs first as a contiguous pass (θ̂ into p), then each tile reads θ̂ and v
+// (the metric is recomputed from v, the same bits) row by row, one contiguous run per row, and writes
+// its solution back; reading four arrays in short strided runs costs more than this extra contiguous
+// pass. A group whose metric has a NaN (a NaN second moment, only without the finite check) is screened
+// by solve_group, as in the eager prox: NaN where θ̂ is NaN, zero elsewhere in it. Each group's result
+// depends on its own values only, so the tiling (chosen per thread count) changes no bit.
 template <typename T>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
@@ -567,38 +392,41 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
     if (mid > lo) part(lo, mid, zo, dout, std::false_type{}, met);
     if (hi > mid) part(mid, hi, zo + (mid - lo), dout + (mid - lo), std::true_type{}, met);
   };
-  const T tthr = static_cast<T>(thr), tpin = static_cast<T>(pin);
-  if (R > 1) {  // dim="in": the step first, contiguous (θ̂ into p), then solve_rows on contiguous column ranges
+  if (R > 1) {  // dim="in": the step first, contiguous (θ̂ into p), then the tiles read θ̂ and v
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int s = 0; s < nt; ++s) {
-      const int64_t e = (s + 1) * G / nt;
-      const int64_t nb = std::max<int64_t>(1, kBlockBytes / (2 * size * static_cast<int64_t>(sizeof(T))));
-      // the smooth step of a row's run of the block: θ̂ into p (through zo) and the metric into dm
-      auto step = [&](int64_t o, int64_t len, T* zo, T* dm) {
-        smooth(o, o + len, zo, dm, std::true_type{});
-        std::memcpy(p + o, zo, static_cast<size_t>(len) * sizeof(T));
-      };
-      for (int64_t b0 = s * G / nt; b0 < e; b0 += nb)
-        with_metric([&](auto sh, auto fl) {
-          solve_rows<T, decltype(sh)::value, decltype(fl)::value>(R, N, K, b0, std::min(b0 + nb, e), p, v, k,
-                                                                  tthr, tpin, tol, max_iters, iters, flags, step);
-        });
-    }
-    return;
+    for (int64_t a = 0; a < numel; a += kSmoothChunk)
+      smooth(a, std::min(a + kSmoothChunk, numel), nullptr, nullptr, std::false_type{});
   }
+  const T tthr = static_cast<T>(thr), tpin = static_cast<T>(pin);
 #pragma omp parallel num_threads(nt)
   {
     const int64_t w = B * size;
-    std::vector<T> buf(static_cast<size_t>(w) * 3 + size + B);
+    std::vector<T> buf(static_cast<size_t>(w) * 3 + size + B + (R > 1 ? B * K : 0));
     T* zg = buf.data();
     T* mg = zg + w;
     T* M = mg + w;  // the scaled metric of every group of the tile, for the solution
     T* A = M + w;
     T* c = A + size;
+    T* dr = c + B;  // one row's metric of the tile (R > 1), before it is scattered group-major
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t g0 = t * B, nb = std::min(B, G - g0), run = nb * K;
-      smooth(g0 * K, g0 * K + run, zg, mg, std::true_type{});  // the tile is one run, already group-major
+      if (R == 1) {  // dim="out": the tile is one run, already group-major
+        smooth(g0 * K, g0 * K + run, zg, mg, std::true_type{});
+      } else {
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t o = r * N + g0 * K;
+          if (r + kAhead < R) prefetch_run(o + kAhead * N, run, {p, v});
+          with_metric([&](auto sh, auto fl) {
+            metric_run<T, decltype(sh)::value, decltype(fl)::value>(run, v + o, dr, k);
+          });
+          for (int64_t b = 0; b < nb; ++b)
+            for (int64_t q = 0; q < K; ++q) {
+              zg[b * size + r * K + q] = p[o + b * K + q];
+              mg[b * size + r * K + q] = dr[b * K + q];
+            }
+        }
+      }
       for (int64_t b = 0; b < nb; ++b) {
         T* __restrict zb = zg + b * size;
         const T* __restrict mb = mg + b * size;
@@ -606,9 +434,14 @@ void adam_group_tensor(int64_t R, int64_t N, int64_t K, T* p, const T* g, T* m, 
         iters[g0 + b] = solve_group<T>(size, zb, mb, nullptr, M + b * size, A, tthr, tpin, tol, max_iters,
                                        flags[g0 + b], c[b]);
         const T cb = c[b];
-        for (int64_t i = 0; i < size; ++i) zb[i] = solution(zb[i], mb[i], Mb[i], cb);
+        for (int64_t i = 0; i < size; ++i) zb[i] = solution(zb[i], mb[i], Mb[i], cb);  // group-major, in place
       }
-      std::memcpy(p + g0 * K, zg, static_cast<size_t>(run) * sizeof(T));
+      for (int64_t r = 0; r < R; ++r) {
+        T* __restrict pr = p + r * N + g0 * K;
+        if (r + kAhead < R) prefetch_run(r * N + g0 * K + kAhead * N, run, {p});
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t q = 0; q < K; ++q) pr[b * K + q] = zg[b * size + r * K + q];
+      }
     }
   }
 }

@@ -15,11 +15,10 @@ warm start, the safeguarded Newton update of ``_newton_update``, its stop rule a
 pins its coordinate (x = z); a NaN in z stays NaN (its group is screened to z·0).
 
 :func:`adam_group_lasso_` (``torch.ops.lightning_prox.adam_group_lasso_``) runs ProxGen's smooth step with
-the solve and keeps no metric buffer. ``dim="out"``: tile by tile of adjacent groups, θ̂ and the floored
-metric go into per-thread buffers, the groups are solved there as above, and the solution is written back
-(one read and write of the parameters, gradients and moments). ``dim="in"``: in row layout, every group of a
-block of columns at once, the smooth step fused with the first pass of the solve, then one pass over the
-block's rows (θ̂ and the second moment, the metric recomputed) per step of the solve.
+the solve and keeps no metric buffer: tile by tile of adjacent groups, θ̂ and the floored metric go into
+per-thread buffers, the groups are solved there as above, and the solution is written back (``dim="out"``:
+one read and write of the parameters, gradients and moments; ``dim="in"``: a contiguous smooth pass first,
+then the tiles read θ̂ and the second moment).
 """
 
 from __future__ import annotations
@@ -227,7 +226,7 @@ def adam_group_lasso_(
     bias_correction: bool = True,
 ) -> Callable[[dict | None], None]:
     """ProxGen's step with a group-lasso prox as one native call per bucket: the smooth step, the metric
-    and the group solve of :func:`prox_group_lasso`, a tile or block of groups at a time in cache.
+    and the group solve of :func:`prox_group_lasso`, tile of groups by tile of groups in cache.
 
     The moments are those of :func:`~lightning_prox.optim._l1_kernels.adam_l1_` (adam with bias
     correction: torch's fused AdamW step to the bit; rmsprop/adagrad: the eager step's to rounding).
@@ -240,13 +239,10 @@ def adam_group_lasso_(
     within rounding of the screening tie ‖m⊙z‖ = τw, and the same reported statistics except where a
     group's stop rule meets the rounding floor of its sums (float32: the iterations may differ by one).
     ``dim="out"`` groups are contiguous rows: the step, the metric and the solve of a tile of them in
-    one pass. ``dim="in"`` groups (a column block of the tensor viewed as [out, in·k]): each thread owns a
-    contiguous range of them, solved in blocks (θ̂ and v of a block: about 2 MB) in row layout, every
-    group of the block in lockstep: the smooth step of a block's rows (θ̂ into the parameters) with the
-    first pass of the solve, then one pass over the block's rows per later pass (the metric recomputed
-    from v, the same bits), whole row runs throughout; each group's result is that of the solve of its
-    gathered values. No buffer outlives the call; each thread's holds a few rows of a block or tile (at
-    most about 0.5 MB, or three copies of one group).
+    one pass. ``dim="in"`` groups (a column block of the tensor viewed as [out, in·k]): the smooth step
+    as one contiguous pass (θ̂ into the parameters), then a tile of adjacent groups at a time reads θ̂
+    and v (the metric recomputed, the same bits) as one contiguous run per row and writes the solution. No buffer outlives the call; each thread's spans a tile (about 0.5 MB, and at
+    least three copies of one group).
 
     CPU float32/float64 tensors, contiguous, of one dtype, that ``regularizer`` (:func:`fuses`) can group
     (else ValueError, before anything changes); ``steps`` are the incremented counters. The caller checks
