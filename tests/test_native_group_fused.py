@@ -311,7 +311,7 @@ def test_overflowing_second_moment_pins_as_eager():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_many_input_channels_row_layout_is_thread_independent(monkeypatch, dtype):
+def test_many_input_channels_are_thread_independent(monkeypatch, dtype):
     """dim="in" groups of wide tensors (200 channels of 3×3 columns, 513 single columns, split over
     threads): the same bits at 1 and 2 threads, and the eager step's values, zero groups and
     statistics."""
