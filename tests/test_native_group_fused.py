@@ -308,3 +308,23 @@ def test_overflowing_second_moment_pins_as_eager():
     assert torch.equal(res["native"][1], res["eager"][1])
     assert res["native"][0][2, 1, 0, 0] == res["eager"][0][2, 1, 0, 0] != 0
     _assert_agree([res["native"][0]], [res["eager"][0]], "in", torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_input_channels_are_thread_independent(monkeypatch, dtype):
+    """dim="in" groups of wide tensors (200 channels of 3×3 columns, 513 single columns, split over
+    threads): the same bits at 1 and 2 threads, and the eager step's values, zero groups and
+    statistics."""
+    shapes = [(64, 200, 3, 3), (300, 513)]
+    reg = GroupLasso(0.8, dim="in")  # the third step screens some groups
+    with counting(monkeypatch) as calls:
+        x1, _, s1 = _run("native", shapes, dtype, reg, threads=1)
+        x2, _, s2 = _run("native", shapes, dtype, reg, threads=2)
+    assert calls == [len(shapes)] * 6
+    assert all(torch.equal(a, b) for a, b in zip(x1, x2)) and s1 == s2
+    xe, _, se = _run("eager", shapes, dtype, reg, threads=2)
+    _assert_agree(x1, xe, "in", dtype)
+    assert [s for _, s in s1] == [s for _, s in se]
+    slack = 1 if dtype == torch.float32 else 0
+    assert all(abs(i - j) <= slack for (i, _), (j, _) in zip(s1, se)), (s1, se)
+    assert any(0 < s < 200 + 513 for _, s in s1), s1  # some groups screened, not all: not vacuous
