@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..regularizers import L0, MCP, SCAD, Lq, Quantization, Regularizer, _fused
+from ..regularizers import L0, L1, MCP, SCAD, Lq, Quantization, Regularizer, _fused
 from . import _native
 from ._native import Arg, Kernel
 
@@ -138,6 +138,11 @@ def native_kind(regularizer: Regularizer | None) -> int | None:
     """The native prox that computes ``regularizer``'s (its exact type and parameters, see ``_KINDS``),
     else None (ℓ1 has kernels of its own)."""
     return _KINDS.get(_key(regularizer))
+
+
+def covers(regularizer: Regularizer | None) -> bool:
+    """True when a native pass computes ``regularizer``'s prox: an exact ``L1`` or a :func:`native_kind`."""
+    return type(regularizer) is L1 or native_kind(regularizer) is not None
 
 
 def supports(regularizer: Regularizer | None, params: list[Tensor]) -> bool:

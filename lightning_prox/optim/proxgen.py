@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..regularizers import L1, GroupLasso, _fused
+from ..regularizers import GroupLasso, _fused
 from ..regularizers._base import Regularizer
 from . import _group_kernels, _l1_kernels
 from ._base import (
@@ -236,9 +236,7 @@ class ProxGen(ProxOptimizer):
 
     def _native_libraries(self) -> list[tuple[str, Any]]:
         libs = []
-        if _native_size_groups(
-            self, lambda r: type(r) is L1 or _l1_kernels.native_kind(r) is not None, AUTO_NATIVE_NUMEL
-        ):
+        if _native_size_groups(self, _l1_kernels.covers, AUTO_NATIVE_NUMEL):
             libs.append(("_l1_kernels.cpp", _l1_kernels.KERNELS))
         if any(isinstance(group_regularizer(g), GroupLasso) for g in self.param_groups):
             libs.append(("_group_kernels.cpp", _group_kernels.KERNELS))  # any size
@@ -604,8 +602,7 @@ def _smooth(
             bucket.done = True
             continue
         native_l1 = _fused.supports(regularizer, d_params)
-        lq_kind = None if native_l1 else _l1_kernels.native_kind(regularizer)
-        if native_pass and (native_l1 or lq_kind is not None) and _l1_kernels.native_available():
+        if native_pass and _l1_kernels.covers(regularizer) and _l1_kernels.native_available():
             kw = dict(
                 lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, bc2_sqrts=bc2_sqrts,
                 floor=floor, preconditioner=preconditioner, bias_correction=bias_correction,

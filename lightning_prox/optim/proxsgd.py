@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..regularizers import L1, _fused
+from ..regularizers import _fused
 from ..regularizers._base import Regularizer
 from . import _l1_kernels
 from ._base import (
@@ -111,9 +111,7 @@ class ProxSGD(ProxOptimizer):
     _torch_flags = frozenset({"maximize", "foreach", "fused"})
 
     def _native_libraries(self) -> list[tuple[str, Any]]:
-        native = _native_size_groups(
-            self, lambda r: type(r) is L1 or _l1_kernels.native_kind(r) is not None, AUTO_NATIVE_NUMEL
-        )
+        native = _native_size_groups(self, _l1_kernels.covers, AUTO_NATIVE_NUMEL)
         return [("_l1_kernels.cpp", _l1_kernels.KERNELS)] if native else []
 
     def __init__(
